@@ -1,0 +1,38 @@
+# Everything installs itself into .venv on first use.
+# GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+GPUS ?= cpu
+WORKERS ?= 2
+STUDY ?= studies/quick.yaml
+EPOCHS ?= 30
+IMGSZ ?= 160
+DEVICE ?= cpu
+
+.PHONY: install test train val bench evolve prune report study clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest tests
+
+train: install
+	$(PY) -m core.train --model studies/models/yolov5-cpu.yaml --epochs $(EPOCHS) --imgsz $(IMGSZ) --device $(DEVICE)
+
+val: install
+	$(PY) -m core.val --weights $(WEIGHTS) --imgsz $(IMGSZ) --device $(DEVICE)
+
+bench: install
+	$(PY) -m core.bench
+
+clean:
+	rm -rf runs
