@@ -1,0 +1,146 @@
+"""Checkpoints that hold plain data only and load with `torch.load(weights_only=True)`.
+
+A checkpoint is a dict of tensors and plain Python values: the architecture dict rebuilds the
+model (pruned models included), the state dicts fill it. Loading never unpickles code.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+FORMAT = "yolo-ep-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used (missing, not ours, or holding pickled code)."""
+
+
+def _plain(value: Any) -> Any:
+    """Deep-convert to plain Python data (tuples -> lists, numpy scalars -> float/int, Paths -> str)."""
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def _tensors(state: Mapping[str, torch.Tensor], half: bool = False) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu().clone()
+        out[k] = v.half() if half and v.dtype.is_floating_point else v
+    return out
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None = None, updates: int = 0,
+                    hyp: Mapping | None = None, metrics: Mapping | None = None, epoch: int = -1,
+                    best_fitness: float | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    train_opts: Mapping | None = None, half: bool = False) -> Path:
+    """Write a checkpoint atomically (temp file + rename, so a crash never leaves a torn file)."""
+    from core.ema import unwrap
+
+    model = unwrap(model)
+    ckpt = {
+        "format": FORMAT,
+        "arch": _plain(copy.deepcopy(model.arch)),
+        "names": _plain(list(getattr(model, "names", []))),
+        "state_dict": _tensors(model.state_dict(), half),
+        "ema": _tensors(ema.state_dict(), half) if ema is not None else None,
+        "updates": int(updates),
+        "hyp": _plain(dict(hyp or {})),
+        "metrics": _plain(dict(metrics or {})),
+        "epoch": int(epoch),
+        "best_fitness": None if best_fitness is None else float(best_fitness),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "train_opts": _plain(dict(train_opts or {})),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with weights_only=True; a file holding pickled code is refused and nothing runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load — it holds objects other than tensors and plain data "
+                              f"(pickled code or classes). Nothing was executed. Detail: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # truncated / not a torch file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "arch" not in ckpt:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (missing 'format'/'arch' keys)")
+    return ckpt
+
+
+def model_from_checkpoint(source: str | Path | Mapping, use_ema: bool = True, nc: int | None = None) -> nn.Module:
+    """Rebuild the model from the checkpoint's architecture dict and load its (EMA) weights, fp32, eval mode."""
+    from core.model.yolo import Model
+
+    ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
+    model = Model(copy.deepcopy(ckpt["arch"]))
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
+    try:
+        model.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in state.items()})
+    except RuntimeError as e:
+        where = source if not isinstance(source, Mapping) else "checkpoint"
+        raise CheckpointError(f"{where}: weights do not match the architecture dict: {str(e)[:500]}") from None
+    if ckpt.get("names"):
+        model.names = list(ckpt["names"])
+    return model.float().eval()
+
+
+def strip_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
+    """Keep only what inference and fine-tuning need: EMA (else model) weights in FP16, no optimizer."""
+    src = Path(src)
+    ckpt = load_checkpoint(src)
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["state_dict"]
+    ckpt["state_dict"] = {k: v.half() if v.dtype.is_floating_point else v for k, v in weights.items()}
+    ckpt["ema"] = None
+    ckpt["optimizer"] = None
+    ckpt["updates"] = 0
+    dst = Path(dst) if dst else src
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.checkpoint",
+                                     description="Strip a checkpoint to EMA FP16 weights without optimizer state.")
+    parser.add_argument("command", choices=["strip"])
+    parser.add_argument("weights", nargs="+", help="checkpoint file(s)")
+    parser.add_argument("--out", default=None, help="output file (single input only; default: in place)")
+    args = parser.parse_args(argv)
+    if args.out and len(args.weights) > 1:
+        parser.error("--out takes a single input checkpoint")
+    for w in args.weights:
+        before = Path(w).stat().st_size
+        out = strip_checkpoint(w, args.out)
+        print(f"{w}: {before / 1e6:.2f} MB -> {out} {out.stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

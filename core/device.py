@@ -1,0 +1,86 @@
+"""Device selection and distributed (torchrun) context."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+class DeviceError(ValueError):
+    """The requested device cannot be used."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in a torchrun launch (rank -1 = not distributed)."""
+
+    rank: int = -1
+    local_rank: int = -1
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank in (-1, 0)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_context() -> DistContext:
+    """Read torchrun's environment variables."""
+    return DistContext(
+        rank=int(os.environ.get("RANK", -1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", -1)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def parse_device_ids(device: str | int | None) -> list[int] | None:
+    """'cpu' -> None; '0' -> [0]; '0,1' -> [0, 1]. Raises DeviceError on anything else."""
+    text = str(device if device is not None else "cpu").strip().lower().replace("cuda:", "")
+    if text in ("", "cpu"):
+        return None
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise DeviceError(f"invalid --device '{device}': use 'cpu', '0' or '0,1,...'") from None
+    if not ids or any(i < 0 for i in ids):
+        raise DeviceError(f"invalid --device '{device}': use 'cpu', '0' or '0,1,...'")
+    return ids
+
+
+def select_device(device: str | int | None = "cpu", batch_size: int = 0,
+                  ctx: DistContext | None = None) -> torch.device:
+    """Validate the device string and return the torch.device this process trains on.
+
+    Several GPU ids mean one DDP training launched by torchrun (one process per id); the
+    batch must divide evenly among them.
+    """
+    ctx = ctx or dist_context()
+    ids = parse_device_ids(device)
+    if ids is None:
+        if ctx.distributed and batch_size % ctx.world_size:
+            raise DeviceError(f"--batch-size {batch_size} is not divisible by WORLD_SIZE {ctx.world_size}")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
+    count = torch.cuda.device_count()
+    missing = [i for i in ids if i >= count]
+    if missing:
+        raise DeviceError(f"--device {device}: CUDA device(s) {missing} not found ({count} visible)")
+    if len(ids) > 1:
+        if batch_size % len(ids):
+            raise DeviceError(f"--batch-size {batch_size} is not divisible by the {len(ids)} devices in --device {device}")
+        if not ctx.distributed:
+            raise DeviceError(f"--device {device} lists {len(ids)} GPUs: launch one process per GPU with "
+                              f"`torchrun --nproc_per_node {len(ids)} -m core.train --device {device} ...`")
+    if ctx.distributed:
+        if ctx.world_size != len(ids):
+            raise DeviceError(f"--device {device} lists {len(ids)} GPUs but WORLD_SIZE is {ctx.world_size}")
+        gpu = ids[ctx.local_rank]
+    else:
+        gpu = ids[0]
+    torch.cuda.set_device(gpu)
+    return torch.device("cuda", gpu)

@@ -1,0 +1,63 @@
+"""Optimizer parameter groups, learning-rate schedule and warmup (YOLOv5 recipe)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
+    """Three groups: 0 = conv/linear weights (with decay), 1 = norm weights (no decay), 2 = biases (no decay).
+
+    Decaying BN gammas or biases only shrinks them toward zero for no regularisation benefit.
+    """
+    conv_w, norm_w, biases = [], [], []
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if pname == "bias":
+                biases.append(p)
+            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                norm_w.append(p)
+            else:
+                conv_w.append(p)
+    name = name.lower()
+    if name == "sgd":
+        opt = torch.optim.SGD(norm_w, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "adam":
+        opt = torch.optim.Adam(norm_w, lr=lr, betas=(momentum, 0.999))
+    elif name == "adamw":
+        opt = torch.optim.AdamW(norm_w, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise ValueError(f"--optimizer '{name}' is not one of SGD, Adam, AdamW")
+    # group order: 0 = norm weights, 1 = conv weights (decay), 2 = biases — as in YOLOv5, so index 2 gets the bias warmup
+    opt.add_param_group({"params": conv_w, "weight_decay": decay})
+    opt.add_param_group({"params": biases, "weight_decay": 0.0})
+    return opt
+
+
+def lr_lambda(epochs: int, lrf: float, cosine: bool) -> Callable[[int], float]:
+    """Multiplier of lr0 per epoch: cosine or linear from 1 down to lrf at the last epoch."""
+    if cosine:
+        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+
+def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, hyp: dict,
+           lf: Callable[[int], float], nbs: int, batch_size: int) -> int:
+    """Interpolate lr (bias group from warmup_bias_lr down, others from 0 up) and momentum over the
+    first nw iterations; return the number of batches to accumulate at this iteration."""
+    xi = [0, nw]
+    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 2 else 0.0
+        group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * lf(epoch)]))
+        if "momentum" in group:
+            group["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+        elif "betas" in group:
+            group["betas"] = (float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])), group["betas"][1])
+    return accumulate

@@ -1,0 +1,471 @@
+"""Training: `fit(...)` as a library function and `python -m core.train` as a command."""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.callbacks import Callbacks, StopTraining
+from core.checkpoint import load_checkpoint, save_checkpoint, strip_checkpoint
+from core.device import dist_context, select_device
+from core.ema import ModelEMA, unwrap
+from core.hyp import load_hyp
+from core.optim import build_optimizer, lr_lambda, warmup
+from core.seeding import init_seeds
+
+LOG = logging.getLogger("core.train")
+RESULT_COLUMNS = ["epoch", "train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness",
+                  "val_box", "val_obj", "val_cls", "lr", "seconds", "train_seconds", "val_seconds"]
+
+__all__ = ["fit", "TrainOptions", "FitResult", "Callbacks", "StopTraining"]
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 100
+    batch_size: int = 16
+    imgsz: int = 640
+    device: str = "cpu"
+    workers: int = 2
+    cache: str | None = None           # None | 'ram' | 'disk'
+    optimizer: str = "SGD"
+    cos_lr: bool = False
+    patience: int = 100                # epochs without fitness improvement before stopping (0 = never)
+    freeze: int = 0                    # freeze the first N layers
+    seed: int = 0
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: bool | str = False         # True = latest run under project, or a path to a run dir / checkpoint
+    label_smoothing: float = 0.0
+    nbs: int = 64                      # nominal batch size: gradients accumulate up to it
+    save: bool = True                  # write last.pt / best.pt / results.csv
+    fitness_weights: tuple = (0.0, 0.0, 0.1, 0.9)
+    progress: bool = True
+    amp: bool = True                   # mixed precision on CUDA (ignored on CPU)
+    deterministic: bool = True
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    best_fitness: float = float("-inf")
+    save_dir: Path | None = None
+    best_path: Path | None = None
+    last_path: Path | None = None
+    stop_reason: str = "completed"
+    model: nn.Module | None = None
+
+
+def _next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"
+
+
+def _resolve_resume(resume: bool | str, project: str) -> Path:
+    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt."""
+    if resume is True:
+        candidates = sorted(Path(project).glob("*/resume.pt"), key=os.path.getmtime)
+        candidates += sorted(Path(project).glob("*/last.pt"), key=os.path.getmtime)
+        if not candidates:
+            raise FileNotFoundError(f"--resume: no resume.pt or last.pt found under {project}/")
+        path = candidates[-1] if not any(c.name == "resume.pt" for c in candidates) else \
+            max((c for c in candidates if c.name == "resume.pt"), key=os.path.getmtime)
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "resume.pt" if (path / "resume.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} not found")
+    return path
+
+
+def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict | None, bool]:
+    """Return (model, checkpoint or None, fresh) for a yaml path, arch dict, checkpoint path or Model."""
+    from core.checkpoint import model_from_checkpoint
+    from core.model.yolo import Model
+
+    ckpt = None
+    if isinstance(model, nn.Module):
+        net = copy.deepcopy(model).float()
+        if net.nc != nc:
+            raise ValueError(f"the given model predicts {net.nc} classes but the data has nc={nc}")
+        fresh = False
+    elif isinstance(model, (str, Path)) and str(model).endswith(".pt"):
+        ckpt = load_checkpoint(model)
+        net = model_from_checkpoint(ckpt)
+        if net.nc != nc:  # transfer what fits into a model with the data's class count
+            LOG.warning(f"{model}: checkpoint has nc={net.nc}, data has nc={nc}: rebuilding Detect and transferring weights")
+            arch = copy.deepcopy(ckpt["arch"])
+            new = Model(arch, nc=nc)
+            old_state = net.state_dict()
+            state = {k: v for k, v in old_state.items() if k in new.state_dict() and v.shape == new.state_dict()[k].shape}
+            new.load_state_dict(state, strict=False)
+            net, ckpt = new, None
+        fresh = False
+    else:
+        net = Model(copy.deepcopy(model) if isinstance(model, Mapping) else str(model), nc=nc)
+        fresh = True
+    net.names = list(names)
+    return net, ckpt, fresh
+
+
+def _fit_anchors(net: nn.Module, labels: list[np.ndarray], imgsz: int, hyp: dict) -> None:
+    """When hyp['anchors'] asks for a different number of anchors per level, re-fit them by k-means."""
+    from core.model.anchors import kmean_anchors, set_anchors
+
+    det = net.model[-1]
+    na = int(round(hyp["anchors"]))
+    if na == det.na:
+        return
+    wh = np.concatenate([lb[:, 3:5] for lb in labels if len(lb)], 0) * imgsz if labels else np.zeros((0, 2))
+    if len(wh) < det.nl * na:
+        LOG.warning(f"hyp anchors={na}: too few labels to fit anchors, keeping {det.na}")
+        return
+    set_anchors(net, kmean_anchors(wh, det.nl * na, thr=hyp["anchor_t"]))
+
+
+def _write_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class _TermAsInterrupt:
+    """Inside the block SIGTERM raises KeyboardInterrupt, so a killed run cleans up like Ctrl-C."""
+
+    def __enter__(self):
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not in the main thread: leave signals alone
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None,
+        opts: TrainOptions | None = None, callbacks: Callbacks | None = None) -> FitResult:
+    """Train `model` on `data` with `hyp`; validate every epoch; return per-epoch metrics.
+
+    data: data yaml path, a loaded data config dict, or None for the built-in dataset.
+    model: model yaml path, architecture dict, checkpoint path (.pt) or a Model instance.
+    """
+    from core.data.config import load_data_config
+    from core.data.loader import create_dataloader
+    from core.loss import ComputeLoss
+    from core.metrics import fitness as weighted_fitness
+    from core.val import validate
+
+    opts = copy.deepcopy(opts) if opts is not None else TrainOptions()
+    callbacks = callbacks or Callbacks()
+    ctx = dist_context()
+    resume_ckpt = None
+    if opts.resume:
+        resume_path = _resolve_resume(opts.resume, opts.project)
+        resume_ckpt = load_checkpoint(resume_path)
+        if resume_ckpt.get("optimizer") is None:
+            raise ValueError(f"--resume: {resume_path} has no optimizer state (it was stripped); start a new run with --weights")
+        saved = resume_ckpt.get("train_opts", {})
+        for f_ in fields(TrainOptions):
+            if f_.name in saved and f_.name not in ("resume", "device", "workers", "progress"):
+                setattr(opts, f_.name, tuple(saved[f_.name]) if f_.name == "fitness_weights" else saved[f_.name])
+        opts.exist_ok = True
+        data = saved.get("data", data)
+        hyp = resume_ckpt["hyp"]
+        model = resume_path
+        LOG.info(f"resuming from {resume_path} at epoch {resume_ckpt['epoch'] + 1}")
+
+    init_seeds(opts.seed + 1 + max(ctx.rank, 0), opts.deterministic)
+    device = select_device(opts.device, opts.batch_size, ctx)
+    if ctx.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    hyp = load_hyp(hyp)
+    data_cfg = data if isinstance(data, Mapping) else load_data_config(data)
+    nc, names = int(data_cfg["nc"]), list(data_cfg["names"])
+
+    save_dir = Path(resume_path).parent if resume_ckpt else _next_run_dir(opts.project, opts.name, opts.exist_ok)
+    if opts.save and ctx.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+        with open(save_dir / "hyp.yaml", "w") as f:
+            yaml.safe_dump(hyp, f, sort_keys=False)
+        with open(save_dir / "opt.yaml", "w") as f:
+            yaml.safe_dump({**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+                            "data": data_cfg.get("yaml_file")}, f, sort_keys=False)
+
+    net, ckpt, fresh = _build_model(model, nc, names)
+    gs = max(int(net.stride.max()), 32)
+    if opts.imgsz % gs:
+        raise ValueError(f"--imgsz {opts.imgsz} must be a multiple of the max stride {gs}")
+
+    batch = opts.batch_size // ctx.world_size
+    train_loader, train_set = create_dataloader(
+        data_cfg["train"], opts.imgsz, batch, hyp, augment=True, cache=opts.cache, workers=opts.workers,
+        shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed, nc=nc, prefix="train: ")
+    val_loader = None
+    if ctx.is_main:
+        val_loader, _ = create_dataloader(
+            data_cfg["val"], opts.imgsz, batch * 2, hyp, augment=False, cache=opts.cache, workers=opts.workers,
+            shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
+
+    if fresh:
+        _fit_anchors(net, train_set.labels, opts.imgsz, hyp)
+        counts = np.bincount(np.concatenate([lb[:, 0].astype(int) for lb in train_set.labels if len(lb)] or [np.zeros(0, int)]),
+                             minlength=nc)[:nc].astype(float)
+        net.initialize_biases(counts + 1.0)  # +1: a class absent from train still gets a finite prior
+    net = net.to(device)
+    for name, p in net.named_parameters():
+        p.requires_grad_(True)
+        if opts.freeze and any(name.startswith(f"model.{i}.") for i in range(opts.freeze)):
+            p.requires_grad_(False)
+
+    nl = net.model[-1].nl
+    loss_hyp = dict(hyp)  # gains scale with layers, classes and image size; the checkpoint keeps the user's hyp
+    loss_hyp["box"] *= 3 / nl
+    loss_hyp["cls"] *= nc / 80 * 3 / nl
+    loss_hyp["obj"] *= (opts.imgsz / 640) ** 2 * 3 / nl
+    compute_loss = ComputeLoss(net, loss_hyp, label_smoothing=opts.label_smoothing)
+
+    accumulate = max(round(opts.nbs / opts.batch_size), 1)
+    decay = hyp["weight_decay"] * opts.batch_size * accumulate / opts.nbs
+    optimizer = build_optimizer(net, opts.optimizer, hyp["lr0"], hyp["momentum"], decay)
+    lf = lr_lambda(opts.epochs, hyp["lrf"], opts.cos_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    ema = ModelEMA(net) if ctx.is_main else None
+
+    start_epoch, best_fitness, history = 0, float("-inf"), []
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        if ema is not None and resume_ckpt.get("ema"):
+            ema.ema.load_state_dict({k: v.float() for k, v in resume_ckpt["ema"].items()})
+            ema.updates = resume_ckpt["updates"]
+        net.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in resume_ckpt["state_dict"].items()})
+        start_epoch = resume_ckpt["epoch"] + 1
+        best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
+        history = _read_history(save_dir / "results.csv")
+        for _ in range(start_epoch):
+            scheduler.step()
+
+    train_model: nn.Module = net
+    if ctx.distributed:
+        train_model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = bool(opts.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    nb = len(train_loader)
+    nw = round(hyp["warmup_epochs"] * nb)  # exact: a small data set still gets the warmup it asks for
+    last_opt_step = -1
+    result = FitResult(save_dir=save_dir if opts.save else None, history=history)
+    last_path, best_path = save_dir / "last.pt", save_dir / "best.pt"
+    best_epoch, stop_reason = -1, "completed"
+    for row in history:
+        if row.get("fitness", float("-inf")) >= best_fitness:
+            best_epoch, result.best = int(row["epoch"]), row
+    opts_record = {**asdict(opts), "data": data_cfg.get("yaml_file")}
+    callbacks.call("on_train_start", net)
+    t_start = time.time()
+    interrupted = False
+    try:
+        with _TermAsInterrupt():
+            for epoch in range(start_epoch, opts.epochs):
+                callbacks.call("on_epoch_start", epoch)
+                t_epoch = time.time()
+                train_model.train()
+                if hasattr(train_loader.sampler, "set_epoch"):
+                    train_loader.sampler.set_epoch(epoch)
+                mloss = torch.zeros(3, device=device)
+                optimizer.zero_grad()
+                batches = enumerate(train_loader)
+                if ctx.is_main and opts.progress:
+                    from tqdm import tqdm
+                    batches = tqdm(batches, total=nb, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False,
+                                   bar_format="{l_bar}{bar:20}{r_bar}")
+                for i, (imgs, targets, _, _) in batches:
+                    ni = i + nb * epoch
+                    imgs = imgs.to(device, non_blocking=True).float() / 255
+                    if ni <= nw:
+                        accumulate = warmup(optimizer, ni, nw, epoch, hyp, lf, opts.nbs, opts.batch_size)
+                    with torch.autocast(device_type=device.type, enabled=amp):
+                        pred = train_model(imgs)
+                        loss, loss_items = compute_loss(pred, targets.to(device))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i} "
+                                                 f"(box/obj/cls = {loss_items.tolist()}); lr0={hyp['lr0']}")
+                    if ctx.distributed:
+                        loss = loss * ctx.world_size  # DDP averages gradients across processes
+                    scaler.scale(loss).backward()
+                    if ni - last_opt_step >= accumulate:
+                        scaler.unscale_(optimizer)  # hooks and clipping see true gradients
+                        callbacks.call("after_backward", unwrap(train_model))
+                        nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad()
+                        if ema is not None:
+                            ema.update(net)
+                        last_opt_step = ni
+                    mloss = (mloss * i + loss_items) / (i + 1)
+                    if ctx.is_main and opts.progress:
+                        batches.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}")
+                lr = optimizer.param_groups[1]["lr"]
+                scheduler.step()
+                t_train = time.time() - t_epoch
+
+                stop_now = False
+                if ctx.is_main:
+                    t_val = time.time()
+                    vm = validate(ema.ema, val_loader, compute_loss=compute_loss, names=names,
+                                  half=amp, progress=False)
+                    metrics = {"epoch": epoch, "train_box": float(mloss[0]), "train_obj": float(mloss[1]),
+                               "train_cls": float(mloss[2]), "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
+                               "mAP50-95": vm["mAP50-95"],
+                               "fitness": float(weighted_fitness(vm, opts.fitness_weights)),
+                               "val_box": vm["val_box"], "val_obj": vm["val_obj"], "val_cls": vm["val_cls"],
+                               "lr": lr, "train_seconds": t_train, "val_seconds": time.time() - t_val}
+                    metrics["seconds"] = time.time() - t_epoch
+                    history.append(metrics)
+                    improved = metrics["fitness"] > best_fitness
+                    if improved:
+                        best_fitness, best_epoch, result.best = metrics["fitness"], epoch, metrics
+                    if opts.save:
+                        _write_row(save_dir / "results.csv", metrics)
+                        common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics=metrics, epoch=epoch,
+                                      best_fitness=best_fitness, train_opts=opts_record)
+                        save_checkpoint(last_path, net, optimizer=optimizer, **common)
+                        if improved:
+                            save_checkpoint(best_path, net, **common)
+                    LOG.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
+                             f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
+                    if opts.patience and epoch - best_epoch >= opts.patience:
+                        stop_reason, stop_now = "early_stop", True
+                    try:
+                        callbacks.call("on_epoch_end", epoch, metrics)
+                    except StopTraining as e:
+                        stop_reason, stop_now = f"callback: {e.reason}", True
+                if ctx.distributed:  # every rank must leave the loop together
+                    flag = [stop_now]
+                    torch.distributed.broadcast_object_list(flag, 0)
+                    stop_now = flag[0]
+                if stop_now:
+                    break
+    except KeyboardInterrupt:
+        interrupted, stop_reason = True, "interrupted"
+        LOG.warning("training interrupted: stripping checkpoints (full state kept in resume.pt)")
+        raise
+    finally:
+        if opts.save and ctx.is_main:
+            if interrupted and last_path.exists():
+                import shutil
+                shutil.copyfile(last_path, save_dir / "resume.pt")
+            for path in (last_path, best_path):
+                if path.exists():
+                    strip_checkpoint(path)
+        if ctx.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    result.history = history
+    result.best_fitness = best_fitness
+    result.stop_reason = stop_reason
+    result.best_path = best_path if opts.save and best_path.exists() else None
+    result.last_path = last_path if opts.save and last_path.exists() else None
+    if ema is not None:
+        result.model = ema.ema.float().eval()
+    if ctx.is_main and (save_dir / "resume.pt").exists() and not interrupted:
+        (save_dir / "resume.pt").unlink()  # a finished run has nothing left to resume
+    callbacks.call("on_train_end", result)
+    if ctx.is_main and opts.progress:
+        hours = (time.time() - t_start) / 3600
+        where = f" Results saved to {save_dir}/ (results.csv, best.pt, last.pt)" if opts.save else ""
+        print(f"{len(history) - (start_epoch if resume_ckpt else 0)} epochs in {hours:.3f} h, stop: {stop_reason}; "
+              f"best fitness {best_fitness:.4f} at epoch {best_epoch}.{where}")
+    return result
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def parse_args(argv: list[str] | None = None):
+    import argparse
+
+    d = TrainOptions()
+    p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
+    p.add_argument("--model", default="studies/models/yolov5-cpu.yaml", help="model yaml")
+    p.add_argument("--weights", default=None, help="start from this checkpoint instead of --model")
+    p.add_argument("--hyp", default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="total batch over all devices")
+    p.add_argument("--imgsz", type=int, default=d.imgsz, help="train/val image size (pixels)")
+    p.add_argument("--device", default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
+    p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
+    p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=d.optimizer)
+    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, imgsz=args.imgsz, device=args.device,
+                        workers=args.workers, cache=args.cache, optimizer=args.optimizer, cos_lr=args.cos_lr,
+                        patience=args.patience, freeze=args.freeze, seed=args.seed, project=args.project,
+                        name=args.name, exist_ok=args.exist_ok, resume=args.resume,
+                        label_smoothing=args.label_smoothing, progress=not args.no_progress)
+    try:
+        fit(args.data, args.weights or args.model, args.hyp, opts)
+    except KeyboardInterrupt:
+        print("interrupted: best.pt and last.pt are stripped and loadable; `--resume` continues from resume.pt",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
