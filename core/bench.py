@@ -1,0 +1,102 @@
+"""Engine benchmark: `python -m core.bench` (make bench). Prints figures and writes them to JSON.
+
+Train throughput is measured in steady state (after warm-up batches) with data loading included:
+the timer spans loader iteration, forward, loss, backward and the optimizer step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def conv_throughput(seconds: float = 3.0) -> float:
+    """GFLOP/s of a large 3x3 Conv2d forward+backward: what this machine's convs can do at best."""
+    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    x = torch.randn(8, 128, 64, 64, requires_grad=True)
+    flops = 2 * 128 * 128 * 9 * 64 * 64 * 8 * 3  # forward MACs*2, backward ~2x forward
+    for _ in range(2):
+        conv(x).sum().backward()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        conv(x).sum().backward()
+        n += 1
+    return flops * n / (time.perf_counter() - t0) / 1e9
+
+
+def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warmup: int, workers: int) -> dict:
+    from core.data.config import load_data_config
+    from core.data.loader import create_dataloader
+    from core.hyp import load_hyp
+    from core.loss import ComputeLoss
+    from core.model.info import model_info
+    from core.model.yolo import Model
+    from core.optim import build_optimizer
+    from core.val import validate
+
+    torch.manual_seed(0)
+    cfg = load_data_config(None)
+    hyp = load_hyp(None)
+    model = Model(model_yaml, nc=cfg["nc"])
+    info = model_info(model, imgsz)
+    loader, _ = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=workers, shuffle=True,
+                                  nc=cfg["nc"])
+    compute_loss = ComputeLoss(model, hyp)
+    opt = build_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
+    model.train()
+    seen, t0, it = 0, None, iter(loader)
+    for i in range(warmup + batches):
+        try:
+            imgs, targets, _, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            imgs, targets, _, _ = next(it)
+        loss, _ = compute_loss(model(imgs.float() / 255), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if i == warmup - 1:
+            t0 = time.perf_counter()
+        elif i >= warmup:
+            seen += imgs.shape[0]
+    train_ips = seen / (time.perf_counter() - t0)
+    val_loader, val_set = create_dataloader(cfg["val"], imgsz, batch * 2, hyp, augment=False, workers=workers, nc=cfg["nc"])
+    t1 = time.perf_counter()
+    validate(model.eval(), val_loader, progress=False)
+    val_ips = len(val_set) / (time.perf_counter() - t1)
+    achieved = train_ips * info["gflops"] * 3  # forward + backward ~ 3x forward FLOPs
+    return {"model": model_yaml, "imgsz": imgsz, "batch": batch, "train_images_per_s": train_ips,
+            "val_images_per_s": val_ips, "model_gflops": info["gflops"], "params": info["params"],
+            "train_gflop_per_s": achieved}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__)
+    p.add_argument("--model", default="studies/models/yolov5n.yaml")
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches", type=int, default=20, help="timed batches after warm-up")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="runs/bench/core.json")
+    args = p.parse_args(argv)
+    figures = train_throughput(args.model, args.imgsz, args.batch_size, args.batches, args.warmup, args.workers)
+    figures["torch_threads"] = torch.get_num_threads()
+    figures["conv_gflop_per_s"] = conv_throughput()
+    figures["train_vs_conv_ratio"] = figures["train_gflop_per_s"] / figures["conv_gflop_per_s"]
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for k, v in figures.items():
+        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
