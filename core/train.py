@@ -139,7 +139,7 @@ def _fit_anchors(net: nn.Module, labels: list[np.ndarray], imgsz: int, hyp: dict
     if len(wh) < det.nl * na:
         LOG.warning(f"hyp anchors={na}: too few labels to fit anchors, keeping {det.na}")
         return
-    set_anchors(net, kmean_anchors(wh, det.nl * na, thr=hyp["anchor_t"]))
+    set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"]))
 
 
 def _write_row(path: Path, row: dict) -> None:
