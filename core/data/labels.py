@@ -5,7 +5,7 @@ Each label row is `cls cx cy w h`, normalised to [0, 1]. A polygon row `cls x1 y
 box of its points. Every bad row is logged (logger "core.data", one warning naming file, line and
 reason) and skipped; the other rows of the file are kept. Reasons: wrong column count,
 non-numeric value, coordinate outside [0, 1] (tolerance 1e-4), class id not an integer in
-[0, nc), zero-size box, duplicate row. An unreadable, truncated or tiny (<10 px) image is logged
+[0, nc), zero-size box, duplicate row. An unreadable, undecodable (e.g. truncated) or tiny (<10 px) image is logged
 and skipped. An image without a label file is a background image and is kept.
 
 The results are cached as JSON in a `.cache` file (see files.label_cache_path), keyed by a hash
@@ -67,9 +67,7 @@ def _check_image(im_file: str) -> tuple[tuple[int, int], str | None]:
             data = f.read()
     except OSError as e:
         return (0, 0), f"unreadable ({e.strerror})"
-    if im_file.lower().endswith((".jpg", ".jpeg")) and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return (0, 0), "truncated JPEG (no end marker)"
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         return (0, 0), "cannot be decoded"
     h, w = img.shape[:2]
@@ -124,7 +122,8 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None) -> ImageRecor
     """Check one image and its label file; bad rows are reported and left out."""
     shape, reason = _check_image(im_file)
     if reason is not None:
-        return ImageRecord(im_file, lb_file, "corrupt", shape, messages=[f"{im_file}: corrupt image, {reason}; skipped"])
+        msg = f"{im_file}: corrupt image, {reason}; skipped"
+        return ImageRecord(im_file, lb_file, "corrupt", shape, messages=[msg])
     if not os.path.isfile(lb_file):
         return ImageRecord(im_file, lb_file, "missing", shape)
     rec = ImageRecord(im_file, lb_file, "found", shape)
