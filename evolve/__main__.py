@@ -1,0 +1,63 @@
+"""`python -m evolve --study studies/quick.yaml [--gpus 0,1,2,3 | --gpus cpu --workers 2] [--trials N] ...`
+
+Evolves the study's hyperparameters; every flag overrides the study file's field of the same name.
+Re-running the same command resumes: --trials N means N finished trials in total.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+
+from evolve.launcher import launch
+from evolve.samplers import SAMPLERS
+from evolve.study_config import PRUNERS, REPO, StudyError, load_study
+from evolve.space import SpaceError
+from core.hyp import HypError
+
+DEFAULT_STUDY = "studies/quick.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m evolve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default=DEFAULT_STUDY, help=f"study file (default {DEFAULT_STUDY})")
+    ap.add_argument("--gpus", default=None, help="'cpu' or GPU ids '0,1,2,3': one worker per GPU")
+    ap.add_argument("--workers", type=int, default=None, help="worker processes on CPU")
+    ap.add_argument("--trials", type=int, default=None, help="finished trials in total (resume-safe)")
+    ap.add_argument("--sampler", choices=SAMPLERS, default=None)
+    ap.add_argument("--pruner", choices=PRUNERS, default=None)
+    ap.add_argument("--storage", default=None,
+                    help="Optuna RDB URL (sqlite:///x.db, postgresql://user:pass@host/db); default: journal file")
+    ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--imgsz", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--data", default=None, help="data yaml (default: the study's, or the built-in dataset)")
+    ap.add_argument("--model", default=None, help="model yaml")
+    ap.add_argument("--hyp", default=None, help="base hyp yaml (first trial; value of fixed hyps)")
+    ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)  # 'module:function' replacing core.train.fit
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("gpus", "workers", "trials", "sampler", "pruner", "storage", "name",
+                                               "epochs", "seed", "imgsz", "batch", "data", "model", "hyp")}
+    try:
+        study = Path(args.study)
+        if not study.exists() and (REPO / study).exists():  # studies/... works from any folder
+            study = REPO / study
+        cfg = load_study(study, overrides)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return launch(cfg, cfg.storage, fit_spec=args.fit)
+    except (StudyError, SpaceError, HypError, FileNotFoundError) as e:
+        print(f"evolve: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

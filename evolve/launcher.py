@@ -1,0 +1,193 @@
+"""Start the worker processes of a study (one per GPU, or N on CPU), follow progress, stop them cleanly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from core.hyp import load_hyp
+from evolve.ledger import claim_lock, count_finished, is_counted
+from evolve.report import write_outputs
+from evolve.space import base_params, check_base, evolved, load_space
+from evolve.storage import describe, make_storage
+from evolve.study_config import REPO, StudyConfig
+from evolve.worker import STUDY_FILE
+
+# Fields that change what a trial measures: resuming with other values mixes incomparable trials.
+COMPARABLE = ("data", "model", "hyp", "space", "imgsz", "batch", "epochs", "fitness_weights", "train", "seed")
+
+
+def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str) -> optuna.Study:
+    """Create (or reopen) the study, record its provenance, enqueue the base hyp as trial 0, write study.yaml."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space = load_space(cfg.resolved("space"))
+    base_hyp = load_hyp(cfg.resolved("hyp"))
+    check_base(space, base_hyp, cfg.hyp or "base hyp (studies/hyp/scratch.yaml)")
+    with claim_lock(run_dir):
+        study = optuna.create_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir),
+                                    direction="maximize", load_if_exists=True)
+        record = cfg.as_record()
+        old = study.user_attrs.get("config")
+        if old is None:
+            study.set_user_attr("config", record)
+            study.set_user_attr("base_hyp", base_hyp)
+            study.set_user_attr("space_evolved", [g.name for g in evolved(space)])
+            study.set_user_attr("created", time.strftime("%Y-%m-%d %H:%M:%S"))
+        else:
+            changed = [k for k in COMPARABLE if old.get(k) != record.get(k)]
+            if changed:
+                print(f"warning: resuming study '{cfg.name}' with changed " +
+                      ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
+                      ": old and new trials are not comparable (use --name for a new study)")
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(base_params(space, base_hyp), user_attrs={"base": True})
+    with open(run_dir / STUDY_FILE, "w") as f:
+        yaml.safe_dump({k: v for k, v in record.items()}, f, sort_keys=False)
+    return study
+
+
+def worker_plan(cfg: StudyConfig, threads: int | None = None) -> list[dict[str, Any]]:
+    """One entry per worker: device for fit, label for the records, env, torch threads (default: cores split)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.gpus == "cpu":
+        threads = threads or max(1, cores // cfg.workers)
+        return [{"device": "cpu", "label": "cpu", "threads": threads, "env": {}} for _ in range(cfg.workers)]
+    ids = [s for s in cfg.gpus.split(",") if s]
+    threads = threads or max(1, cores // len(ids))
+    return [{"device": "0", "label": f"cuda:{i}", "threads": threads, "env": {"CUDA_VISIBLE_DEVICES": i}} for i in ids]
+
+
+def _spawn(run_dir: Path, index: int, plan: dict[str, Any], storage_url: str | None,
+           fit_spec: str | None) -> subprocess.Popen:
+    env = {**os.environ, **plan["env"], "OMP_NUM_THREADS": str(plan["threads"]),
+           "MKL_NUM_THREADS": str(plan["threads"]), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("EVOLVE_STORAGE", None)
+    if storage_url:
+        env["EVOLVE_STORAGE"] = storage_url  # never on the command line: `ps` would show credentials
+    cmd = [sys.executable, "-m", "evolve.worker", "--run-dir", str(run_dir), "--worker", str(index),
+           "--device", plan["device"], "--device-label", plan["label"], "--threads", str(plan["threads"])]
+    if fit_spec:
+        cmd += ["--fit", fit_spec]
+    log = open(run_dir / f"worker_{index}.log", "a")
+    # Own session: a terminal Ctrl-C reaches only the launcher, which forwards one SIGTERM per worker.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    return proc
+
+
+def _line(t: FrozenTrial, best: FrozenTrial | None) -> str:
+    ua = t.user_attrs
+    where = f"worker {ua.get('worker', '?')} ({ua.get('device', '?')})"
+    secs = f"{ua.get('seconds', float('nan')):7.1f} s"
+    best_txt = f"best {best.value:.4g} (trial {best.number})" if best is not None else "best -"
+    if t.state == TrialState.COMPLETE:
+        return f"trial {t.number:4d}  COMPLETE  fitness {t.value:.4g}  {best_txt}  {secs}  {where}"
+    if t.state == TrialState.PRUNED:
+        return f"trial {t.number:4d}  PRUNED    after {len(t.intermediate_values)} epoch(s)  {best_txt}  {secs}  {where}"
+    return f"trial {t.number:4d}  FAIL      {ua.get('fail_reason', '?')}  {best_txt}  {where}"
+
+
+class _Stop:
+    """SIGINT/SIGTERM in the launcher: remember it; the monitor loop then stops the workers."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str | None = None,
+           fit_spec: str | None = None, poll: float = 2.0, stop_timeout: float = 60.0,
+           plot_every: float = 60.0, threads: int | None = None) -> int:
+    """Run the study to `cfg.trials` finished trials; exit code 0 done, 1 workers failed, 130 interrupted."""
+    run_dir = Path(run_dir) if run_dir else Path("runs") / "evolve" / cfg.name
+    study = prepare_study(cfg, storage_url, run_dir)
+    trials = study.get_trials(deepcopy=False)
+    done = count_finished(trials)
+    plan = worker_plan(cfg, threads)
+    print(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
+          f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {cfg.gpus} "
+          f"({plan[0]['threads']} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
+          f"logs in {run_dir}/worker_*.log")
+    if done >= cfg.trials:
+        print(f"nothing to run: the study already has {done} finished trials (raise --trials to continue)")
+        write_outputs(study, run_dir)
+        return 0
+    stop = _Stop()
+    procs = [_spawn(run_dir, i, p, storage_url, fit_spec) for i, p in enumerate(plan)]
+    seen = {t.number for t in trials if t.state.is_finished()}
+    bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc=f"evolve {cfg.name}", unit="trial",
+               dynamic_ncols=True)
+    stopping_since: float | None = None
+    last_plot = time.time()
+
+    def show_new() -> bool:
+        trials = study.get_trials(deepcopy=False)
+        new = sorted((t for t in trials if t.state.is_finished() and t.number not in seen), key=lambda t: t.number)
+        for t in new:  # 'best so far' = among the trials finished up to this one
+            seen.add(t.number)
+            best = _best([u for u in trials if u.number in seen])
+            bar.write(_line(t, best) + ("" if is_counted(t) else "  (re-enqueued)"))
+        bar.n = min(count_finished(trials), cfg.trials)
+        bar.refresh()
+        return bool(new)
+
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(poll)
+            if stop.signum is not None and stopping_since is None:
+                bar.write(f"signal {stop.signum}: stopping {len(procs)} worker(s); running trials are re-enqueued")
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                stopping_since = time.time()
+            if stopping_since is not None and time.time() - stopping_since > stop_timeout:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            if show_new():
+                # Tables on every finished trial; plots (seconds of CPU the workers need) at most every plot_every s.
+                plots = time.time() - last_plot > plot_every
+                write_outputs(study, run_dir, plots=plots)
+                last_plot = time.time() if plots else last_plot
+        show_new()
+    finally:
+        bar.close()
+        stop.restore()
+    codes = [p.wait() for p in procs]
+    paths = write_outputs(study, run_dir)
+    trials = study.get_trials(deepcopy=False)
+    done, best = count_finished(trials), _best(trials)
+    print(f"{done}/{cfg.trials} trials finished; best: " +
+          (f"trial {best.number}, fitness {best.value:.4g}" if best else "none") +
+          "\n  " + "\n  ".join(f"{k:16s} {p}" for k, p in paths.items()))
+    if stop.signum is not None:
+        print("interrupted: run the same command again to resume")
+        return 130
+    if done < cfg.trials:
+        bad = [f"{run_dir}/worker_{i}.log (exit {c})" for i, c in enumerate(codes) if c]
+        print("workers stopped early; see " + (", ".join(bad) or "their logs"))
+        return 1
+    return 0

@@ -1,0 +1,157 @@
+"""One trial: suggest the evolved hyps, train with `fit`, report fitness per epoch, record provenance.
+
+The objective value is the fitness of the trial's best epoch (what YOLOv5 --evolve and
+best.pt use), not the last epoch's: a few-epoch trial is noisy at its end, and the best epoch
+is what a user would keep. Each epoch's fitness goes to trial.report(step = epochs run), so a
+pruner can stop a bad trial early (StopTraining -> the trial ends PRUNED).
+Any exception (NaN/inf loss, out of memory, bad hyp, ...) sets user attr `fail_reason` and
+propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records FAIL.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+
+from evolve.space import Gene, Space, evolved, full_hyp
+from evolve.study_config import StudyConfig, StudyError
+
+FitFn = Callable[..., Any]
+METRIC_ATTRS = ("P", "R", "mAP50", "mAP50-95", "fitness", "val_box", "val_obj", "val_cls")
+
+
+def sha256_file(path: str | Path | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def suggest(trial: optuna.Trial, g: Gene) -> float | int:
+    if g.int:
+        return trial.suggest_int(g.name, int(g.low), int(g.high), log=g.log)
+    return trial.suggest_float(g.name, g.low, g.high, log=g.log)
+
+
+def fail_reason(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    if "out of memory" in text.lower():
+        text = "out of memory: " + text
+    return text[:500]
+
+
+class Objective:
+    """Callable for Optuna: objective(trial) -> best-epoch fitness. `fit` is injectable (tests, bench)."""
+
+    def __init__(self, cfg: StudyConfig, space: Space, base_hyp: Mapping[str, float], run_dir: Path | str,
+                 fit: FitFn | None = None, device: str = "cpu", device_label: str = "cpu", worker: int = 0) -> None:
+        self.cfg, self.space, self.base_hyp = cfg, space, dict(base_hyp)
+        self.run_dir, self.device, self.device_label, self.worker = Path(run_dir), device, device_label, worker
+        self._fit = fit
+        self._data: Any = None
+        self._data_sha: str | None = None
+        self.model = cfg.resolved("model")
+        self.model_sha = sha256_file(self.model)
+
+    def fit(self) -> FitFn:
+        if self._fit is None:
+            from core.train import fit
+            self._fit = fit
+        return self._fit
+
+    def data(self) -> Any:
+        """The data argument for fit, resolved once per worker (the built-in dataset is generated once)."""
+        if self._data is None:
+            if self.cfg.data:
+                self._data = self.cfg.resolved("data")
+                self._data_sha = sha256_file(self._data)
+            else:
+                from core.data.config import load_data_config
+                self._data = load_data_config(None)
+                self._data_sha = sha256_file(self._data.get("yaml_file"))
+        return self._data
+
+    def train_options(self, trial_number: int) -> Any:
+        from core.train import TrainOptions
+        known = {f.name for f in fields(TrainOptions)}
+        unknown = sorted(set(self.cfg.train) - known)
+        if unknown:
+            raise StudyError(f"study '{self.cfg.name}': unknown train option(s) {unknown} (TrainOptions fields: "
+                             f"{', '.join(sorted(known))})")
+        # Same training seed for every trial: candidates are compared on the same data order and init.
+        opts: dict[str, Any] = dict(epochs=self.cfg.epochs, batch_size=self.cfg.batch, imgsz=self.cfg.imgsz,
+                                    device=self.device, workers=0, cache="ram", seed=self.cfg.seed,
+                                    project=str(self.run_dir / "trials"), name=str(trial_number), exist_ok=True,
+                                    save=False, fitness_weights=tuple(self.cfg.fitness_weights), progress=False,
+                                    patience=0)
+        opts.update(self.cfg.train)
+        return TrainOptions(**opts)
+
+    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, dict], None]:
+        from core.callbacks import StopTraining
+
+        def on_epoch_end(epoch: int, metrics: dict) -> None:
+            f = float(metrics["fitness"])
+            if not math.isfinite(f):
+                raise FloatingPointError(f"fitness is {f} at epoch {epoch}")
+            trial.report(f, epoch + 1)
+            if trial.should_prune():
+                raise StopTraining(f"pruned at epoch {epoch + 1}")
+        return on_epoch_end
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        t0 = time.time()
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("device", self.device_label)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("seed", self.cfg.seed)
+        trial.set_user_attr("sampler", self.cfg.sampler)
+        try:
+            params = {g.name: suggest(trial, g) for g in evolved(self.space)}
+            hyp = full_hyp(params, self.base_hyp)
+            data = self.data()
+            trial.set_user_attr("data_sha256", self._data_sha)
+            trial.set_user_attr("model_sha256", self.model_sha)
+            from core.callbacks import Callbacks
+            result = self.fit()(data, self.model, hyp, self.train_options(trial.number),
+                                Callbacks(on_epoch_end=self._epoch_reporter(trial)))
+            value = self._record(trial, result, t0)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("seconds", round(time.time() - t0, 3))
+            trial.set_user_attr("fail_reason", fail_reason(e))
+            raise
+        if str(result.stop_reason).startswith("callback: pruned"):
+            raise optuna.TrialPruned(result.stop_reason)
+        return value
+
+    def _record(self, trial: optuna.Trial, result: Any, t0: float) -> float:
+        best = dict(result.best or {})
+        history = list(result.history or [])
+        for key in METRIC_ATTRS:
+            if key in best:
+                trial.set_user_attr(key, float(best[key]))
+        train_s = sum(float(h.get("seconds", 0.0)) for h in history)
+        wall = time.time() - t0
+        trial.set_user_attr("epochs", len(history))
+        trial.set_user_attr("best_epoch", int(best.get("epoch", -1)))
+        trial.set_user_attr("stop_reason", str(result.stop_reason))
+        trial.set_user_attr("seconds", round(wall, 3))
+        trial.set_user_attr("train_seconds", round(train_s, 3))  # train + val of every epoch
+        trial.set_user_attr("overhead_seconds", round(max(wall - train_s, 0.0), 3))
+        value = float(best.get("fitness", float("nan")))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"best fitness is {value} (no finite epoch)")
+        return value

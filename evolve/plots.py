@@ -1,0 +1,146 @@
+"""Plots drawn from evolve.csv's frame (and the study, for importances): pure functions of stored results."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MIN_TRIALS_FOR_IMPORTANCE = 8
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.dpi": 100})
+
+
+def _best_row(df: pd.DataFrame) -> pd.Series | None:
+    done = df[(df.state == "COMPLETE") & np.isfinite(df.fitness.astype(float))]
+    return None if done.empty else done.loc[done.fitness.astype(float).idxmax()]
+
+
+def plot_evolve(df: pd.DataFrame, names: list[str], path: Path | str, log_names: tuple[str, ...] = ()) -> Path | None:
+    """One panel per evolved hyp: value vs fitness, coloured by trial number, best trial starred.
+
+    Hyps in `log_names` (sampled on a log scale) get a log x axis.
+    """
+    done = df[df.state.isin(["COMPLETE", "PRUNED"]) & np.isfinite(df.fitness.astype(float))]
+    if done.empty or not names:
+        return None
+    best = _best_row(df)
+    cols = min(5, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 1.0), squeeze=False)
+    height = 2.9 * rows + 1.0
+    fig.subplots_adjust(hspace=0.65, wspace=0.3, left=0.06, right=0.91, bottom=0.35 / height, top=1 - 1.5 / height)
+    norm = plt.Normalize(df.number.min(), max(df.number.max(), 1))
+    sc = None
+    for ax, name in zip(axes.flat, names):
+        complete = done[done.state == "COMPLETE"]
+        pruned = done[done.state == "PRUNED"]
+        sc = ax.scatter(complete[name], complete.fitness, c=complete.number, cmap="viridis", norm=norm, s=22,
+                        edgecolors="none", alpha=0.85)
+        if len(pruned):
+            ax.scatter(pruned[name], pruned.fitness, facecolors="none", edgecolors="grey", s=22, linewidths=0.8)
+        title = name
+        if best is not None:
+            ax.scatter([best[name]], [best.fitness], marker="*", s=170, c="red", edgecolors="black", linewidths=0.6,
+                       zorder=5)
+            title = f"{name}\nbest = {best[name]:.4g}"
+        ax.set_title(title, fontsize=10)
+        if name in log_names:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("log scale", fontsize=8)
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fitness")
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    if sc is not None:
+        cbar = fig.colorbar(sc, cax=fig.add_axes([0.93, 0.3, 0.012, 0.4]))
+        cbar.set_label("trial number")
+    subtitle = "red star = best trial (its value in each panel title); colour = trial number"
+    if (done.state == "PRUNED").any():
+        subtitle += "; hollow grey = pruned (fitness when stopped)"
+    fig.suptitle(f"Evolved hyperparameters vs fitness ({len(done)} trials)\n{subtitle}", fontsize=13)
+    fig.savefig(path)  # no bbox_inches='tight': it draws the 25 panels twice
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_fitness(df: pd.DataFrame, path: Path | str, title: str = "") -> Path | None:
+    """Fitness per trial with the best-so-far line; pruned and failed trials marked."""
+    if df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fit = df.fitness.astype(float)
+    complete = df[(df.state == "COMPLETE") & np.isfinite(fit)]
+    pruned = df[(df.state == "PRUNED") & np.isfinite(fit)]
+    failed = df[df.state == "FAIL"]
+    ax.scatter(complete.number, complete.fitness, c="tab:blue", s=30, label=f"complete ({len(complete)})", zorder=3)
+    if len(pruned):
+        ax.scatter(pruned.number, pruned.fitness, marker="v", c="tab:orange", s=40,
+                   label=f"pruned ({len(pruned)}, fitness when stopped)", zorder=3)
+    if len(complete):
+        order = df.sort_values("number")
+        vals = np.where(order.state == "COMPLETE", order.fitness.astype(float), np.nan)
+        best_so_far = pd.Series(vals).cummax().to_numpy()
+        ax.step(order.number, best_so_far, where="post", c="tab:green", lw=1.8, label="best so far")
+        b = _best_row(df)
+        ax.scatter([b.number], [b.fitness], marker="*", s=220, c="red", edgecolors="black", zorder=4,
+                   label=f"best: trial {int(b.number)} ({b.fitness:.4g})")
+    if len(failed):
+        finite = fit[np.isfinite(fit)]
+        y0 = float(finite.min()) if len(finite) else 0.0
+        ax.scatter(failed.number, np.full(len(failed), y0), marker="x", c="red", s=45,
+                   label=f"failed ({len(failed)}, drawn at the lowest fitness)", zorder=3)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("fitness (best epoch)")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+    ax.set_title(title or "Fitness per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_importances(study: optuna.Study, names: list[str], path: Path | str) -> Path | None:
+    """Optuna parameter importances (fANOVA) once enough trials completed; None when not possible."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE or not names:
+        return None
+    params = [n for n in names if all(n in t.params for t in complete)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(study, params=params)
+    except Exception as e:  # e.g. all values equal: importances are undefined
+        print(f"importances skipped: {type(e).__name__}: {e}")
+        return None
+    if not imp:
+        return None
+    items = sorted(imp.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(items) + 1.4))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlabel("importance for fitness (fANOVA, sums to 1)")
+    rough = "; few trials: a rough ranking" if len(complete) < 4 * len(params) else ""
+    ax.set_title(f"Hyperparameter importances ({len(complete)} complete trials{rough})")
+    ax.tick_params(axis="y", labelsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

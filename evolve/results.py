@@ -1,0 +1,115 @@
+"""Tables from the storage alone: evolve.csv (one row per trial) and best_hyp.yaml (the best trial's hyp)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from core.hyp import HYP_KEYS, default_hyp
+
+METRICS = ("P", "R", "mAP50", "mAP50-95")
+
+
+def base_hyp_of(study: optuna.Study) -> dict[str, float]:
+    """The study's base hyp as recorded at creation (defaults if the study predates that record)."""
+    return {**default_hyp(), **{k: float(v) for k, v in (study.user_attrs.get("base_hyp") or {}).items()}}
+
+
+def evolved_names(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[str]:
+    """Hyps that some trial suggested, in HYP_KEYS order."""
+    names = set((study.user_attrs.get("space_evolved") or []))
+    for t in trials if trials is not None else study.get_trials(deepcopy=False):
+        names.update(t.params)
+    return [k for k in HYP_KEYS if k in names]
+
+
+def log_scaled(study: optuna.Study) -> tuple[str, ...]:
+    """Hyps whose distribution is log-scaled (read from the trials themselves)."""
+    names = set()
+    for t in study.get_trials(deepcopy=False):
+        names.update(k for k, d in t.distributions.items() if getattr(d, "log", False))
+    return tuple(sorted(names))
+
+
+def trial_fitness(t: FrozenTrial) -> float:
+    """Best-epoch fitness: the value of a COMPLETE trial, the recorded/last-reported one of a PRUNED trial."""
+    if t.state == TrialState.COMPLETE and t.value is not None:
+        return float(t.value)
+    if "fitness" in t.user_attrs:
+        return float(t.user_attrs["fitness"])
+    if t.intermediate_values:
+        return float(max(t.intermediate_values.values()))
+    return math.nan
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, sampler, worker, device, every hyp, metrics, epochs, seconds, fail reason."""
+    base = base_hyp_of(study)
+    sampler = (study.user_attrs.get("config") or {}).get("sampler", "")
+    rows: list[dict[str, Any]] = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "sampler": ua.get("sampler", sampler),
+                               "worker": ua.get("worker"), "device": ua.get("device")}
+        row.update({k: float(t.params.get(k, base[k])) for k in HYP_KEYS})
+        row.update({m: ua.get(m, math.nan) for m in METRICS})
+        row["fitness"] = trial_fitness(t)
+        row["epochs"] = ua.get("epochs", len(t.intermediate_values))
+        row["seconds"] = ua.get("seconds", math.nan)
+        row["overhead_seconds"] = ua.get("overhead_seconds", math.nan)
+        row["fail_reason"] = ua.get("fail_reason", "") if t.state == TrialState.FAIL else ""
+        row["retry_of"] = ua.get("retry_of", "")
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        rows.append(row)
+    columns = ["number", "state", "sampler", "worker", "device", *HYP_KEYS, *METRICS, "fitness", "epochs", "seconds",
+               "overhead_seconds", "fail_reason", "retry_of", "datetime_start", "datetime_complete"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def best_hyp_text(study: optuna.Study) -> str | None:
+    """best_hyp.yaml content: a comment header plus `_`-prefixed fields (ignored by core.hyp.load_hyp)."""
+    t = best_trial(study)
+    if t is None:
+        return None
+    hyp = {**base_hyp_of(study), **{k: float(v) for k, v in t.params.items()}}
+    header = {"_study": study.study_name, "_trial": t.number, "_fitness": round(float(t.value), 6)}
+    header.update({f"_{m}": round(float(t.user_attrs[m]), 6) for m in METRICS if m in t.user_attrs})
+    ua = t.user_attrs
+    lines = [f"# Best hyp of study '{study.study_name}': trial {t.number}, fitness {t.value:.5f}",
+             "# " + ", ".join(f"{m} {ua[m]:.4f}" for m in METRICS if m in ua),
+             f"# {ua.get('epochs', '?')} epochs, {ua.get('seconds', float('nan')):.1f} s on {ua.get('device', '?')}; "
+             "keys starting with '_' are provenance (ignored when loaded as a hyp)"]
+    values = {k: (int(round(hyp[k])) if k == "anchors" else hyp[k]) for k in HYP_KEYS}  # a whole count
+    body = yaml.safe_dump({**header, **values}, sort_keys=False)
+    return "\n".join(lines) + "\n" + body
+
+
+def write_tables(study: optuna.Study, out_dir: Path | str) -> dict[str, Path]:
+    """Write evolve.csv and best_hyp.yaml (atomically, so a reader never sees half a file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "evolve.csv"}
+    _atomic_write(paths["csv"], trials_frame(study).to_csv(index=False))
+    text = best_hyp_text(study)
+    if text is not None:
+        paths["best_hyp"] = out / "best_hyp.yaml"
+        _atomic_write(paths["best_hyp"], text)
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,52 @@
+"""Sampler factory: the GA or one of Optuna's samplers, all over the same search space."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from evolve.ga import GASampler
+from evolve.space import Space, base_params
+
+SAMPLERS = ("ga", "tpe", "cmaes", "random", "nsga2")
+
+
+def make_sampler(name: str, space: Space, base_hyp: Mapping[str, float], seed: int = 0, worker: int = 0,
+                 ga: Mapping[str, Any] | None = None) -> BaseSampler:
+    """Build sampler `name` for one worker process.
+
+    The GA seeds from (seed, trial number), so every worker uses the same seed. Optuna's samplers
+    keep a per-process RNG, so each worker gets seed + 1000 * worker: workers that start together
+    must not propose identical trials.
+    """
+    wseed = int(seed) + 1000 * int(worker)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "ga":
+        return GASampler(space, base_hyp, seed=seed, **dict(ga or {}))
+    if name == "tpe":
+        # constant_liar: running trials count as bad, so parallel workers spread out.
+        return optuna.samplers.TPESampler(seed=wseed, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=wseed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=wseed)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it)
+        except ImportError:
+            raise ValueError("sampler 'cmaes' needs the `cmaes` package: pip install cmaes") from None
+        return optuna.samplers.CmaEsSampler(x0=base_params(space, base_hyp), seed=wseed)
+    raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """none | median (stop below the median of earlier trials at the same epoch) | hyperband."""
+    if name in (None, "none"):
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(int(epochs), 1), reduction_factor=3)
+    raise ValueError(f"unknown pruner {name!r} (choose from none, median, hyperband)")

@@ -1,0 +1,89 @@
+"""Where a study lives: a journal file in the run dir (default) or any Optuna RDB URL; URLs printed masked."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+JOURNAL_NAME = "journal.log"
+RUNS = Path("runs") / "evolve"
+_SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key", re.I)
+
+
+def run_dir_for(name: str) -> Path:
+    return RUNS / name
+
+
+def is_url(target: str | None) -> bool:
+    return bool(target) and "://" in str(target)
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with any password (and secret-looking query values) replaced by ***."""
+    if not url:
+        return str(url)
+    if not is_url(url):
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" not in netloc and not any(_SECRET_KEYS.search(k) for k, _ in parse_qsl(parts.query)):
+        return url
+    if "@" in netloc:
+        cred, host = netloc.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in cred else f"{user}@{host}"
+    query = urlencode([(k, "***" if _SECRET_KEYS.search(k) else v) for k, v in parse_qsl(parts.query)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def make_storage(url: str | None, run_dir: Path | str) -> BaseStorage:
+    """Journal file `run_dir/journal.log` when `url` is None (or a file path), else an RDB storage.
+
+    A journal file is safe for many processes on one machine (file lock, append-only log). For
+    workers on several machines, give every machine the same RDB URL (e.g. postgresql://...).
+    """
+    if not is_url(url):
+        path = Path(url) if url else Path(run_dir) / JOURNAL_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs = {}
+    if str(url).startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # many writers: wait for the lock, don't fail
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as e:  # the driver's message may echo the URL: never print it raw
+        msg = str(e).replace(url, mask_url(url))
+        raise RuntimeError(f"cannot open storage {mask_url(url)}: {type(e).__name__}: {msg}") from None
+
+
+def describe(url: str | None, run_dir: Path | str) -> str:
+    return mask_url(url) if is_url(url) else str(Path(url) if url else Path(run_dir) / JOURNAL_NAME)
+
+
+def open_target(target: str, name: str | None = None) -> tuple[optuna.Study, Path]:
+    """Load a study from a run dir (its journal.log) or a storage URL; returns (study, default output dir).
+
+    With several studies in one storage, `name` picks one (required then).
+    """
+    if is_url(target):
+        storage = make_storage(target, ".")
+    else:
+        path = Path(target)
+        journal = path / JOURNAL_NAME if path.is_dir() else path
+        if not journal.is_file():
+            raise FileNotFoundError(f"no study journal at {journal} (give a run dir like runs/evolve/NAME or a storage URL)")
+        storage = make_storage(str(journal), journal.parent)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(f"{mask_url(target)} holds studies {names}: pick one with --name")
+        name = names[0]
+    elif name not in names:
+        raise ValueError(f"{mask_url(target)} has no study {name!r} (it has {names})")
+    study = optuna.load_study(study_name=name, storage=storage)
+    out = run_dir_for(name) if is_url(target) else (Path(target) if Path(target).is_dir() else Path(target).parent)
+    return study, out

@@ -1,0 +1,114 @@
+"""A study file (studies/*.yaml): what to evolve on, the budget, the sampler; CLI flags override any field."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from evolve.samplers import SAMPLERS
+
+REPO = Path(__file__).resolve().parent.parent
+PRUNERS = ("none", "median", "hyperband")
+GA_KEYS = ("parents", "selection", "mp", "sigma", "init")
+
+
+class StudyError(ValueError):
+    """A study file or override holds an unknown field or an invalid value."""
+
+
+@dataclass
+class StudyConfig:
+    name: str = "quick"                 # study name; outputs in runs/evolve/NAME/
+    data: str | None = None             # data yaml; None = the built-in synthetic dataset
+    model: str = "studies/models/yolov5-cpu.yaml"
+    hyp: str | None = None              # base hyp (first trial; value of every gain-0 hyp); None = scratch.yaml
+    space: str | None = None            # search space; None = studies/space.yaml
+    imgsz: int = 128
+    batch: int = 16
+    epochs: int = 3                     # epochs per trial
+    trials: int = 8                     # finished trials in total (what counts: evolve/ledger.py)
+    sampler: str = "ga"
+    pruner: str = "none"
+    seed: int = 0
+    gpus: str = "cpu"                   # 'cpu' or a list of GPU ids '0,1,2,3' (one worker per GPU)
+    workers: int = 2                    # worker processes on CPU
+    storage: str | None = None          # Optuna RDB URL; None = journal file in the run dir
+    fitness_weights: list = field(default_factory=lambda: [0.0, 0.0, 0.1, 0.9])
+    ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init
+    train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
+    retries: int = 2                    # times a trial whose worker died is re-run
+    heartbeat: float = 20.0             # seconds between a running trial's heartbeats
+
+    def resolved(self, key: str) -> str | None:
+        """A path field resolved against the cwd, then the repo root (so studies run from any folder)."""
+        value = getattr(self, key)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        if p.is_absolute() or p.exists() or not (REPO / p).exists():
+            return str(p)
+        return str(REPO / p)
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain dict for the study's provenance; the storage URL is left out (it may hold credentials)."""
+        d = asdict(self)
+        d.pop("storage")
+        return d
+
+
+def _check(cfg: StudyConfig, where: str) -> None:
+    def bad(key: str, msg: str) -> StudyError:
+        return StudyError(f"{where}: '{key}'={getattr(cfg, key)!r} {msg}")
+
+    if cfg.sampler not in SAMPLERS:
+        raise bad("sampler", f"is not one of {', '.join(SAMPLERS)}")
+    if cfg.pruner not in PRUNERS:
+        raise bad("pruner", f"is not one of {', '.join(PRUNERS)}")
+    for key in ("trials", "epochs", "batch", "workers"):
+        if int(getattr(cfg, key)) < 1:
+            raise bad(key, "must be >= 1")
+    if cfg.imgsz < 32 or cfg.imgsz % 32:
+        raise bad("imgsz", "must be a multiple of 32")
+    if len(cfg.fitness_weights) != 4:
+        raise bad("fitness_weights", "needs 4 weights for [P, R, mAP50, mAP50-95]")
+    unknown = set(cfg.ga) - set(GA_KEYS)
+    if unknown:
+        raise bad("ga", f"has unknown option(s) {sorted(unknown)} (allowed: {', '.join(GA_KEYS)})")
+    if cfg.gpus != "cpu" and not all(s.strip().isdigit() for s in str(cfg.gpus).split(",")):
+        raise bad("gpus", "must be 'cpu' or GPU ids like '0,1,2,3'")
+    if not str(cfg.name) or "/" in str(cfg.name):
+        raise bad("name", "must be a non-empty name without '/'")
+
+
+def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+    """Read a study file (or defaults when None) and apply CLI overrides (None values are ignored)."""
+    given: dict[str, Any] = {}
+    where = "study defaults"
+    if path is not None:
+        where = str(path)
+        if not Path(path).is_file():
+            raise StudyError(f"study file not found: {path}")
+        with open(path) as f:
+            given = yaml.safe_load(f) or {}
+        if not isinstance(given, dict):
+            raise StudyError(f"{path}: expected a mapping of study fields")
+        given.setdefault("name", Path(path).stem)
+    given.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    names = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise StudyError(f"{where}: unknown field(s) {unknown} (allowed: {', '.join(sorted(names))})")
+    for key in ("imgsz", "batch", "epochs", "trials", "seed", "workers", "retries"):
+        if key in given:
+            try:
+                given[key] = int(given[key])
+            except (TypeError, ValueError):
+                raise StudyError(f"{where}: '{key}' must be an integer, got {given[key]!r}") from None
+    if "gpus" in given:
+        given["gpus"] = str(given["gpus"]).replace(" ", "")
+    cfg = StudyConfig(**given)
+    cfg.fitness_weights = [float(w) for w in cfg.fitness_weights]
+    _check(cfg, where)
+    return cfg

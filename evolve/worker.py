@@ -1,0 +1,162 @@
+"""One worker process: claim a trial, train it, tell the result; repeat until the study has N finished trials.
+
+`python -m evolve.worker --run-dir runs/evolve/NAME --worker 0 --device cpu` (started by the
+launcher; the storage URL, if any, comes in the EVOLVE_STORAGE environment variable so that
+credentials never appear in a command line or a file).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import yaml
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from core.hyp import load_hyp
+from evolve.ledger import (Heartbeat, claim_lock, claim_owner, count_finished, count_running, fail_and_retry,
+                           fail_stale)
+from evolve.objective import Objective
+from evolve.samplers import make_pruner, make_sampler
+from evolve.space import check_base, load_space
+from evolve.storage import make_storage
+from evolve.study_config import StudyConfig, load_study
+
+STUDY_FILE = "study.yaml"  # the resolved study the launcher wrote into the run dir
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function (used to inject a fit for tests and benches)."""
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"--fit must look like 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Interrupts:
+    """SIGTERM/SIGINT: always ask the loop to stop; raise KeyboardInterrupt only while a trial trains, so
+    the trial in hand is failed and re-enqueued, and no signal lands between 'ask' and 'run'."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.interruptible = False
+
+    def install(self) -> "Interrupts":
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        if self.interruptible:
+            self.interruptible = False  # one interrupt is enough: let the cleanup run
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = None, worker: int = 0,
+               device: str = "cpu", device_label: str = "cpu", fit: Callable[..., Any] | None = None,
+               poll: float = 1.0, log: Callable[[str], None] = print, interrupts: Interrupts | None = None) -> int:
+    """Run trials until the study counts `cfg.trials` finished ones; returns how many this worker ran."""
+    run_dir = Path(run_dir)
+    space = load_space(cfg.resolved("space"))
+    base_hyp = load_hyp(cfg.resolved("hyp"))
+    check_base(space, base_hyp, cfg.hyp or "base hyp")
+    sampler = make_sampler(cfg.sampler, space, base_hyp, seed=cfg.seed, worker=worker, ga=cfg.ga)
+    study = optuna.load_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir), sampler=sampler,
+                              pruner=make_pruner(cfg.pruner, cfg.epochs))
+    objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,
+                          worker=worker)
+    grace = 3 * cfg.heartbeat
+    interrupts = interrupts or Interrupts()
+    parent = os.getppid()
+    ran = 0
+    while True:
+        if os.getppid() != parent:  # the launcher is gone: finish nothing new
+            log(f"worker {worker}: launcher exited, stopping")
+            return ran
+        if interrupts.stop_requested:
+            raise KeyboardInterrupt("stop requested")
+        with claim_lock(run_dir):
+            for n in fail_stale(study, grace, cfg.retries):
+                log(f"worker {worker}: trial {n} was stale (its worker died): failed and re-enqueued")
+            trials = study.get_trials(deepcopy=False)
+            done, running = count_finished(trials), count_running(trials)
+            trial = None
+            if done >= cfg.trials:
+                return ran
+            if done + running < cfg.trials:
+                trial = study.ask()
+                claim_owner(study, trial._trial_id, worker)
+        if trial is None:  # the others' running trials fill the budget; wait in case one dies
+            time.sleep(poll)
+            continue
+        run_trial(study, trial, objective, cfg, worker, log, interrupts)
+        ran += 1
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cfg: StudyConfig, worker: int,
+              log: Callable[[str], None], interrupts: Interrupts | None = None) -> None:
+    """Train one trial and tell its outcome; an interrupt fails and re-enqueues it, then propagates."""
+    state, value = TrialState.FAIL, None
+    try:
+        with Heartbeat(study, trial._trial_id, cfg.heartbeat):
+            try:
+                if interrupts is not None:
+                    interrupts.interruptible = True
+                try:
+                    value, state = objective(trial), TrialState.COMPLETE
+                finally:
+                    if interrupts is not None:
+                        interrupts.interruptible = False
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except KeyboardInterrupt:
+                frozen = study._storage.get_trial(trial._trial_id)
+                fail_and_retry(study, frozen, f"interrupted (worker {worker})", max_retries=10**6)
+                raise
+            except Exception as e:  # recorded by the objective as fail_reason; the study goes on
+                log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+    except UpdateFinishedTrialError:
+        log(f"worker {worker}: trial {trial.number} was already failed as stale by another worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--worker", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="device passed to fit ('cpu' or '0' with CUDA_VISIBLE_DEVICES)")
+    ap.add_argument("--device-label", default=None, help="device name recorded in the trials (e.g. cuda:3)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    interrupts = Interrupts().install()
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    cfg = load_study(Path(args.run_dir) / STUDY_FILE)
+    fit = load_callable(args.fit) if args.fit else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    try:
+        ran = run_worker(cfg, args.run_dir, os.environ.get("EVOLVE_STORAGE") or None, args.worker, args.device,
+                         args.device_label or args.device, fit, log=log, interrupts=interrupts)
+    except KeyboardInterrupt:
+        log(f"worker {args.worker}: stopped by a signal (a trial in training was failed and re-enqueued)")
+        return 130
+    log(f"worker {args.worker}: done, ran {ran} trial(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
