@@ -10,6 +10,8 @@ STUDY ?= studies/quick.yaml
 EPOCHS ?= 30
 IMGSZ ?= 160
 DEVICE ?= cpu
+TRIALS ?=
+SAMPLER ?=
 
 .PHONY: install test train val bench evolve prune report study clean
 
@@ -33,6 +35,10 @@ val: install
 
 bench: install
 	$(PY) -m core.bench
+	$(PY) -m evolve.bench --trials 4 --search-trials 16
+
+evolve: install
+	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))
 
 clean:
 	rm -rf runs

@@ -272,8 +272,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         start_epoch = resume_ckpt["epoch"] + 1
         best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
         history = _read_history(save_dir / "results.csv")
-        for _ in range(start_epoch):
-            scheduler.step()
+        scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
 
     train_model: nn.Module = net
     if ctx.distributed:
@@ -311,7 +310,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                 for i, (imgs, targets, _, _) in batches:
                     ni = i + nb * epoch
                     imgs = imgs.to(device, non_blocking=True).float() / 255
-                    if ni <= nw:
+                    if nw and ni <= nw:
                         accumulate = warmup(optimizer, ni, nw, epoch, hyp, lf, opts.nbs, opts.batch_size)
                     with torch.autocast(device_type=device.type, enabled=amp):
                         pred = train_model(imgs)

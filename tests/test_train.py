@@ -1,0 +1,110 @@
+"""End-to-end trainer behaviour on a tiny generated dataset (64 px, a few dozen images)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.callbacks import Callbacks, StopTraining
+from core.checkpoint import load_checkpoint, model_from_checkpoint
+from core.train import TrainOptions, fit
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = str(REPO / "studies" / "models" / "yolov5-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(
+        "path: shapes\ntrain: images/train\nval: images/val\n"
+        "names: [circle, square, triangle, star, cross, ring]\n"
+        "synthetic: {seed: 1, n_train: 32, n_val: 8, imgsz: 96}\n")
+    return str(root / "tiny.yaml")
+
+
+def _opts(tmp_path, **kw):
+    base = dict(epochs=2, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
+                name="run", seed=0)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_training_loss_falls_and_writes_stripped_checkpoints(tiny_data, tmp_path):
+    torch.set_num_threads(1)
+    no_aug = {k: 0.0 for k in ("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr", "mosaic")}
+    hyp = {**no_aug, "warmup_epochs": 0.0, "lr0": 0.002}
+    res = fit(tiny_data, MODEL, hyp, _opts(tmp_path, epochs=10, optimizer="Adam"))
+    box = [h["train_box"] for h in res.history]
+    assert len(res.history) == 10 and res.stop_reason == "completed"
+    assert sum(box[-3:]) / 3 < 0.9 * sum(box[:2]) / 2, box  # noisy per epoch: compare averages
+    rows = (res.save_dir / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 11 and rows[0].startswith("epoch,train_box")
+    for name in ("best.pt", "last.pt"):
+        ck = load_checkpoint(res.save_dir / name)
+        assert ck["optimizer"] is None and ck["ema"] is None  # stripped at the end
+        assert ck["hyp"]["lr0"] == 0.002 and ck["names"][0] == "circle"
+    model = model_from_checkpoint(res.save_dir / "best.pt")
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 11
+    assert not (res.save_dir / "resume.pt").exists()
+
+
+def test_seeded_runs_repeat_exactly(tiny_data, tmp_path):
+    torch.set_num_threads(1)
+    a = fit(tiny_data, MODEL, None, _opts(tmp_path, save=False, seed=3))
+    b = fit(tiny_data, MODEL, None, _opts(tmp_path, save=False, seed=3))
+    keys = ("train_box", "train_obj", "train_cls", "mAP50-95", "val_box")
+    assert [[h[k] for k in keys] for h in a.history] == [[h[k] for k in keys] for h in b.history]
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = fit(tiny_data, MODEL, None, _opts(tmp_path, save=False, seed=4))
+    assert [h["train_box"] for h in c.history] != [h["train_box"] for h in a.history]
+
+
+def test_callbacks_stop_and_step_hook(tiny_data, tmp_path):
+    calls = {"after_backward": 0, "epochs": []}
+
+    def on_epoch_end(epoch, metrics):
+        calls["epochs"].append(epoch)
+        assert {"P", "R", "mAP50", "mAP50-95", "fitness", "val_box"} <= set(metrics)
+        raise StopTraining("enough")
+
+    def after_backward(model):
+        calls["after_backward"] += 1
+
+    cb = Callbacks(on_epoch_end=on_epoch_end, after_backward=after_backward)
+    # 32 images / batch 8 = 4 batches; nominal batch 16 -> one optimizer step per 2 batches
+    res = fit(tiny_data, MODEL, {"warmup_epochs": 0}, _opts(tmp_path, epochs=3, nbs=16), cb)
+    assert calls["epochs"] == [0] and res.stop_reason == "callback: enough" and len(res.history) == 1
+    assert calls["after_backward"] == 2
+    assert load_checkpoint(res.save_dir / "last.pt")["optimizer"] is None
+
+
+def test_sigint_leaves_stripped_checkpoints_and_resumes(tiny_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "core.train", "--data", tiny_data, "--model", MODEL, "--epochs", "6",
+           "--batch-size", "8", "--imgsz", "64", "--workers", "0", "--project", str(tmp_path), "--name", "int",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = tmp_path / "int"
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (run / "last.pt").exists(), proc.stdout.read().decode()[-2000:]
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, out[-2000:]
+    assert load_checkpoint(run / "last.pt")["optimizer"] is None
+    assert load_checkpoint(run / "best.pt")["optimizer"] is None
+    full = load_checkpoint(run / "resume.pt")
+    assert full["optimizer"] is not None
+    done = full["epoch"] + 1
+    # the resumed run keeps its saved options (6 epochs) and continues where it stopped
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, resume=str(run)))
+    assert [h["epoch"] for h in res.history] == list(range(6)) and done < 6
+    assert not (run / "resume.pt").exists()
