@@ -1,0 +1,368 @@
+"""`python -m prune.pipeline`: baseline -> sparse -> channel -> layer -> finetune, one results row per stage.
+
+Every stage writes a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no
+pruning code) and a json of the options that produced it; re-running reuses stages whose options are
+unchanged (use --force to redo all).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import shutil
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import yaml
+
+from prune.graph import trace
+from prune.layers import LayerPruneError, block_renames, remove_shortcuts
+from prune.masks import MaskOptions, PruneOptionError, check_options, compute_masks
+from prune.records import STAGES, StageRecord, write_results
+from prune.sparsity import SCHEDULES, SparsityTrainer
+from prune.surgery import prune_channels
+
+DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
+
+
+@dataclass
+class PruneOptions:
+    study: str | None = None
+    data: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    hyp: str | None = None
+    epochs: int = 30  # baseline training epochs (ignored with --weights)
+    global_percent: float = 0.2
+    layer_keep: float = 0.01
+    shortcuts: int = 0
+    sr: bool = False
+    s: float = 1e-4
+    s_schedule: str = "const"
+    sparse_epochs: int = 10
+    finetune_epochs: int = 10
+    finetune_hyp: str | None = None
+    finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
+    round_to: int = 1
+    imgsz: int = 160
+    batch_size: int = 16
+    nbs: int = 64  # nominal batch size: gradients accumulate over nbs / batch_size batches per step
+    device: str = "cpu"
+    workers: int = 2
+    threads: int = 0  # torch threads for training (0 = torch default)
+    latency_threads: int = 1
+    latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
+    latency_runs: int = 30
+    seed: int = 0
+    project: str = "runs/prune"
+    name: str = "exp"
+    force: bool = False
+    progress: bool = True
+
+
+def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
+    """Fill data, model, hyp, imgsz, batch_size from a study file where no flag was given."""
+    if not opts.study:
+        return
+    path = Path(opts.study)
+    if not path.is_file():
+        raise PruneOptionError(f"--study {path}: file not found")
+    study = yaml.safe_load(path.read_text()) or {}
+    for key, skey in (("data", "data"), ("model", "model"), ("hyp", "hyp"), ("imgsz", "imgsz"), ("batch_size", "batch")):
+        if key not in given and study.get(skey) is not None:
+            setattr(opts, key, study[skey])
+
+
+def _check(opts: PruneOptions) -> None:
+    check_options(MaskOptions(opts.global_percent, opts.layer_keep, opts.round_to))
+    if opts.shortcuts < 0:
+        raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
+    if opts.s_schedule not in SCHEDULES:
+        raise PruneOptionError(f"--s-schedule {opts.s_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if opts.s < 0:
+        raise PruneOptionError(f"--s {opts.s} must be >= 0")
+    for key in ("epochs", "sparse_epochs", "finetune_epochs"):
+        if getattr(opts, key) < 0:
+            raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
+    if opts.weights and not Path(opts.weights).is_file():
+        raise PruneOptionError(f"--weights {opts.weights}: file not found")
+
+
+def _arch_key(arch: dict) -> dict:
+    return {k: arch.get(k) for k in ("backbone", "head", "depth_multiple", "width_multiple", "channels", "repeats")}
+
+
+def load_weights(opts: PruneOptions, nc: int):
+    """The --weights model; its architecture must match --model (if given) and the data's class count."""
+    from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from core.model.yolo import load_arch
+
+    ckpt = load_checkpoint(opts.weights)
+    if opts.model:
+        want, have = _arch_key(load_arch(opts.model)), _arch_key(ckpt["arch"])
+        diff = [k for k in want if (want[k] or None) != (have[k] or None)]
+        if diff:
+            raise PruneOptionError(
+                f"--weights {opts.weights}: its architecture does not match --model {opts.model} "
+                f"(differs in: {', '.join(diff)}); drop --model to use the checkpoint's own architecture")
+    try:
+        model = model_from_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise PruneOptionError(f"--weights {opts.weights}: {e}") from None
+    if model.nc != nc:
+        raise PruneOptionError(f"--weights {opts.weights}: the model predicts {model.nc} classes, the data has {nc}")
+    return model
+
+
+class Pipeline:
+    """Runs the stages in order; holds the data, hyps and the validation loader they share."""
+
+    def __init__(self, opts: PruneOptions):
+        from core.data.config import load_data_config
+        from core.data.loader import create_dataloader
+        from core.hyp import load_hyp
+
+        self.opts = opts
+        self.run_dir = Path(opts.project) / opts.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.hyp = load_hyp(opts.hyp)
+        if opts.finetune_hyp:
+            self.ft_hyp = load_hyp(opts.finetune_hyp)
+        else:
+            self.ft_hyp = load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * opts.finetune_lr_scale, "warmup_epochs": 0.0})
+        self.data = load_data_config(opts.data)
+        self.val_loader, _ = create_dataloader(self.data["val"], opts.imgsz, opts.batch_size * 2, self.hyp,
+                                               augment=False, cache="ram", workers=opts.workers,
+                                               nc=self.data["nc"], prefix="val: ")
+        self.base_channels = 0
+        self.models: dict[str, torch.nn.Module] = {}
+        self.extras: dict[str, dict] = {}
+
+    # options that produce each stage; a stage's record holds its own and all earlier ones
+    def stage_options(self, stage: str) -> dict:
+        o = self.opts
+        weights = None
+        if o.weights:
+            st = Path(o.weights).stat()
+            weights = [str(Path(o.weights).resolve()), st.st_size, int(st.st_mtime)]
+        per_stage = {
+            "baseline": {"data": self.data.get("yaml_file"), "model": o.model, "weights": weights, "hyp": self.hyp,
+                         "epochs": o.epochs if not o.weights else None, "imgsz": o.imgsz,
+                         "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
+            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs},
+            "channel": {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": o.round_to},
+            "layer": {"shortcuts": o.shortcuts},
+            "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp},
+        }
+        out = {}
+        for s in STAGES[: STAGES.index(stage) + 1]:
+            out[s] = per_stage[s]
+        return out
+
+    def _fit(self, stage: str, model, hyp: dict, epochs: int, callbacks=None):
+        from core.checkpoint import model_from_checkpoint
+        from core.train import TrainOptions, fit
+
+        o = self.opts
+        shutil.rmtree(self.run_dir / "train" / stage, ignore_errors=True)  # no rows left from an older run
+        topts = TrainOptions(epochs=epochs, batch_size=o.batch_size, imgsz=o.imgsz, device=o.device,
+                             workers=o.workers, cache="ram", seed=o.seed, nbs=o.nbs, project=str(self.run_dir / "train"),
+                             name=stage, exist_ok=True, progress=o.progress)
+        result = fit(self.data, model, hyp, topts, callbacks)
+        if stage == "sparse" or result.best_path is None:
+            return copy.deepcopy(result.model).float().eval()  # sparse: the last (most sparse) weights
+        return model_from_checkpoint(result.best_path)
+
+    def baseline(self, _):
+        if self.opts.weights:
+            return load_weights(self.opts, self.data["nc"]), {"weights": self.opts.weights}
+        return self._fit("baseline", self.opts.model or DEFAULT_MODEL, self.hyp, self.opts.epochs), {}
+
+    def sparse(self, model):
+        o = self.opts
+        trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
+        hyp = {**self.hyp, "warmup_epochs": 0.0}  # continues a trained model: no warmup
+        out = self._fit("sparse", model, hyp, o.sparse_epochs, trainer.callbacks())
+        return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"]}
+
+    def channel(self, model):
+        o = self.opts
+        graph = trace(model)
+        masks, thr = compute_masks(graph, MaskOptions(o.global_percent, o.layer_keep, o.round_to))
+        kept = {n: int(k.sum()) for n, k in masks.items()}
+        print(f"channel: threshold |gamma| < {thr.value:.4g} at --global-percent {o.global_percent}; largest "
+              f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
+              f"set by {thr.tightest})")
+        floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
+        if floored:
+            more = f" and {len(floored) - 5} more" if len(floored) > 5 else ""
+            print(f"channel: the threshold would empty {', '.join(floored[:5])}{more}; they keep the "
+                  f"--layer-keep {o.layer_keep} floor (or their coupled convs' channels)")
+        total = sum(k.numel() for k in masks.values())
+        print(f"channel: keeping {sum(kept.values())}/{total} prunable channels")
+        extra = {"threshold": thr.value, "safe_threshold": thr.safe_value, "safe_percent": thr.safe_percent,
+                 "tightest": thr.tightest}
+        return prune_channels(model, masks), extra
+
+    def layer(self, model):
+        pruned, removed = remove_shortcuts(model, self.opts.shortcuts)
+        for name, score in removed:
+            print(f"layer: removed {name} (mean |gamma| of cv2.bn {score:.4g})")
+        renames = block_renames(model, [n for n, _ in removed])[1]
+        return pruned, {"removed": removed, "renames": renames}
+
+    def finetune(self, model):
+        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs), {}
+
+    def row(self, stage: str, model, ckpt: Path) -> dict:
+        from core.val import validate
+        from prune.measure import measure
+
+        m = validate(model, self.val_loader, names=self.data["names"], progress=False)
+        cost = measure(model, self.opts.imgsz, ckpt)
+        if stage == "baseline":
+            self.base_channels = cost["channels"]
+        kept = cost.pop("channels")
+        pruned = self.base_channels - kept
+        return {"stage": stage, **{k: float(m[k]) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
+                **cost, "imgsz": self.opts.imgsz, "channels_kept": kept, "channels_pruned": pruned,
+                "prune_ratio": pruned / max(self.base_channels, 1)}
+
+    def add_latency(self, rows: list[dict]) -> None:
+        """CPU latency of every stage's model, measured together at the end (interleaved, same load)."""
+        from prune.measure import cpu_latency_ms
+
+        o = self.opts
+        size = o.latency_imgsz or o.imgsz
+        ms = cpu_latency_ms(self.models, size, threads=o.latency_threads, runs=o.latency_runs)
+        for row in rows:
+            row.update(latency_ms=ms[row["stage"]], latency_imgsz=size, threads=o.latency_threads)
+        print(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, fused, "
+              f"{o.latency_threads} thread(s)")
+
+    def run(self) -> list[dict]:
+        from core.checkpoint import model_from_checkpoint, save_checkpoint
+
+        rows, dirty, model = [], self.opts.force, None
+        for stage in STAGES:
+            rec = StageRecord(stage, self.run_dir)
+            if stage == "sparse" and not self.opts.sr:
+                for p in (rec.ckpt, rec.meta):
+                    p.unlink(missing_ok=True)
+                continue
+            options = self.stage_options(stage)
+            old = None if dirty else rec.reusable(options)
+            if old is not None:
+                print(f"{stage}: reusing {rec.ckpt} (same options; --force to redo)")
+                model = model_from_checkpoint(rec.ckpt)
+                row, extra = old["row"], old["extra"]
+                if stage == "baseline":
+                    self.base_channels = row["channels_kept"]
+            else:
+                dirty = True
+                print(f"--- {stage} ---")
+                model, extra = getattr(self, stage)(model)
+                save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,
+                                metrics={}, epoch=-1)
+                row = self.row(stage, model, rec.ckpt)
+                rec.write(options, row, extra)
+            self.models[stage], self.extras[stage] = model, extra
+            rows.append(row)
+        self.add_latency(rows)
+        write_results(self.run_dir, rows)
+        write_channels(self.run_dir, self.models, self.extras.get("layer", {}).get("renames", {}))
+        return rows
+
+
+def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
+    """channels.csv: per prunable conv, its output channels before and after each pruning stage (0 = removed)."""
+    import pandas as pd
+
+    from prune.layers import rename_key
+    from prune.measure import prunable_channels
+
+    base = prunable_channels(models["baseline"])
+    after_ch = prunable_channels(models["channel"]) if "channel" in models else base
+    after_l = prunable_channels(models["layer"]) if "layer" in models else after_ch
+    rows = []
+    for name, c in base.items():
+        new = rename_key(name + ".", renames)
+        rows.append({"conv": name, "before": c, "after_channel": after_ch.get(name, 0),
+                     "after_layer": 0 if new is None else after_l.get(new[:-1], 0)})
+    path = run_dir / "channels.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> PruneOptions:
+    d = PruneOptions()
+    p = argparse.ArgumentParser(prog="python -m prune.pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--study", help="study yaml: default data, model, hyp, imgsz, batch")
+    p.add_argument("--data", help="data yaml (default: the built-in synthetic dataset)")
+    p.add_argument("--model", help=f"model yaml to train the baseline from (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", help="a trained checkpoint: the baseline is evaluated, not trained")
+    p.add_argument("--hyp", help="hyp yaml (e.g. best_hyp.yaml from evolution)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="baseline training epochs")
+    p.add_argument("--global-percent", type=float, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
+    p.add_argument("--layer-keep", type=float, default=d.layer_keep, help="per-layer floor share (0 = strict)")
+    p.add_argument("--shortcuts", type=int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
+    p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
+    p.add_argument("--s", type=float, default=d.s, help="L1 rate on BN gammas")
+    p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
+    p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--finetune-hyp", help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
+    p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale)
+    p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded up to a multiple")
+    p.add_argument("--imgsz", type=int, default=d.imgsz)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch size (gradient accumulation)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for training (0 = default)")
+    p.add_argument("--latency-threads", type=int, default=d.latency_threads)
+    p.add_argument("--latency-runs", type=int, default=d.latency_runs)
+    p.add_argument("--latency-imgsz", type=int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    opts = PruneOptions(**{f.name: getattr(args, f.name) for f in fields(PruneOptions)})
+    for action in p._actions:  # a second parse without defaults tells which flags were given
+        action.default = argparse.SUPPRESS
+    given = set(vars(p.parse_args(argv)))
+    _study_defaults(opts, given)
+    return opts
+
+
+def run(opts: PruneOptions) -> list[dict]:
+    """Run (or resume) the pipeline; writes the results table, channels.csv and the plots."""
+    from prune.report import write_report
+
+    _check(opts)
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    pipe = Pipeline(opts)
+    rows = pipe.run()
+    write_report(pipe.run_dir)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
+    opts = parse_args(argv)
+    try:
+        run(opts)
+    except (PruneOptionError, LayerPruneError) as e:
+        print(f"prune.pipeline: error: {e}", file=sys.stderr)
+        return 2
+    print(f"options: {asdict(opts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

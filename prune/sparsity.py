@@ -1,0 +1,120 @@
+"""Sparsity training: the L1 sub-gradient s*sign(gamma) on prunable BN gammas, s schedule, gamma logs.
+
+The trainer calls `after_backward(model)` once per optimizer step, after AMP unscaling, so the
+penalty is added to true-scale gradients exactly once per step (never per micro-batch).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from prune.graph import trace
+
+SCHEDULES = ("const", "linear", "step")
+HIST_EDGES = [0.0] + [10 ** (e / 20) for e in range(-100, 31)]  # |gamma| bins: 0, 1e-5 ... 10^1.5, 1/20 decade
+SMALL = 1e-2  # the "near zero" level reported per epoch
+
+
+def s_at(epoch: int, epochs: int, s: float, schedule: str = "const") -> float:
+    """Sparsity rate for `epoch` (0-based): const; linear decay to 0.1*s at the last epoch; step to 0.1*s at half."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"--s-schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if schedule == "const" or epochs <= 1:
+        return s
+    if schedule == "linear":
+        return s * (1.0 - 0.9 * epoch / (epochs - 1))
+    return s if epoch < math.ceil(epochs / 2) else 0.1 * s
+
+
+def prunable_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """BNs of every prunable conv (all Conv modules the coupling graph knows)."""
+    return [m.bn for m in trace(model).convs.values()]
+
+
+@torch.no_grad()
+def add_l1_subgradient(bns: list[nn.BatchNorm2d], s: float) -> None:
+    """grad(gamma) += s * sign(gamma), in place (a missing grad counts as zero)."""
+    for bn in bns:
+        g = s * torch.sign(bn.weight.detach())
+        if bn.weight.grad is None:
+            bn.weight.grad = g.clone()
+        else:
+            bn.weight.grad.add_(g)
+
+
+def gamma_stats(bns: list[nn.BatchNorm2d]) -> dict:
+    """Histogram of all prunable |gamma| on fixed log bins, plus the share below SMALL."""
+    g = torch.cat([bn.weight.detach().abs().float().cpu() for bn in bns])
+    edges = torch.tensor(HIST_EDGES)
+    idx = torch.bucketize(g.clamp(max=HIST_EDGES[-1] * 0.999), edges, right=True) - 1
+    counts = torch.bincount(idx, minlength=len(HIST_EDGES) - 1)[: len(HIST_EDGES) - 1]
+    return {"n": int(g.numel()), "mean": float(g.mean()), "median": float(g.median()),
+            "share_small": float((g < SMALL).float().mean()), "edges": HIST_EDGES, "counts": counts.tolist()}
+
+
+@dataclass
+class SparsityTrainer:
+    """Callbacks for core.train.fit that apply the penalty and log |gamma| each epoch.
+
+    log_path: a JSON-lines file (one line per epoch, plus epoch -1 = before sparse training).
+    """
+
+    s: float = 1e-4
+    schedule: str = "const"
+    epochs: int = 1
+    log_path: Path | None = None
+    steps: int = 0  # optimizer steps seen (penalty applications)
+    log: list[dict] = field(default_factory=list)
+    _s_now: float = 0.0
+    _model: nn.Module | None = None
+    _bns: list[nn.BatchNorm2d] = field(default_factory=list)
+
+    def __post_init__(self):
+        s_at(0, self.epochs, self.s, self.schedule)  # validates the schedule name early
+        self._s_now = self.s
+        if self.log_path is not None:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.log_path).write_text("")
+
+    def _bind(self, model: nn.Module) -> None:
+        if model is not self._model:
+            self._model, self._bns = model, prunable_bns(model)
+
+    def on_train_start(self, model: nn.Module) -> None:
+        self._bind(model)
+        self._write(-1)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._s_now = s_at(epoch, self.epochs, self.s, self.schedule)
+
+    def after_backward(self, model: nn.Module) -> None:
+        self._bind(model)
+        add_l1_subgradient(self._bns, self._s_now)
+        self.steps += 1
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        self._write(epoch)
+
+    def _write(self, epoch: int) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return  # DDP: every rank applies the penalty, only rank 0 logs
+        row = {"epoch": epoch, "s": self._s_now if epoch >= 0 else 0.0, "steps": self.steps,
+               **gamma_stats(self._bns)}
+        self.log.append(row)
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        print(f"sparse epoch {epoch}: s={row['s']:.2e} |gamma| median {row['median']:.4f}, "
+              f"{100 * row['share_small']:.1f}% below {SMALL:g}")
+
+    def callbacks(self):
+        """A core.callbacks.Callbacks bound to this trainer."""
+        from core.callbacks import Callbacks
+
+        return Callbacks(on_train_start=self.on_train_start, on_epoch_start=self.on_epoch_start,
+                         after_backward=self.after_backward, on_epoch_end=self.on_epoch_end)

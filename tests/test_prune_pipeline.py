@@ -1,0 +1,117 @@
+"""End to end on a tiny synthetic dataset: stages, rows, reusable plain checkpoints, skips, errors."""
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from core.model.yolo import Model
+from prune import pipeline
+from prune.layers import rank_shortcuts
+from prune.masks import PruneOptionError
+from prune.report import classic_table
+from test_prune_surgery import MODELS
+
+STAGES = ["baseline", "sparse", "channel", "layer", "finetune"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    data = root / "tiny.yaml"
+    data.write_text("path: shapes\ntrain: images/train\nval: images/val\nnames: {0: circle, 1: square}\n"
+                    "synthetic: {seed: 0, n_train: 32, n_val: 8, imgsz: 64}\n")
+    return root, data
+
+
+def args(root, data, *extra):
+    return ["--data", str(data), "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--sr",
+            "--s", "0.01", "--sparse-epochs", "1", "--finetune-epochs", "1", "--global-percent", "0.4",
+            "--shortcuts", "2", "--imgsz", "64", "--batch-size", "8", "--nbs", "16", "--workers", "0", "--threads", "1",
+            "--latency-runs", "3", "--project", str(root), "--name", "run", "--no-progress", *extra]
+
+
+def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
+    root, data = tiny
+    steps, in_sparse = [], []
+    original = pipeline.Pipeline.sparse
+
+    def counted_sparse(self, model):  # optimizer steps taken while the sparse stage trains
+        n0 = len(steps)
+        out = original(self, model)
+        in_sparse.append(len(steps) - n0)
+        return out
+
+    monkeypatch.setattr(pipeline.Pipeline, "sparse", counted_sparse)
+    handle = register_optimizer_step_post_hook(lambda *a: steps.append(1))
+    try:
+        assert pipeline.main(args(root, data)) == 0
+    finally:
+        handle.remove()
+    run = root / "run"
+    df = pd.read_csv(run / "prune_results.csv")
+    assert list(df["stage"]) == STAGES
+    for col in ("P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "latency_ms", "ckpt_MB",
+                "channels_kept", "channels_pruned", "prune_ratio", "threads"):
+        assert df[col].notna().all(), col
+    base, final = df.iloc[0], df.iloc[-1]
+    assert final["GFLOPs"] < base["GFLOPs"] and final["params"] < base["params"]
+    assert final["channels_kept"] + final["channels_pruned"] == base["channels_kept"]
+    out = capsys.readouterr().out
+    assert "Before" in out and "After channels" in out and "After finetune" in out and "speedup" in out
+    for name in ("stages.png", "gamma.png", "channels.png", "channels.csv", "gamma.jsonl"):
+        assert (run / name).stat().st_size > 0, name
+
+    # 32 images, batch 8, nbs 16: 4 backward passes and 2 optimizer steps in the sparse epoch;
+    # the penalty was applied once per optimizer step, not per micro-batch
+    sparse = json.loads((run / "sparse.json").read_text())
+    assert in_sparse == [2] and sparse["extra"]["optimizer_steps"] == 2
+    gamma_rows = [json.loads(x) for x in (run / "gamma.jsonl").read_text().splitlines()]
+    assert gamma_rows[-1]["steps"] == sparse["extra"]["optimizer_steps"]
+
+    # every stage checkpoint is a plain core checkpoint; the layer stage removed 2 blocks
+    for stage in STAGES:
+        ckpt = load_checkpoint(run / f"{stage}.pt")
+        model = model_from_checkpoint(ckpt)
+        assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 7
+    assert len(rank_shortcuts(model_from_checkpoint(run / "layer.pt"))) == 7 - 2
+    channels = pd.read_csv(run / "channels.csv")
+    assert (channels["after_layer"] == 0).sum() == 4  # cv1 and cv2 of the 2 removed blocks
+
+    # re-run: everything reused; then a changed layer option redoes only layer and finetune
+    mtimes = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    assert pipeline.main(args(root, data)) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert all((run / f"{s}.pt").stat().st_mtime_ns == mtimes[s] for s in STAGES)
+    assert pipeline.main(args(root, data, "--shortcuts", "1")) == 0
+    after = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    assert [s for s in STAGES if after[s] != mtimes[s]] == ["layer", "finetune"]
+    assert len(rank_shortcuts(model_from_checkpoint(run / "layer.pt"))) == 7 - 1
+    assert "After layers" in classic_table(pd.read_csv(run / "prune_results.csv"))
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--global-percent", "1.0", r"--global-percent 1.0 is outside \[0, 1\)"),
+    ("--global-percent", "-0.2", r"--global-percent -0.2 is outside \[0, 1\)"),
+    ("--shortcuts", "-1", r"--shortcuts -1 must be >= 0"),
+])
+def test_bad_options_exit_2(tiny, capsys, flag, value, message):
+    root, data = tiny
+    assert pipeline.main(args(root, data, flag, value, "--name", "bad")) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_weights_with_other_architecture_is_an_error(tiny, tmp_path):
+    root, data = tiny
+    other = Model(str(MODELS / "yolov5n.yaml"), nc=2)
+    w = save_checkpoint(tmp_path / "n.pt", other, hyp={}, metrics={}, epoch=0)
+    opts = pipeline.parse_args(args(root, data, "--weights", str(w), "--name", "w"))
+    with pytest.raises(PruneOptionError, match=r"--weights .*n\.pt: its architecture does not match --model"):
+        pipeline.load_weights(opts, nc=2)
+    opts.model = None  # the checkpoint's own architecture is fine, but the class count must match the data
+    with pytest.raises(PruneOptionError, match="predicts 2 classes, the data has 6"):
+        pipeline.load_weights(opts, nc=6)
+    assert pipeline.load_weights(opts, nc=2).nc == 2

@@ -1,0 +1,71 @@
+"""Sparsity training adds s*sign(gamma) to the gamma gradients exactly once per optimizer step."""
+import json
+
+import pytest
+import torch
+
+from core.model.yolo import Model
+from prune.sparsity import SparsityTrainer, add_l1_subgradient, gamma_stats, prunable_bns, s_at
+from test_prune_surgery import MODELS
+
+
+def test_schedules():
+    assert s_at(3, 10, 1e-3, "const") == 1e-3
+    assert s_at(0, 10, 1e-3, "linear") == pytest.approx(1e-3)
+    assert s_at(9, 10, 1e-3, "linear") == pytest.approx(1e-4)
+    assert s_at(4, 10, 1e-3, "step") == 1e-3 and s_at(5, 10, 1e-3, "step") == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="--s-schedule 'cosine'"):
+        s_at(0, 10, 1e-3, "cosine")
+
+
+def test_penalty_once_per_optimizer_step_with_accumulation(tmp_path):
+    """A fake trainer loop: 2 micro-batches accumulate into each optimizer step (like fit with nbs/bs=2)."""
+    torch.manual_seed(0)
+    model = Model(str(MODELS / "yolov5-cpu.yaml"), nc=3).train()
+    bns = prunable_bns(model)
+    assert len(bns) == len([m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    with torch.no_grad():
+        bns[0].weight[:3] = torch.tensor([-0.5, 0.0, 0.5])  # a negative, a zero and a positive gamma
+    s = 0.01
+    sparse = SparsityTrainer(s=s, schedule="const", epochs=1, log_path=tmp_path / "gamma.jsonl")
+    cb = sparse.callbacks()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights stay put, gradients are inspected
+    cb.call("on_train_start", model)
+    cb.call("on_epoch_start", 0)
+    steps, accumulate = 0, 2
+    for i in range(4):  # 4 micro-batches -> 2 optimizer steps
+        out = model(torch.rand(2, 3, 64, 64))
+        sum(o.float().pow(2).mean() for o in out).backward()
+        if (i + 1) % accumulate == 0:
+            before = [bn.weight.grad.clone() for bn in bns]
+            cb.call("after_backward", model)
+            for bn, g in zip(bns, before):
+                assert torch.allclose(bn.weight.grad - g, s * torch.sign(bn.weight.detach()), atol=1e-9)
+            assert bns[0].weight.grad[1] == before[0][1]  # sign(0) = 0: no push on a zero gamma
+            opt.step()
+            opt.zero_grad()
+            steps += 1
+    cb.call("on_epoch_end", 0, {})
+    assert sparse.steps == steps == 2
+    rows = [json.loads(line) for line in (tmp_path / "gamma.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [-1, 0] and rows[1]["steps"] == 2
+    assert sum(rows[1]["counts"]) == rows[1]["n"] == sum(bn.num_features for bn in bns)
+
+
+def test_add_l1_subgradient_without_grad():
+    bn = torch.nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([-2.0, -0.1, 0.3, 1.0]))
+    add_l1_subgradient([bn], 0.5)
+    assert bn.weight.grad.tolist() == [-0.5, -0.5, 0.5, 0.5]
+
+
+def test_gamma_stats_histogram():
+    bn = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.0, 1e-3, -5e-3, 0.5, 50.0]))
+    st = gamma_stats([bn])
+    assert st["n"] == 5 and sum(st["counts"]) == 5
+    assert st["share_small"] == pytest.approx(0.6)  # 0, 1e-3 and 5e-3 are below 1e-2
+    assert st["counts"][0] == 1  # the exact zero lands in the first bin [0, 1e-5)
+    assert st["counts"][-1] == 1  # 50 is clamped into the last bin (up to 10^1.5)

@@ -1,0 +1,137 @@
+"""Channel surgery is exact: compact model == full-size model with pruned channels zeroed (after
+compensation), and the compensation reproduces the gamma-zeroed original up to border padding."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import model_from_checkpoint, save_checkpoint
+from core.model.yolo import Model
+from prune.graph import trace
+from prune.masks import MaskOptions, compute_masks
+from prune.surgery import absorb_constants, input_mask, prune_channels, pruned_constants, zero_pruned
+
+MODELS = Path(__file__).resolve().parent.parent / "studies" / "models"
+
+
+def random_model(yaml_name: str, seed: int = 0) -> Model:
+    """A model with random BN gammas (some near zero) and betas, running statistics calibrated on
+    random images then perturbed (so signals neither vanish nor explode), in eval mode."""
+    torch.manual_seed(seed)
+    model = Model(str(MODELS / yaml_name), nc=3)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        c = m.num_features
+        m.weight.data = torch.rand(c) * 1.5 - 0.2
+        m.bias.data = torch.randn(c) * 0.5
+        m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, 64, 64))
+    for m in bns:
+        m.momentum = 0.03
+        m.running_mean += 0.1 * torch.randn_like(m.running_mean) * m.running_var.sqrt()
+        m.running_var *= 0.8 + 0.4 * torch.rand_like(m.running_var)
+    return model.eval()
+
+
+def raw_maps(model, x):
+    with torch.no_grad():
+        return model(x)[1]
+
+
+def max_diff(a, b):
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+def replicate_padding(model):
+    """Pad every conv by edge replication: a constant channel then stays constant at the borders too."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0):
+            m.padding_mode = "replicate"
+    return model
+
+
+@pytest.mark.parametrize("yaml_name,imgsz", [("yolov5n.yaml", 96), ("yolov5-cpu.yaml", 64)])
+def test_surgery_exact(yaml_name, imgsz):
+    model = random_model(yaml_name)
+    graph = trace(model)
+    masks, _ = compute_masks(graph, MaskOptions(global_percent=0.4))
+    n_pruned = sum(int((~masks[n]).sum()) for n in graph.convs)
+    assert n_pruned > 0.3 * sum(m.numel() for m in masks.values())
+
+    compact = prune_channels(model, masks).eval()
+    assert sum(p.numel() for p in compact.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+    for name, m in trace(compact).convs.items():
+        assert m.conv.out_channels == int(masks[name].sum()), name
+
+    # (a) compensated + pruned gammas and betas zeroed == compact model (float32, as trained)
+    full = copy.deepcopy(model)
+    g_full = trace(full)
+    assert absorb_constants(g_full, pruned_constants(g_full, masks)) > 10
+    zero_pruned(g_full, masks, betas=True)
+    x = torch.rand(2, 3, imgsz, imgsz)
+    assert max_diff(raw_maps(compact, x), raw_maps(full, x)) <= 1e-4
+
+    # (b) in float64 (float32 rounding of activations ~20 is ~1e-4): the original with only the
+    # pruned gammas zeroed equals the compensated model except where zero padding meets a constant
+    model, x = model.double(), x.double()
+    full = copy.deepcopy(model)
+    g_full = trace(full)
+    absorb_constants(g_full, pruned_constants(g_full, masks))
+    zero_pruned(g_full, masks, betas=True)
+    assert max_diff(raw_maps(prune_channels(model, masks).eval(), x), raw_maps(full, x)) <= 1e-9
+    original = copy.deepcopy(model)
+    zero_pruned(trace(original), masks, betas=False)
+    assert max_diff(raw_maps(original, x), raw_maps(full, x)) > 1e-3  # zero-padded borders differ
+    # pad by edge replication instead: constants stay constant at the borders, the maps match everywhere
+    replicate_padding(original), replicate_padding(full)
+    assert max_diff(raw_maps(original, x), raw_maps(full, x)) <= 1e-9
+
+
+def test_without_compensation_outputs_change():
+    """Control: skipping the beta compensation breaks (a), so the test above can fail."""
+    model = random_model("yolov5-cpu.yaml", seed=1)
+    graph = trace(model)
+    masks, _ = compute_masks(graph, MaskOptions(global_percent=0.3))
+    full = copy.deepcopy(model)
+    zero_pruned(trace(full), masks, betas=True)
+    original = copy.deepcopy(model)
+    zero_pruned(trace(original), masks, betas=False)
+    x = torch.rand(1, 3, 64, 64)
+    replicate_padding(original), replicate_padding(full)
+    assert max_diff(raw_maps(original, x), raw_maps(full, x)) > 1e-2
+
+
+def test_coupled_masks_identical_at_shortcuts():
+    model = random_model("yolov5-cpu.yaml")
+    graph = trace(model)
+    masks, _ = compute_masks(graph, MaskOptions(global_percent=0.5))
+    groups = {tuple(g) for g in graph.groups() if len(g) > 1}
+    # C3 at layer 4 has 2 shortcut blocks: cv1 and both cv2 outputs are summed
+    assert ("model.4.cv1", "model.4.m.0.cv2", "model.4.m.1.cv2") in groups
+    assert not any("model.13" in n for g in groups for n in g)  # head C3s have no shortcut
+    for g in groups:
+        assert all(torch.equal(masks[g[0]], masks[n]) for n in g)
+    # cv3 of a C3 reads [stream, cv2] concatenated; SPPF's cv2 reads cv1 four times
+    cv3 = next(c for c in graph.consumers if c.name == "model.4.cv3")
+    assert torch.equal(input_mask(graph, cv3.inputs, masks),
+                       torch.cat([masks["model.4.cv1"], masks["model.4.cv2"]]))
+    sppf = next(c for c in graph.consumers if c.name == "model.9.cv2")
+    assert torch.equal(input_mask(graph, sppf.inputs, masks), masks["model.9.cv1"].repeat(4))
+    detect = [c for c in graph.consumers if c.bn is None]
+    assert [c.name for c in detect] == ["model.24.m.0", "model.24.m.1", "model.24.m.2"]
+
+
+def test_pruned_checkpoint_reloads_weights_only(tmp_path):
+    model = random_model("yolov5-cpu.yaml")
+    masks, _ = compute_masks(trace(model), MaskOptions(global_percent=0.3, round_to=8))
+    compact = prune_channels(model, masks).eval()
+    assert all(m.conv.out_channels % 8 == 0 or m.conv.out_channels == masks[n].numel()
+               for n, m in trace(compact).convs.items())
+    path = save_checkpoint(tmp_path / "pruned.pt", compact, hyp={}, metrics={}, epoch=0)
+    raw = torch.load(path, weights_only=True)
+    assert raw["arch"]["channels"]["model.4.cv1"] == int(masks["model.4.cv1"].sum())
+    loaded = model_from_checkpoint(path)
+    x = torch.rand(1, 3, 64, 64)
+    assert max_diff(raw_maps(loaded, x), raw_maps(compact, x)) == 0.0
