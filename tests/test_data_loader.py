@@ -41,7 +41,7 @@ def test_synthetic_deterministic_and_varied(tmp_path):
                      for line in p.read_text().splitlines()])
     assert set(rows[:, 0].astype(int)) == set(range(len(NAMES)))  # every class appears
     assert ((rows[:, 1:] > 0) & (rows[:, 1:] <= 1)).all()
-    assert rows[:, 3].min() * 128 < 14 and rows[:, 3].max() * 128 > 40  # small and large objects
+    assert rows[:, 3].min() * 128 < 24 and rows[:, 3].max() * 128 > 40  # small and large objects
     per_image = [len(p.read_text().splitlines()) for p in a.rglob("*.txt")]
     assert max(per_image) <= 8 and max(per_image) >= 3
     img = cv2.imread(str(a / "images/train/000000.jpg"))
@@ -81,7 +81,7 @@ def test_yaml_synthetic_section_generates_once(tmp_path):
 
 def test_builtin_yaml_points_at_repo_datasets():
     raw = yaml.safe_load(Path("studies/data/shapes.yaml").read_text())
-    assert raw["path"] == "../../datasets/shapes" and len(raw["names"]) >= 6
+    assert raw["path"] == "../../datasets/shapes-v2" and len(raw["names"]) >= 6
     assert set(raw["names"].values()) <= set(S.SHAPES)
     assert raw["synthetic"]["n_train"] >= 800 and raw["synthetic"]["imgsz"] == 256
 

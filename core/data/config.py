@@ -17,7 +17,7 @@ from .synthetic import generate_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT / "studies" / "data" / "shapes.yaml"
-SYNTHETIC_KEYS = {"seed", "n_train", "n_val", "n_test", "imgsz"}
+SYNTHETIC_KEYS = {"seed", "n_train", "n_val", "n_test", "imgsz", "min_size"}
 
 
 class DataConfigError(ValueError):

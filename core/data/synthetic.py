@@ -2,7 +2,8 @@
 
 Each image: a textured background (two-colour gradient, low-frequency colour blobs, random lines,
 soft ellipses, pixel noise), 0-3 distractors that belong to no class (arcs, zigzags, letters,
-long thin ellipses), then 1-8 class shapes of random colour, size 8-120 px (log-uniform) and
+long thin ellipses), then 1-8 class shapes of random colour, size min_size (default 16) to 120 px
+(log-uniform) and
 rotation, drawn one after another so later shapes occlude earlier ones, then 0-2 more distractors
 on top. A shape whose visible area falls below 40% of its own area gets NO label (it stays in the
 image, like an unlabelled, mostly hidden object); the others are labelled with the tight box of
@@ -151,7 +152,8 @@ def _fill(rng: np.random.Generator, imgsz: int):
     return _random_color(rng), _random_color(rng), rng.uniform(0, 2 * math.pi), imgsz / rng.uniform(1, 4)
 
 
-def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str],
+                  min_size: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
     """One image (BGR uint8, imgsz x imgsz) and its labels (n, 5) [cls, cx, cy, w, h] normalised."""
     hw = (imgsz, imgsz)
     img = _background(rng, hw)
@@ -161,7 +163,7 @@ def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str]) ->
     smax = min(120.0, imgsz * 0.47)
     for _ in range(rng.integers(1, 9)):
         c = int(rng.integers(len(names)))
-        size = math.exp(rng.uniform(math.log(8), math.log(smax)))
+        size = math.exp(rng.uniform(math.log(min_size), math.log(smax)))
         cx, cy = rng.uniform(size / 2, imgsz - size / 2), rng.uniform(size / 2, imgsz - size / 2)
         layers.append((shape_mask(names[c], size, rng.uniform(0, 2 * math.pi), cx, cy, hw), c))
     for _ in range(rng.integers(0, 3)):
@@ -184,13 +186,14 @@ def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str]) ->
     return img, np.array(labels[::-1], dtype=np.float64).reshape(-1, 5)
 
 
-def _write_split(root: Path, split: str, n: int, seed: int, imgsz: int, names: Sequence[str]) -> None:
+def _write_split(root: Path, split: str, n: int, seed: int, imgsz: int, names: Sequence[str],
+                 min_size: float) -> None:
     im_dir, lb_dir = root / "images" / split, root / "labels" / split
     im_dir.mkdir(parents=True, exist_ok=True)
     lb_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-        img, labels = render_sample(rng, imgsz, names)
+        img, labels = render_sample(rng, imgsz, names, min_size)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
         rows = "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in labels)
@@ -199,7 +202,7 @@ def _write_split(root: Path, split: str, n: int, seed: int, imgsz: int, names: S
 
 def generate_shapes(
     root: str | Path, names: Sequence[str] = SHAPES, seed: int = 0, n_train: int = 800, n_val: int = 200,
-    imgsz: int = 256, n_test: int = 0,
+    imgsz: int = 256, n_test: int = 0, min_size: float = 16.0,
 ) -> Path:
     """Generate the dataset under `root` unless it already exists; returns root.
 
@@ -207,7 +210,8 @@ def generate_shapes(
     interrupted generation never leaves a partial dataset at `root`).
     """
     root = Path(root)
-    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "imgsz": imgsz, "names": list(names)}
+    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "imgsz": imgsz, "names": list(names),
+              "min_size": min_size}
     if root.exists():
         _check_params(root, params)
         return root
@@ -221,7 +225,7 @@ def generate_shapes(
     try:
         for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
             if n:
-                _write_split(tmp, split, n, seed, imgsz, names)
+                _write_split(tmp, split, n, seed, imgsz, names, min_size)
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=1))
         os.rename(tmp, root)
     except OSError:
