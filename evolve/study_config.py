@@ -38,6 +38,8 @@ class StudyConfig:
     fitness_weights: list = field(default_factory=lambda: [0.0, 0.0, 0.1, 0.9])
     ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init
     train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
+    retrain: dict = field(default_factory=dict)  # evolve.study: retrain of the best hyps (epochs, top_k, seeds, base)
+    prune: dict = field(default_factory=dict)    # evolve.study: prune.pipeline options for the retrained best
     retries: int = 2                    # times a trial whose worker died is re-run
     heartbeat: float = 20.0             # seconds between a running trial's heartbeats
 

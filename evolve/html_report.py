@@ -1,0 +1,340 @@
+"""report.html of a study run dir: one self-contained file (inline CSS, PNGs as data: URIs, no script, no URL).
+
+A pure function of the files in runs/study/NAME/ (study.json, phases/, evolve/, retrain/, prune/): any
+phase whose files are missing becomes a note saying what is missing and which command makes it.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitness": "Fitness per trial",
+            "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
+            "top": "Top trials", "default-vs-best": "Default vs best hyperparameters",
+            "retrain": "Retrained at full budget", "pruning": "Pruning stages",
+            "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
+METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
+STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "After channels",
+                "layer": "After layers", "finetune": "After finetune"}
+PRUNE_ROWS = [("P", "{:.4g}"), ("R", "{:.4g}"), ("mAP50", "{:.4g}"), ("mAP50-95", "{:.4g}"), ("fitness", "{:.4g}"),
+              ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}x"),
+              ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:,.0f}"), ("channels_pruned", "{:,.0f}"),
+              ("prune_ratio", "{:.3f}")]
+PRUNE_OPTIONS = ("sr", "s", "s_schedule", "sparse_epochs", "global_percent", "layer_keep", "round_to", "shortcuts",
+                 "finetune_epochs")
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;
+padding:1em 2em;color:#222;line-height:1.4}h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
+margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;
+padding:.25em .6em;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.changed td{background:#fff6d6}
+.missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}.note{color:#555;font-size:.92em}
+img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .25em}nav a{margin-right:.8em}
+.up{color:#1a7f37}.down{color:#c62828}"""
+
+
+def esc(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def fmt(v: Any, spec: str = "{:.4g}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    try:
+        return spec.format(v)
+    except (ValueError, TypeError):
+        return esc(v)
+
+
+def image(path: Path, alt: str) -> str | None:
+    """<img> with the PNG inlined as a data: URI (None when the file is missing)."""
+    if not path.is_file():
+        return None
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def table(header: list[str], rows: list[list[Any]], left: int = 1, classes: list[str] | None = None) -> str:
+    """HTML table; the first `left` columns are left-aligned text, cells are pre-formatted strings."""
+    def cells(tag: str, values: list[Any]) -> str:
+        return "".join(f'<{tag}{" class=l" if i < left else ""}>{v}</{tag}>' for i, v in enumerate(values))
+    body = "".join(f'<tr{f" class={classes[i]}" if classes and classes[i] else ""}>{cells("td", r)}</tr>'
+                   for i, r in enumerate(rows))
+    return f"<table><tr>{cells('th', [esc(h) for h in header])}</tr>{body}</table>"
+
+
+def missing(what: str, how: str) -> str:
+    return f'<p class="missing">Missing: {esc(what)}. {esc(how)}</p>'
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.EmptyDataError):
+        return None
+
+
+def _change(new: float, old: float) -> str:
+    if not all(math.isfinite(float(x)) for x in (new, old)):
+        return "–"
+    d = new - old
+    rel = f" ({100 * d / abs(old):+.1f}%)" if old else ""
+    return f'<span class="{"up" if d > 0 else "down" if d < 0 else ""}">{d:+.4g}{rel}</span>'
+
+
+class Run:
+    """The files of one study run dir, loaded once."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.study = _read_json(run_dir / "study.json")
+        order = ["evolve", "retrain", "prune"]
+        paths = sorted((run_dir / "phases").glob("*.json"), key=lambda p: (order + [p.stem]).index(p.stem))
+        self.phases = {p.stem: _read_json(p) for p in paths}
+        self.evolve = _read_csv(run_dir / "evolve" / "evolve.csv")
+        self.retrain = _read_csv(run_dir / "retrain" / "retrain.csv")
+        self.prune = _read_csv(run_dir / "prune" / "prune_results.csv")
+        stage_recs = {s: _read_json(run_dir / "prune" / f"{s}.json") for s in STAGE_LABELS}
+        self.prune_records = {s: r for s, r in stage_recs.items() if r}
+        if self.evolve is not None and self.evolve.empty:
+            self.evolve = None
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        df = self.evolve
+        return df[(df.state == "COMPLETE") & df.fitness.notna()].sort_values(["fitness", "number"],
+                                                                            ascending=[False, True])
+
+    def evolved_names(self) -> list[str]:
+        """Hyp columns that vary across trials (the rest were fixed)."""
+        from core.hyp import HYP_KEYS
+        df = self.evolve
+        return [k for k in HYP_KEYS if k in df and df[k].nunique(dropna=True) > 1]
+
+
+# ---- sections: each returns its HTML body ------------------------------------------------------------------
+
+def summary(run: Run) -> str:
+    items, gaps = [], []
+    if run.evolve is not None and not run.complete.empty:
+        best = run.complete.iloc[0]
+        n = {s: int((run.evolve.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        line = (f"Evolution: {len(run.evolve)} trials ({n['COMPLETE']} complete, {n['PRUNED']} pruned, "
+                f"{n['FAIL']} failed); best trial {int(best.number)}, fitness {fmt(best.fitness)}")
+        base = run.evolve[run.evolve.number == 0]
+        if len(base) and pd.notna(base.fitness.iloc[0]):
+            line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
+        items.append(line)
+    else:
+        gaps.append("evolution results (runs/study/NAME/evolve/evolve.csv)")
+    if run.retrain is not None and not run.retrain.empty:
+        g = run.retrain[run.retrain.trial == run.retrain.trial.iloc[0]]
+        items.append(f"Retrain of trial {int(g.trial.iloc[0])} at {int(g.epochs.max())} epochs ({len(g)} seed(s)): "
+                     f"mAP50-95 {_mean_std(g['mAP50-95'])}, fitness {_mean_std(g.fitness)}")
+    else:
+        gaps.append("retrain at full budget (runs/study/NAME/retrain/retrain.csv)")
+    if run.prune is not None and len(run.prune) > 1:
+        b, last = run.prune.iloc[0], run.prune.iloc[-1]
+        items.append(f"Pruning ({esc(STAGE_LABELS.get(last.stage, last.stage))} vs Before): mAP50-95 "
+                     f"{fmt(b['mAP50-95'])} → {fmt(last['mAP50-95'])}, GFLOPs {fmt(b.GFLOPs, '{:.3f}')} → "
+                     f"{fmt(last.GFLOPs, '{:.3f}')} ({100 * (1 - last.GFLOPs / b.GFLOPs):.1f}% less), CPU latency "
+                     f"speedup {fmt(b.latency_ms / last.latency_ms, '{:.2f}')}x")
+    else:
+        gaps.append("pruning results (runs/study/NAME/prune/prune_results.csv)")
+    out = "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else ""
+    if gaps:
+        out += missing("; ".join(gaps), "This is a partial report: run `python -m evolve.study --study "
+                       "STUDY.yaml` to produce the missing phases, then it is rebuilt.")
+    return out
+
+
+def _mean_std(s: pd.Series) -> str:
+    s = s.astype(float).dropna()
+    if len(s) == 0:
+        return "–"
+    if len(s) == 1:
+        return f"{s.iloc[0]:.4g} (1 seed: no spread)"
+    return f"{s.mean():.4g} ± {s.std(ddof=1):.3g} (n={len(s)})"
+
+
+def settings(run: Run) -> str:
+    st = run.study
+    if not st:
+        return missing("study.json (settings and provenance)", "It is written by `python -m evolve.study`.")
+    cfg = st.get("config", {})
+    git = st.get("git", {})
+    code = (git.get("commit") or "unknown (not a git checkout)") + (
+        " + uncommitted changes" if git.get("dirty") else " (clean)" if git.get("dirty") is False else "")
+    rows = [("study", f"{cfg.get('name')} ({st.get('study_file')})"), ("data", st.get("data")),
+            ("model", f"{st.get('model')} (sha256 {str(st.get('model_sha256'))[:12]})"),
+            ("code version", code), ("seed", cfg.get("seed")),
+            ("device", f"{st.get('device')} ({st.get('threads')} torch threads for retrain/prune); evolution on "
+                       f"{cfg.get('gpus')} with {cfg.get('workers')} worker(s)"),
+            ("evolution", f"{cfg.get('trials')} trials × {cfg.get('epochs')} epochs, imgsz {cfg.get('imgsz')}, batch "
+                          f"{cfg.get('batch')}, sampler {cfg.get('sampler')}, pruner {cfg.get('pruner')}, fitness "
+                          f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}"),
+            ("train options", cfg.get("train")), ("retrain options", cfg.get("retrain") or "defaults"),
+            ("prune options", cfg.get("prune") or "defaults"), ("storage", st.get("storage")),
+            ("host / software", f"{st.get('host')}, Python {st.get('python')}, torch {st.get('torch')}"),
+            ("command", st.get("command")), ("study run created", st.get("created"))]
+    if run.evolve is not None:
+        rows.append(("trials ran", f"{str(run.evolve.datetime_start.min())[:19]} → "
+                                   f"{str(run.evolve.datetime_complete.max())[:19]}"))
+    for name, rec in run.phases.items():
+        rows.append((f"phase {name}", f"last ran {rec.get('finished')} ({fmt(rec.get('seconds'), '{:.0f}')} s)"))
+    rows.append(("report written", time.strftime("%Y-%m-%d %H:%M:%S")))
+    return table(["setting", "value"], [[esc(k), esc(v)] for k, v in rows], left=2)
+
+
+def figure(run: Run, rel: str, alt: str, what: str, how: str, note: str = "") -> str:
+    img = image(run.dir / rel, alt)
+    if img is None:
+        return missing(f"{what} ({rel})", how)
+    return img + (f'<p class="note">{note}</p>' if note else "")
+
+
+def importances(run: Run) -> str:
+    img = image(run.dir / "evolve" / "importances.png", "parameter importances")
+    if img:
+        return img
+    if run.evolve is None:
+        return missing("parameter importances", "No evolution results yet.")
+    from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
+    return (f'<p class="missing">Missing: parameter importances. Only {len(run.complete)} complete trial(s): '
+            f"importances need at least {MIN_TRIALS_FOR_IMPORTANCE} (and fitness that varies).</p>")
+
+
+def top_trials(run: Run, n: int = 10) -> str:
+    if run.evolve is None or run.complete.empty:
+        return missing("top trials", "No complete evolution trial yet.")
+    rows = [[i + 1, int(r.number), fmt(r.fitness), fmt(r["mAP50-95"]), fmt(r.mAP50), fmt(r.P), fmt(r.R),
+             fmt(r.epochs, "{:.0f}"), fmt(r.seconds, "{:.0f}"), esc(r.device)]
+            for i, (_, r) in enumerate(run.complete.head(n).iterrows())]
+    return table(["rank", "trial", "fitness", "mAP50-95", "mAP50", "P", "R", "epochs", "seconds", "device"], rows,
+                 left=0) + f'<p class="note">The {min(n, len(run.complete))} best of {len(run.complete)} complete trials.</p>'
+
+
+def default_vs_best(run: Run) -> str:
+    if run.evolve is None or run.complete.empty:
+        return missing("default vs best", "No complete evolution trial yet.")
+    base = run.evolve[run.evolve.number == 0]
+    if base.empty:
+        return missing("trial 0 (the default hyp)", "The study has no trial 0.")
+    b, best = base.iloc[0], run.complete.iloc[0]
+    rows, classes = [], []
+    for k in run.evolved_names():
+        changed = not math.isclose(float(b[k]), float(best[k]), rel_tol=1e-9, abs_tol=1e-12)
+        rows.append([esc(k), fmt(b[k]), fmt(best[k]), _change(float(best[k]), float(b[k])) if changed else "="])
+        classes.append("changed" if changed else "")
+    for m in METRICS:
+        rows.append([f"<b>{m}</b>", fmt(b[m]), fmt(best[m]), _change(float(best[m]), float(b[m]))])
+        classes.append("")
+    head = ["hyp (evolved)", f"default (trial 0, {b.state.lower()})", f"best (trial {int(best.number)})", "change"]
+    return (table(head, rows, classes=classes) +
+            f'<p class="note">Metrics at the trial budget ({fmt(best.epochs, "{:.0f}")} epochs, best epoch). Fixed '
+            f"hyps (same in every trial) are left out; changed values are shaded.</p>")
+
+
+def retrain(run: Run) -> str:
+    df = run.retrain
+    if df is None or df.empty:
+        return missing("retrain at full budget (retrain/retrain.csv)", "Run `python -m evolve.study` (retrain phase).")
+    rows = []
+    for trial, g in df.groupby("trial", sort=False):
+        rows.append([f"{int(trial)} ({esc(g.role.iloc[0])})", len(g), ", ".join(str(int(s)) for s in g.seed),
+                     fmt(g.trial_fitness.iloc[0]), _mean_std(g["mAP50-95"]), _mean_std(g.fitness),
+                     fmt(g.epochs.max(), "{:.0f}"), fmt(g.seconds.sum(), "{:.0f}")])
+    out = table(["trial (role)", "runs", "seeds", "fitness in evolution", "mAP50-95 (mean ± std)",
+                 "fitness (mean ± std)", "epochs", "seconds"], rows)
+    img = image(draw_retrain(run), "retrain curves")
+    note = ('<p class="note">Each run uses a fresh seed (not the trials\' seed), so the spread shows how much of the '
+            "winner's edge is noise. The first run of the best trial is the one pruned.</p>")
+    return out + note + (img or "")
+
+
+def draw_retrain(run: Run) -> Path:
+    """retrain/retrain.png: mAP50-95 per epoch of every retrain run (from each run's results.csv)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path = run.dir / "retrain" / "retrain.png"
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for _, r in run.retrain.iterrows():
+        res = _read_csv(run.dir / "retrain" / str(r.run) / "results.csv")
+        if res is not None and len(res):
+            ax.plot(res.epoch, res["mAP50-95"], marker="o", ms=3, label=f"trial {int(r.trial)} ({r.role}), seed {int(r.seed)}")
+    ax.set_xlabel("epoch (0-based)")
+    ax.set_ylabel("mAP50-95 on val (0–1)")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+    ax.set_title("Retrains at full budget: validation mAP50-95 per epoch")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pruning(run: Run) -> str:
+    df = run.prune
+    if df is None or df.empty:
+        return missing("pruning results (prune/prune_results.csv)", "Run `python -m evolve.study` (prune phase).")
+    df = df.copy()
+    df["speedup"] = df.latency_ms.iloc[0] / df.latency_ms
+    rows = [[esc(k)] + [fmt(v, spec) for v in df[k]] for k, spec in PRUNE_ROWS if k in df]
+    out = table(["metric"] + [STAGE_LABELS.get(s, s) for s in df.stage], rows)
+    b = df.iloc[0]
+    notes = [f"GFLOPs at imgsz {fmt(b.get('imgsz'), '{:.0f}')}; latency: median CPU batch-1 ms of the fused model at "
+             f"{fmt(b.get('latency_imgsz'), '{:.0f}')} px, {fmt(b.get('threads'), '{:.0f}')} thread(s), all stages "
+             "timed interleaved; speedup = Before latency / stage latency."]
+    ch = run.prune_records.get("channel", {}).get("extra", {})
+    opts = run.prune_records.get(df.stage.iloc[-1], {}).get("options", {})
+    if ch:
+        notes.append(f"Channel threshold |gamma| &lt; {fmt(ch.get('threshold'))} (largest safe threshold "
+                     f"{fmt(ch.get('safe_threshold'))}, set by {esc(ch.get('tightest'))}).")
+    if opts:
+        shown = [f"{k}: {v}" for s in opts.values() if isinstance(s, dict) for k, v in s.items() if k in PRUNE_OPTIONS]
+        notes.append("Pruning options: " + esc("; ".join(shown)))
+    img = image(run.dir / "prune" / "stages.png", "pruning stages")
+    return out + "".join(f'<p class="note">{n}</p>' for n in notes) + (img or "")
+
+
+def build_report(run_dir: Path | str) -> Path:
+    """Write run_dir/report.html from the run dir's files; returns its path."""
+    run = Run(Path(run_dir))
+    body = {
+        "summary": summary(run), "settings": settings(run),
+        "fitness": figure(run, "evolve/fitness.png", "fitness per trial", "fitness plot", "No evolution results yet."),
+        "scatter": figure(run, "evolve/evolve.png", "hyperparameters vs fitness", "scatter grid",
+                          "No evolution results yet."),
+        "importances": importances(run), "top": top_trials(run), "default-vs-best": default_vs_best(run),
+        "retrain": retrain(run), "pruning": pruning(run),
+        "gamma": figure(run, "prune/gamma.png", "gamma histograms", "gamma histograms",
+                        "They need the sparse stage (`prune: {sr: true}` in the study)."),
+        "channels": figure(run, "prune/channels.png", "channels per layer", "per-layer channels",
+                           "They come from the prune phase (prune/channels.csv)."),
+    }
+    name = run.study.get("name") or run.dir.name
+    nav = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in SECTIONS.items())
+    parts = [f'<section id="{k}"><h2>{esc(SECTIONS[k])}</h2>{body[k]}</section>' for k in SECTIONS]
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Study {esc(name)}</title>'
+           f"<style>{CSS}</style></head><body><h1>Study '{esc(name)}': evolve → retrain → prune</h1>"
+           f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
+    path = run.dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(path)
+    return path

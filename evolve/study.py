@@ -1,0 +1,382 @@
+"""`python -m evolve.study --study studies/quick.yaml`: evolve, retrain the best at full budget, prune it, report.
+
+Phases (outputs in runs/study/NAME/, the evolution itself in runs/evolve/NAME/ as with `python -m evolve`):
+  evolve   run or resume the Optuna study to its trial count (a finished study is not re-run)
+  retrain  the top-k trials' hyps (optionally the base hyp too) for the `retrain: epochs` budget, each with
+           `seeds` fresh seeds                                          -> retrain/<trialN_seedS>/, retrain.csv
+  prune    prune.pipeline on the best trial's first retrain (weights = its best.pt, hyp = best_hyp.yaml)
+  report   report.html: one self-contained file, plus the PNGs and CSVs beside it
+Each phase records its inputs in phases/<phase>.json and is skipped when they and its outputs are unchanged;
+a phase that runs makes every later one run. --force re-runs retrain and prune (evolution always resumes: use
+--name for a fresh study). `--report-only RUN_DIR` redraws everything from the CSVs and the storage alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from core.hyp import HYP_KEYS
+from evolve.objective import sha256_file
+from evolve.storage import describe
+from evolve.study_config import REPO, StudyConfig, StudyError, load_study
+
+RUNS = Path("runs") / "study"
+STUDY_JSON = "study.json"
+# Prune options the study sets itself (from the retrain and the study's data/model); the rest come from `prune:`.
+PRUNE_RESERVED = ("study", "data", "model", "weights", "hyp", "epochs", "project", "name", "force", "progress")
+
+
+@dataclass
+class RetrainOptions:
+    epochs: int = 30        # the full training budget (trials train for the study's `epochs`)
+    top_k: int = 1          # retrain the k best trials
+    seeds: int = 1          # runs per retrained hyp, seeds study.seed+1 ... (fresh: not the trials' seed)
+    base: bool = False      # also retrain trial 0 (the base hyp): default vs best at the full budget
+
+
+def retrain_options(cfg: StudyConfig) -> RetrainOptions:
+    """The study's `retrain:` section, checked (unknown keys or values < 1 name the field)."""
+    known = {f.name for f in fields(RetrainOptions)}
+    unknown = sorted(set(cfg.retrain) - known)
+    if unknown:
+        raise StudyError(f"study '{cfg.name}': unknown retrain option(s) {unknown} (allowed: {', '.join(sorted(known))})")
+    opts = RetrainOptions(**{k: (bool(v) if k == "base" else int(v)) for k, v in cfg.retrain.items()})
+    for key in ("epochs", "top_k", "seeds"):
+        if getattr(opts, key) < 1:
+            raise StudyError(f"study '{cfg.name}': retrain.{key}={getattr(opts, key)} must be >= 1")
+    return opts
+
+
+def check_prune_section(cfg: StudyConfig) -> dict[str, Any]:
+    """The study's `prune:` section: only prune.pipeline.PruneOptions fields the study does not set itself."""
+    from prune.pipeline import PruneOptions
+    allowed = sorted({f.name for f in fields(PruneOptions)} - set(PRUNE_RESERVED))
+    unknown = sorted(set(cfg.prune) - set(allowed))
+    if unknown:
+        raise StudyError(f"study '{cfg.name}': prune option(s) {unknown} not allowed (allowed: {', '.join(allowed)}; "
+                         f"{', '.join(PRUNE_RESERVED)} are set by the study)")
+    return dict(cfg.prune)
+
+
+# ---- phase records: inputs json + outputs that must exist --------------------------------------------------
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def phase_path(run_dir: Path | str, phase: str) -> Path:
+    return Path(run_dir) / "phases" / f"{phase}.json"
+
+
+def phase_current(run_dir: Path | str, phase: str, inputs: dict) -> bool:
+    """True when the phase last finished with these inputs and its recorded outputs all still exist."""
+    path = phase_path(run_dir, phase)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return rec.get("inputs") == _plain(inputs) and all(Path(p).exists() for p in rec.get("outputs", []))
+
+
+def phase_done(run_dir: Path | str, phase: str, inputs: dict, outputs: list[Path | str], seconds: float) -> None:
+    path = phase_path(run_dir, phase)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"inputs": _plain(inputs), "outputs": [str(p) for p in outputs], "seconds": round(seconds, 1),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.write_text(json.dumps(rec, indent=1))
+
+
+# ---- provenance ---------------------------------------------------------------------------------------------
+
+def git_version() -> dict[str, Any]:
+    """`git rev-parse HEAD` and whether tracked files differ from it (read-only git calls)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def write_provenance(run_dir: Path, cfg: StudyConfig, study_file: str | None, evolve_dir: Path, device: str,
+                     threads: int) -> None:
+    """study.json: the study record and where/what/when it ran (created kept from the first run)."""
+    import torch
+    path = run_dir / STUDY_JSON
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    data_file = cfg.resolved("data") or str(REPO / "studies" / "data" / "shapes.yaml") + " (built-in synthetic)"
+    rec = {**old, "name": cfg.name, "study_file": study_file, "config": cfg.as_record(),
+           "evolve_dir": str(evolve_dir), "storage": describe(cfg.storage, evolve_dir), "data": data_file,
+           "model": cfg.resolved("model"), "model_sha256": sha256_file(cfg.resolved("model")),
+           "device": device, "threads": threads, "git": git_version(), "host": platform.node(),
+           "python": platform.python_version(), "torch": torch.__version__, "command": "python -m evolve.study " + " ".join(sys.argv[1:]),
+           "created": old.get("created", time.strftime("%Y-%m-%d %H:%M:%S")),
+           "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.write_text(json.dumps(_plain(rec), indent=1))
+
+
+# ---- retrain -------------------------------------------------------------------------------------------------
+
+def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> list[dict[str, Any]]:
+    """One entry per retrain run: trial, role, seed, hyp; the first entry is the one pruning uses."""
+    df = pd.read_csv(evolve_csv)
+    done = df[(df.state == "COMPLETE") & df.fitness.notna()].sort_values(["fitness", "number"], ascending=[False, True])
+    if done.empty:
+        raise StudyError(f"{evolve_csv}: no complete trial to retrain")
+    picked = [(int(r.number), "best" if i == 0 else f"top-{i + 1}") for i, r in enumerate(done.head(ropts.top_k).itertuples())]
+    if ropts.base and 0 in set(df.number) and 0 not in [n for n, _ in picked]:
+        picked.append((0, "base"))
+    elif ropts.base:
+        picked = [(n, role + " (base)" if n == 0 else role) for n, role in picked]
+    rows = df.set_index("number")
+    plan = []
+    for number, role in picked:
+        hyp = {k: float(rows.loc[number, k]) for k in HYP_KEYS}
+        hyp["anchors"] = int(round(hyp["anchors"]))
+        for j in range(ropts.seeds):
+            seed = cfg.seed + 1 + j
+            plan.append({"trial": number, "role": role, "seed": seed, "name": f"trial{number}_seed{seed}", "hyp": hyp,
+                         "trial_fitness": float(rows.loc[number, "fitness"])})
+    return plan
+
+
+def _train_options(cfg: StudyConfig, epochs: int, seed: int, device: str, project: Path, name: str) -> Any:
+    from core.train import TrainOptions
+    opts: dict[str, Any] = dict(epochs=epochs, batch_size=cfg.batch, imgsz=cfg.imgsz, device=device, workers=0,
+                                cache="ram", seed=seed, project=str(project), name=name, exist_ok=True, save=True,
+                                fitness_weights=tuple(cfg.fitness_weights), progress=False, patience=0)
+    opts.update(cfg.train)  # the same training setup as the trials, only longer
+    return TrainOptions(**opts)
+
+
+def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions) -> dict[str, Any]:
+    """Everything that changes what one retrain run produces."""
+    return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": cfg.imgsz, "batch": cfg.batch,
+            "train": cfg.train, "data": cfg.data, "data_sha256": sha256_file(cfg.resolved("data")),
+            "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
+            "fitness_weights": cfg.fitness_weights}
+
+
+def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: Path, device: str,
+                force: bool, fit: Callable[..., Any] | None = None) -> Path:
+    """Train every planned run not already done with the same inputs; write retrain.csv; return its path."""
+    if fit is None:
+        from core.train import fit
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, run in enumerate(plan):
+        run_dir = out / run["name"]
+        inputs = run_inputs(cfg, run, ropts)
+        record = run_dir / "run.json"
+        old = json.loads(record.read_text()) if record.is_file() else None
+        if not force and old and old.get("inputs") == _plain(inputs) and (run_dir / "best.pt").is_file():
+            print(f"retrain {i + 1}/{len(plan)} {run['name']}: reusing {run_dir} (same inputs)")
+            rows.append(old["row"])
+            continue
+        print(f"retrain {i + 1}/{len(plan)} {run['name']} ({run['role']}): {ropts.epochs} epochs, seed {run['seed']}")
+        shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
+        t0 = time.time()
+        result = fit(cfg.resolved("data"), cfg.resolved("model"), run["hyp"],
+                     _train_options(cfg, ropts.epochs, run["seed"], device, out, run["name"]))
+        best = dict(result.best or {})
+        row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
+               "trial_fitness": run["trial_fitness"],
+               **{k: float(best.get(k, float("nan"))) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
+               "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
+               "stop_reason": str(result.stop_reason), "run": run["name"]}
+        print(f"  best epoch {row['best_epoch']}: mAP50-95 {row['mAP50-95']:.4f}, fitness {row['fitness']:.4f} "
+              f"({row['seconds']:.0f} s)")
+        if result.best_path is None:
+            raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
+        record.write_text(json.dumps(_plain({"inputs": inputs, "row": row}), indent=1))
+        rows.append(row)
+    path = out / "retrain.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+# ---- prune ---------------------------------------------------------------------------------------------------
+
+def prune_options(cfg: StudyConfig, weights: Path, hyp: Path, run_dir: Path, device: str, threads: int,
+                  force: bool) -> Any:
+    from prune.pipeline import PruneOptions
+    given = check_prune_section(cfg)
+    base = dict(data=cfg.resolved("data"), weights=str(weights), hyp=str(hyp), imgsz=cfg.imgsz, batch_size=cfg.batch,
+                device=device, workers=int(cfg.train.get("workers", 0)), threads=threads, seed=cfg.seed,
+                project=str(run_dir), name="prune", force=force, progress=False)
+    return PruneOptions(**{**base, **given})
+
+
+# ---- the study -----------------------------------------------------------------------------------------------
+
+def _device(cfg: StudyConfig) -> str:
+    return "cpu" if cfg.gpus == "cpu" else cfg.gpus.split(",")[0]
+
+
+def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None,
+                    plots: bool = True) -> None:
+    """Redraw the evolve tables/plots (from the storage) and the prune plots (from its CSVs) into run_dir.
+
+    Without a reachable storage (an RDB URL not given again) the evolve files already beside the report are kept.
+    """
+    import optuna
+    from evolve.report import write_outputs
+    from evolve.storage import open_target
+    target = storage or (str(evolve_dir) if evolve_dir and (Path(evolve_dir) / "journal.log").is_file() else None)
+    if target:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study, _ = open_target(target, json.loads((run_dir / STUDY_JSON).read_text()).get("name")
+                               if (run_dir / STUDY_JSON).is_file() else None)
+        write_outputs(study, run_dir / "evolve", plots=plots)
+    if plots and (run_dir / "prune" / "prune_results.csv").is_file():
+        try:
+            from prune.report import write_report
+            write_report(run_dir / "prune", show=False)
+        except Exception as e:  # a broken plot must not cost the whole report
+            print(f"prune plots not redrawn: {type(e).__name__}: {e}")
+
+
+def write_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
+    from evolve.html_report import build_report
+    refresh_outputs(run_dir, evolve_dir, storage)
+    return build_report(run_dir)
+
+
+def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str | None = None, force: bool = False,
+              threads: int | None = None, launch_fn: Callable[..., int] | None = None,
+              fit: Callable[..., Any] | None = None, prune_fn: Callable[[Any], Any] | None = None) -> int:
+    """All phases in order (launch_fn, fit and prune_fn are injectable for tests); returns an exit code."""
+    import torch
+    ropts = retrain_options(cfg)
+    try:
+        check_prune_section(cfg)  # before hours of evolution: a typo in `prune:` fails now
+        prune_error = None
+    except ImportError as e:  # the pruning package is missing or broken: evolve and retrain still run
+        prune_error = f"{type(e).__name__}: {e}"
+    device = _device(cfg)
+    # Half the cores by default: on a shared CPU, more torch threads than free cores stalls every op on barriers.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = threads or max(1, cores // 2)
+    torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_provenance(run_dir, cfg, study_file, evolve_dir, device, threads)
+
+    # evolve: the launcher resumes and returns at once when the study already has its trials
+    t0 = time.time()
+    if launch_fn is None:
+        import optuna
+        from evolve.launcher import launch as launch_fn
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    code = launch_fn(cfg, cfg.storage, run_dir=evolve_dir)
+    if code != 0:
+        print(f"evolution stopped (exit {code}); writing a partial report")
+        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        return code
+    phase_done(run_dir, "evolve", {"config": cfg.as_record()}, [evolve_dir / "evolve.csv"], time.time() - t0)
+    refresh_outputs(run_dir, evolve_dir, cfg.storage, plots=False)  # evolve.csv + best_hyp.yaml beside the report
+
+    # retrain
+    out = run_dir / "retrain"
+    try:
+        plan = retrain_plan(run_dir / "evolve" / "evolve.csv", cfg, ropts)
+    except StudyError as e:  # e.g. every trial failed: report what there is
+        print(f"retrain: {e}; writing a partial report")
+        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        return 1
+    inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts)} for r in plan]}
+    dirty = force or not phase_current(run_dir, "retrain", inputs)
+    weights = out / plan[0]["name"] / "best.pt"
+    if dirty:
+        t0 = time.time()
+        shutil.copy(run_dir / "evolve" / "best_hyp.yaml", run_dir / "best_hyp.yaml")  # the hyp pruned, frozen
+        csv = run_retrain(cfg, plan, ropts, out, device, force, fit)
+        phase_done(run_dir, "retrain", inputs, [csv, weights, run_dir / "best_hyp.yaml"], time.time() - t0)
+    else:
+        print(f"retrain: skipped, {len(plan)} run(s) in {out} match the study (--force to redo)")
+
+    # prune
+    if prune_error:
+        print(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
+        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        return 1
+    popts = prune_options(cfg, weights, run_dir / "best_hyp.yaml", run_dir, device, threads, force)
+    inputs = {"options": {k: v for k, v in asdict(popts).items() if k not in ("force", "progress", "threads")},
+              "weights_sha256": sha256_file(weights)}
+    if dirty or not phase_current(run_dir, "prune", inputs):
+        dirty, t0 = True, time.time()
+        if prune_fn is None:
+            from prune.pipeline import run as prune_fn
+        prune_fn(popts)
+        phase_done(run_dir, "prune", inputs, [run_dir / "prune" / "prune_results.csv"], time.time() - t0)
+    else:
+        print(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
+
+    report = write_report(run_dir, evolve_dir, cfg.storage)
+    print(f"report: {report}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m evolve.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default="studies/quick.yaml", help="study file (default studies/quick.yaml)")
+    ap.add_argument("--gpus", default=None, help="'cpu' or GPU ids '0,1,2,3' (evolution: one worker per GPU)")
+    ap.add_argument("--workers", type=int, default=None, help="evolution worker processes on CPU")
+    ap.add_argument("--trials", type=int, default=None, help="finished evolution trials in total")
+    ap.add_argument("--storage", default=None, help="Optuna RDB URL (default: journal file in runs/evolve/NAME)")
+    ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME and runs/study/NAME)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for retrain/prune (default: half the cores)")
+    ap.add_argument("--force", action="store_true", help="redo retrain and prune (evolution always resumes)")
+    ap.add_argument("--report-only", metavar="RUN_DIR", default=None,
+                    help="only rebuild RUN_DIR/report.html from its CSVs and the evolution storage")
+    return ap.parse_args(argv)
+
+
+def report_only(run_dir: Path, storage: str | None) -> Path:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--report-only {run_dir}: no such run dir (expected runs/study/NAME)")
+    rec = json.loads((run_dir / STUDY_JSON).read_text()) if (run_dir / STUDY_JSON).is_file() else {}
+    evolve_dir = Path(rec["evolve_dir"]) if rec.get("evolve_dir") else None
+    return write_report(run_dir, evolve_dir, storage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
+    try:
+        if args.report_only:
+            print(f"report: {report_only(Path(args.report_only), args.storage)}")
+            return 0
+        study = Path(args.study)
+        if not study.exists() and (REPO / study).exists():
+            study = REPO / study
+        overrides = {"gpus": args.gpus, "workers": args.workers, "trials": args.trials, "storage": args.storage,
+                     "name": args.name}
+        cfg = load_study(study, overrides)
+        return run_study(cfg, RUNS / cfg.name, Path("runs") / "evolve" / cfg.name, str(args.study), args.force,
+                         args.threads)
+    except (StudyError, FileNotFoundError, ValueError) as e:
+        print(f"evolve.study: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume (finished phases and runs are kept)")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
