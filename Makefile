@@ -11,6 +11,7 @@ EPOCHS ?= 30
 IMGSZ ?= 160
 DEVICE ?= cpu
 TRIALS ?=
+NAME ?= quick
 SAMPLER ?=
 
 .PHONY: install test train val bench evolve prune report study clean
@@ -44,6 +45,12 @@ prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
 	  --epochs 40 --nbs 16 --sr --s 0.02 --sparse-epochs 10 --finetune-epochs 15 \
 	  --global-percent 0.5 --round-to 8 --shortcuts 4 --latency-imgsz 640
+
+study: install
+	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS))
+
+report: install
+	$(PY) -m evolve.study --report-only runs/study/$(NAME)
 
 clean:
 	rm -rf runs

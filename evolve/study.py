@@ -218,6 +218,7 @@ def prune_options(cfg: StudyConfig, weights: Path, hyp: Path, run_dir: Path, dev
     given = check_prune_section(cfg)
     base = dict(data=cfg.resolved("data"), weights=str(weights), hyp=str(hyp), imgsz=cfg.imgsz, batch_size=cfg.batch,
                 device=device, workers=int(cfg.train.get("workers", 0)), threads=threads, seed=cfg.seed,
+                nbs=int(cfg.train.get("nbs", 64)),  # the same gradient accumulation as the trials
                 project=str(run_dir), name="prune", force=force, progress=False)
     return PruneOptions(**{**base, **given})
 
