@@ -228,6 +228,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     save_dir = Path(resume_path).parent if resume_ckpt else _next_run_dir(opts.project, opts.name, opts.exist_ok)
     if opts.save and ctx.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
+        if resume_ckpt is None and (save_dir / "results.csv").exists():
+            (save_dir / "results.csv").unlink()  # a new run in a reused folder (--exist-ok) starts a new table
         import yaml
         with open(save_dir / "hyp.yaml", "w") as f:
             yaml.safe_dump(hyp, f, sort_keys=False)
@@ -284,7 +286,9 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         net.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in resume_ckpt["state_dict"].items()})
         start_epoch = resume_ckpt["epoch"] + 1
         best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
-        history = _read_history(save_dir / "results.csv")
+        # rows past the checkpoint (an interrupt between the csv row and the checkpoint) are re-run
+        history = [h for h in _read_history(save_dir / "results.csv") if h["epoch"] < start_epoch]
+        _rewrite_results(save_dir / "results.csv", history)
         scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
 
     train_model: nn.Module = net
@@ -418,6 +422,13 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         print(f"{len(history) - (start_epoch if resume_ckpt else 0)} epochs in {hours:.3f} h, stop: {stop_reason}; "
               f"best fitness {best_fitness:.4f} at epoch {best_epoch}.{where}")
     return result
+
+
+def _rewrite_results(path: Path, history: list[dict]) -> None:
+    if path.exists():
+        path.unlink()
+    for row in history:
+        _write_row(path, row)
 
 
 def _read_history(path: Path) -> list[dict]:
