@@ -137,7 +137,7 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
     ax.set_xlabel("importance for fitness (fANOVA, sums to 1)")
     rough = "; few trials: a rough ranking" if len(complete) < 4 * len(params) else ""
-    ax.set_title(f"Hyperparameter importances ({len(complete)} complete trials{rough})")
+    ax.set_title(f"Hyperparameter importances\n({len(complete)} complete trials{rough})", fontsize=10)
     ax.tick_params(axis="y", labelsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -50,13 +50,13 @@ def plot_stages(df: pd.DataFrame, path: Path) -> None:
 
     labels = [LABELS.get(s, s).replace("After ", "After\n") for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = [("mAP50-95", "mAP50-95", "{:.4f}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
+    panels = [("mAP50-95", "mAP50-95", "{:.4g}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
               "{:.3f}", "tab:orange"), ("latency_ms", "CPU latency, ms (batch 1, %dpx, fused)" % df.get("latency_imgsz", df["imgsz"]).iloc[0],
               "{:.1f}", "tab:green")]
     for ax, (key, title, fmt, color) in zip(axes, panels):
         bars = ax.bar(range(len(df)), df[key], color=color, alpha=0.85)
         ax.bar_label(bars, [fmt.format(v) for v in df[key]], fontsize=8, padding=2)
-        if key == "mAP50-95":
+        if key == "mAP50-95" and df[key].iloc[0] > 0.01:  # the tolerance line only when it is on the chart
             ax.axhline(df[key].iloc[0] - 0.01, color="gray", ls=":", lw=1, label="Before - 0.01")
             ax.legend(fontsize=7, loc="upper left")
         ax.set_xticks(range(len(df)), labels, fontsize=8)
@@ -122,6 +122,7 @@ def plot_channels(df: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(x, df["conv"].str.replace("model.", "", regex=False), rotation=90, fontsize=6)
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel("output channels")
+    ax.set_xlabel("prunable conv (layer index . module path)")
     kept = df["after_layer"].sum() / df["before"].sum()
     ax.set_title(f"Channels per prunable conv (kept {100 * kept:.1f}% of {df['before'].sum():,})", fontsize=10)
     ax.legend(fontsize=8)
