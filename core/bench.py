@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["conv_gflop_per_s"] = conv_throughput()
     figures["train_vs_conv_ratio"] = figures["train_gflop_per_s"] / figures["conv_gflop_per_s"]
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest loader worker
     for k, v in figures.items():
         print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
     out = Path(args.out)
