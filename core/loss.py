@@ -85,7 +85,6 @@ class ComputeLoss:
     def __call__(self, preds: Sequence[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = preds[0].device
         targets = targets.to(device=device, dtype=torch.float32)
-        anchors = self.anchors.to(device=device, dtype=torch.float32)
         lbox = torch.zeros(1, device=device)
         lobj = torch.zeros(1, device=device)
         lcls = torch.zeros(1, device=device)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import copy
-import csv
 import logging
-import math
 import os
 import signal
 import time
@@ -22,12 +20,10 @@ from core.device import dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.optim import build_optimizer, lr_lambda, warmup
+from core.run_dir import next_run_dir, read_history, resolve_resume, rewrite_results, write_row
 from core.seeding import init_seeds
 
 LOG = logging.getLogger("core.train")
-RESULT_COLUMNS = ["epoch", "train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness",
-                  "val_box", "val_obj", "val_cls", "lr", "seconds", "train_seconds", "val_seconds"]
-
 __all__ = ["fit", "TrainOptions", "FitResult", "Callbacks", "StopTraining"]
 
 
@@ -68,34 +64,6 @@ class FitResult:
     last_path: Path | None = None
     stop_reason: str = "completed"
     model: nn.Module | None = None
-
-
-def _next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
-
-
-def _resolve_resume(resume: bool | str, project: str) -> Path:
-    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt."""
-    if resume is True:
-        candidates = sorted(Path(project).glob("*/resume.pt"), key=os.path.getmtime)
-        candidates += sorted(Path(project).glob("*/last.pt"), key=os.path.getmtime)
-        if not candidates:
-            raise FileNotFoundError(f"--resume: no resume.pt or last.pt found under {project}/")
-        path = candidates[-1] if not any(c.name == "resume.pt" for c in candidates) else \
-            max((c for c in candidates if c.name == "resume.pt"), key=os.path.getmtime)
-    else:
-        path = Path(resume)
-        if path.is_dir():
-            path = path / "resume.pt" if (path / "resume.pt").exists() else path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: {path} not found")
-    return path
 
 
 def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict | None, bool]:
@@ -153,15 +121,6 @@ def _fit_anchors(net: nn.Module, labels: list[np.ndarray], imgsz: int, hyp: dict
     set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"]))
 
 
-def _write_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 class _TermAsInterrupt:
     """Inside the block SIGTERM raises KeyboardInterrupt, so a killed run cleans up like Ctrl-C."""
 
@@ -201,7 +160,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     ctx = dist_context()
     resume_ckpt = None
     if opts.resume:
-        resume_path = _resolve_resume(opts.resume, opts.project)
+        resume_path = resolve_resume(opts.resume, opts.project)
         resume_ckpt = load_checkpoint(resume_path)
         if resume_ckpt.get("optimizer") is None:
             raise ValueError(f"--resume: {resume_path} has no optimizer state (it was stripped); start a new run with --weights")
@@ -225,7 +184,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     data_cfg = data if isinstance(data, Mapping) else load_data_config(data)
     nc, names = int(data_cfg["nc"]), list(data_cfg["names"])
 
-    save_dir = Path(resume_path).parent if resume_ckpt else _next_run_dir(opts.project, opts.name, opts.exist_ok)
+    save_dir = Path(resume_path).parent if resume_ckpt else next_run_dir(opts.project, opts.name, opts.exist_ok)
     if opts.save and ctx.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         if resume_ckpt is None and (save_dir / "results.csv").exists():
@@ -287,8 +246,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         start_epoch = resume_ckpt["epoch"] + 1
         best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
         # rows past the checkpoint (an interrupt between the csv row and the checkpoint) are re-run
-        history = [h for h in _read_history(save_dir / "results.csv") if h["epoch"] < start_epoch]
-        _rewrite_results(save_dir / "results.csv", history)
+        history = [h for h in read_history(save_dir / "results.csv") if h["epoch"] < start_epoch]
+        rewrite_results(save_dir / "results.csv", history)
         scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
 
     train_model: nn.Module = net
@@ -372,7 +331,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     if improved:
                         best_fitness, best_epoch, result.best = metrics["fitness"], epoch, metrics
                     if opts.save:
-                        _write_row(save_dir / "results.csv", metrics)
+                        write_row(save_dir / "results.csv", metrics)
                         common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics=metrics, epoch=epoch,
                                       best_fitness=best_fitness, train_opts=opts_record)
                         save_checkpoint(last_path, net, optimizer=optimizer, **common)
@@ -424,75 +383,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     return result
 
 
-def _rewrite_results(path: Path, history: list[dict]) -> None:
-    if path.exists():
-        path.unlink()
-    for row in history:
-        _write_row(path, row)
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def parse_args(argv: list[str] | None = None):
-    import argparse
-
-    d = TrainOptions()
-    p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
-    p.add_argument("--model", default="studies/models/yolov5-cpu.yaml", help="model yaml")
-    p.add_argument("--weights", default=None, help="start from this checkpoint instead of --model")
-    p.add_argument("--hyp", default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="total batch over all devices")
-    p.add_argument("--imgsz", type=int, default=d.imgsz, help="train/val image size (pixels)")
-    p.add_argument("--device", default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
-    p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
-    p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
-    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=d.optimizer)
-    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
-    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
-                   "(64 as YOLOv5; 16 gives 4x more optimizer steps on small datasets)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
-    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, imgsz=args.imgsz, device=args.device,
-                        workers=args.workers, cache=args.cache, optimizer=args.optimizer, cos_lr=args.cos_lr,
-                        patience=args.patience, freeze=args.freeze, seed=args.seed, project=args.project,
-                        name=args.name, exist_ok=args.exist_ok, resume=args.resume,
-                        label_smoothing=args.label_smoothing, progress=not args.no_progress,
-                        threads=args.threads, nbs=args.nbs)
-    try:
-        fit(args.data, args.weights or args.model, args.hyp, opts)
-    except KeyboardInterrupt:
-        print("interrupted: best.pt and last.pt are stripped and loadable; `--resume` continues from resume.pt",
-              file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
+    from core.train_cli import main
+
     raise SystemExit(main())

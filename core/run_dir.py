@@ -1,0 +1,60 @@
+"""The files of one training run folder: where it goes, its results.csv, and what --resume picks."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+RESULT_COLUMNS = ["epoch", "train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness",
+                  "val_box", "val_obj", "val_cls", "lr", "seconds", "train_seconds", "val_seconds"]
+
+
+def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"
+
+
+def resolve_resume(resume: bool | str, project: str) -> Path:
+    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt."""
+    if resume is True:
+        candidates = sorted(Path(project).glob("*/resume.pt"), key=os.path.getmtime)
+        candidates += sorted(Path(project).glob("*/last.pt"), key=os.path.getmtime)
+        if not candidates:
+            raise FileNotFoundError(f"--resume: no resume.pt or last.pt found under {project}/")
+        path = candidates[-1] if not any(c.name == "resume.pt" for c in candidates) else \
+            max((c for c in candidates if c.name == "resume.pt"), key=os.path.getmtime)
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "resume.pt" if (path / "resume.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} not found")
+    return path
+
+
+def write_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def rewrite_results(path: Path, history: list[dict]) -> None:
+    if path.exists():
+        path.unlink()
+    for row in history:
+        write_row(path, row)
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

@@ -1,0 +1,65 @@
+"""`python -m core.train`: the command line over core.train.fit."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from core.train import TrainOptions, fit
+
+
+def parse_args(argv: list[str] | None = None):
+    import argparse
+
+    d = TrainOptions()
+    p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
+    p.add_argument("--model", default="studies/models/yolov5-cpu.yaml", help="model yaml")
+    p.add_argument("--weights", default=None, help="start from this checkpoint instead of --model")
+    p.add_argument("--hyp", default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="total batch over all devices")
+    p.add_argument("--imgsz", type=int, default=d.imgsz, help="train/val image size (pixels)")
+    p.add_argument("--device", default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
+    p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
+    p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=d.optimizer)
+    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
+                   "(64 as YOLOv5; 16 gives 4x more optimizer steps on small datasets)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, imgsz=args.imgsz, device=args.device,
+                        workers=args.workers, cache=args.cache, optimizer=args.optimizer, cos_lr=args.cos_lr,
+                        patience=args.patience, freeze=args.freeze, seed=args.seed, project=args.project,
+                        name=args.name, exist_ok=args.exist_ok, resume=args.resume,
+                        label_smoothing=args.label_smoothing, progress=not args.no_progress,
+                        threads=args.threads, nbs=args.nbs)
+    try:
+        fit(args.data, args.weights or args.model, args.hyp, opts)
+    except KeyboardInterrupt:
+        print("interrupted: best.pt and last.pt are stripped and loadable; `--resume` continues from resume.pt",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
