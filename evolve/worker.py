@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
