@@ -65,7 +65,7 @@ def bench(study_file: str, trials: int, epochs: int | None, search_trials: int, 
         out["epochs"], out["imgsz"] = cfg.epochs, cfg.imgsz
     out["scaling_2_vs_1"] = round(out["workers_2"]["trials_per_hour"] / out["workers_1"]["trials_per_hour"], 3)
     out["overhead_fraction"] = max(out["workers_1"]["overhead_fraction"], out["workers_2"]["overhead_fraction"])
-    for sampler in ("ga", "tpe"):
+    for sampler in ("ga", "tpe") if search_trials else ():  # --search-trials 0: throughput only
         cfg = load_study(study_file, {**base, "name": f"bench-{sampler}", "trials": search_trials, "workers": 2,
                                       "sampler": sampler})
         study, wall = _run(cfg, fit_spec, threads=None)
@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
           f"scaling {res['scaling_2_vs_1']:.2f}x (target >= 1.8)")
     print(f"  overhead outside train+val: {100 * res['overhead_fraction']:.1f}% of trial time "
           f"(mean {w1['mean_overhead_s']:.2f} s of {w1['mean_trial_s']:.1f} s; target < 5%)")
-    print(f"  best fitness after {res['search_trials']} trials: ga {res['best_fitness_ga']:.4f}   "
-          f"tpe {res['best_fitness_tpe']:.4f}")
+    if res["search_trials"]:
+        print(f"  best fitness after {res['search_trials']} trials: ga {res['best_fitness_ga']:.4f}   "
+              f"tpe {res['best_fitness_tpe']:.4f}")
     print(f"  written {args.json}")
     return 0
 

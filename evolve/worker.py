@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     interrupts = Interrupts().install()
     if args.threads:
+        import cv2
         import torch
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # OpenCV's own pool would otherwise take every core for decoding/warps
     cfg = load_study(Path(args.run_dir) / STUDY_FILE)
     fit = load_callable(args.fit) if args.fit else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
