@@ -22,12 +22,11 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
 def resolve_resume(resume: bool | str, project: str) -> Path:
     """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt."""
     if resume is True:
-        candidates = sorted(Path(project).glob("*/resume.pt"), key=os.path.getmtime)
-        candidates += sorted(Path(project).glob("*/last.pt"), key=os.path.getmtime)
+        # the newest interrupted run (resume.pt) wins; otherwise the newest last.pt
+        candidates = list(Path(project).glob("*/resume.pt")) or list(Path(project).glob("*/last.pt"))
         if not candidates:
             raise FileNotFoundError(f"--resume: no resume.pt or last.pt found under {project}/")
-        path = candidates[-1] if not any(c.name == "resume.pt" for c in candidates) else \
-            max((c for c in candidates if c.name == "resume.pt"), key=os.path.getmtime)
+        path = max(candidates, key=os.path.getmtime)
     else:
         path = Path(resume)
         if path.is_dir():
