@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint, strip_checkpoint
 from core.device import dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
-from core.optim import build_optimizer, lr_lambda, warmup
+from core.optim import build_optimizer, lr_lambda, resolve_auto, warmup
 from core.run_dir import next_run_dir, read_history, resolve_resume, rewrite_results, write_row
 from core.seeding import init_seeds
 
@@ -35,7 +36,7 @@ class TrainOptions:
     device: str = "cpu"
     workers: int = 2
     cache: str | None = None           # None | 'ram' | 'disk'
-    optimizer: str = "SGD"
+    optimizer: str = "auto"            # SGD | Adam | AdamW | auto (AdamW for short runs, SGD for long: core/optim.py)
     cos_lr: bool = False
     patience: int = 100                # epochs without fitness improvement before stopping (0 = never)
     freeze: int = 0                    # freeze the first N layers
@@ -46,6 +47,7 @@ class TrainOptions:
     resume: bool | str = False         # True = latest run under project, or a path to a run dir / checkpoint
     label_smoothing: float = 0.0
     nbs: int = 64                      # nominal batch size: gradients accumulate up to it
+    close_mosaic: int = 10             # last N epochs without mosaic/mixup: train on whole, undistorted images
     save: bool = True                  # write last.pt / best.pt / results.csv
     fitness_weights: tuple = (0.0, 0.0, 0.1, 0.9)
     progress: bool = True
@@ -202,9 +204,19 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         raise ValueError(f"--imgsz {opts.imgsz} must be a multiple of the max stride {gs}")
 
     batch = opts.batch_size // ctx.world_size
-    train_loader, train_set = create_dataloader(
-        data_cfg["train"], opts.imgsz, batch, hyp, augment=True, cache=opts.cache, workers=opts.workers,
-        shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed, nc=nc, prefix="train: ")
+    close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
+
+    def train_loader_for(epoch: int, prefix: str = "train: "):
+        """The training loader; from close_epoch on without mosaic/mixup/copy-paste (new workers see the
+        new hyp; the RAM cache is process-wide, so nothing is decoded again)."""
+        epoch_hyp = hyp if epoch < close_epoch else {**hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0}
+        return create_dataloader(
+            data_cfg["train"], opts.imgsz, batch, epoch_hyp, augment=True, cache=opts.cache, workers=opts.workers,
+            shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed + (epoch >= close_epoch),
+            nc=nc, prefix=prefix)
+
+    train_loader, train_set = train_loader_for(0)
+    mosaic_closed = close_epoch <= 0
     val_loader = None
     if ctx.is_main:
         val_loader, _ = create_dataloader(
@@ -231,7 +243,12 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
 
     accumulate = max(round(opts.nbs / opts.batch_size), 1)
     decay = hyp["weight_decay"] * opts.batch_size * accumulate / opts.nbs
-    optimizer = build_optimizer(net, opts.optimizer, hyp["lr0"], hyp["momentum"], decay)
+    optimizer_steps = math.ceil(len(train_set) / max(opts.batch_size, opts.nbs)) * opts.epochs
+    optimizer_name, hyp_run = resolve_auto(opts.optimizer, hyp, nc, optimizer_steps)
+    if optimizer_name != opts.optimizer and ctx.is_main:
+        LOG.info(f"optimizer auto: {optimizer_name} lr0={hyp_run['lr0']} momentum={hyp_run['momentum']} for "
+                 f"{optimizer_steps} optimizer steps (--optimizer SGD uses the hyp's lr0 {hyp['lr0']})")
+    optimizer = build_optimizer(net, optimizer_name, hyp_run["lr0"], hyp_run["momentum"], decay)
     lf = lr_lambda(opts.epochs, hyp["lrf"], opts.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
     ema = ModelEMA(net) if ctx.is_main else None
@@ -272,6 +289,12 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         with _TermAsInterrupt():
             for epoch in range(start_epoch, opts.epochs):
                 callbacks.call("on_epoch_start", epoch)
+                if epoch >= close_epoch and not mosaic_closed:
+                    mosaic_closed = True
+                    if ctx.is_main:
+                        LOG.info(f"epoch {epoch}: mosaic and mixup off for the last {opts.epochs - epoch} epochs "
+                                 f"(--close-mosaic {opts.close_mosaic})")
+                    train_loader, _ = train_loader_for(epoch, prefix="")
                 t_epoch = time.time()
                 train_model.train()
                 if hasattr(train_loader.sampler, "set_epoch"):
@@ -287,7 +310,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     ni = i + nb * epoch
                     imgs = imgs.to(device, non_blocking=True).float() / 255
                     if nw and ni <= nw:
-                        accumulate = warmup(optimizer, ni, nw, epoch, hyp, lf, opts.nbs, opts.batch_size)
+                        accumulate = warmup(optimizer, ni, nw, epoch, hyp_run, lf, opts.nbs, opts.batch_size)
                     with torch.autocast(device_type=device.type, enabled=amp):
                         pred = train_model(imgs)
                         loss, loss_items = compute_loss(pred, targets.to(device))

@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--device", default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
     p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
-    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=d.optimizer)
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW", "auto"], default=d.optimizer,
+                   help="auto: AdamW (lr0 0.01/(4+nc)) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
                    "(64 as YOLOv5; 16 gives 4x more optimizer steps on small datasets)")
+    p.add_argument("--close-mosaic", type=int, default=d.close_mosaic,
+                   help="turn mosaic and mixup off for the last N epochs (0 = never)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                         patience=args.patience, freeze=args.freeze, seed=args.seed, project=args.project,
                         name=args.name, exist_ok=args.exist_ok, resume=args.resume,
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
-                        threads=args.threads, nbs=args.nbs)
+                        threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic)
     try:
         fit(args.data, args.weights or args.model, args.hyp, opts)
     except KeyboardInterrupt:

@@ -93,9 +93,25 @@ class Objective:
                                     device=self.device, workers=0, cache="ram", seed=self.cfg.seed,
                                     project=str(self.run_dir / "trials"), name=str(trial_number), exist_ok=True,
                                     save=False, fitness_weights=tuple(self.cfg.fitness_weights), progress=False,
-                                    patience=0)
+                                    patience=0, optimizer="SGD",  # SGD: lr0 and momentum are searched genes
+                                    close_mosaic=0)  # mosaic and mixup are searched genes too
         opts.update(self.cfg.train)
         return TrainOptions(**opts)
+
+    def warm_up(self) -> float:
+        """Decode the train and val images into this process's RAM cache before the first trial, so no
+        trial pays for it (and a worker's first trial is timed like its others). Returns seconds spent."""
+        opts = self.train_options(-1)
+        if self._fit is not None or opts.cache != "ram":  # an injected fit (tests) or no RAM cache: nothing to warm
+            return 0.0
+        from core.data.config import load_data_config
+        from core.data.dataset import YoloDataset
+        t0 = time.time()
+        data = self.data()
+        cfg = data if isinstance(data, Mapping) else load_data_config(data)
+        for split in ("train", "val"):
+            YoloDataset(cfg[split], imgsz=opts.imgsz, cache="ram", nc=int(cfg["nc"]))
+        return time.time() - t0
 
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, dict], None]:
         from core.callbacks import StopTraining

@@ -159,7 +159,8 @@ def _train_options(cfg: StudyConfig, epochs: int, seed: int, device: str, projec
     from core.train import TrainOptions
     opts: dict[str, Any] = dict(epochs=epochs, batch_size=cfg.batch, imgsz=cfg.imgsz, device=device, workers=0,
                                 cache="ram", seed=seed, project=str(project), name=name, exist_ok=True, save=True,
-                                fitness_weights=tuple(cfg.fitness_weights), progress=False, patience=0)
+                                fitness_weights=tuple(cfg.fitness_weights), progress=False, patience=0,
+                                optimizer="SGD", close_mosaic=0)  # as the trials: the evolved hyp drives SGD and mosaic
     opts.update(cfg.train)  # the same training setup as the trials, only longer
     return TrainOptions(**opts)
 

@@ -72,6 +72,9 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
                               pruner=make_pruner(cfg.pruner, cfg.epochs))
     objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,
                           worker=worker)
+    warm = objective.warm_up()
+    if warm:
+        log(f"worker {worker}: images decoded into the RAM cache in {warm:.1f}s")
     grace = 3 * cfg.heartbeat
     interrupts = interrupts or Interrupts()
     parent = os.getppid()

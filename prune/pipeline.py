@@ -169,7 +169,8 @@ class Pipeline:
         shutil.rmtree(self.run_dir / "train" / stage, ignore_errors=True)  # no rows left from an older run
         topts = TrainOptions(epochs=epochs, batch_size=o.batch_size, imgsz=o.imgsz, device=o.device,
                              workers=o.workers, cache="ram", seed=o.seed, nbs=o.nbs, project=str(self.run_dir / "train"),
-                             name=stage, exist_ok=True, progress=o.progress)
+                             name=stage, exist_ok=True, progress=o.progress,
+                             optimizer="SGD", close_mosaic=0)  # the hyp drives every stage (finetune's lr0 is lower); slimming's L1 assumes SGD
         result = fit(self.data, model, hyp, topts, callbacks)
         if stage == "sparse" or result.best_path is None:
             return copy.deepcopy(result.model).float().eval()  # sparse: the last (most sparse) weights

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.checkpoint import model_from_checkpoint, save_checkpoint
 from core.model.yolo import Model
@@ -85,8 +86,55 @@ def test_surgery_exact(yaml_name, imgsz):
     zero_pruned(trace(original), masks, betas=False)
     assert max_diff(raw_maps(original, x), raw_maps(full, x)) > 1e-3  # zero-padded borders differ
     # pad by edge replication instead: constants stay constant at the borders, the maps match everywhere
+    # (the zero-padded interior is compared at full size in the next test)
     replicate_padding(original), replicate_padding(full)
     assert max_diff(raw_maps(original, x), raw_maps(full, x)) <= 1e-9
+
+
+def border_reach(model, imgsz: int) -> list[torch.Tensor]:
+    """Per output level, a (ny, nx) bool map: True where the cell's receptive field contains a zero-padded
+    position of any conv. Computed independently of the pruning code, by running the model's own layer
+    graph on 0/1 "touched by padding" maps: each conv pads with 1 and dilates by its kernel and stride;
+    BN and SiLU become identities; max-pool, upsample, concat and add carry the maps through."""
+    net = copy.deepcopy(model).float().train()
+    for parent in list(net.modules()):
+        for cname, child in list(parent.named_children()):
+            if isinstance(child, (torch.nn.BatchNorm2d, torch.nn.SiLU)):
+                setattr(parent, cname, torch.nn.Identity())
+
+    def touched(m, inp, out):
+        x = (inp[0].amax(1, keepdim=True) > 0).to(out.dtype)
+        ph, pw = m.padding
+        x = F.pad(x, (pw, pw, ph, ph), value=1.0)
+        return F.max_pool2d(x, m.kernel_size, m.stride).repeat(1, m.out_channels, 1, 1)
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(touched)
+    with torch.no_grad():
+        return [o[0].amax((0, -1)) > 0 for o in net(torch.zeros(1, 3, imgsz, imgsz))]
+
+
+@pytest.mark.parametrize("yaml_name", ["yolov5n.yaml", "yolov5-cpu.yaml"])
+def test_compensation_exact_in_the_interior_with_zero_padding(yaml_name):
+    """(b) as stated: the original model with only the pruned gammas zeroed equals the compensated,
+    compact model wherever no zero padding reaches; 1024 px is the smallest size with interior cells
+    on every output level (the receptive field reaches ~360 px in from each border)."""
+    imgsz = 1024
+    model = random_model(yaml_name, seed=2).double()
+    graph = trace(model)
+    masks, _ = compute_masks(graph, MaskOptions(global_percent=0.4))
+    compact = prune_channels(model, masks).eval()
+    original = copy.deepcopy(model)
+    zero_pruned(trace(original), masks, betas=False)
+    x = torch.rand(1, 3, imgsz, imgsz, dtype=torch.float64)
+    reach = border_reach(model, imgsz)
+    for level, (r, a, b) in enumerate(zip(reach, raw_maps(original, x), raw_maps(compact, x))):
+        diff = (a - b).abs()[0].amax((0, -1))  # (ny, nx): worst anchor and output
+        assert diff.shape == r.shape
+        assert int((~r).sum()) >= 25, f"level {level}: no interior at {imgsz} px"
+        assert float(diff[~r].max()) <= 1e-9, f"level {level}: interior differs by {float(diff[~r].max())}"
+        assert float(diff[r].max()) > 1e-3, f"level {level}: border does not differ (zero padding not exercised)"
 
 
 def test_without_compensation_outputs_change():

@@ -108,3 +108,24 @@ def test_sigint_leaves_stripped_checkpoints_and_resumes(tiny_data, tmp_path):
     res = fit(tiny_data, MODEL, None, _opts(tmp_path, resume=str(run)))
     assert [h["epoch"] for h in res.history] == list(range(6)) and done < 6
     assert not (run / "resume.pt").exists()
+
+
+def test_close_mosaic_rebuilds_the_loader_without_mosaic(tiny_data, tmp_path, monkeypatch, caplog):
+    import core.data.loader as loader_mod
+    seen = []
+    real = loader_mod.create_dataloader
+
+    def recording(sources, imgsz, batch_size, hyp, augment, **kw):
+        seen.append((augment, hyp["mosaic"], hyp["mixup"]))
+        return real(sources, imgsz, batch_size, hyp, augment, **kw)
+
+    monkeypatch.setattr(loader_mod, "create_dataloader", recording)  # fit imports it at call time
+    torch.set_num_threads(1)
+    caplog.set_level("INFO", logger="core.train")
+    fit(tiny_data, MODEL, {"mixup": 0.5}, _opts(tmp_path, epochs=3, close_mosaic=1, save=False, workers=1))
+    train_loaders = [s for s in seen if s[0]]
+    assert train_loaders == [(True, 1.0, 0.5), (True, 0.0, 0.0)]  # epochs 0-1 as asked, epoch 2 closed
+    assert any("mosaic and mixup off for the last 1 epochs" in r.message for r in caplog.records)
+    seen.clear()
+    fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=2, close_mosaic=0, save=False))
+    assert [s for s in seen if s[0]] == [(True, 1.0, 0.0)]
