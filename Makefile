@@ -36,7 +36,7 @@ val: install
 
 bench: install
 	$(PY) -m core.bench
-	$(PY) -m evolve.bench --trials 4 --search-trials 16
+	$(PY) -m evolve.bench --trials 8 --search-trials 16
 
 evolve: install
 	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))

@@ -46,7 +46,8 @@ class TrainOptions:
     exist_ok: bool = False
     resume: bool | str = False         # True = latest run under project, or a path to a run dir / checkpoint
     label_smoothing: float = 0.0
-    nbs: int = 64                      # nominal batch size: gradients accumulate up to it
+    nbs: int = 0                       # nominal batch: gradients accumulate up to it; 0 = 64, or the batch
+                                       # (no accumulation) when optimizer auto picks AdamW
     close_mosaic: int = 10             # last N epochs without mosaic/mixup: train on whole, undistorted images
     save: bool = True                  # write last.pt / best.pt / results.csv
     fitness_weights: tuple = (0.0, 0.0, 0.1, 0.9)
@@ -241,13 +242,19 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     loss_hyp["obj"] *= (opts.imgsz / 640) ** 2 * 3 / nl
     compute_loss = ComputeLoss(net, loss_hyp, label_smoothing=opts.label_smoothing)
 
-    accumulate = max(round(opts.nbs / opts.batch_size), 1)
-    decay = hyp["weight_decay"] * opts.batch_size * accumulate / opts.nbs
-    optimizer_steps = math.ceil(len(train_set) / max(opts.batch_size, opts.nbs)) * opts.epochs
+    auto = opts.optimizer.lower() == "auto"
+    # nominal batch: as given; else no accumulation under auto's AdamW (4x the steps of a short run), else 64
+    nbs = opts.nbs or opts.batch_size
+    optimizer_steps = math.ceil(len(train_set) / max(opts.batch_size, nbs)) * opts.epochs
     optimizer_name, hyp_run = resolve_auto(opts.optimizer, hyp, nc, optimizer_steps)
-    if optimizer_name != opts.optimizer and ctx.is_main:
-        LOG.info(f"optimizer auto: {optimizer_name} lr0={hyp_run['lr0']} momentum={hyp_run['momentum']} for "
-                 f"{optimizer_steps} optimizer steps (--optimizer SGD uses the hyp's lr0 {hyp['lr0']})")
+    if not opts.nbs and not (auto and optimizer_name == "AdamW"):
+        nbs = 64
+    accumulate = max(round(nbs / opts.batch_size), 1)
+    decay = hyp["weight_decay"] * opts.batch_size * accumulate / nbs
+    if auto and ctx.is_main:
+        LOG.info(f"optimizer auto: {optimizer_name} lr0={hyp_run['lr0']} momentum={hyp_run['momentum']} nbs={nbs}, "
+                 f"{math.ceil(len(train_set) / max(opts.batch_size, nbs)) * opts.epochs} optimizer steps "
+                 f"(--optimizer SGD: YOLOv5's recipe with the hyp's lr0 {hyp['lr0']})")
     optimizer = build_optimizer(net, optimizer_name, hyp_run["lr0"], hyp_run["momentum"], decay)
     lf = lr_lambda(opts.epochs, hyp["lrf"], opts.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
@@ -310,7 +317,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     ni = i + nb * epoch
                     imgs = imgs.to(device, non_blocking=True).float() / 255
                     if nw and ni <= nw:
-                        accumulate = warmup(optimizer, ni, nw, epoch, hyp_run, lf, opts.nbs, opts.batch_size)
+                        accumulate = warmup(optimizer, ni, nw, epoch, hyp_run, lf, nbs, opts.batch_size)
                     with torch.autocast(device_type=device.type, enabled=amp):
                         pred = train_model(imgs)
                         loss, loss_items = compute_loss(pred, targets.to(device))

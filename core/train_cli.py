@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW", "auto"], default=d.optimizer,
-                   help="auto: AdamW (lr0 0.01/(4+nc)) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
+                   help="auto: AdamW (lr0 min(0.008, 0.08/(4+nc))) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
-                   "(64 as YOLOv5; 16 gives 4x more optimizer steps on small datasets)")
+                   "(0 = 64 as YOLOv5, or the batch size when --optimizer auto picks AdamW)")
     p.add_argument("--close-mosaic", type=int, default=d.close_mosaic,
                    help="turn mosaic and mixup off for the last N epochs (0 = never)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")

@@ -1,4 +1,4 @@
-"""Evolution benchmark: `python -m evolve.bench [--trials 4] [--epochs 1] [--search-trials 16]`.
+"""Evolution benchmark: `python -m evolve.bench [--trials 8] [--epochs 1] [--search-trials 16]`.
 
 Measures on the quick study (CPU):
 - trials/hour with 1 worker and with 2 workers, one torch thread each, and the scaling ratio;
@@ -78,7 +78,7 @@ def bench(study_file: str, trials: int, epochs: int | None, search_trials: int, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="studies/quick.yaml")
-    ap.add_argument("--trials", type=int, default=4, help="trials per throughput run (1 and 2 workers)")
+    ap.add_argument("--trials", type=int, default=8, help="trials per throughput run (1 and 2 workers; 4 per worker averages out slow hyps)")
     ap.add_argument("--search-trials", type=int, default=16, help="trials per sampler for ga vs tpe")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study's)")
     ap.add_argument("--imgsz", type=int, default=None)
