@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW", "auto"], default=d.optimizer,
-                   help="auto: AdamW (lr0 min(0.008, 0.08/(4+nc))) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
+                   help="auto: AdamW (lr0 min(0.004, 0.04/(4+nc)), no accumulation) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")

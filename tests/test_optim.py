@@ -10,12 +10,12 @@ def test_auto_picks_adamw_for_short_runs_with_class_scaled_lr():
     hyp = load_hyp(None)
     name, run = resolve_auto("auto", hyp, nc=6, optimizer_steps=360)
     assert name == "AdamW"
-    assert abs(run["lr0"] - 0.008) < 1e-12          # 0.08 / (4 + 6)
+    assert abs(run["lr0"] - 0.004) < 1e-12          # 0.04 / (4 + 6)
     assert run["momentum"] == 0.9 and run["warmup_bias_lr"] == 0.0
     assert hyp["lr0"] == 0.01                        # the caller's hyp is not modified
     _, run80 = resolve_auto("auto", hyp, nc=80, optimizer_steps=360)
-    assert abs(run80["lr0"] - 0.08 / 84) < 1e-6     # ~0.001 at COCO's 80 classes
-    assert resolve_auto("auto", hyp, nc=1, optimizer_steps=360)[1]["lr0"] == 0.008  # capped
+    assert abs(run80["lr0"] - 0.04 / 84) < 1e-6     # ~0.0005 at COCO's 80 classes
+    assert resolve_auto("auto", hyp, nc=1, optimizer_steps=360)[1]["lr0"] == 0.004  # capped
 
 
 def test_auto_picks_sgd_with_the_hyp_for_long_runs_and_explicit_names_pass_through():
