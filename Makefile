@@ -44,7 +44,7 @@ evolve: install
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
 	  --epochs 40 --nbs 16 --sr --s 0.02 --sparse-epochs 10 --finetune-epochs 15 \
-	  --global-percent 0.5 --round-to 8 --shortcuts 4 --latency-imgsz 640
+	  --global-percent 0.75 --round-to 16 --shortcuts 4 --latency-imgsz 640
 
 study: install
 	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS))
