@@ -72,9 +72,12 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
                               pruner=make_pruner(cfg.pruner, cfg.epochs))
     objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,
                           worker=worker)
-    warm = objective.warm_up()
-    if warm:
-        log(f"worker {worker}: images decoded into the RAM cache in {warm:.1f}s")
+    try:
+        warm = objective.warm_up()
+        if warm:
+            log(f"worker {worker}: images decoded into the RAM cache in {warm:.1f}s")
+    except Exception as e:  # bad data: each trial then fails with the reason in its record, as without warm-up
+        log(f"worker {worker}: could not pre-load the data ({type(e).__name__}: {e}); trials will load it")
     grace = 3 * cfg.heartbeat
     interrupts = interrupts or Interrupts()
     parent = os.getppid()

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
+from core.data.cache import clear_ram_cache, ram_cache_size
 from core.hyp import load_hyp
 from evolve.launcher import prepare_study
 from evolve.report import write_outputs
@@ -33,7 +34,11 @@ def test_two_real_trials_train_and_record(tmp_path, monkeypatch):
                       "workers": 1})
     run_dir = tmp_path / "runs" / "evolve" / "real"
     prepare_study(cfg, None, run_dir)
-    assert run_worker(cfg, run_dir, log=lambda m: None) == 2
+    clear_ram_cache()
+    logs: list[str] = []
+    assert run_worker(cfg, run_dir, log=logs.append) == 2
+    assert any("images decoded into the RAM cache" in m for m in logs)  # warmed before the first trial
+    assert ram_cache_size()[0] == 12  # 8 train + 4 val images, decoded once for both trials
     study = optuna.load_study(study_name="real", storage=make_storage(None, run_dir))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
