@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from core.hyp import HYP_RANGES
+from evolve.yaml_mapping import read_mapping
 
 DEFAULT_SPACE_FILE = Path(__file__).resolve().parent.parent / "studies" / "space.yaml"
 
@@ -85,12 +85,7 @@ def load_space(source: str | Path | Mapping[str, Any] | None = None) -> Space:
         source = DEFAULT_SPACE_FILE
     if not isinstance(source, Mapping):
         where = str(source)
-        if not Path(source).is_file():
-            raise SpaceError(f"search-space file not found: {source}")
-        with open(source) as f:
-            source = yaml.safe_load(f) or {}
-        if not isinstance(source, Mapping):
-            raise SpaceError(f"{where}: expected a mapping of hyp -> {{gain, low, high}}")
+        source = read_mapping(source, SpaceError, "search-space file", "a mapping of hyp -> {gain, low, high}")
     return {str(k): _gene(str(k), v, where) for k, v in source.items()}
 
 

@@ -5,9 +5,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from evolve.samplers import SAMPLERS
+from evolve.yaml_mapping import read_mapping
 
 REPO = Path(__file__).resolve().parent.parent
 PRUNERS = ("none", "median", "hyperband")
@@ -90,12 +90,7 @@ def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | No
     where = "study defaults"
     if path is not None:
         where = str(path)
-        if not Path(path).is_file():
-            raise StudyError(f"study file not found: {path}")
-        with open(path) as f:
-            given = yaml.safe_load(f) or {}
-        if not isinstance(given, dict):
-            raise StudyError(f"{path}: expected a mapping of study fields")
+        given = read_mapping(path, StudyError, "study file", "a mapping of study fields")
         given.setdefault("name", Path(path).stem)
     given.update({k: v for k, v in (overrides or {}).items() if v is not None})
     names = {f.name for f in fields(StudyConfig)}
