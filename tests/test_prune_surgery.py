@@ -72,7 +72,13 @@ def test_surgery_exact(yaml_name, imgsz):
     assert absorb_constants(g_full, pruned_constants(g_full, masks)) > 10
     zero_pruned(g_full, masks, betas=True)
     x = torch.rand(2, 3, imgsz, imgsz)
-    assert max_diff(raw_maps(compact, x), raw_maps(full, x)) <= 1e-4
+    # Relative to the outputs' scale (~12 here): the two models sum the same terms in a different order
+    # through ~60 layers, so float32 rounding differs by CPU kernel (1.1e-4 absolute on an AVX2 host,
+    # under 1e-4 on AVX-512). 5e-5 of the scale (~400 ulps) still fails a wrong compensation by 100x;
+    # the exact claim is checked in float64 below.
+    compact_maps, full_maps = raw_maps(compact, x), raw_maps(full, x)
+    scale = max(float(m.abs().max()) for m in full_maps)
+    assert max_diff(compact_maps, full_maps) <= 5e-5 * scale
 
     # (b) in float64 (float32 rounding of activations ~20 is ~1e-4): the original with only the
     # pruned gammas zeroed equals the compensated model except where zero padding meets a constant
