@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, SpaceError, HypError, FileNotFoundError) as e:
         print(f"evolve: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the workers started (preflight, base run): nothing to stop
+        print("interrupted: run the same command again to resume")
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Evolution benchmark: `python -m evolve.bench [--trials 8] [--epochs 1] [--search-trials 16]`.
 
-Measures on the quick study (CPU):
+Measures on the quick study (CPU), every bench study finetuning one cached base run (runs/evolve/bench-base):
 - trials/hour with 1 worker and with 2 workers, one torch thread each, and the scaling ratio;
 - per-trial overhead outside training steps: trial wall time minus the train + val time of its
   epochs (fit's history 'seconds'), as a fraction of the trial's wall time;
@@ -52,9 +52,24 @@ def _trial_stats(study: optuna.Study) -> dict[str, float]:
             "overhead_fraction": round(sum(over) / sum(secs), 4)}
 
 
+def shared_start(study_file: str, overrides: dict[str, Any], fit_spec: str | None = None) -> dict[str, Any]:
+    """Overrides that make bench studies finetune one cached base run (runs/evolve/bench-base) instead of
+    each training its own; {} when the study trains its trials from scratch."""
+    cfg = load_study(study_file, {**overrides, "name": "bench-base"})
+    if not cfg.base:
+        return {}
+    from core.hyp import load_hyp
+    from evolve.base_run import ensure_base_run
+    from evolve.worker import load_callable
+    weights = ensure_base_run(cfg, load_hyp(cfg.resolved("hyp")), run_dir_for("bench-base"), "cpu",
+                              fit=load_callable(fit_spec) if fit_spec else None)
+    return {"weights": str(Path(weights).resolve()), "base": {}}
+
+
 def bench(study_file: str, trials: int, epochs: int | None, search_trials: int, imgsz: int | None,
           fit_spec: str | None = None) -> dict[str, Any]:
-    base = {"epochs": epochs, "imgsz": imgsz, "gpus": "cpu"}
+    base = {"epochs": epochs, "imgsz": imgsz, "gpus": "cpu", "noise_seeds": 0}
+    base.update(shared_start(study_file, base, fit_spec))
     out: dict[str, Any] = {"study": study_file, "trials": trials, "search_trials": search_trials}
     for workers in (1, 2):
         cfg = load_study(study_file, {**base, "name": f"bench-w{workers}", "trials": trials, "workers": workers})

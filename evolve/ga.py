@@ -6,9 +6,12 @@ w = f - min(f) + 1e-6, `weighted` averages them by w; then every evolved gene is
 probability `mp` by the factor (1 + gain * N(0,1) * U * sigma) clipped to [0.3, 3.0], re-drawn
 until the child differs from the parent, and clipped to the gene's [low, high].
 
-Fixes: a gene sitting at 0 takes an additive step (same draw, scaled by high - low) since a
-factor can never move it; the RNG is seeded from (study seed, trial number) instead of the
-clock, so a study repeats and two workers never draw the same child.
+Fixes: a gene whose range starts at 0 (mixup, copy_paste, shear, flipud, ...) takes an additive
+step (same draw, scaled by high - low) instead of a factor: a factor can never move it off 0, and
+its 0.3 floor would never bring it back to 0 once above it; the clip at low = 0 switches it off
+again. The RNG is seeded from (study seed, trial number) instead of the clock, so a study repeats
+and two workers never draw the same child. Trials with identical genes (the base hyp's noise
+seeds) are one parent whose fitness is their mean, so a repeated hyp is not bred from 3 times.
 While no trial has completed, the parent is the base hyp (`init='base'`, YOLOv5's first
 generation) or the child is drawn uniformly in the space (`init='random'`).
 """
@@ -34,11 +37,11 @@ def mutate(x: np.ndarray, genes: Sequence[Gene], rng: np.random.Generator, mp: f
     """Mutate parent vector `x` (one value per gene); the result differs from `x` unless `max_draws` fail."""
     gains = np.array([g.gain for g in genes], dtype=float)
     span = np.array([g.high - g.low for g in genes], dtype=float)
-    at_zero = x == 0
+    additive = (x == 0) | (np.array([g.low for g in genes], dtype=float) == 0)
     child = x.copy()
     for _ in range(max_draws):
         step = gains * (rng.random(len(genes)) < mp) * rng.standard_normal(len(genes)) * rng.random() * sigma
-        moved = np.where(at_zero, x + step * span, x * np.clip(step + 1.0, 0.3, 3.0))
+        moved = np.where(additive, x + step * span, x * np.clip(step + 1.0, 0.3, 3.0))
         child = np.array([g.clip(v) for g, v in zip(genes, moved)], dtype=float)
         if np.any(child != x):
             break
@@ -84,11 +87,15 @@ class GASampler(BaseSampler):
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.value is not None and np.isfinite(t.value)]
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        done.sort(key=lambda t: (-sign * t.value, t.number))
-        top = done[: self.n_parents]
-        values = np.array([[float(t.params.get(g.name, b)) for g, b in zip(self.genes, self.base)] for t in top],
-                          dtype=float).reshape(len(top), len(self.genes))
-        return values, np.array([sign * t.value for t in top], dtype=float)
+        groups: dict[tuple, list] = {}  # identical genes (noise seeds of one hyp): one parent, mean fitness
+        for t in sorted(done, key=lambda t: t.number):
+            genes = tuple(float(t.params.get(g.name, b)) for g, b in zip(self.genes, self.base))
+            groups.setdefault(genes, []).append(t)
+        ranked = sorted(((sign * float(np.mean([t.value for t in ts])), ts[0].number, genes)
+                         for genes, ts in groups.items()), key=lambda r: (-r[0], r[1]))
+        top = ranked[: self.n_parents]
+        values = np.array([genes for _, _, genes in top], dtype=float).reshape(len(top), len(self.genes))
+        return values, np.array([f for f, _, _ in top], dtype=float)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

@@ -15,15 +15,29 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from core.hyp import load_hyp
+from evolve.base_run import ensure_base_run
 from evolve.ledger import claim_lock, count_finished, is_counted
+from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
+from evolve.preflight import preflight, visible_gpu_ids
 from evolve.report import write_outputs
 from evolve.space import base_params, check_base, evolved, load_space
 from evolve.storage import describe, make_storage
 from evolve.study_config import REPO, StudyConfig
-from evolve.worker import STUDY_FILE
+from evolve.worker import STUDY_FILE, load_callable
 
 # Fields that change what a trial measures: resuming with other values mixes incomparable trials.
-COMPARABLE = ("data", "model", "hyp", "space", "imgsz", "batch", "epochs", "fitness_weights", "train", "seed")
+COMPARABLE = ("data", "model", "hyp", "space", "imgsz", "batch", "epochs", "fitness_weights", "train", "seed",
+              "weights", "base", "objective")
+# Seeds of the noise trials: study seed + NOISE_SEED_OFFSET + j, apart from the retrains' seed + 1, + 2, ...
+NOISE_SEED_OFFSET = 100
+
+
+def noise_trial_attrs(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """User attrs of the enqueued base-hyp trials: trial 0 at the study seed, then one per extra noise seed."""
+    attrs: list[dict[str, Any]] = [{"base": True, "train_seed": cfg.seed}]
+    for j in range(1, cfg.noise_seeds):
+        attrs.append({"base": True, NOISE_ATTR: j, "train_seed": cfg.seed + NOISE_SEED_OFFSET + j})
+    return attrs
 
 
 def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str) -> optuna.Study:
@@ -50,7 +64,8 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
                       ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
                       ": old and new trials are not comparable (use --name for a new study)")
         if not study.get_trials(deepcopy=False):
-            study.enqueue_trial(base_params(space, base_hyp), user_attrs={"base": True})
+            for attrs in noise_trial_attrs(cfg):
+                study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
     with open(run_dir / STUDY_FILE, "w") as f:
         yaml.safe_dump({k: v for k, v in record.items()}, f, sort_keys=False)
     return study
@@ -62,7 +77,7 @@ def worker_plan(cfg: StudyConfig, threads: int | None = None) -> list[dict[str, 
     if cfg.gpus == "cpu":
         threads = threads or max(1, cores // cfg.workers)
         return [{"device": "cpu", "label": "cpu", "threads": threads, "env": {}} for _ in range(cfg.workers)]
-    ids = [s for s in cfg.gpus.split(",") if s]
+    ids = visible_gpu_ids(cfg.gpus)
     threads = threads or max(1, cores // len(ids))
     return [{"device": "0", "label": f"cuda:{i}", "threads": threads, "env": {"CUDA_VISIBLE_DEVICES": i}} for i in ids]
 
@@ -86,13 +101,15 @@ def _spawn(run_dir: Path, index: int, plan: dict[str, Any], storage_url: str | N
     return proc
 
 
-def _line(t: FrozenTrial, best: FrozenTrial | None) -> str:
+def _line(t: FrozenTrial, best: FrozenTrial | None, floor: NoiseFloor | None = None) -> str:
     ua = t.user_attrs
     where = f"worker {ua.get('worker', '?')} ({ua.get('device', '?')})"
     secs = f"{ua.get('seconds', float('nan')):7.1f} s"
     best_txt = f"best {best.value:.4g} (trial {best.number})" if best is not None else "best -"
     if t.state == TrialState.COMPLETE:
-        return f"trial {t.number:4d}  COMPLETE  fitness {t.value:.4g}  {best_txt}  {secs}  {where}"
+        role = "  base hyp, seed %s" % ua.get("train_seed", "?") if ua.get("base") else ""
+        gain = f" ({floor.gain_sd(t.value):+.1f} sd)" if floor is not None else ""
+        return f"trial {t.number:4d}  COMPLETE  fitness {t.value:.4g}{gain}  {best_txt}  {secs}  {where}{role}"
     if t.state == TrialState.PRUNED:
         return f"trial {t.number:4d}  PRUNED    after {len(t.intermediate_values)} epoch(s)  {best_txt}  {secs}  {where}"
     return f"trial {t.number:4d}  FAIL      {ua.get('fail_reason', '?')}  {best_txt}  {where}"
@@ -123,6 +140,10 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
            plot_every: float = 60.0, threads: int | None = None) -> int:
     """Run the study to `cfg.trials` finished trials; exit code 0 done, 1 workers failed, 130 interrupted."""
     run_dir = Path(run_dir) if run_dir else Path("runs") / "evolve" / cfg.name
+    space, base_hyp = load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp"))
+    preflight(cfg, space, base_hyp)  # a missing GPU or broken data fails here, before the study exists
+    first_device = "cpu" if cfg.gpus == "cpu" else cfg.gpus.split(",")[0]  # the launcher's own view of the GPUs
+    ensure_base_run(cfg, base_hyp, run_dir, first_device, fit=load_callable(fit_spec) if fit_spec else None)
     study = prepare_study(cfg, storage_url, run_dir)
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
@@ -146,10 +167,11 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     def show_new() -> bool:
         trials = study.get_trials(deepcopy=False)
         new = sorted((t for t in trials if t.state.is_finished() and t.number not in seen), key=lambda t: t.number)
+        floor = noise_floor(trials)
         for t in new:  # 'best so far' = among the trials finished up to this one
             seen.add(t.number)
             best = _best([u for u in trials if u.number in seen])
-            bar.write(_line(t, best) + ("" if is_counted(t) else "  (re-enqueued)"))
+            bar.write(_line(t, best, floor) + ("" if is_counted(t) else "  (re-enqueued)"))
         bar.n = min(count_finished(trials), cfg.trials)
         bar.refresh()
         return bool(new)
@@ -187,7 +209,11 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
         print("interrupted: run the same command again to resume")
         return 130
     if done < cfg.trials:
-        bad = [f"{run_dir}/worker_{i}.log (exit {c})" for i, c in enumerate(codes) if c]
-        print("workers stopped early; see " + (", ".join(bad) or "their logs"))
-        return 1
+        bad = [i for i, c in enumerate(codes) if c]
+        print("workers stopped early; see " + (", ".join(f"{run_dir}/worker_{i}.log (exit {codes[i]})" for i in bad)
+                                               or "their logs"))
+        for i in bad[:1]:  # the reason, usually the same for every worker
+            lines = (run_dir / f"worker_{i}.log").read_text(errors="replace").strip().splitlines()
+            print("  " + (lines[-1] if lines else "(empty log)"))
+        return 2 if any(codes[i] == 2 for i in bad) else 1
     return 0

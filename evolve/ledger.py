@@ -30,6 +30,7 @@ OWNER = "evolve_owner"          # system attr: {'host', 'pid', 'worker'}
 HEARTBEAT = "evolve_heartbeat"  # system attr: unix time of the last beat
 RETRIED = "evolve_retried"      # system attr: this FAIL was re-enqueued (not counted)
 RETRY_COUNT = "retry_count"     # user attr of a retry: how many times its params were re-run
+CARRIED_ATTRS = ("base", "noise_seed", "train_seed")  # what a retry keeps of the trial it re-runs
 
 
 def is_counted(t: FrozenTrial) -> bool:
@@ -117,7 +118,11 @@ def fail_and_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries
     """
     storage = study._storage
     retries = int(t.user_attrs.get(RETRY_COUNT, 0))
-    retry = retries < max_retries and bool(t.params)
+    retry = retries < max_retries
+    # what it was running: the enqueued params (complete even if it was stopped before suggesting them: a noise
+    # seed stays one), else what the sampler had drawn (a trial stopped while drawing keeps those, the retry draws
+    # the rest); a sampler trial stopped before drawing anything is simply not counted
+    params = dict(t.system_attrs.get("fixed_params") or {}) or dict(t.params)
     try:  # attrs first: a finished trial can no longer be changed
         storage.set_trial_user_attr(t._trial_id, "fail_reason", f"{reason}" + ("; retried" if retry else ""))
         storage.set_trial_system_attr(t._trial_id, RETRIED, retry)
@@ -125,8 +130,10 @@ def fail_and_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries
             return False
     except UpdateFinishedTrialError:
         return False
-    if retry:
-        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number, RETRY_COUNT: retries + 1})
+    if retry and params:
+        kept = {k: t.user_attrs[k] for k in CARRIED_ATTRS if k in t.user_attrs}  # a noise trial stays one
+        study.enqueue_trial(params, user_attrs={**kept, "retry_of": t.number, RETRY_COUNT: retries + 1},
+                            skip_if_exists=False)
     return True
 
 

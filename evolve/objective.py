@@ -1,9 +1,11 @@
 """One trial: suggest the evolved hyps, train with `fit`, report fitness per epoch, record provenance.
 
-The objective value is the fitness of the trial's best epoch (what YOLOv5 --evolve and
-best.pt use), not the last epoch's: a few-epoch trial is noisy at its end, and the best epoch
-is what a user would keep. Each epoch's fitness goes to trial.report(step = epochs run), so a
-pruner can stop a bad trial early (StopTraining -> the trial ends PRUNED).
+The objective value is the study's `objective:` over the trial's per-epoch fitness: `best` (the
+best epoch, what best.pt keeps), `last` (the final epoch, what YOLOv5 --evolve scores: it reads
+the last line of results.txt) or `mean_last_K` (the mean of the last K epochs). Each epoch's
+fitness goes to trial.report(step = epochs run), so a pruner can stop a bad trial early
+(StopTraining -> the trial ends PRUNED). A trial's training seed is its `train_seed` user attr
+(the noise-seed trials of the base hyp) or the study seed: candidates share data order and init.
 Any exception (NaN/inf loss, out of memory, bad hyp, ...) sets user attr `fail_reason` and
 propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records FAIL.
 """
@@ -21,7 +23,8 @@ from typing import Any, Callable, Mapping
 import optuna
 
 from evolve.space import Gene, Space, evolved, full_hyp
-from evolve.study_config import StudyConfig, StudyError
+from evolve.study_config import StudyConfig, objective_epochs
+from evolve.train_setup import search_train_options, start_weights
 
 FitFn = Callable[..., Any]
 METRIC_ATTRS = ("P", "R", "mAP50", "mAP50-95", "fitness", "val_box", "val_obj", "val_cls")
@@ -62,6 +65,8 @@ class Objective:
         self._data_sha: str | None = None
         self.model = cfg.resolved("model")
         self.model_sha = sha256_file(self.model)
+        self.weights = start_weights(cfg, self.run_dir)  # None: trials train from scratch
+        self._weights_sha: str | None = None
 
     def fit(self) -> FitFn:
         if self._fit is None:
@@ -81,22 +86,10 @@ class Objective:
                 self._data_sha = sha256_file(self._data.get("yaml_file"))
         return self._data
 
-    def train_options(self, trial_number: int) -> Any:
-        from core.train import TrainOptions
-        known = {f.name for f in fields(TrainOptions)}
-        unknown = sorted(set(self.cfg.train) - known)
-        if unknown:
-            raise StudyError(f"study '{self.cfg.name}': unknown train option(s) {unknown} (TrainOptions fields: "
-                             f"{', '.join(sorted(known))})")
-        # Same training seed for every trial: candidates are compared on the same data order and init.
-        opts: dict[str, Any] = dict(epochs=self.cfg.epochs, batch_size=self.cfg.batch, imgsz=self.cfg.imgsz,
-                                    device=self.device, workers=0, cache="ram", seed=self.cfg.seed,
-                                    project=str(self.run_dir / "trials"), name=str(trial_number), exist_ok=True,
-                                    save=False, fitness_weights=tuple(self.cfg.fitness_weights), progress=False,
-                                    patience=0, optimizer="SGD",  # SGD: lr0 and momentum are searched genes
-                                    close_mosaic=0)  # mosaic and mixup are searched genes too
-        opts.update(self.cfg.train)
-        return TrainOptions(**opts)
+    def train_options(self, trial_number: int, seed: int | None = None) -> Any:
+        return search_train_options(self.cfg, epochs=self.cfg.epochs, seed=self.cfg.seed if seed is None else seed,
+                                    device=self.device, project=self.run_dir / "trials", name=str(trial_number),
+                                    save=False)
 
     def warm_up(self) -> float:
         """Decode the train and val images into this process's RAM cache before the first trial, so no
@@ -131,16 +124,20 @@ class Objective:
         trial.set_user_attr("device", self.device_label)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("seed", self.cfg.seed)
         trial.set_user_attr("sampler", self.cfg.sampler)
         try:
             params = {g.name: suggest(trial, g) for g in evolved(self.space)}
             hyp = full_hyp(params, self.base_hyp)
             data = self.data()
+            seed = int(trial.user_attrs.get("train_seed", self.cfg.seed))
+            trial.set_user_attr("seed", seed)
             trial.set_user_attr("data_sha256", self._data_sha)
             trial.set_user_attr("model_sha256", self.model_sha)
+            if self.weights:
+                self._weights_sha = self._weights_sha or sha256_file(self.weights)
+                trial.set_user_attr("weights_sha256", self._weights_sha)
             from core.callbacks import Callbacks
-            result = self.fit()(data, self.model, hyp, self.train_options(trial.number),
+            result = self.fit()(data, self.weights or self.model, hyp, self.train_options(trial.number, seed),
                                 Callbacks(on_epoch_end=self._epoch_reporter(trial)))
             value = self._record(trial, result, t0)
         except optuna.TrialPruned:
@@ -156,9 +153,11 @@ class Objective:
     def _record(self, trial: optuna.Trial, result: Any, t0: float) -> float:
         best = dict(result.best or {})
         history = list(result.history or [])
+        # metrics of the epoch the value stands for: the best one, or the last under last/mean_last_K
+        shown = best if objective_epochs(self.cfg.objective) is None or not history else dict(history[-1])
         for key in METRIC_ATTRS:
-            if key in best:
-                trial.set_user_attr(key, float(best[key]))
+            if key in shown:
+                trial.set_user_attr(key, float(shown[key]))
         train_s = sum(float(h.get("seconds", 0.0)) for h in history)
         wall = time.time() - t0
         trial.set_user_attr("epochs", len(history))
@@ -167,7 +166,19 @@ class Objective:
         trial.set_user_attr("seconds", round(wall, 3))
         trial.set_user_attr("train_seconds", round(train_s, 3))  # train + val of every epoch
         trial.set_user_attr("overhead_seconds", round(max(wall - train_s, 0.0), 3))
-        value = float(best.get("fitness", float("nan")))
+        trial.set_user_attr("best_fitness", float(best.get("fitness", float("nan"))))
+        value = objective_value(history, self.cfg.objective)
         if not math.isfinite(value):
-            raise FloatingPointError(f"best fitness is {value} (no finite epoch)")
+            raise FloatingPointError(f"{self.cfg.objective} fitness is {value} (no finite epoch)")
         return value
+
+
+def objective_value(history: list[Mapping[str, Any]], objective: str) -> float:
+    """The trial's value from its per-epoch fitness: best epoch, last epoch, or mean of the last K epochs."""
+    values = [float(h["fitness"]) for h in history]
+    if not values:
+        return float("nan")
+    k = objective_epochs(objective)
+    if k is None:
+        return max(values)
+    return sum(values[-k:]) / len(values[-k:])

@@ -11,6 +11,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from core.hyp import HYP_KEYS, default_hyp
+from evolve.noise import is_noise_trial, noise_floor
 
 METRICS = ("P", "R", "mAP50", "mAP50-95")
 
@@ -51,14 +52,19 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, sampler, worker, device, every hyp, metrics, epochs, seconds, fail reason."""
     base = base_hyp_of(study)
     sampler = (study.user_attrs.get("config") or {}).get("sampler", "")
+    trials = study.get_trials(deepcopy=False)
+    floor = noise_floor(trials)
     rows: list[dict[str, Any]] = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         ua = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, "sampler": ua.get("sampler", sampler),
-                               "worker": ua.get("worker"), "device": ua.get("device")}
+                               "worker": ua.get("worker"), "device": ua.get("device"),
+                               "base": bool(ua.get("base", False)), "noise": is_noise_trial(t),
+                               "seed": ua.get("seed", ua.get("train_seed"))}
         row.update({k: float(t.params.get(k, base[k])) for k in HYP_KEYS})
         row.update({m: ua.get(m, math.nan) for m in METRICS})
         row["fitness"] = trial_fitness(t)
+        row["gain_sd"] = floor.gain_sd(row["fitness"]) if floor is not None else math.nan
         row["epochs"] = ua.get("epochs", len(t.intermediate_values))
         row["seconds"] = ua.get("seconds", math.nan)
         row["overhead_seconds"] = ua.get("overhead_seconds", math.nan)
@@ -67,7 +73,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         rows.append(row)
-    columns = ["number", "state", "sampler", "worker", "device", *HYP_KEYS, *METRICS, "fitness", "epochs", "seconds",
+    columns = ["number", "state", "sampler", "worker", "device", "base", "noise", "seed", *HYP_KEYS, *METRICS,
+               "fitness", "gain_sd", "epochs", "seconds",
                "overhead_seconds", "fail_reason", "retry_of", "datetime_start", "datetime_complete"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -1,11 +1,14 @@
 """`python -m evolve.study --study studies/quick.yaml`: evolve, retrain the best at full budget, prune it, report.
 
 Phases (outputs in runs/study/NAME/, the evolution itself in runs/evolve/NAME/ as with `python -m evolve`):
-  evolve   run or resume the Optuna study to its trial count (a finished study is not re-run)
+  evolve   the base run if the study has one (trials finetune from it), then run or resume the Optuna study
+           to its trial count (a finished study is not re-run)
   retrain  the top-k trials' hyps (optionally the base hyp too) for the `retrain: epochs` budget, each with
            `seeds` fresh seeds                                          -> retrain/<trialN_seedS>/, retrain.csv
-  prune    prune.pipeline on the best trial's first retrain (weights = its best.pt, hyp = best_hyp.yaml)
-  report   report.html: one self-contained file, plus the PNGs and CSVs beside it
+  prune    prune.pipeline on the retrained hyp with the highest mean over its seeds (its best run's best.pt,
+           hyp = best_hyp.yaml); retrain/choice.json says whether it beats the base hyp beyond seed noise
+  report   summary.json (machine-readable figures of every phase) and report.html
+           report.html is one self-contained file, with the PNGs and CSVs beside it
 Each phase records its inputs in phases/<phase>.json and is skipped when they and its outputs are unchanged;
 a phase that runs makes every later one run. --force re-runs retrain and prune (evolution always resumes: use
 --name for a fresh study). `--report-only RUN_DIR` redraws everything from the CSVs and the storage alone.
@@ -28,12 +31,16 @@ from typing import Any, Callable
 import pandas as pd
 
 from core.hyp import HYP_KEYS
+from evolve.noise import paired_gain, summarize
 from evolve.objective import sha256_file
+from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
 from evolve.storage import describe
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
+from evolve.train_setup import search_train_options, start_weights
 
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
+CHOICE_JSON = "choice.json"  # retrain/choice.json: the hyp chosen by seed mean, every candidate's spread
 # Prune options the study sets itself (from the retrain and the study's data/model); the rest come from `prune:`.
 PRUNE_RESERVED = ("study", "data", "model", "weights", "hyp", "epochs", "project", "name", "force", "progress")
 
@@ -133,16 +140,19 @@ def write_provenance(run_dir: Path, cfg: StudyConfig, study_file: str | None, ev
 # ---- retrain -------------------------------------------------------------------------------------------------
 
 def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> list[dict[str, Any]]:
-    """One entry per retrain run: trial, role, seed, hyp; the first entry is the one pruning uses."""
+    """One entry per retrain run: trial, role, seed, hyp. Candidates are the top-k searched trials (the base
+    hyp's own trials are its noise seeds, not candidates); `base: true` adds the base hyp with the same
+    seeds, for a paired comparison."""
     df = pd.read_csv(evolve_csv)
-    done = df[(df.state == "COMPLETE") & df.fitness.notna()].sort_values(["fitness", "number"], ascending=[False, True])
-    if done.empty:
+    is_base = df["base"].fillna(False).astype(bool) if "base" in df else df.number == 0
+    done = df[(df.state == "COMPLETE") & df.fitness.notna()]
+    searched = done[~is_base.loc[done.index]].sort_values(["fitness", "number"], ascending=[False, True])
+    if searched.empty and done.empty:
         raise StudyError(f"{evolve_csv}: no complete trial to retrain")
-    picked = [(int(r.number), "best" if i == 0 else f"top-{i + 1}") for i, r in enumerate(done.head(ropts.top_k).itertuples())]
-    if ropts.base and 0 in set(df.number) and 0 not in [n for n, _ in picked]:
+    picked = [(int(r.number), "best" if i == 0 else f"top-{i + 1}")
+              for i, r in enumerate(searched.head(ropts.top_k).itertuples())]
+    if (ropts.base or not picked) and 0 in set(df.number):
         picked.append((0, "base"))
-    elif ropts.base:
-        picked = [(n, role + " (base)" if n == 0 else role) for n, role in picked]
     rows = df.set_index("number")
     plan = []
     for number, role in picked:
@@ -155,60 +165,142 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
     return plan
 
 
-def _train_options(cfg: StudyConfig, epochs: int, seed: int, device: str, project: Path, name: str) -> Any:
-    from core.train import TrainOptions
-    opts: dict[str, Any] = dict(epochs=epochs, batch_size=cfg.batch, imgsz=cfg.imgsz, device=device, workers=0,
-                                cache="ram", seed=seed, project=str(project), name=name, exist_ok=True, save=True,
-                                fitness_weights=tuple(cfg.fitness_weights), progress=False, patience=0,
-                                optimizer="SGD", close_mosaic=0)  # as the trials: the evolved hyp drives SGD and mosaic
-    opts.update(cfg.train)  # the same training setup as the trials, only longer
-    return TrainOptions(**opts)
-
-
-def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions) -> dict[str, Any]:
-    """Everything that changes what one retrain run produces."""
+def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str | None) -> dict[str, Any]:
+    """Everything that changes what one retrain run produces (files by content)."""
     return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": cfg.imgsz, "batch": cfg.batch,
             "train": cfg.train, "data": cfg.data, "data_sha256": sha256_file(cfg.resolved("data")),
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
-            "fitness_weights": cfg.fitness_weights}
+            "weights_sha256": sha256_file(weights), "fitness_weights": cfg.fitness_weights}
+
+
+def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, device: str, weights: str | None,
+                 fit: Callable[..., Any] | None) -> dict[str, Any]:
+    """Train one planned run (in this process or a pool process) and return its retrain.csv row."""
+    if fit is None:
+        from core.train import fit
+    run_dir = out / run["name"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
+    t0 = time.time()
+    opts = search_train_options(cfg, epochs=ropts.epochs, seed=run["seed"], device=device, project=out,
+                                name=run["name"], save=True)
+    result = fit(cfg.resolved("data"), weights or cfg.resolved("model"), run["hyp"], opts)
+    best = dict(result.best or {})
+    row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
+           "trial_fitness": run["trial_fitness"],
+           **{k: float(best.get(k, float("nan"))) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
+           "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
+           "stop_reason": str(result.stop_reason), "run": run["name"]}
+    if result.best_path is None:
+        raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
+    return row
+
+
+def _init_pool_process(slots: "Any", threads: int) -> None:
+    """A retrain process takes one device slot for its life and its share of the CPU threads."""
+    import cv2
+    import torch
+    global _POOL_DEVICE
+    _POOL_DEVICE = slots.get()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
+_POOL_DEVICE = "cpu"
+
+
+def _pool_retrain(args: tuple) -> dict[str, Any]:
+    cfg, run, ropts, out, weights, fit = args
+    return _retrain_one(cfg, run, ropts, out, _POOL_DEVICE, weights, fit)
+
+
+def retrain_slots(cfg: StudyConfig) -> list[str]:
+    """Where retrain runs go in parallel: one per GPU of the study, or `workers` CPU processes."""
+    if cfg.gpus == "cpu":
+        return ["cpu"] * max(1, cfg.workers)
+    return [s for s in cfg.gpus.split(",") if s]
 
 
 def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: Path, device: str,
-                force: bool, fit: Callable[..., Any] | None = None) -> Path:
-    """Train every planned run not already done with the same inputs; write retrain.csv; return its path."""
-    if fit is None:
-        from core.train import fit
+                force: bool, fit: Callable[..., Any] | None = None, weights: str | None = None,
+                parallel: bool = True) -> Path:
+    """Train every planned run not already done with the same inputs (in parallel over the study's GPUs or CPU
+    worker processes); write retrain.csv; return its path."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, run in enumerate(plan):
-        run_dir = out / run["name"]
-        inputs = run_inputs(cfg, run, ropts)
-        record = run_dir / "run.json"
+    rows: dict[str, dict] = {}
+    todo = []
+    for run in plan:
+        record = out / run["name"] / "run.json"
         old = json.loads(record.read_text()) if record.is_file() else None
-        if not force and old and old.get("inputs") == _plain(inputs) and (run_dir / "best.pt").is_file():
-            print(f"retrain {i + 1}/{len(plan)} {run['name']}: reusing {run_dir} (same inputs)")
-            rows.append(old["row"])
-            continue
-        print(f"retrain {i + 1}/{len(plan)} {run['name']} ({run['role']}): {ropts.epochs} epochs, seed {run['seed']}")
-        shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
-        t0 = time.time()
-        result = fit(cfg.resolved("data"), cfg.resolved("model"), run["hyp"],
-                     _train_options(cfg, ropts.epochs, run["seed"], device, out, run["name"]))
-        best = dict(result.best or {})
-        row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
-               "trial_fitness": run["trial_fitness"],
-               **{k: float(best.get(k, float("nan"))) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
-               "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
-               "stop_reason": str(result.stop_reason), "run": run["name"]}
-        print(f"  best epoch {row['best_epoch']}: mAP50-95 {row['mAP50-95']:.4f}, fitness {row['fitness']:.4f} "
-              f"({row['seconds']:.0f} s)")
-        if result.best_path is None:
-            raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
-        record.write_text(json.dumps(_plain({"inputs": inputs, "row": row}), indent=1))
-        rows.append(row)
+        inputs = _plain(run_inputs(cfg, run, ropts, weights))
+        if not force and old and old.get("inputs") == inputs and (out / run["name"] / "best.pt").is_file():
+            print(f"retrain {run['name']}: reusing {out / run['name']} (same inputs)")
+            rows[run["name"]] = old["row"]
+        else:
+            todo.append(run)
+    slots = retrain_slots(cfg)
+    print(f"retrain: {len(todo)} run(s) of {ropts.epochs} epochs" + (f" from {weights}" if weights else "") +
+          f", {min(len(slots), len(todo)) if parallel else 1} at a time")
+
+    def done(run: dict, row: dict) -> None:
+        print(f"  {run['name']} ({run['role']}): best epoch {row['best_epoch']}, mAP50-95 {row['mAP50-95']:.4f}, "
+              f"fitness {row['fitness']:.4f} ({row['seconds']:.0f} s)")
+        (out / run["name"] / "run.json").write_text(
+            json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights), "row": row}), indent=1))
+        rows[run["name"]] = row
+
+    if parallel and len(slots) > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        queue = ctx.Manager().Queue()
+        for slot in slots:
+            queue.put(slot)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // len(slots))
+        with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_init_pool_process,
+                                 initargs=(queue, threads)) as pool:
+            futures = {pool.submit(_pool_retrain, (cfg, run, ropts, out, weights, fit)): run for run in todo}
+            for future, run in futures.items():
+                done(run, future.result())
+    else:
+        for run in todo:
+            done(run, _retrain_one(cfg, run, ropts, out, device, weights, fit))
     path = out / "retrain.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
+    pd.DataFrame([rows[r["name"]] for r in plan]).to_csv(path, index=False)
     return path
+
+
+def choose_candidate(retrain_csv: Path) -> dict[str, Any]:
+    """The retrained hyp with the highest mean fitness over its seeds (ties: the lower trial number), and
+    every retrained hyp's mean, sd and paired gain over the base hyp (same seeds) when the base was retrained."""
+    df = pd.read_csv(retrain_csv)
+    groups = []
+    for trial, g in df.groupby("trial", sort=False):
+        groups.append({"trial": int(trial), "role": str(g.role.iloc[0]), "seeds": [int(s) for s in g.seed],
+                       "fitness": [float(f) for f in g.fitness], "trial_fitness": float(g.trial_fitness.iloc[0]),
+                       **summarize(g.fitness.tolist())})
+    base = next((c for c in groups if c["role"] == "base"), None)
+    for c in groups:
+        if base is not None and c is not base:
+            c["paired_vs_base"] = paired_gain(dict(zip(c["seeds"], c["fitness"])),
+                                              dict(zip(base["seeds"], base["fitness"])))
+    chosen = max(groups, key=lambda c: (c["mean"], -c["trial"]))
+    runs = df[df.trial == chosen["trial"]].sort_values(["fitness", "seed"], ascending=[False, True])
+    return {"chosen": chosen["trial"], "chosen_run": str(runs.run.iloc[0]), "candidates": groups,
+            "verdict": verdict(chosen, base)}
+
+
+def verdict(chosen: dict, base: dict | None) -> str:
+    """One plain sentence: does the pruned hyp beat the base hyp by more than seed noise?"""
+    if base is None:
+        return "the base hyp was not retrained (retrain: base: false): no paired comparison"
+    if chosen is base:
+        return (f"the base hyp has the highest retrain mean ({chosen['mean']:.4f} over {chosen['n']} seeds): "
+                f"evolution found nothing better at this budget")
+    p = chosen["paired_vs_base"]
+    word = "above" if p["above_noise"] else "within"
+    return (f"trial {chosen['trial']} beats the base hyp by {p['diff_mean']:+.4f} fitness (paired over seeds "
+            f"{p['seeds']}, standard error {p['diff_se']:.4f}): {word} seed noise")
 
 
 # ---- prune ---------------------------------------------------------------------------------------------------
@@ -254,9 +346,20 @@ def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str 
 
 
 def write_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
+    """summary.json and report.html (with its PNGs and CSVs), from the run dir's files and the storage."""
     from evolve.html_report import build_report
     refresh_outputs(run_dir, evolve_dir, storage)
+    write_json_atomic(run_dir / SUMMARY_JSON, build_summary(run_dir))
     return build_report(run_dir)
+
+
+def write_hyp(path: Path, hyp: dict, note: str) -> None:
+    """The hyp the study prunes with, as a hyp file (`--hyp`), with a comment saying where it comes from."""
+    import yaml
+    text = f"# {note}\n" + yaml.safe_dump({k: hyp[k] for k in HYP_KEYS}, sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str | None = None, force: bool = False,
@@ -300,16 +403,25 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         print(f"retrain: {e}; writing a partial report")
         print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
-    inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts)} for r in plan]}
+    start = start_weights(cfg, evolve_dir)
+    inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts, start)} for r in plan]}
     dirty = force or not phase_current(run_dir, "retrain", inputs)
-    weights = out / plan[0]["name"] / "best.pt"
+    choice_path = out / CHOICE_JSON
     if dirty:
         t0 = time.time()
-        shutil.copy(run_dir / "evolve" / "best_hyp.yaml", run_dir / "best_hyp.yaml")  # the hyp pruned, frozen
-        csv = run_retrain(cfg, plan, ropts, out, device, force, fit)
-        phase_done(run_dir, "retrain", inputs, [csv, weights, run_dir / "best_hyp.yaml"], time.time() - t0)
+        # an injected fit (tests) runs here; the real one in a process per GPU / CPU worker
+        csv = run_retrain(cfg, plan, ropts, out, device, force, fit, weights=start, parallel=fit is None)
+        choice = choose_candidate(csv)
+        write_json_atomic(choice_path, choice)
+        chosen_hyp = next(r["hyp"] for r in plan if r["trial"] == choice["chosen"])
+        write_hyp(run_dir / "best_hyp.yaml", chosen_hyp, f"trial {choice['chosen']}: the highest retrain mean "
+                                                         f"over seeds; {choice['verdict']}")
+        phase_done(run_dir, "retrain", inputs, [csv, choice_path, run_dir / "best_hyp.yaml"], time.time() - t0)
     else:
         print(f"retrain: skipped, {len(plan)} run(s) in {out} match the study (--force to redo)")
+    choice = json.loads(choice_path.read_text())
+    print(f"retrain: pruning {choice['chosen_run']}; {choice['verdict']}")
+    weights = out / choice["chosen_run"] / "best.pt"
 
     # prune
     if prune_error:
@@ -329,7 +441,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         print(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
 
     report = write_report(run_dir, evolve_dir, cfg.storage)
-    print(f"report: {report}")
+    print(f"report: {report}\nsummary: {run_dir / SUMMARY_JSON}")
     return 0
 
 

@@ -12,6 +12,8 @@ from evolve.yaml_mapping import read_mapping
 REPO = Path(__file__).resolve().parent.parent
 PRUNERS = ("none", "median", "hyperband")
 GA_KEYS = ("parents", "selection", "mp", "sigma", "init")
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+BASE_KEYS = ("epochs", "close_mosaic", "hyp")
 
 
 class StudyError(ValueError):
@@ -28,6 +30,12 @@ class StudyConfig:
     imgsz: int = 128
     batch: int = 16
     epochs: int = 3                     # epochs per trial
+    weights: str | None = None          # checkpoint every trial finetunes from (None: see `base`, else scratch)
+    base: dict = field(default_factory=dict)    # {epochs, close_mosaic, hyp}: train once (cached; hyp default: the
+                                                # study's base hyp) and finetune every trial from it; {} = scratch
+    objective: str = "best"             # trial value: best | last | mean_last_K (fitness over the trial's epochs)
+    noise_seeds: int = 0                # the base hyp trained with this many seeds (trial 0 + K-1 more): the noise floor
+    pruner_warmup: int | None = None    # epochs before median/hyperband may stop a trial (None: half the trial)
     trials: int = 8                     # finished trials in total (what counts: evolve/ledger.py)
     sampler: str = "ga"
     pruner: str = "none"
@@ -45,7 +53,10 @@ class StudyConfig:
 
     def resolved(self, key: str) -> str | None:
         """A path field resolved against the cwd, then the repo root (so studies run from any folder)."""
-        value = getattr(self, key)
+        return self.resolved_path(getattr(self, key))
+
+    @staticmethod
+    def resolved_path(value: str | None) -> str | None:
         if value is None:
             return None
         p = Path(value).expanduser()
@@ -82,6 +93,40 @@ def _check(cfg: StudyConfig, where: str) -> None:
         raise bad("gpus", "must be 'cpu' or GPU ids like '0,1,2,3'")
     if not str(cfg.name) or "/" in str(cfg.name):
         raise bad("name", "must be a non-empty name without '/'")
+    optimizer = cfg.train.get("optimizer", "SGD")
+    if optimizer not in OPTIMIZERS:
+        # 'auto' would pick the optimizer and replace lr0/momentum/warmup_bias_lr after the sampler chose them
+        raise StudyError(f"{where}: train.optimizer={optimizer!r} must be one of {', '.join(OPTIMIZERS)}: a study "
+                         f"searches lr0 and momentum for one named optimizer ('auto' would replace the searched "
+                         f"values; studies/hyp/adamw-short.yaml is the base hyp for AdamW)")
+    try:
+        objective_epochs(cfg.objective)
+    except ValueError as e:
+        raise bad("objective", str(e)) from None
+    if cfg.noise_seeds < 0 or (cfg.noise_seeds and cfg.noise_seeds >= cfg.trials):
+        raise bad("noise_seeds", f"must be >= 0 and below trials ({cfg.trials}): the noise trials are part of the budget")
+    if cfg.noise_seeds == 1:
+        raise bad("noise_seeds", "must be 0 or >= 2: one seed has no spread")
+    unknown = set(cfg.base) - set(BASE_KEYS)
+    if unknown:
+        raise bad("base", f"has unknown option(s) {sorted(unknown)} (allowed: {', '.join(BASE_KEYS)})")
+    if cfg.base and int(cfg.base.get("epochs", 0)) < 1:
+        raise bad("base", "needs epochs >= 1")
+    if cfg.base and cfg.weights:
+        raise bad("weights", "and 'base' both say where trials start: give one")
+    if cfg.pruner_warmup is not None and not 0 <= int(cfg.pruner_warmup) < cfg.epochs:
+        raise bad("pruner_warmup", f"must be in [0, epochs={cfg.epochs})")
+
+
+def objective_epochs(objective: str) -> int | None:
+    """How many final epochs a trial's value averages: None = best epoch, 1 = last, K = mean_last_K."""
+    if objective == "best":
+        return None
+    if objective == "last":
+        return 1
+    if objective.startswith("mean_last_") and objective[len("mean_last_"):].isdigit() and int(objective[10:]) >= 1:
+        return int(objective[len("mean_last_"):])
+    raise ValueError("must be best, last or mean_last_K (K >= 1)")
 
 
 def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
@@ -97,7 +142,7 @@ def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | No
     unknown = sorted(set(given) - names)
     if unknown:
         raise StudyError(f"{where}: unknown field(s) {unknown} (allowed: {', '.join(sorted(names))})")
-    for key in ("imgsz", "batch", "epochs", "trials", "seed", "workers", "retries"):
+    for key in ("imgsz", "batch", "epochs", "trials", "seed", "workers", "retries", "noise_seeds"):
         if key in given:
             try:
                 given[key] = int(given[key])

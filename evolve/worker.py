@@ -31,6 +31,10 @@ from evolve.study_config import StudyConfig, load_study
 STUDY_FILE = "study.yaml"  # the resolved study the launcher wrote into the run dir
 
 
+class WorkerSetupError(RuntimeError):
+    """Something every trial of this worker needs is broken: stop instead of failing each trial."""
+
+
 def load_callable(spec: str) -> Callable[..., Any]:
     """'package.module:function' -> the function (used to inject a fit for tests and benches)."""
     module, _, attr = spec.partition(":")
@@ -69,15 +73,16 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
     check_base(space, base_hyp, cfg.hyp or "base hyp")
     sampler = make_sampler(cfg.sampler, space, base_hyp, seed=cfg.seed, worker=worker, ga=cfg.ga)
     study = optuna.load_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir), sampler=sampler,
-                              pruner=make_pruner(cfg.pruner, cfg.epochs))
+                              pruner=make_pruner(cfg.pruner, cfg.epochs, cfg.pruner_warmup))
     objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,
                           worker=worker)
     try:
         warm = objective.warm_up()
         if warm:
             log(f"worker {worker}: images decoded into the RAM cache in {warm:.1f}s")
-    except Exception as e:  # bad data: each trial then fails with the reason in its record, as without warm-up
-        log(f"worker {worker}: could not pre-load the data ({type(e).__name__}: {e}); trials will load it")
+    except Exception as e:  # data every trial needs: failing N trials with the same reason would teach nothing
+        raise WorkerSetupError(f"worker {worker}: cannot load the study's data ({type(e).__name__}: {e}); "
+                               f"no trial was started") from e
     grace = 3 * cfg.heartbeat
     interrupts = interrupts or Interrupts()
     parent = os.getppid()
@@ -161,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log(f"worker {args.worker}: stopped by a signal (a trial in training was failed and re-enqueued)")
         return 130
+    except WorkerSetupError as e:
+        log(str(e))
+        return 2
     log(f"worker {args.worker}: done, ran {ran} trial(s)")
     return 0
 

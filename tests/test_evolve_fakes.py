@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from core.callbacks import Callbacks, StopTraining
@@ -25,7 +26,7 @@ def fake_fit(data, model, hyp, opts, callbacks: Callbacks | None = None):
     if hyp["lr0"] > float(os.environ.get("FAKE_FIT_FAIL_LR0", "inf")):
         raise FloatingPointError(f"training loss is nan at epoch 0 (lr0={hyp['lr0']})")
     pause = float(os.environ.get("FAKE_FIT_SLEEP", "0.01"))
-    s = score(hyp)
+    s = score(hyp) * (1 + 0.005 * (opts.seed % 7))  # seed noise of 0-3% (none at seed 0)
     history, best, stop = [], {}, "completed"
     for epoch in range(opts.epochs):
         t0 = time.time()
@@ -45,8 +46,13 @@ def fake_fit(data, model, hyp, opts, callbacks: Callbacks | None = None):
         except StopTraining as e:
             stop = f"callback: {e.reason}"
             break
+    best_path = None
+    if opts.save:  # a stand-in checkpoint, so callers that need best.pt (base run, retrain) find one
+        best_path = Path(opts.project) / opts.name / "best.pt"
+        best_path.parent.mkdir(parents=True, exist_ok=True)
+        best_path.write_text(f"fake {hyp['lr0']} {opts.seed}")
     return SimpleNamespace(history=history, best=best, best_fitness=best.get("fitness", float("-inf")),
-                           stop_reason=stop, model=None, save_dir=None, best_path=None, last_path=None)
+                           stop_reason=stop, model=None, save_dir=None, best_path=best_path, last_path=None)
 
 
 def test_fake_fit_is_deterministic_and_peaks_inside_the_space():

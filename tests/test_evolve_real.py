@@ -31,7 +31,7 @@ def test_two_real_trials_train_and_record(tmp_path, monkeypatch):
     (tmp_path / "tiny.yaml").write_text(TINY)
     cfg = load_study(REPO / "studies" / "quick.yaml",
                      {"name": "real", "data": "tiny.yaml", "imgsz": 64, "batch": 4, "epochs": 1, "trials": 2,
-                      "workers": 1})
+                      "workers": 1, "base": {}, "noise_seeds": 0})
     run_dir = tmp_path / "runs" / "evolve" / "real"
     prepare_study(cfg, None, run_dir)
     clear_ram_cache()
@@ -42,7 +42,8 @@ def test_two_real_trials_train_and_record(tmp_path, monkeypatch):
     study = optuna.load_study(study_name="real", storage=make_storage(None, run_dir))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[0].params["lr0"] == 0.01 and trials[1].params != trials[0].params  # base, then a mutant
+    base_lr0 = load_hyp(cfg.resolved("hyp"))["lr0"]
+    assert trials[0].params["lr0"] == base_lr0 and trials[1].params != trials[0].params  # base, then a mutant
     for t in trials:
         ua = t.user_attrs
         assert ua["epochs"] == 1 and ua["stop_reason"] == "completed" and 0.0 <= t.value <= 1.0

@@ -1,0 +1,81 @@
+"""The study's base run: the base hyp trained once on the study's data; every trial finetunes from its best.pt.
+
+A from-scratch trial of a few epochs on a CPU barely leaves the first steps of learning, so its
+fitness is mostly seed noise. Starting every trial from one trained checkpoint (YOLOv5's documented
+evolve scenario: finetuning for a few epochs) makes a trial's budget measure what its hyp does to a
+model that already detects. The run is cached: it is redone only when its inputs change.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from evolve.study_config import StudyConfig
+from evolve.train_setup import BASE_DIR, base_weights_path, search_train_options
+
+RECORD = "run.json"
+
+
+def base_run_hyp(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, float]:
+    """The base run's hyp: `base: hyp:` (a from-scratch recipe) or else the study's base hyp."""
+    if cfg.base.get("hyp"):
+        from core.hyp import load_hyp
+        return load_hyp(cfg.resolved_path(cfg.base["hyp"]))
+    return dict(base_hyp)
+
+
+def base_inputs(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, Any]:
+    """Everything that changes what the base run produces (files by content, not path)."""
+    from evolve.objective import sha256_file
+    return {"hyp": {k: float(v) for k, v in base_run_hyp(cfg, base_hyp).items()},
+            "base": {k: v for k, v in cfg.base.items() if k != "hyp"}, "seed": cfg.seed,
+            "imgsz": cfg.imgsz, "batch": cfg.batch, "train": dict(cfg.train),
+            "data_sha256": sha256_file(cfg.resolved("data")), "model_sha256": sha256_file(cfg.resolved("model")),
+            "fitness_weights": list(cfg.fitness_weights)}
+
+
+def base_record(evolve_dir: Path | str) -> dict[str, Any] | None:
+    path = Path(evolve_dir) / BASE_DIR / RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir: Path | str, device: str,
+                    fit: Callable[..., Any] | None = None, log: Callable[[str], None] = print) -> Path | None:
+    """Train the base run unless a finished one with the same inputs exists; return its best.pt (None: no base)."""
+    if not cfg.base:
+        return None
+    weights = base_weights_path(evolve_dir)
+    out = weights.parent
+    inputs = json.loads(json.dumps(base_inputs(cfg, base_hyp)))
+    old = base_record(evolve_dir)
+    if old and old.get("inputs") == inputs and weights.is_file():
+        log(f"base run: reusing {weights} (fitness {old['fitness']:.4f}, same inputs)")
+        return weights
+    if fit is None:
+        from core.train import fit
+    epochs = int(cfg.base["epochs"])
+    close = int(cfg.base.get("close_mosaic", 0))
+    log(f"base run: the base hyp for {epochs} epochs (close-mosaic {close}) -> {out}; trials finetune from it")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    opts = search_train_options(cfg, epochs=epochs, seed=cfg.seed, device=device, project=out.parent, name=out.name,
+                                save=True, close_mosaic=close, progress=True)
+    result = fit(cfg.resolved("data"), cfg.resolved("model"), base_run_hyp(cfg, base_hyp), opts)
+    if result.best_path is None or not Path(result.best_path).is_file():
+        raise RuntimeError(f"base run: training saved no best.pt (stop reason: {result.stop_reason})")
+    best = dict(result.best or {})
+    record = {"inputs": inputs, "fitness": float(best.get("fitness", float("nan"))),
+              "mAP50-95": float(best.get("mAP50-95", float("nan"))), "best_epoch": int(best.get("epoch", -1)),
+              "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = out / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out / RECORD)  # written last: a run cut short leaves no record and is redone
+    log(f"base run: fitness {record['fitness']:.4f} (mAP50-95 {record['mAP50-95']:.4f}) at epoch "
+        f"{record['best_epoch']}, {record['seconds']:.0f} s")
+    return weights
