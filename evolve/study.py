@@ -31,6 +31,7 @@ from core.hyp import HYP_KEYS
 from evolve.objective import sha256_file
 from evolve.storage import describe
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
+from core.cli import main_guard
 
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
@@ -357,6 +358,7 @@ def report_only(run_dir: Path, storage: str | None) -> Path:
     return write_report(run_dir, evolve_dir, storage)
 
 
+@main_guard("evolve.study")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines

@@ -123,7 +123,7 @@ def test_cache_reused_and_invalidated(tmp_path, caplog, monkeypatch):
     src = make_set(tmp_path, {"a": f"{GOOD}\n{GOOD}\n", "b": "0 0.3 0.3 0.2 0.2\n"})
     caplog.set_level(logging.INFO, logger="core.data")
     first = L.verify_dataset(src, nc=3)
-    cache = tmp_path / "labels" / "train.cache"
+    cache = tmp_path / "labels" / "train.yep.cache"
     assert first.cache_file == cache and cache.is_file()
 
     def fail(*a, **k):
@@ -157,7 +157,7 @@ def test_list_file_sources_and_label_paths(tmp_path):
     assert files == [str(tmp_path / "ds/images/train/a.png"), str(tmp_path / "ds/images/train/b.png")]
     assert img2label_path("/x/images/y/images/z.v.jpg") == "/x/images/y/labels/z.v.txt"
     found = L.verify_dataset(lst, nc=3)
-    assert found.cache_file == tmp_path / "ds" / "train.cache" and len(found.labels) == 2
+    assert found.cache_file == tmp_path / "ds" / "train.yep.cache" and len(found.labels) == 2
     with pytest.raises(FileNotFoundError, match="nope"):
         list_image_files(tmp_path / "nope")
 
