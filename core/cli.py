@@ -34,19 +34,20 @@ def main_guard(prog: str, interrupted: str = "interrupted") -> Callable:
         @functools.wraps(main)
         def guarded(argv: Sequence[str] | None = None) -> int:
             argv = list(sys.argv[1:] if argv is None else argv)
-            if debug_requested(argv):
-                return main([a for a in argv if a != "--debug"])  # exceptions propagate: full tracebacks
+            debug = debug_requested(argv)
             try:
-                return main(argv)
+                return main([a for a in argv if a != "--debug"])
             except SystemExit as e:  # argparse's usage errors (2) and --help (0), as a return value
                 return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INPUT)
             except KeyboardInterrupt:
                 print(f"{prog}: {interrupted}", file=sys.stderr)
                 return EXIT_INTERRUPTED
-            except INPUT_ERRORS as e:
-                print(f"{prog}: error: {_message(e)}", file=sys.stderr)
-                return EXIT_INPUT
             except Exception as e:  # noqa: BLE001 - the policy's last resort
+                if debug:
+                    raise  # the full traceback, as Python prints it
+                if isinstance(e, INPUT_ERRORS):
+                    print(f"{prog}: error: {_message(e)}", file=sys.stderr)
+                    return EXIT_INPUT
                 print(f"{prog}: unexpected error: {type(e).__name__}: {_message(e)}\n"
                       f"{prog}: this is likely a bug; rerun with --debug (or {DEBUG_ENV}=1) to see the traceback",
                       file=sys.stderr)

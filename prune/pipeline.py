@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from core import argtypes as t
+from core.atomic import atomic_write
 from core.cli import main_guard
 from core.yaml_file import load_yaml
 from prune.graph import trace
@@ -291,9 +292,7 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
         new = rename_key(name + ".", renames)
         rows.append({"conv": name, "before": c, "after_channel": after_ch.get(name, 0),
                      "after_layer": 0 if new is None else after_l.get(new[:-1], 0)})
-    path = run_dir / "channels.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return atomic_write(run_dir / "channels.csv", pd.DataFrame(rows).to_csv(index=False))
 
 
 def parse_args(argv: list[str] | None = None) -> PruneOptions:

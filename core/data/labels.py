@@ -28,6 +28,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from core.atomic import atomic_write
+
 from .files import as_source_list, img2label_path, label_cache_path, list_image_files
 
 LOGGER = logging.getLogger("core.data")
@@ -184,12 +186,9 @@ def _load_cache(path: Path, key: str) -> list[ImageRecord] | None:
 
 def _save_cache(path: Path, key: str, records: list[ImageRecord]) -> None:
     payload = {"version": CACHE_VERSION, "hash": key, "records": [r.__dict__ for r in records]}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(payload))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         LOGGER.info(f"label cache not written, folder not writeable: {path} ({e.strerror})")
 
 
