@@ -28,3 +28,11 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files that writes killed mid-way (SIGKILL, power loss) left in `folder`."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

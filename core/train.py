@@ -21,7 +21,7 @@ from core.device import dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.optim import build_optimizer, lr_lambda, resolve_auto, warmup
-from core.atomic import atomic_write
+from core.atomic import atomic_write, remove_stale_temps
 from core.run_dir import next_run_dir, read_history, resolve_resume, write_results
 from core.seeding import init_seeds
 
@@ -190,6 +190,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     nc, names = int(data_cfg["nc"]), list(data_cfg["names"])
 
     save_dir = Path(resume_path).parent if resume_ckpt else next_run_dir(opts.project, opts.name, opts.exist_ok)
+    if resume_ckpt:
+        remove_stale_temps(save_dir)  # of writes cut short by a kill
     if opts.save and ctx.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         if resume_ckpt is None and (save_dir / "results.csv").exists():
@@ -394,7 +396,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         if opts.save and ctx.is_main and (ended or interrupted):
             if interrupted and last_path.exists():
                 atomic_write(save_dir / "resume.pt", last_path.read_bytes())
-            for path in (last_path, best_path):
+            for path in (best_path, last_path):  # last.pt last: killed in between, it still resumes
                 if path.exists():
                     strip_checkpoint(path)
             if ended:

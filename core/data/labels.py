@@ -244,8 +244,11 @@ def _rejected(records: list[ImageRecord]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in records:
         for m in r.messages:
-            detail = m.rsplit(": ", 1)[-1] if r.status != "corrupt" else m.split("corrupt image, ", 1)[-1]
-            kind = re.match(r"[a-z][a-z\- ]*", detail)
+            if r.status == "corrupt":
+                detail = m.split("corrupt image, ", 1)[-1]
+            else:  # 'LABEL_FILE:LINE: reason; row skipped' or 'LABEL_FILE: unreadable label file ...'
+                detail = re.sub(r"^:(\d+:)? ", "", m[len(r.lb_file):])
+            kind = re.match(r"[a-z][a-z\- ]*", detail)  # 'class id 7 outside [0, 2]' -> 'class id'
             key = (kind.group(0) if kind else detail).strip()
             out[key] = out.get(key, 0) + 1
     return out
