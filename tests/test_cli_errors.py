@@ -63,6 +63,7 @@ def test_debug_flag_and_env_show_the_traceback(monkeypatch):
     assert _raiser(ValueError("input"))(["--help"]) == 0  # argparse's exits pass through as codes
 
 
+@pytest.mark.slow
 def test_unexpected_error_in_a_subprocess_has_no_traceback_unless_asked(tmp_path):
     """core.train's loss check raises FloatingPointError (not an input error) from inside fit."""
     code = ("import sys, core.train as T\n"
@@ -230,8 +231,8 @@ CORPUS = [
     ("prune-shortcuts", "prune.pipeline", ["--shortcuts", "-2"], "--shortcuts: '-2' must be an integer >= 0"),
     ("prune-round", "prune.pipeline", ["--round-to", "0"], "--round-to: '0' must be an integer >= 1"),
     ("prune-study-syntax", "prune.pipeline", ["--study", "{study_syntax.yaml}"], "study_syntax.yaml:3:"),
-    ("prune-weights-trunc", "prune.pipeline", ["--weights", "{trunc.pt}", "--data", "{good_data}", "--project",
-                                               "{dir}/prune"], "trunc.pt: not a readable PyTorch checkpoint"),
+    ("prune-weights-trunc", "prune.pipeline", ["--weights", "{trunc.pt}", "--data", "{good_data}",
+                                               "--project", "{dir}/prune"], "trunc.pt: not a readable PyTorch"),
     ("prune-report-missing", "prune.report", ["{dir}/no_run"], "no_run/prune_results.csv: no results"),
     ("evolve-study-missing", "evolve", ["--study", "{dir}/none.yaml"], "none.yaml"),
     ("evolve-study-syntax", "evolve", ["--study", "{study_syntax.yaml}"], "study_syntax.yaml:3:"),
@@ -267,6 +268,7 @@ def test_corpus_is_large_and_covers_every_command():
                                       "evolve", "evolve.study", "evolve.report"}
 
 
+@pytest.mark.slow
 def test_pickled_code_checkpoint_in_a_subprocess(files):
     """The issue's example: core.val on a checkpoint holding code prints our line only, exit 2."""
     r = subprocess.run([sys.executable, "-m", "core.val", "--weights", files["evil.pt"]], cwd=REPO,

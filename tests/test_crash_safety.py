@@ -17,17 +17,7 @@ from core.callbacks import Callbacks
 from core.checkpoint import load_checkpoint
 from core.train import TrainOptions, fit
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = str(REPO / "studies" / "models" / "yolov5-cpu.yaml")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star, cross, ring]\n"
-        "synthetic: {seed: 1, n_train: 16, n_val: 8, imgsz: 96}\n")
-    return str(root / "tiny.yaml")
+from test_train import MODEL, REPO, tiny_data  # noqa: F401 - the tiny generated dataset fixture
 
 
 def _epochs(run: Path) -> list[int]:
