@@ -1,7 +1,8 @@
 """Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half.
 
-The data goes to a temp file in the same folder (so the rename never crosses a file system), is
-flushed to disk, then `os.replace`d over the target. A failed or interrupted write removes its temp.
+The data goes to a temp file in the same folder (so the rename never crosses a file system), then
+`os.replace`s the target. A failed or interrupted write removes its temp. No fsync: this guards
+against a killed process (the page cache outlives it), not a power cut, and costs nothing per epoch.
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
                 data(f)
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt included: never leave a temp file behind
         tmp.unlink(missing_ok=True)
