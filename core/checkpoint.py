@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from core.argtypes import existing_file
+from core.atomic import atomic_write
+from core.cli import main_guard
 
 FORMAT = "yolo-ep-1"
 
@@ -69,12 +74,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None
         "train_opts": _plain(dict(train_opts or {})),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -83,15 +83,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: our message says it
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load — it holds objects other than tensors and plain data "
-                              f"(pickled code or classes). Nothing was executed. Detail: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # truncated / not a torch file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found:  # e.g. "Unsupported operand": a pickle or file of another kind, not code we refused
+            raise CheckpointError(_unreadable(path)) from None
+        # torch's own text advises weights_only=False: exactly what must not be done with this file
+        raise CheckpointError(f"{path}: refused to load: it holds pickled code or classes (it references "
+                              f"{found.group(1)}), not only tensors and plain data. Nothing was executed. "
+                              "Checkpoints of this project never do; a YOLOv5/ultralytics .pt pickles its model "
+                              "class and cannot be used here.") from None
+    except Exception:  # noqa: BLE001 - truncated, empty, or another format: torch raises many types
+        raise CheckpointError(_unreadable(path)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "arch" not in ckpt:
-        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (missing 'format'/'arch' keys)")
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no format '{FORMAT}' with an 'arch'); "
+                              "a plain state_dict or another tool's file cannot be used here")
     return ckpt
+
+
+def _unreadable(path: Path) -> str:
+    return (f"{path}: not a readable PyTorch checkpoint ({path.stat().st_size} bytes): the file is truncated "
+            "(a copy or download cut short?) or in another format")
 
 
 def model_from_checkpoint(source: str | Path | Mapping, use_ema: bool = True, nc: int | None = None) -> nn.Module:
@@ -120,18 +134,15 @@ def strip_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
     ckpt["ema"] = None
     ckpt["optimizer"] = None
     ckpt["updates"] = 0
-    dst = Path(dst) if dst else src
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_write(Path(dst) if dst else src, lambda f: torch.save(ckpt, f))
 
 
-def main(argv: list[str] | None = None) -> None:
+@main_guard("core.checkpoint")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.checkpoint",
                                      description="Strip a checkpoint to EMA FP16 weights without optimizer state.")
     parser.add_argument("command", choices=["strip"])
-    parser.add_argument("weights", nargs="+", help="checkpoint file(s)")
+    parser.add_argument("weights", nargs="+", type=existing_file, help="checkpoint file(s)")
     parser.add_argument("--out", default=None, help="output file (single input only; default: in place)")
     args = parser.parse_args(argv)
     if args.out and len(args.weights) > 1:
@@ -140,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         before = Path(w).stat().st_size
         out = strip_checkpoint(w, args.out)
         print(f"{w}: {before / 1e6:.2f} MB -> {out} {out.stat().st_size / 1e6:.2f} MB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,6 +6,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from core.yaml_file import load_yaml
+
 DEFAULT_HYP_FILE = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "scratch.yaml"
 
 # Allowed closed ranges for every key. A value outside is an error naming the key.
@@ -45,13 +47,7 @@ def load_hyp(source: str | Path | Mapping[str, Any] | None = None) -> dict[str, 
         given = source
     else:
         where = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise HypError(f"hyp file not found: {path}")
-        with open(path) as f:
-            given = yaml.safe_load(f) or {}
-        if not isinstance(given, Mapping):
-            raise HypError(f"{path}: expected a mapping of hyp keys, got {type(given).__name__}")
+        given = load_yaml(source, "hyp file", error=HypError)
     hyp = default_hyp()
     for key, value in given.items():
         if str(key).startswith("_"):

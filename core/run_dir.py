@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
+
+from core.atomic import atomic_write
 
 RESULT_COLUMNS = ["epoch", "train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness",
                   "val_box", "val_obj", "val_cls", "lr", "seconds", "train_seconds", "val_seconds"]
@@ -20,7 +23,9 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
 
 
 def resolve_resume(resume: bool | str, project: str) -> Path:
-    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt."""
+    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt.
+
+    A resumed run deletes resume.pt once its own last.pt holds a newer full state, so resume.pt wins when both exist."""
     if resume is True:
         # the newest interrupted run (resume.pt) wins; otherwise the newest last.pt
         candidates = list(Path(project).glob("*/resume.pt")) or list(Path(project).glob("*/last.pt"))
@@ -36,20 +41,14 @@ def resolve_resume(resume: bool | str, project: str) -> Path:
     return path
 
 
-def write_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def rewrite_results(path: Path, history: list[dict]) -> None:
-    if path.exists():
-        path.unlink()
+def write_results(path: Path, history: list[dict]) -> None:
+    """The whole table, rewritten atomically each epoch: a run killed mid-write keeps the previous table."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
     for row in history:
-        write_row(path, row)
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(path, out.getvalue())
 
 
 def read_history(path: Path) -> list[dict]:

@@ -21,7 +21,8 @@ from core.device import dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.optim import build_optimizer, lr_lambda, resolve_auto, warmup
-from core.run_dir import next_run_dir, read_history, resolve_resume, rewrite_results, write_row
+from core.atomic import atomic_write, remove_stale_temps
+from core.run_dir import next_run_dir, read_history, resolve_resume, write_results
 from core.seeding import init_seeds
 
 LOG = logging.getLogger("core.train")
@@ -153,6 +154,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     model: model yaml path, architecture dict, checkpoint path (.pt) or a Model instance.
     """
     from core.data.config import load_data_config
+    from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
     from core.loss import ComputeLoss
     from core.metrics import fitness as weighted_fitness
@@ -188,16 +190,17 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     nc, names = int(data_cfg["nc"]), list(data_cfg["names"])
 
     save_dir = Path(resume_path).parent if resume_ckpt else next_run_dir(opts.project, opts.name, opts.exist_ok)
+    if resume_ckpt:
+        remove_stale_temps(save_dir)  # of writes cut short by a kill
     if opts.save and ctx.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         if resume_ckpt is None and (save_dir / "results.csv").exists():
             (save_dir / "results.csv").unlink()  # a new run in a reused folder (--exist-ok) starts a new table
         import yaml
-        with open(save_dir / "hyp.yaml", "w") as f:
-            yaml.safe_dump(hyp, f, sort_keys=False)
-        with open(save_dir / "opt.yaml", "w") as f:
-            yaml.safe_dump({**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-                            "data": data_cfg.get("yaml_file")}, f, sort_keys=False)
+        atomic_write(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
+        atomic_write(save_dir / "opt.yaml", yaml.safe_dump(
+            {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+             "data": data_cfg.get("yaml_file")}, sort_keys=False))
 
     net, ckpt, fresh = _build_model(model, nc, names)
     gs = max(int(net.stride.max()), 32)
@@ -217,6 +220,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
             nc=nc, prefix=prefix)
 
     train_loader, train_set = train_loader_for(0)
+    require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
     mosaic_closed = close_epoch <= 0
     val_loader = None
     if ctx.is_main:
@@ -271,7 +275,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
         # rows past the checkpoint (an interrupt between the csv row and the checkpoint) are re-run
         history = [h for h in read_history(save_dir / "results.csv") if h["epoch"] < start_epoch]
-        rewrite_results(save_dir / "results.csv", history)
+        write_results(save_dir / "results.csv", history)
         scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
 
     train_model: nn.Module = net
@@ -291,7 +295,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     opts_record = {**asdict(opts), "data": data_cfg.get("yaml_file")}
     callbacks.call("on_train_start", net)
     t_start = time.time()
-    interrupted = False
+    interrupted, ended = False, False
     try:
         with _TermAsInterrupt():
             for epoch in range(start_epoch, opts.epochs):
@@ -360,11 +364,12 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     improved = metrics["fitness"] > best_fitness
                     if improved:
                         best_fitness, best_epoch, result.best = metrics["fitness"], epoch, metrics
-                    if opts.save:
-                        write_row(save_dir / "results.csv", metrics)
+                    if opts.save:  # every file atomic; last.pt stays full (resumable) until the run ends
+                        write_results(save_dir / "results.csv", history)
                         common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics=metrics, epoch=epoch,
                                       best_fitness=best_fitness, train_opts=opts_record)
                         save_checkpoint(last_path, net, optimizer=optimizer, **common)
+                        (save_dir / "resume.pt").unlink(missing_ok=True)  # last.pt now holds a newer full state
                         if improved:
                             save_checkpoint(best_path, net, **common)
                     LOG.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
@@ -381,18 +386,24 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     stop_now = flag[0]
                 if stop_now:
                     break
+        ended = True
     except KeyboardInterrupt:
         interrupted, stop_reason = True, "interrupted"
         LOG.warning("training interrupted: stripping checkpoints (full state kept in resume.pt)")
         raise
     finally:
-        if opts.save and ctx.is_main:
+        # stripped files only at a normal end or on a signal; after a crash last.pt keeps the full state
+        if opts.save and ctx.is_main and (ended or interrupted):
             if interrupted and last_path.exists():
-                import shutil
-                shutil.copyfile(last_path, save_dir / "resume.pt")
-            for path in (last_path, best_path):
+                atomic_write(save_dir / "resume.pt", last_path.read_bytes())
+            for path in (best_path, last_path):  # last.pt last: killed in between, it still resumes
                 if path.exists():
                     strip_checkpoint(path)
+            if ended:
+                (save_dir / "resume.pt").unlink(missing_ok=True)  # a finished run has nothing left to resume
+        elif opts.save and ctx.is_main and last_path.exists():
+            LOG.error(f"training failed: {last_path} keeps the full state of the last finished epoch; "
+                      f"--resume {save_dir} continues from it")
         if ctx.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     result.history = history
@@ -402,8 +413,6 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     result.last_path = last_path if opts.save and last_path.exists() else None
     if ema is not None:
         result.model = ema.ema.float().eval()
-    if ctx.is_main and (save_dir / "resume.pt").exists() and not interrupted:
-        (save_dir / "resume.pt").unlink()  # a finished run has nothing left to resume
     callbacks.call("on_train_end", result)
     if ctx.is_main and opts.progress:
         hours = (time.time() - t_start) / 3600

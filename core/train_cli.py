@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 
+from core import argtypes as t
+from core.cli import main_guard
 from core.train import TrainOptions, fit
 
 
@@ -13,27 +14,27 @@ def parse_args(argv: list[str] | None = None):
     d = TrainOptions()
     p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
+    p.add_argument("--data", type=t.existing_file, default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
     p.add_argument("--model", default="studies/models/yolov5-cpu.yaml", help="model yaml")
-    p.add_argument("--weights", default=None, help="start from this checkpoint instead of --model")
-    p.add_argument("--hyp", default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="total batch over all devices")
-    p.add_argument("--imgsz", type=int, default=d.imgsz, help="train/val image size (pixels)")
-    p.add_argument("--device", default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
-    p.add_argument("--workers", type=int, default=d.workers, help="dataloader workers per process")
+    p.add_argument("--weights", type=t.existing_file, default=None, help="start from this checkpoint instead of --model")
+    p.add_argument("--hyp", type=t.existing_file, default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
+    p.add_argument("--epochs", type=t.positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size, help="total batch over all devices")
+    p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz, help="train/val image size (pixels)")
+    p.add_argument("--device", type=t.device, default=d.device, help="cpu, 0 or 0,1,2,3 (several GPUs: launch with torchrun)")
+    p.add_argument("--workers", type=t.non_negative_int, default=d.workers, help="dataloader workers per process")
     p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded images")
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW", "auto"], default=d.optimizer,
                    help="auto: AdamW (lr0 min(0.004, 0.04/(4+nc)), no accumulation) for runs up to 10k optimizer steps, else SGD with the hyp lr0")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
-    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
+    p.add_argument("--patience", type=t.non_negative_int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
+    p.add_argument("--freeze", type=t.non_negative_int, default=0, help="freeze the first N layers")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
+    p.add_argument("--threads", type=t.non_negative_int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
+    p.add_argument("--label-smoothing", type=t.fraction, default=0.0)
+    p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
                    "(0 = 64 as YOLOv5, or the batch size when --optimizer auto picks AdamW)")
-    p.add_argument("--close-mosaic", type=int, default=d.close_mosaic,
+    p.add_argument("--close-mosaic", type=t.non_negative_int, default=d.close_mosaic,
                    help="turn mosaic and mixup off for the last N epochs (0 = never)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
     p.add_argument("--project", default=d.project)
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
+@main_guard("core.train", interrupted="interrupted: best.pt and last.pt are stripped and loadable; "
+            "`--resume` continues from resume.pt")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -52,15 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         name=args.name, exist_ok=args.exist_ok, resume=args.resume,
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic)
-    try:
-        fit(args.data, args.weights or args.model, args.hyp, opts)
-    except KeyboardInterrupt:
-        print("interrupted: best.pt and last.pt are stripped and loadable; `--resume` continues from resume.pt",
-              file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    fit(args.data, args.weights or args.model, args.hyp, opts)
     return 0
 
 

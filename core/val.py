@@ -20,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from core import argtypes as t
+from core.atomic import atomic_write
 from core.boxes import scale_boxes, xywh2xyxy
+from core.cli import main_guard
 from core.metrics import IOU_THRESHOLDS, ap_per_class, fitness, match_predictions, summarize
 from core.nms import non_max_suppression
 
@@ -154,8 +157,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     metrics["images"], metrics["instances"] = seen, int(len(tcls))
     if save_json is not None:
         Path(save_json).parent.mkdir(parents=True, exist_ok=True)
-        with open(save_json, "w") as f:
-            json.dump(json_rows, f)
+        atomic_write(save_json, json.dumps(json_rows))
     return metrics
 
 
@@ -205,24 +207,25 @@ def print_table(m: dict, names=None) -> None:
     print(f"Speed: {s['pre']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['nms']:.1f}ms NMS per image")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+@main_guard("core.val")
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m core.val", description="Validate a checkpoint: P, R, mAP50, mAP50-95 and speeds.",
         epilog="--save-json writes COCO results: image_id = int(file stem) when every stem in the dataset "
                "is all digits, else the image's 0-based index in the val image list; category_id = class "
                "index (0-based); bbox = [x, y, w, h] in original image pixels. The matching ground truth "
                "is written beside it (*_gt.json) for pycocotools.")
-    ap.add_argument("--weights", required=True, help="checkpoint (.pt)")
-    ap.add_argument("--data", default=None, help="data yaml (default: built-in synthetic dataset)")
-    ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cpu", help="cpu or one CUDA index, e.g. 0")
-    ap.add_argument("--conf-thres", type=float, default=0.001)
-    ap.add_argument("--iou-thres", type=float, default=0.6)
-    ap.add_argument("--max-det", type=int, default=300)
+    ap.add_argument("--weights", type=t.existing_file, required=True, help="checkpoint (.pt)")
+    ap.add_argument("--data", type=t.existing_file, default=None, help="data yaml (default: built-in synthetic dataset)")
+    ap.add_argument("--imgsz", type=t.positive_int, default=640)
+    ap.add_argument("--batch-size", type=t.positive_int, default=32)
+    ap.add_argument("--device", type=t.device, default="cpu", help="cpu or one CUDA index, e.g. 0")
+    ap.add_argument("--conf-thres", type=t.unit_interval, default=0.001)
+    ap.add_argument("--iou-thres", type=t.unit_interval, default=0.6)
+    ap.add_argument("--max-det", type=t.positive_int, default=300)
     ap.add_argument("--save-json", nargs="?", const="", default=None, metavar="PATH",
                     help="write COCO-format predictions (default PATH: <weights>_predictions.json)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=t.non_negative_int, default=2)
     ap.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     args = ap.parse_args(argv)
 
@@ -246,11 +249,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print_table(m)
     if json_path is not None:
         gt_path = json_path.with_name(json_path.stem + "_gt.json")
-        with open(gt_path, "w") as f:
-            json.dump(coco_ground_truth(dataset, data["names"]), f)
+        atomic_write(gt_path, json.dumps(coco_ground_truth(dataset, data["names"])))
         print(f"COCO predictions: {json_path}\nCOCO ground truth: {gt_path}")
-    return m
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

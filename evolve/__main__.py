@@ -16,6 +16,8 @@ from evolve.samplers import SAMPLERS
 from evolve.study_config import PRUNERS, REPO, StudyError, load_study
 from evolve.space import SpaceError
 from core.hyp import HypError
+from core import argtypes as t
+from core.cli import main_guard
 
 DEFAULT_STUDY = "studies/quick.yaml"
 
@@ -24,25 +26,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m evolve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default=DEFAULT_STUDY, help=f"study file (default {DEFAULT_STUDY})")
-    ap.add_argument("--gpus", default=None, help="'cpu' or GPU ids '0,1,2,3': one worker per GPU")
-    ap.add_argument("--workers", type=int, default=None, help="worker processes on CPU")
-    ap.add_argument("--trials", type=int, default=None, help="finished trials in total (resume-safe)")
+    ap.add_argument("--gpus", type=t.device, default=None, help="'cpu' or GPU ids '0,1,2,3': one worker per GPU")
+    ap.add_argument("--workers", type=t.positive_int, default=None, help="worker processes on CPU")
+    ap.add_argument("--trials", type=t.non_negative_int, default=None, help="finished trials in total (resume-safe)")
     ap.add_argument("--sampler", choices=SAMPLERS, default=None)
     ap.add_argument("--pruner", choices=PRUNERS, default=None)
     ap.add_argument("--storage", default=None,
                     help="Optuna RDB URL (sqlite:///x.db, postgresql://user:pass@host/db); default: journal file")
     ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial")
+    ap.add_argument("--epochs", type=t.positive_int, default=None, help="epochs per trial")
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--imgsz", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--data", default=None, help="data yaml (default: the study's, or the built-in dataset)")
-    ap.add_argument("--model", default=None, help="model yaml")
-    ap.add_argument("--hyp", default=None, help="base hyp yaml (first trial; value of fixed hyps)")
+    ap.add_argument("--imgsz", type=t.positive_int, default=None)
+    ap.add_argument("--batch", type=t.positive_int, default=None)
+    ap.add_argument("--data", type=t.existing_file, default=None, help="data yaml (default: the study's, or the built-in dataset)")
+    ap.add_argument("--model", type=t.existing_file, default=None, help="model yaml")
+    ap.add_argument("--hyp", type=t.existing_file, default=None, help="base hyp yaml (first trial; value of fixed hyps)")
     ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)  # 'module:function' replacing core.train.fit
     return ap.parse_args(argv)
 
 
+@main_guard("evolve", interrupted="interrupted: finished trials are kept in the study; the same command resumes")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("gpus", "workers", "trials", "sampler", "pruner", "storage", "name",

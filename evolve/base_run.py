@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from core.atomic import atomic_write
 from evolve.study_config import StudyConfig
 from evolve.train_setup import BASE_DIR, base_weights_path, search_train_options
 
@@ -73,9 +74,7 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     record = {"inputs": inputs, "fitness": float(best.get("fitness", float("nan"))),
               "mAP50-95": float(best.get("mAP50-95", float("nan"))), "best_epoch": int(best.get("epoch", -1)),
               "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = out / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out / RECORD)  # written last: a run cut short leaves no record and is redone
+    atomic_write(out / RECORD, json.dumps(record, indent=1))  # written last: a run cut short is redone
     log(f"base run: fitness {record['fitness']:.4f} (mAP50-95 {record['mAP50-95']:.4f}) at epoch "
         f"{record['best_epoch']}, {record['seconds']:.0f} s")
     return weights

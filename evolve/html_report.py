@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.atomic import atomic_write
+
 SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitness": "Fitness per trial",
             "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
             "top": "Top trials", "default-vs-best": "Default vs best hyperparameters",
@@ -333,8 +335,4 @@ def build_report(run_dir: Path | str) -> Path:
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Study {esc(name)}</title>'
            f"<style>{CSS}</style></head><body><h1>Study '{esc(name)}': evolve → retrain → prune</h1>"
            f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
-    path = run.dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(run.dir / "report.html", doc)

@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from core.atomic import atomic_write
 from core.hyp import load_hyp
 from evolve.base_run import ensure_base_run
 from evolve.ledger import claim_lock, count_finished, is_counted
@@ -66,8 +67,7 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
         if not study.get_trials(deepcopy=False):
             for attrs in noise_trial_attrs(cfg):
                 study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
-    with open(run_dir / STUDY_FILE, "w") as f:
-        yaml.safe_dump({k: v for k, v in record.items()}, f, sort_keys=False)
+    atomic_write(run_dir / STUDY_FILE, yaml.safe_dump({k: v for k, v in record.items()}, sort_keys=False))
     return study
 
 

@@ -14,6 +14,7 @@ import optuna
 from evolve.plots import plot_evolve, plot_fitness, plot_importances
 from evolve.results import evolved_names, log_scaled, trials_frame, write_tables
 from evolve.storage import mask_url, open_target
+from core.cli import main_guard
 
 
 def write_outputs(study: optuna.Study, out_dir: Path | str, plots: bool = True) -> dict[str, Path]:
@@ -37,6 +38,7 @@ def write_outputs(study: optuna.Study, out_dir: Path | str, plots: bool = True) 
     return paths
 
 
+@main_guard("evolve.report")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Redraw evolve.csv, best_hyp.yaml and plots from a study's storage.")
     ap.add_argument("target", help="run dir (runs/evolve/NAME, holding journal.log) or an Optuna storage URL")

@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from core.atomic import atomic_write
 from core.hyp import HYP_KEYS, default_hyp
 from evolve.noise import is_noise_trial, noise_floor
 
@@ -108,15 +109,9 @@ def write_tables(study: optuna.Study, out_dir: Path | str) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "evolve.csv"}
-    _atomic_write(paths["csv"], trials_frame(study).to_csv(index=False))
+    atomic_write(paths["csv"], trials_frame(study).to_csv(index=False))
     text = best_hyp_text(study)
     if text is not None:
         paths["best_hyp"] = out / "best_hyp.yaml"
-        _atomic_write(paths["best_hyp"], text)
+        atomic_write(paths["best_hyp"], text)
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

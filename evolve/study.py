@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.noise import paired_gain, summarize
 from evolve.objective import sha256_file
@@ -37,6 +38,7 @@ from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
 from evolve.storage import describe
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
 from evolve.train_setup import search_train_options, start_weights
+from core.cli import main_guard
 
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
@@ -102,7 +104,7 @@ def phase_done(run_dir: Path | str, phase: str, inputs: dict, outputs: list[Path
     path.parent.mkdir(parents=True, exist_ok=True)
     rec = {"inputs": _plain(inputs), "outputs": [str(p) for p in outputs], "seconds": round(seconds, 1),
            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.write_text(json.dumps(rec, indent=1))
+    atomic_write(path, json.dumps(rec, indent=1))
 
 
 # ---- provenance ---------------------------------------------------------------------------------------------
@@ -244,8 +246,8 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
     def done(run: dict, row: dict) -> None:
         print(f"  {run['name']} ({run['role']}): best epoch {row['best_epoch']}, mAP50-95 {row['mAP50-95']:.4f}, "
               f"fitness {row['fitness']:.4f} ({row['seconds']:.0f} s)")
-        (out / run["name"] / "run.json").write_text(
-            json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights), "row": row}), indent=1))
+        atomic_write(out / run["name"] / "run.json",
+                     json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights), "row": row}), indent=1))
         rows[run["name"]] = row
 
     if parallel and len(slots) > 1 and len(todo) > 1:
@@ -266,7 +268,7 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
         for run in todo:
             done(run, _retrain_one(cfg, run, ropts, out, device, weights, fit))
     path = out / "retrain.csv"
-    pd.DataFrame([rows[r["name"]] for r in plan]).to_csv(path, index=False)
+    atomic_write(path, pd.DataFrame([rows[r["name"]] for r in plan]).to_csv(index=False))
     return path
 
 
@@ -356,10 +358,7 @@ def write_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | N
 def write_hyp(path: Path, hyp: dict, note: str) -> None:
     """The hyp the study prunes with, as a hyp file (`--hyp`), with a comment saying where it comes from."""
     import yaml
-    text = f"# {note}\n" + yaml.safe_dump({k: hyp[k] for k in HYP_KEYS}, sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, f"# {note}\n" + yaml.safe_dump({k: hyp[k] for k in HYP_KEYS}, sort_keys=False))
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str | None = None, force: bool = False,
@@ -469,6 +468,7 @@ def report_only(run_dir: Path, storage: str | None) -> Path:
     return write_report(run_dir, evolve_dir, storage)
 
 
+@main_guard("evolve.study")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines

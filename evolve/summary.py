@@ -13,14 +13,14 @@ from typing import Any
 
 import pandas as pd
 
+from core.atomic import atomic_write
+
 SUMMARY_JSON = "summary.json"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=1, default=str))
-    tmp.replace(path)
+    """Strict JSON (NaN -> null), written atomically."""
+    atomic_write(path, json.dumps(_finite(obj), indent=1, default=str))
 
 
 def _finite(obj: Any) -> Any:

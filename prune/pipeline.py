@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
 
+from core import argtypes as t
+from core.atomic import atomic_write
+from core.cli import main_guard
+from core.yaml_file import load_yaml
 from prune.graph import trace
-from prune.layers import LayerPruneError, block_renames, remove_shortcuts
+from prune.layers import block_renames, remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, check_options, compute_masks
 from prune.records import STAGES, StageRecord, write_results
 from prune.sparsity import SCHEDULES, SparsityTrainer
@@ -66,10 +69,7 @@ def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
     """Fill data, model, hyp, imgsz, batch_size from a study file where no flag was given."""
     if not opts.study:
         return
-    path = Path(opts.study)
-    if not path.is_file():
-        raise PruneOptionError(f"--study {path}: file not found")
-    study = yaml.safe_load(path.read_text()) or {}
+    study = load_yaml(opts.study, "--study file", error=PruneOptionError)
     for key, skey in (("data", "data"), ("model", "model"), ("hyp", "hyp"), ("imgsz", "imgsz"), ("batch_size", "batch")):
         if key not in given and study.get(skey) is not None:
             setattr(opts, key, study[skey])
@@ -292,40 +292,38 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
         new = rename_key(name + ".", renames)
         rows.append({"conv": name, "before": c, "after_channel": after_ch.get(name, 0),
                      "after_layer": 0 if new is None else after_l.get(new[:-1], 0)})
-    path = run_dir / "channels.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return atomic_write(run_dir / "channels.csv", pd.DataFrame(rows).to_csv(index=False))
 
 
 def parse_args(argv: list[str] | None = None) -> PruneOptions:
     d = PruneOptions()
     p = argparse.ArgumentParser(prog="python -m prune.pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--study", help="study yaml: default data, model, hyp, imgsz, batch")
-    p.add_argument("--data", help="data yaml (default: the built-in synthetic dataset)")
+    p.add_argument("--study", type=t.existing_file, help="study yaml: default data, model, hyp, imgsz, batch")
+    p.add_argument("--data", type=t.existing_file, help="data yaml (default: the built-in synthetic dataset)")
     p.add_argument("--model", help=f"model yaml to train the baseline from (default {DEFAULT_MODEL})")
-    p.add_argument("--weights", help="a trained checkpoint: the baseline is evaluated, not trained")
-    p.add_argument("--hyp", help="hyp yaml (e.g. best_hyp.yaml from evolution)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="baseline training epochs")
-    p.add_argument("--global-percent", type=float, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
-    p.add_argument("--layer-keep", type=float, default=d.layer_keep, help="per-layer floor share (0 = strict)")
-    p.add_argument("--shortcuts", type=int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
+    p.add_argument("--weights", type=t.existing_file, help="a trained checkpoint: the baseline is evaluated, not trained")
+    p.add_argument("--hyp", type=t.existing_file, help="hyp yaml (e.g. best_hyp.yaml from evolution)")
+    p.add_argument("--epochs", type=t.positive_int, default=d.epochs, help="baseline training epochs")
+    p.add_argument("--global-percent", type=t.fraction, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
+    p.add_argument("--layer-keep", type=t.fraction, default=d.layer_keep, help="per-layer floor share (0 = strict)")
+    p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
     p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
-    p.add_argument("--s", type=float, default=d.s, help="L1 rate on BN gammas")
+    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="L1 rate on BN gammas")
     p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
-    p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--finetune-hyp", help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
-    p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale)
-    p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded up to a multiple")
-    p.add_argument("--imgsz", type=int, default=d.imgsz)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch size (gradient accumulation)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for training (0 = default)")
-    p.add_argument("--latency-threads", type=int, default=d.latency_threads)
-    p.add_argument("--latency-runs", type=int, default=d.latency_runs)
-    p.add_argument("--latency-imgsz", type=int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
+    p.add_argument("--sparse-epochs", type=t.non_negative_int, default=d.sparse_epochs)
+    p.add_argument("--finetune-epochs", type=t.non_negative_int, default=d.finetune_epochs)
+    p.add_argument("--finetune-hyp", type=t.existing_file, help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
+    p.add_argument("--finetune-lr-scale", type=t.non_negative_float, default=d.finetune_lr_scale)
+    p.add_argument("--round-to", type=t.positive_int, default=d.round_to, help="kept channels rounded up to a multiple")
+    p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz)
+    p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size)
+    p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch size (gradient accumulation)")
+    p.add_argument("--device", type=t.device, default=d.device)
+    p.add_argument("--workers", type=t.non_negative_int, default=d.workers)
+    p.add_argument("--threads", type=t.non_negative_int, default=d.threads, help="torch threads for training (0 = default)")
+    p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
+    p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
+    p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
@@ -353,14 +351,11 @@ def run(opts: PruneOptions) -> list[dict]:
     return rows
 
 
+@main_guard("prune.pipeline", interrupted="interrupted: finished stages are kept; the same command resumes")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
     opts = parse_args(argv)
-    try:
-        run(opts)
-    except (PruneOptionError, LayerPruneError) as e:
-        print(f"prune.pipeline: error: {e}", file=sys.stderr)
-        return 2
+    run(opts)
     print(f"options: {asdict(opts)}")
     return 0
 

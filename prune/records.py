@@ -1,5 +1,8 @@
 """Stage records: a plain checkpoint per stage plus a small json of the options that produced it.
 
+Both are written atomically (the json after its checkpoint), so a run killed at any moment leaves
+either a complete record or none: the stage is then re-run.
+
 A stage is reused only when its checkpoint and json exist and the recorded options (its own and
 every earlier stage's) equal the current ones; once a stage re-runs, all later stages re-run.
 """
@@ -10,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from core.atomic import atomic_write
 
 STAGES = ("baseline", "sparse", "channel", "layer", "finetune")
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
@@ -44,7 +49,7 @@ class StageRecord:
 
     def write(self, options: dict, row: dict, extra: dict | None = None) -> None:
         rec = {"stage": self.stage, "options": _plain(options), "row": _plain(row), "extra": _plain(extra or {})}
-        self.meta.write_text(json.dumps(rec, indent=1))
+        atomic_write(self.meta, json.dumps(rec, indent=1))
 
 
 def _plain(obj):
@@ -55,6 +60,4 @@ def write_results(run_dir: Path, rows: list[dict]) -> Path:
     """prune_results.csv: one row per stage, in stage order."""
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
-    path = run_dir / "prune_results.csv"
-    df.to_csv(path, index=False)
-    return path
+    return atomic_write(run_dir / "prune_results.csv", df.to_csv(index=False))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from core.cli import main_guard
 
 LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "After channels",
           "layer": "After layers", "finetune": "After finetune"}
@@ -162,6 +163,7 @@ def write_report(run_dir: str | Path, show: bool = True) -> dict[str, Path]:
     return out
 
 
+@main_guard("prune.report")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):

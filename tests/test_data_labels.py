@@ -123,7 +123,7 @@ def test_cache_reused_and_invalidated(tmp_path, caplog, monkeypatch):
     src = make_set(tmp_path, {"a": f"{GOOD}\n{GOOD}\n", "b": "0 0.3 0.3 0.2 0.2\n"})
     caplog.set_level(logging.INFO, logger="core.data")
     first = L.verify_dataset(src, nc=3)
-    cache = tmp_path / "labels" / "train.cache"
+    cache = tmp_path / "labels" / "train.yep.cache"
     assert first.cache_file == cache and cache.is_file()
 
     def fail(*a, **k):
@@ -149,6 +149,27 @@ def test_cache_reused_and_invalidated(tmp_path, caplog, monkeypatch):
     assert [len(x) for x in narrowed.labels] == [0, 1]
 
 
+def test_yolov5_cache_beside_ours_is_left_alone(tmp_path):
+    src = make_set(tmp_path, {"a": GOOD})
+    theirs = tmp_path / "labels" / "train.cache"
+    theirs.write_bytes(b"YOLOv5 numpy cache")
+    assert L.verify_dataset(src, nc=3).cache_file.name == "train.yep.cache"
+    assert theirs.read_bytes() == b"YOLOv5 numpy cache"
+
+
+def test_training_set_without_a_usable_label_is_an_error_with_counts(tmp_path):
+    src = make_set(tmp_path, {"a": "5 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n", "b": "0 0.5 0.5 0 0.2\n", "c": None,
+                              "d": "7 0.1 0.1 0.1 0.1\n"})
+    found = L.verify_dataset(src, nc=3)
+    with pytest.raises(L.NoLabelsError) as e:
+        L.require_boxes(found, src)
+    msg = str(e.value)
+    assert str(src) in msg and "4 images, 1 without a label file, 3 whose label file has no usable row" in msg
+    assert "rejected: 2 class id, 1 wrong column count, 1 zero-size box" in msg
+    make_set(tmp_path, {"e": GOOD})  # one labelled image among background ones is enough
+    L.require_boxes(L.verify_dataset(src, nc=3), src)
+
+
 def test_list_file_sources_and_label_paths(tmp_path):
     make_set(tmp_path / "ds", {"a": GOOD, "b": GOOD})
     lst = tmp_path / "ds" / "train.txt"
@@ -157,7 +178,7 @@ def test_list_file_sources_and_label_paths(tmp_path):
     assert files == [str(tmp_path / "ds/images/train/a.png"), str(tmp_path / "ds/images/train/b.png")]
     assert img2label_path("/x/images/y/images/z.v.jpg") == "/x/images/y/labels/z.v.txt"
     found = L.verify_dataset(lst, nc=3)
-    assert found.cache_file == tmp_path / "ds" / "train.cache" and len(found.labels) == 2
+    assert found.cache_file == tmp_path / "ds" / "train.yep.cache" and len(found.labels) == 2
     with pytest.raises(FileNotFoundError, match="nope"):
         list_image_files(tmp_path / "nope")
 

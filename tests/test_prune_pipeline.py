@@ -94,9 +94,9 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--global-percent", "1.0", r"--global-percent 1.0 is outside \[0, 1\)"),
-    ("--global-percent", "-0.2", r"--global-percent -0.2 is outside \[0, 1\)"),
-    ("--shortcuts", "-1", r"--shortcuts -1 must be >= 0"),
+    ("--global-percent", "1.0", r"--global-percent: '1.0' must be in \[0, 1\)"),
+    ("--global-percent", "-0.2", r"--global-percent: '-0.2' must be in \[0, 1\)"),
+    ("--shortcuts", "-1", r"--shortcuts: '-1' must be an integer >= 0"),
 ])
 def test_bad_options_exit_2(tiny, capsys, flag, value, message):
     root, data = tiny

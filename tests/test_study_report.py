@@ -232,3 +232,22 @@ def test_failed_evolution_still_writes_a_partial_report(tmp_path):
     assert "Missing: evolution results" in doc and "<h2>Settings and provenance</h2>" in doc
     assert "code version" in doc  # provenance is written before any phase runs
     assert st.main(["--report-only", str(tmp_path / "nowhere")]) == 2
+
+
+def test_strings_from_user_files_are_escaped(tmp_path):
+    """Names that come from user files (study, data, class names, stages, roles) render as text, never as markup."""
+    evil = "<script>alert(1)</script>"
+    run_dir = study_dir(tmp_path)
+    (run_dir / "study.json").write_text(json.dumps({
+        "name": evil, "study_file": f"studies/{evil}.yaml", "data": f"/data/{evil}.yaml", "command": evil,
+        "config": {"name": evil, "sampler": evil, "train": {"names": [evil, "<b>cat</b>"]}, "prune": {"note": evil}}}))
+    retrain = pd.read_csv(run_dir / "retrain" / "retrain.csv").assign(role=evil)
+    retrain.to_csv(run_dir / "retrain" / "retrain.csv", index=False)
+    prune = pd.read_csv(run_dir / "prune" / "prune_results.csv")
+    prune.loc[2, "stage"] = evil
+    prune.to_csv(run_dir / "prune" / "prune_results.csv", index=False)
+    (run_dir / "prune" / "channel.json").write_text(json.dumps({"extra": {"threshold": 0.1, "tightest": evil}}))
+    doc = build_report(run_dir).read_text()
+    assert "<script" not in doc.lower() and "<b>cat</b>" not in doc
+    escaped = doc.count("&lt;script&gt;alert(1)&lt;/script&gt;")
+    assert escaped >= 6, escaped  # title, heading, settings rows, retrain role, stage, tightest conv

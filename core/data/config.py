@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+from core.yaml_file import load_yaml
 
 from .synthetic import generate_shapes
 
@@ -89,12 +89,7 @@ def load_data_config(path: str | Path | None = None) -> dict[str, Any]:
     if not yaml_file.is_file():
         raise FileNotFoundError(f"data yaml not found: {yaml_file}")
     where = str(yaml_file)
-    try:
-        raw = yaml.safe_load(yaml_file.read_text())
-    except yaml.YAMLError as e:
-        raise DataConfigError(f"{where}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise DataConfigError(f"{where}: expected a mapping with keys path/train/val/names")
+    raw = load_yaml(yaml_file, "data yaml (keys path/train/val/names)", error=DataConfigError)
     names = _names(raw, where)
     root = _root(raw, yaml_file)
     synth = raw.get("synthetic")

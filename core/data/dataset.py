@@ -44,6 +44,7 @@ class YoloDataset(Dataset):
         self.labels: list[np.ndarray] = found.labels  # never modified: items work on copies
         self.shapes: np.ndarray = found.shapes  # (N, 2) original (h, w)
         self.counts = found.counts
+        self.rejected = found.rejected  # reason -> rows left out (core.data.labels.require_boxes)
         self.imgsz = int(imgsz)
         self.hyp = {**default_hyp(), **(hyp or {})}
         self.augment = augment

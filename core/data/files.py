@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+CACHE_SUFFIX = ".yep.cache"  # label verification cache (labels.py)
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 
 
@@ -67,10 +68,11 @@ def img2label_path(im_file: str) -> str:
 def label_cache_path(sources: str | Path | Iterable[str | Path], label_files: list[str]) -> Path:
     """Where the verification cache of these sources lives.
 
-    Beside the list file when the first source is a file (`train.txt` -> `train.cache`),
-    otherwise beside the labels folder of the first image (`labels/train` -> `labels/train.cache`).
+    Beside the list file when the first source is a file (`train.txt` -> `train.yep.cache`),
+    otherwise beside the labels folder of the first image (`labels/train` -> `labels/train.yep.cache`).
+    Our own suffix: YOLOv5 and ultralytics write `train.cache` in a format of theirs in the same place.
     """
     first = Path(as_source_list(sources)[0])
     if first.is_file():
-        return first.with_suffix(".cache")
-    return Path(label_files[0]).parent.with_suffix(".cache")
+        return first.with_suffix(CACHE_SUFFIX)
+    return Path(label_files[0]).parent.with_suffix(CACHE_SUFFIX)

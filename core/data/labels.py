@@ -8,7 +8,7 @@ non-numeric value, coordinate outside [0, 1] (tolerance 1e-4), class id not an i
 [0, nc), zero-size box, duplicate row. An unreadable, undecodable (e.g. truncated) or tiny (<10 px) image is logged
 and skipped. An image without a label file is a background image and is kept.
 
-The results are cached as JSON in a `.cache` file (see files.label_cache_path), keyed by a hash
+The results are cached as JSON in a `.yep.cache` file (see files.label_cache_path), keyed by a hash
 of every image and label path with its size and mtime (and nc); a stale cache is rebuilt and the
 warnings stored in it are logged again on reuse.
 """
@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Iterable
 
 import cv2
 import numpy as np
+
+from core.atomic import atomic_write
 
 from .files import as_source_list, img2label_path, label_cache_path, list_image_files
 
@@ -58,6 +61,11 @@ class LabelSet:
     shapes: np.ndarray  # int (N, 2) (h, w)
     counts: dict[str, int]
     cache_file: Path | None
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows or images left out
+
+
+class NoLabelsError(ValueError):
+    """A training set in which no label row is usable (it would train on background only)."""
 
 
 def _check_image(im_file: str) -> tuple[tuple[int, int], str | None]:
@@ -178,12 +186,9 @@ def _load_cache(path: Path, key: str) -> list[ImageRecord] | None:
 
 def _save_cache(path: Path, key: str, records: list[ImageRecord]) -> None:
     payload = {"version": CACHE_VERSION, "hash": key, "records": [r.__dict__ for r in records]}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(payload))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         LOGGER.info(f"label cache not written, folder not writeable: {path} ({e.strerror})")
 
 
@@ -230,4 +235,33 @@ def verify_dataset(
         shapes=np.array([r.shape for r in good], dtype=np.int64).reshape(-1, 2),
         counts=counts,
         cache_file=cache_file if use_cache else None,
+        rejected=_rejected(records),
     )
+
+
+def _rejected(records: list[ImageRecord]) -> dict[str, int]:
+    """How many rows (or images) were left out, per reason ('wrong column count', 'class id', ...)."""
+    out: dict[str, int] = {}
+    for r in records:
+        for m in r.messages:
+            if r.status == "corrupt":
+                detail = m.split("corrupt image, ", 1)[-1]
+            else:  # 'LABEL_FILE:LINE: reason; row skipped' or 'LABEL_FILE: unreadable label file ...'
+                detail = re.sub(r"^:(\d+:)? ", "", m[len(r.lb_file):])
+            kind = re.match(r"[a-z][a-z\- ]*", detail)  # 'class id 7 outside [0, 2]' -> 'class id'
+            key = (kind.group(0) if kind else detail).strip()
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def require_boxes(found: "LabelSet | object", sources: Iterable[str | Path] | str, prefix: str = "train: ") -> None:
+    """Refuse a training set with no usable box, saying what was rejected and why (background images are fine)."""
+    counts, rejected = found.counts, getattr(found, "rejected", {})
+    if counts["boxes"]:
+        return
+    why = ", ".join(f"{n} {k}" for k, n in sorted(rejected.items(), key=lambda kv: -kv[1])) or "no rejected rows"
+    raise NoLabelsError(
+        f"{prefix}no usable label in {as_source_list(sources)}: {sum(counts[k] for k in ('found', 'missing', 'empty'))}"
+        f" images, {counts['missing']} without a label file, {counts['empty']} whose label file has no usable row, "
+        f"{counts['corrupt']} corrupt; rejected: {why} (each named in the warnings above). "
+        "Labels are found by replacing /images/ with /labels/ and the suffix with .txt")

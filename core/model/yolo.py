@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
+from core.yaml_file import load_yaml
 from torch import nn
 
 from .common import C3, SPPF, Bottleneck, Concat, Conv
@@ -50,11 +50,7 @@ def load_arch(arch: dict | str | Path) -> dict:
         path = Path(arch)
         if not path.is_file():
             raise FileNotFoundError(f'model yaml not found: {path}')
-        with open(path, encoding='utf-8') as f:
-            data = yaml.safe_load(f)
-        if not isinstance(data, dict):
-            raise ValueError(f'{path}: expected a mapping with nc, anchors, backbone, head')
-        return _plain(data, str(path))
+        return _plain(load_yaml(path, 'model yaml (nc, anchors, backbone, head)'), str(path))
     if not isinstance(arch, dict):
         raise TypeError(f'arch must be a dict or a yaml path, got {type(arch).__name__}')
     return _plain(arch)
