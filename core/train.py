@@ -71,8 +71,8 @@ class FitResult:
 
 def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict | None, bool]:
     """Return (model, checkpoint or None, fresh) for a yaml path, arch dict, checkpoint path or Model."""
-    from core.checkpoint import model_from_checkpoint
     from core.model.yolo import Model
+    from core.transfer import transfer_weights
 
     ckpt = None
     if isinstance(model, nn.Module):
@@ -82,15 +82,12 @@ def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict
         fresh = False
     elif isinstance(model, (str, Path)) and str(model).endswith(".pt"):
         ckpt = load_checkpoint(model)
-        net = model_from_checkpoint(ckpt)
-        if net.nc != nc:  # transfer what fits into a model with the data's class count
-            LOG.warning(f"{model}: checkpoint has nc={net.nc}, data has nc={nc}: rebuilding Detect and transferring weights")
-            arch = copy.deepcopy(ckpt["arch"])
-            new = Model(arch, nc=nc)
-            old_state = net.state_dict()
-            state = {k: v for k, v in old_state.items() if k in new.state_dict() and v.shape == new.state_dict()[k].shape}
-            new.load_state_dict(state, strict=False)
-            net, ckpt = new, None
+        net = Model(copy.deepcopy(ckpt["arch"]), nc=nc)  # the data's class count: a new Detect if it differs
+        copied, total = transfer_weights(net, ckpt["ema"] or ckpt["state_dict"])
+        if int(ckpt["arch"]["nc"]) != nc:
+            LOG.warning(f"{model}: checkpoint has nc={ckpt['arch']['nc']}, data has nc={nc}: Detect outputs built fresh")
+            ckpt = None
+        LOG.info(f"Transferred {copied}/{total} items from {model}")
         fresh = False
     else:
         net = Model(copy.deepcopy(model) if isinstance(model, Mapping) else str(model), nc=nc)
