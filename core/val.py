@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from core.hyp import load_hyp
 
     data = load_data_config(args.data)
-    model = load_for_inference(args.weights, select_device(args.device), augment=args.augment, fuse=False)
+    model = load_for_inference(args.weights, select_device(args.device), augment=args.augment)
     imgsz = input_size(model, args.imgsz)
     loader, dataset = create_dataloader(data["val"], imgsz, args.batch_size, load_hyp(), augment=False,
                                         workers=args.workers, shuffle=False, nc=data["nc"], prefix="val: ")

@@ -43,3 +43,21 @@ def test_same_class_count_transfers_everything(tmp_path, caplog):
         net, _, _ = _build_model(str(path), 6, list("abcdef"))
     n = len(net.state_dict())
     assert f"Transferred {n}/{n} items" in caplog.text
+
+
+def test_weights_into_a_changed_architecture(tmp_path, caplog):
+    from core.model.yolo import load_arch
+
+    torch.manual_seed(1)
+    src = Model(str(MODEL), nc=6)
+    path = save_checkpoint(tmp_path / "src.pt", src)
+    arch = load_arch(str(MODEL))
+    arch["channels"] = {"model.9.cv2": 48}  # SPPF output narrowed: it and its consumer change shape
+    with caplog.at_level(logging.INFO, logger="core.train"):
+        net, _, fresh = _build_model(arch, 6, list("abcdef"), weights=str(path))
+    assert not fresh  # the transferred head keeps its biases (no re-initialisation from class counts)
+    own, old = net.state_dict(), src.state_dict()
+    changed = {k for k in own if own[k].shape != old[k].shape}
+    assert changed and all(k.startswith(("model.9.cv2.", "model.10.conv.")) for k in changed)
+    assert all(torch.equal(own[k], old[k]) for k in own if k not in changed)
+    assert f"Transferred {len(own) - len(changed)}/{len(own)} items from {path}" in caplog.text
