@@ -41,6 +41,7 @@ class TrainOptions:
     cos_lr: bool = False
     patience: int = 100                # epochs without fitness improvement before stopping (0 = never)
     freeze: int = 0                    # freeze the first N layers
+    weights: str | None = None         # checkpoint whose tensors (name and shape matching) start `model`
     seed: int = 0
     project: str = "runs/train"
     name: str = "exp"
@@ -70,10 +71,14 @@ class FitResult:
     model: nn.Module | None = None
 
 
-def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict | None, bool]:
-    """Return (model, checkpoint or None, fresh) for a yaml path, arch dict, checkpoint path or Model."""
-    from core.checkpoint import model_from_checkpoint
+def _build_model(model: Any, nc: int, names: list[str], weights: str | None = None) -> tuple[nn.Module, dict | None, bool]:
+    """Return (model, checkpoint or None, fresh) for a yaml path, arch dict, checkpoint path or Model.
+
+    A checkpoint path builds its own architecture with the data's class count; `weights` (a checkpoint)
+    starts a yaml/arch model from it. Either way every tensor whose name and shape match is copied.
+    """
     from core.model.yolo import Model
+    from core.transfer import transfer_weights
 
     ckpt = None
     if isinstance(model, nn.Module):
@@ -83,19 +88,17 @@ def _build_model(model: Any, nc: int, names: list[str]) -> tuple[nn.Module, dict
         fresh = False
     elif isinstance(model, (str, Path)) and str(model).endswith(".pt"):
         ckpt = load_checkpoint(model)
-        net = model_from_checkpoint(ckpt)
-        if net.nc != nc:  # transfer what fits into a model with the data's class count
-            LOG.warning(f"{model}: checkpoint has nc={net.nc}, data has nc={nc}: rebuilding Detect and transferring weights")
-            arch = copy.deepcopy(ckpt["arch"])
-            new = Model(arch, nc=nc)
-            old_state = net.state_dict()
-            state = {k: v for k, v in old_state.items() if k in new.state_dict() and v.shape == new.state_dict()[k].shape}
-            new.load_state_dict(state, strict=False)
-            net, ckpt = new, None
-        fresh = False
+        net = Model(copy.deepcopy(ckpt["arch"]), nc=nc)  # the data's class count: a new Detect if it differs
+        if int(ckpt["arch"]["nc"]) != nc:
+            LOG.warning(f"{model}: checkpoint has nc={ckpt['arch']['nc']}, data has nc={nc}: Detect outputs built fresh")
+        weights, fresh = str(model), False
     else:
         net = Model(copy.deepcopy(model) if isinstance(model, Mapping) else str(model), nc=nc)
-        fresh = True
+        fresh = weights is None  # a transferred head keeps its biases and anchors
+    if weights is not None:
+        source = ckpt if ckpt is not None else load_checkpoint(weights)
+        copied, total = transfer_weights(net, source["ema"] or source["state_dict"])
+        LOG.info(f"Transferred {copied}/{total} items from {weights}")
     net.names = list(names)
     return net, ckpt, fresh
 
@@ -202,7 +205,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
             {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
              "data": data_cfg.get("yaml_file")}, sort_keys=False))
 
-    net, ckpt, fresh = _build_model(model, nc, names)
+    net, ckpt, fresh = _build_model(model, nc, names, opts.weights)
     gs = max(int(net.stride.max()), 32)
     if opts.imgsz % gs:
         raise ValueError(f"--imgsz {opts.imgsz} must be a multiple of the max stride {gs}")

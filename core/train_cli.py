@@ -7,6 +7,8 @@ from core import argtypes as t
 from core.cli import main_guard
 from core.train import TrainOptions, fit
 
+DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
+
 
 def parse_args(argv: list[str] | None = None):
     import argparse
@@ -15,8 +17,10 @@ def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=t.existing_file, default=None, help="data yaml (default: the built-in synthetic shapes dataset)")
-    p.add_argument("--model", default="studies/models/yolov5-cpu.yaml", help="model yaml")
-    p.add_argument("--weights", type=t.existing_file, default=None, help="start from this checkpoint instead of --model")
+    p.add_argument("--model", default=None, help="model yaml (default: studies/models/yolov5-cpu.yaml, or the "
+                   "checkpoint's own architecture with --weights)")
+    p.add_argument("--weights", type=t.existing_file, default=None, help="start from this checkpoint: every tensor "
+                   "whose name and shape match is copied (into --model when given)")
     p.add_argument("--hyp", type=t.existing_file, default=None, help="hyp yaml (a subset of keys is fine; default studies/hyp/scratch.yaml)")
     p.add_argument("--epochs", type=t.positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size, help="total batch over all devices")
@@ -54,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                         patience=args.patience, freeze=args.freeze, seed=args.seed, project=args.project,
                         name=args.name, exist_ok=args.exist_ok, resume=args.resume,
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
-                        threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic)
-    fit(args.data, args.weights or args.model, args.hyp, opts)
+                        threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic,
+                        weights=args.weights if args.model else None)
+    fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     return 0
 
 

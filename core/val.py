@@ -86,7 +86,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    p = next(model.parameters(), None)  # an onnxruntime model (core.onnx_model) has none: CPU tensors
+    device = p.device if p is not None else torch.device("cpu")
     use_half = half and device.type == "cuda"
     if half and not use_half:
         warnings.warn("validate(half=True) is ignored on CPU; running fp32")
@@ -207,15 +208,16 @@ def print_table(m: dict, names=None) -> None:
     print(f"Speed: {s['pre']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['nms']:.1f}ms NMS per image")
 
 
-@main_guard("core.val")
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> dict:
+    """The command's work: parse, validate, print the table; returns the metrics (tests, scripts)."""
     ap = argparse.ArgumentParser(
         prog="python -m core.val", description="Validate a checkpoint: P, R, mAP50, mAP50-95 and speeds.",
         epilog="--save-json writes COCO results: image_id = int(file stem) when every stem in the dataset "
                "is all digits, else the image's 0-based index in the val image list; category_id = class "
                "index (0-based); bbox = [x, y, w, h] in original image pixels. The matching ground truth "
                "is written beside it (*_gt.json) for pycocotools.")
-    ap.add_argument("--weights", type=t.existing_file, required=True, help="checkpoint (.pt)")
+    ap.add_argument("--weights", type=t.existing_file, nargs="+", required=True,
+                    help="checkpoint (.pt) or exported .onnx; several = an ensemble (predictions merged before NMS)")
     ap.add_argument("--data", type=t.existing_file, default=None, help="data yaml (default: built-in synthetic dataset)")
     ap.add_argument("--imgsz", type=t.positive_int, default=640)
     ap.add_argument("--batch-size", type=t.positive_int, default=32)
@@ -227,23 +229,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="write COCO-format predictions (default PATH: <weights>_predictions.json)")
     ap.add_argument("--workers", type=t.non_negative_int, default=2)
     ap.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    ap.add_argument("--augment", action="store_true", help="test-time augmentation (scales 1, 0.83 flipped, 0.67)")
     args = ap.parse_args(argv)
 
-    from core.checkpoint import model_from_checkpoint
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.device import select_device
+    from core.ensemble import input_size, load_for_inference
     from core.hyp import load_hyp
 
     data = load_data_config(args.data)
-    model = model_from_checkpoint(args.weights).to(select_device(args.device))
-    stride = int(max(model.stride))
-    imgsz = max(stride, int(np.ceil(args.imgsz / stride) * stride))
+    model = load_for_inference(args.weights, select_device(args.device), augment=args.augment)
+    imgsz = input_size(model, args.imgsz)
     loader, dataset = create_dataloader(data["val"], imgsz, args.batch_size, load_hyp(), augment=False,
                                         workers=args.workers, shuffle=False, nc=data["nc"], prefix="val: ")
     json_path = None
     if args.save_json is not None:
-        json_path = Path(args.save_json or Path(args.weights).with_suffix("").as_posix() + "_predictions.json")
+        json_path = Path(args.save_json or Path(args.weights[0]).with_suffix("").as_posix() + "_predictions.json")
     m = validate(model, loader, args.conf_thres, args.iou_thres, save_json=json_path, names=data["names"],
                  half=args.half, max_det=args.max_det)
     print_table(m)
@@ -251,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         gt_path = json_path.with_name(json_path.stem + "_gt.json")
         atomic_write(gt_path, json.dumps(coco_ground_truth(dataset, data["names"])))
         print(f"COCO predictions: {json_path}\nCOCO ground truth: {gt_path}")
+    return m
+
+
+@main_guard("core.val")
+def main(argv: Sequence[str] | None = None) -> int:
+    run(argv)
     return 0
 
 

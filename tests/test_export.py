@@ -1,0 +1,150 @@
+"""ONNX export (fresh and pruned checkpoints), validation and detection through onnxruntime."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from core import detect as detect_cli  # noqa: E402
+from core import val as val_cli  # noqa: E402
+from core.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
+from core.data.synthetic import generate_shapes  # noqa: E402
+from core.export import TOLERANCE, ExportError, check_onnx, export_onnx  # noqa: E402
+from core.model.yolo import Model  # noqa: E402
+from core.onnx_model import OnnxModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "studies" / "models" / "yolov5-cpu.yaml"
+NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
+IMGSZ = 64
+
+
+def lively_model(seed: int = 0) -> Model:
+    """A random model whose scores vary with the image: random BN gammas/betas with running statistics
+    calibrated on random images, objectness bias 0. (A fresh model gives every box nearly the same
+    score, ~0.05, so NMS order among ties hangs on float noise and predicts nothing useful.)"""
+    torch.manual_seed(seed)
+    model = Model(str(MODEL), nc=len(NAMES))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features) * 1.5 - 0.2
+            m.bias.data = torch.randn(m.num_features) * 0.5
+            m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, IMGSZ, IMGSZ))
+    for conv in model.model[-1].m:
+        conv.bias.data.view(model.na, -1)[:, 4] = 0.0
+    model.names = list(NAMES)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_shapes(root / "shapes", NAMES, seed=5, n_train=1, n_val=6, imgsz=96)
+    (root / "d.yaml").write_text(f"path: {root / 'shapes'}\ntrain: images/train\nval: images/val\nnames: {NAMES}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("w") / "m.pt", lively_model())
+
+
+def val_image(data) -> str:
+    return str(sorted((data / "shapes" / "images" / "val").glob("*.jpg"))[0])
+
+
+def test_export_fresh_matches_pytorch_and_records_metadata(weights, data, tmp_path):
+    from core.export import sample_image
+
+    model = model_from_checkpoint(weights)
+    out = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
+    image = sample_image({}, IMGSZ, val_image(data))
+    d = check_onnx(out, model, image)
+    assert d["scores"] <= TOLERANCE and d["boxes_rel"] <= TOLERANCE
+    ort_model = OnnxModel(out)
+    assert ort_model.names == NAMES
+    assert ort_model.stride.tolist() == model.stride.tolist()
+    assert ort_model.imgsz == (IMGSZ, IMGSZ) and ort_model.fixed_imgsz == (IMGSZ, IMGSZ)
+    pred = ort_model(image)[0]
+    assert pred.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 5 + len(NAMES))
+
+    # Control: the check catches a model that differs from the exported one.
+    other = model_from_checkpoint(weights)
+    with torch.no_grad():
+        other.model[-1].m[0].bias[4] += 0.01  # objectness of anchor 0 at stride 8
+    with pytest.raises(ExportError, match="differs from PyTorch .* in scores"):
+        check_onnx(out, other, image)
+
+
+def test_pruned_checkpoint_exports_without_pruning_code(data, tmp_path):
+    from prune.graph import trace
+    from prune.masks import MaskOptions, compute_masks
+    from prune.surgery import prune_channels
+
+    model = lively_model(seed=1)
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features)  # spread gammas so the threshold cuts many channels
+    masks, _ = compute_masks(trace(model), MaskOptions(global_percent=0.5))
+    pruned = prune_channels(model, masks).eval()
+    assert pruned.arch.get("channels"), "the pruned architecture should carry channel overrides"
+    ckpt = save_checkpoint(tmp_path / "pruned.pt", pruned)
+
+    # A fresh interpreter that must never import prune/: the checkpoint alone rebuilds the model.
+    code = ("import sys; from core.export import run; "
+            f"run(['--weights', {str(ckpt)!r}, '--imgsz', '{IMGSZ}', '--dynamic', '--simplify', "
+            f"'--source', {val_image(data)!r}]); "
+            "bad = [m for m in sys.modules if m == 'prune' or m.startswith('prune.')]; "
+            "assert not bad, bad")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "onnx.checker passed" in run.stdout
+    ort_model = OnnxModel(tmp_path / "pruned.onnx")
+    x = torch.rand(2, 3, 96, 128)  # dynamic: another batch and a non-square size
+    with torch.no_grad():
+        expected = pruned(x)[0]
+    diff = (ort_model(x)[0] - expected).abs()
+    assert float(diff[..., 4:].max()) <= TOLERANCE
+    assert float(diff[..., :4].max()) <= TOLERANCE * float(expected[..., :4].abs().max())
+
+
+def test_val_of_onnx_equals_val_of_pt(weights, data, tmp_path):
+    onnx_path = export_onnx(model_from_checkpoint(weights), tmp_path / "m.onnx", imgsz=IMGSZ, batch=4)
+    common = ["--data", str(data / "d.yaml"), "--imgsz", str(IMGSZ), "--workers", "0", "--batch-size", "4"]
+    m_pt = val_cli.run(["--weights", str(weights), *common, "--save-json", str(tmp_path / "pt.json")])
+    m_onnx = val_cli.run(["--weights", str(onnx_path), *common, "--save-json", str(tmp_path / "onnx.json")])
+    n_pt = len(json.loads((tmp_path / "pt.json").read_text()))
+    n_onnx = len(json.loads((tmp_path / "onnx.json").read_text()))
+    assert n_pt > 100 and n_pt == n_onnx  # many predictions, the same ones kept
+    assert m_pt["mAP50"] > 0  # not a vacuous 0 == 0
+    for k in ("P", "R", "mAP50", "mAP50-95"):
+        assert abs(m_pt[k] - m_onnx[k]) <= 1e-3, k
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+def test_detect_writes_images_and_labels(weights, data, tmp_path, suffix):
+    w = weights if suffix == ".pt" else export_onnx(model_from_checkpoint(weights), tmp_path / "m.onnx", imgsz=IMGSZ)
+    source = data / "shapes" / "images" / "val"
+    results = detect_cli.run(["--weights", str(w), "--source", str(source), "--imgsz", str(IMGSZ), "--conf", "0.03",
+                               "--save-txt", "--project", str(tmp_path), "--name", "det"])
+    out = tmp_path / "det"
+    files = sorted(source.glob("*.jpg"))
+    assert len(results) == len(files) and sum(len(r["detections"]) for r in results) > 0
+    for f, r in zip(files, results):
+        drawn, original = cv2.imread(str(out / f.name)), cv2.imread(str(f))
+        assert drawn.shape == original.shape
+        rows = np.loadtxt(out / "labels" / f"{f.stem}.txt", ndmin=2)
+        assert rows.shape == (len(r["detections"]), 5)
+        if len(rows):
+            assert np.abs(drawn.astype(int) - original).max() > 100  # boxes were drawn
+            assert rows[:, 1:].min() >= 0 and rows[:, 1:].max() <= 1
+            assert set(rows[:, 0].astype(int)) <= set(range(len(NAMES)))
