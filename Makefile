@@ -14,7 +14,7 @@ TRIALS ?=
 NAME ?= quick
 SAMPLER ?=
 
-.PHONY: install test train val bench evolve prune report study clean
+.PHONY: install test train val bench bench-search evolve prune report study clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ val: install
 bench: install
 	$(PY) -m core.bench
 	$(PY) -m evolve.bench --trials 8 --search-trials 16
+
+bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
+	$(PY) -m evolve.search_bench --trials 16 --seeds 3
 
 evolve: install
 	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))

@@ -8,6 +8,7 @@ model that already detects. The run is cached: it is redone only when its inputs
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -65,8 +66,9 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     log(f"base run: the base hyp for {epochs} epochs (close-mosaic {close}) -> {out}; trials finetune from it")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     opts = search_train_options(cfg, epochs=epochs, seed=cfg.seed, device=device, project=out.parent, name=out.name,
-                                save=True, close_mosaic=close, progress=True)
+                                save=True, close_mosaic=close, progress=True, threads=cores)  # the only run: every core
     result = fit(cfg.resolved("data"), cfg.resolved("model"), base_run_hyp(cfg, base_hyp), opts)
     if result.best_path is None or not Path(result.best_path).is_file():
         raise RuntimeError(f"base run: training saved no best.pt (stop reason: {result.stop_reason})")

@@ -108,6 +108,7 @@ class Run:
         self.evolve = _read_csv(run_dir / "evolve" / "evolve.csv")
         self.retrain = _read_csv(run_dir / "retrain" / "retrain.csv")
         self.prune = _read_csv(run_dir / "prune" / "prune_results.csv")
+        self.summary = _read_json(run_dir / "summary.json")  # noise floor, retrain choice and verdict
         stage_recs = {s: _read_json(run_dir / "prune" / f"{s}.json") for s in STAGE_LABELS}
         self.prune_records = {s: r for s, r in stage_recs.items() if r}
         if self.evolve is not None and self.evolve.empty:
@@ -139,12 +140,22 @@ def summary(run: Run) -> str:
         if len(base) and pd.notna(base.fitness.iloc[0]):
             line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
         items.append(line)
+        noise = run.summary.get("noise")
+        if noise:
+            gain = run.summary.get("evolution", {}).get("best_trial", {}).get("gain_sd")
+            items.append(f"Noise floor: the base hyp over {noise['n']} seeds scores {fmt(noise['mean'])} ± "
+                         f"{fmt(noise['sd'])} (sd); the best trial is {fmt(gain, '{:+.1f}')} sd from it")
     else:
         gaps.append("evolution results (runs/study/NAME/evolve/evolve.csv)")
     if run.retrain is not None and not run.retrain.empty:
-        g = run.retrain[run.retrain.trial == run.retrain.trial.iloc[0]]
-        items.append(f"Retrain of trial {int(g.trial.iloc[0])} at {int(g.epochs.max())} epochs ({len(g)} seed(s)): "
-                     f"mAP50-95 {_mean_std(g['mAP50-95'])}, fitness {_mean_std(g.fitness)}")
+        chosen = (run.summary.get("retrain") or {}).get("chosen", run.retrain.trial.iloc[0])
+        g = run.retrain[run.retrain.trial == chosen]
+        items.append(f"Retrain of trial {int(g.trial.iloc[0])} (the highest mean over seeds; it is the one pruned) at "
+                     f"{int(g.epochs.max())} epochs ({len(g)} seed(s)): mAP50-95 {_mean_std(g['mAP50-95'])}, "
+                     f"fitness {_mean_std(g.fitness)}")
+        verdict = (run.summary.get("retrain") or {}).get("verdict")
+        if verdict:
+            items.append(f"<b>Verdict</b>: {esc(verdict)}")
     else:
         gaps.append("retrain at full budget (runs/study/NAME/retrain/retrain.csv)")
     if run.prune is not None and len(run.prune) > 1:
@@ -261,8 +272,19 @@ def retrain(run: Run) -> str:
     out = table(["trial (role)", "runs", "seeds", "fitness in evolution", "mAP50-95 (mean ± std)",
                  "fitness (mean ± std)", "epochs", "seconds"], rows)
     img = image(draw_retrain(run), "retrain curves")
-    note = ('<p class="note">Each run uses a fresh seed (not the trials\' seed), so the spread shows how much of the '
-            "winner's edge is noise. The first run of the best trial is the one pruned.</p>")
+    choice = run.summary.get("retrain") or {}
+    paired = [c for c in choice.get("candidates") or [] if c.get("paired_vs_base")]
+    if paired:
+        out += table(["trial", "paired gain over the base hyp (mean ± se)", "per seed", "verdict"],
+                     [[str(c["trial"]), f"{fmt(c['paired_vs_base']['diff_mean'], '{:+.4f}')} ± "
+                       f"{fmt(c['paired_vs_base']['diff_se'])}",
+                       ", ".join(fmt(d, "{:+.4f}") for d in c["paired_vs_base"]["diffs"]),
+                       "above seed noise" if c["paired_vs_base"]["above_noise"] else "within seed noise"]
+                      for c in paired])
+    note = ('<p class="note">Each run uses a fresh seed (not the trials\' seed), and every retrained hyp gets the '
+            "same seeds, so the gain over the base hyp is paired by seed: above noise when its mean exceeds twice "
+            "its standard error. The hyp with the highest mean is pruned (its best run). "
+            + (esc(choice["verdict"]) if choice.get("verdict") else "") + "</p>")
     return out + note + (img or "")
 
 

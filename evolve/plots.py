@@ -88,6 +88,15 @@ def plot_fitness(df: pd.DataFrame, path: Path | str, title: str = "") -> Path | 
     complete = df[(df.state == "COMPLETE") & np.isfinite(fit)]
     pruned = df[(df.state == "PRUNED") & np.isfinite(fit)]
     failed = df[df.state == "FAIL"]
+    noise = complete[complete["noise"].astype(bool)] if "noise" in complete else complete.iloc[:0]
+    if len(noise) >= 2:  # the base hyp over its seeds: what a trial must clear to mean anything
+        mean, sd = float(noise.fitness.mean()), float(noise.fitness.std(ddof=1))
+        ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="grey", alpha=0.15, zorder=1,
+                   label=f"base hyp ± 2 sd over {len(noise)} seeds ({mean:.4g} ± {2 * sd:.2g})")
+        ax.axhline(mean, color="grey", lw=1, ls="--", zorder=1)
+        ax.scatter(noise.number, noise.fitness, c="grey", edgecolors="black", s=30, zorder=3,
+                   label=f"base hyp, noise seeds ({len(noise)})")
+        complete = complete.drop(noise.index)
     ax.scatter(complete.number, complete.fitness, c="tab:blue", s=30, label=f"complete ({len(complete)})", zorder=3)
     if len(pruned):
         ax.scatter(pruned.number, pruned.fitness, marker="v", c="tab:orange", s=40,
@@ -106,7 +115,7 @@ def plot_fitness(df: pd.DataFrame, path: Path | str, title: str = "") -> Path | 
         ax.scatter(failed.number, np.full(len(failed), y0), marker="x", c="red", s=45,
                    label=f"failed ({len(failed)}, drawn at the lowest fitness)", zorder=3)
     ax.set_xlabel("trial number")
-    ax.set_ylabel("fitness (best epoch)")
+    ax.set_ylabel("trial fitness (the study's objective)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
     ax.set_title(title or "Fitness per trial")
     ax.grid(alpha=0.3)
