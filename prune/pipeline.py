@@ -1,8 +1,14 @@
 """`python -m prune.pipeline`: baseline -> sparse -> channel -> layer -> finetune, one results row per stage.
 
-Every stage writes a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no
-pruning code) and a json of the options that produced it; re-running reuses stages whose options are
-unchanged (use --force to redo all).
+Side rows (not passed on): keep_size (the pruned gammas zeroed, nothing removed: what pruning costs
+apart from the surgery) and unstructured (YOLOv5-style per-conv L1 weight zeroing). Every stage writes
+a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no pruning code) and a
+json of the options that produced it; re-running reuses stages whose options are unchanged (use
+--force to redo all).
+
+Optimizers: the baseline trains with the engine's default recipe (`auto`: it learns in the budget);
+the sparse stage with SGD, the optimizer whose L1 sub-gradient step network slimming assumes;
+finetune with --finetune-optimizer (README: measured).
 """
 from __future__ import annotations
 
@@ -17,12 +23,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from prune.graph import trace
-from prune.layers import LayerPruneError, block_renames, remove_shortcuts
+from prune.graph import GraphError, trace
+from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, check_options, compute_masks
-from prune.records import STAGES, StageRecord, write_results
+from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
+from prune.rounding import resolve_round_to
 from prune.sparsity import SCHEDULES, SparsityTrainer
-from prune.surgery import prune_channels
+from prune.surgery import prune_channels, zero_pruned
+from prune.unstructured import prune_unstructured, sparsity
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
@@ -45,10 +53,16 @@ class PruneOptions:
     finetune_epochs: int = 10
     finetune_hyp: str | None = None
     finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
-    round_to: int = 1
+    baseline_optimizer: str = "auto"  # the engine's default recipe
+    sparse_optimizer: str = "SGD"  # L1 slimming's sub-gradient step assumes SGD
+    finetune_optimizer: str = "SGD"
+    round_to: str | int = "auto"  # 'auto' = the machine's conv block (prune/rounding.py)
+    unstructured: float = 0.0  # share of each conv's smallest weights zeroed in the unstructured row (0 = no row)
+    iterative: int = 1  # prune -> finetune in this many steps to the same target (1 = one-shot)
+    iterative_epochs: int = 0  # finetune epochs after each intermediate step (0 = finetune_epochs // iterative)
     imgsz: int = 160
     batch_size: int = 16
-    nbs: int = 64  # nominal batch size: gradients accumulate over nbs / batch_size batches per step
+    nbs: int = 0  # nominal batch size (0 = the engine's default: 64, or the batch under auto's AdamW)
     device: str = "cpu"
     workers: int = 2
     threads: int = 0  # torch threads for training (0 = torch default)
@@ -75,8 +89,22 @@ def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
             setattr(opts, key, study[skey])
 
 
+def _round_to(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: 'auto' or a positive int") from None
+
+
 def _check(opts: PruneOptions) -> None:
-    check_options(MaskOptions(opts.global_percent, opts.layer_keep, opts.round_to))
+    check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to)))
+    if not 0.0 <= opts.unstructured < 1.0:
+        raise PruneOptionError(f"--unstructured {opts.unstructured} is outside [0, 1)")
+    if opts.iterative < 1 or opts.iterative_epochs < 0:
+        raise PruneOptionError(f"--iterative {opts.iterative} must be >= 1 and --iterative-epochs "
+                               f"{opts.iterative_epochs} >= 0")
     if opts.shortcuts < 0:
         raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
     if opts.s_schedule not in SCHEDULES:
@@ -136,41 +164,73 @@ class Pipeline:
         self.val_loader, _ = create_dataloader(self.data["val"], opts.imgsz, opts.batch_size * 2, self.hyp,
                                                augment=False, cache="ram", workers=opts.workers,
                                                nc=self.data["nc"], prefix="val: ")
+        self.round_to, why = resolve_round_to(opts.round_to, opts.device)
+        print(f"round-to: kept channels rounded up to a multiple of {self.round_to} ({why})")
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
+        self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
+                          "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
+                          "finetune": self.finetune}
 
-    # options that produce each stage; a stage's record holds its own and all earlier ones
+    def check_prunable(self) -> None:
+        """Refuse a model the pruner cannot handle before any stage trains (the untrained model has the same graph)."""
+        from core.model.yolo import Model
+
+        o = self.opts
+        source = f"--weights {o.weights}" if o.weights else f"--model {o.model or DEFAULT_MODEL}"
+        model = load_weights(o, self.data["nc"]) if o.weights else Model(o.model or DEFAULT_MODEL, nc=self.data["nc"])
+        try:
+            trace(model)
+        except GraphError as e:
+            raise PruneOptionError(f"{source} cannot be channel-pruned: {e}") from None
+        n = len(rank_shortcuts(model))
+        if o.shortcuts > n:
+            raise LayerPruneError(f"--shortcuts {o.shortcuts}: {source} has {n} shortcut Bottlenecks in C3 blocks")
+
+    def mask_options(self) -> MaskOptions:
+        return MaskOptions(self.opts.global_percent, self.opts.layer_keep, self.round_to)
+
+    def enabled(self, stage: str) -> bool:
+        return {"sparse": self.opts.sr, "unstructured": self.opts.unstructured > 0}.get(stage, True)
+
+    # options that produce each stage; a stage's record holds its own and all earlier chain stages'
     def stage_options(self, stage: str) -> dict:
         o = self.opts
-        weights = None
-        if o.weights:
-            st = Path(o.weights).stat()
-            weights = [str(Path(o.weights).resolve()), st.st_size, int(st.st_mtime)]
-        per_stage = {
-            "baseline": {"data": self.data.get("yaml_file"), "model": o.model, "weights": weights, "hyp": self.hyp,
-                         "epochs": o.epochs if not o.weights else None, "imgsz": o.imgsz,
-                         "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
-            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs},
-            "channel": {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": o.round_to},
+        masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to}
+        per_stage = {  # files by content (sha256), not path: a moved file is the same, an edited one is not
+            "baseline": {"data": file_digest(self.data.get("yaml_file")),
+                         "model": file_digest(o.model or DEFAULT_MODEL) if not o.weights else None,
+                         "weights": file_digest(o.weights), "hyp": self.hyp,
+                         "epochs": o.epochs if not o.weights else None, "optimizer": o.baseline_optimizer,
+                         "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
+            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs,
+                       "optimizer": o.sparse_optimizer},
+            "keep_size": masks,
+            "unstructured": {"amount": o.unstructured},
+            "channel": {**masks, "iterative": o.iterative, "iterative_epochs": self.iterative_epochs(),
+                        "finetune_hyp": self.ft_hyp if o.iterative > 1 else None},
             "layer": {"shortcuts": o.shortcuts},
-            "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp},
+            "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp,
+                         "optimizer": o.finetune_optimizer},
         }
-        out = {}
-        for s in STAGES[: STAGES.index(stage) + 1]:
-            out[s] = per_stage[s]
-        return out
+        return {s: per_stage[s] for s in STAGES[: STAGES.index(stage) + 1] if s not in SIDE_STAGES or s == stage}
 
-    def _fit(self, stage: str, model, hyp: dict, epochs: int, callbacks=None):
+    def iterative_epochs(self) -> int:
+        o = self.opts
+        return (o.iterative_epochs or o.finetune_epochs // o.iterative) if o.iterative > 1 else 0
+
+    def _fit(self, stage: str, model, hyp: dict, epochs: int, optimizer: str, callbacks=None):
         from core.checkpoint import model_from_checkpoint
         from core.train import TrainOptions, fit
 
         o = self.opts
         shutil.rmtree(self.run_dir / "train" / stage, ignore_errors=True)  # no rows left from an older run
+        close_mosaic = TrainOptions.close_mosaic if stage == "baseline" else 0  # later stages are short
         topts = TrainOptions(epochs=epochs, batch_size=o.batch_size, imgsz=o.imgsz, device=o.device,
                              workers=o.workers, cache="ram", seed=o.seed, nbs=o.nbs, project=str(self.run_dir / "train"),
                              name=stage, exist_ok=True, progress=o.progress,
-                             optimizer="SGD", close_mosaic=0)  # the hyp drives every stage (finetune's lr0 is lower); slimming's L1 assumes SGD
+                             optimizer=optimizer, close_mosaic=close_mosaic)
         result = fit(self.data, model, hyp, topts, callbacks)
         if stage == "sparse" or result.best_path is None:
             return copy.deepcopy(result.model).float().eval()  # sparse: the last (most sparse) weights
@@ -179,21 +239,59 @@ class Pipeline:
     def baseline(self, _):
         if self.opts.weights:
             return load_weights(self.opts, self.data["nc"]), {"weights": self.opts.weights}
-        return self._fit("baseline", self.opts.model or DEFAULT_MODEL, self.hyp, self.opts.epochs), {}
+        o = self.opts
+        return self._fit("baseline", o.model or DEFAULT_MODEL, self.hyp, o.epochs, o.baseline_optimizer), {}
 
     def sparse(self, model):
         o = self.opts
         trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
         hyp = {**self.hyp, "warmup_epochs": 0.0}  # continues a trained model: no warmup
-        out = self._fit("sparse", model, hyp, o.sparse_epochs, trainer.callbacks())
-        return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"]}
+        out = self._fit("sparse", model, hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
+        return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"],
+                     "clip_mean": trainer.log[-1]["clip_mean"]}
+
+    def keep_size(self, model):
+        """The pruned channels' gammas zeroed, nothing removed or compensated: pruning's cost without surgery."""
+        work = copy.deepcopy(model)
+        graph = trace(work)
+        masks, _ = compute_masks(graph, self.mask_options())
+        zero_pruned(graph, masks, betas=False)
+        return work, {"zeroed": sum(int((~m).sum()) for m in masks.values())}
+
+    def unstructured(self, model):
+        amount = self.opts.unstructured
+        pruned = prune_unstructured(model, amount)
+        per, conv_share, all_share = sparsity(pruned)
+        import pandas as pd
+        pd.DataFrame({"conv": list(per), "sparsity": list(per.values())}).to_csv(
+            self.run_dir / "unstructured.csv", index=False)
+        print(f"unstructured: {amount:.0%} of each conv's smallest |w| zeroed; {conv_share:.3f} of conv weights "
+              f"and {all_share:.3f} of all parameters are zero (per layer: unstructured.csv); dense kernels "
+              f"skip no zeros, so FLOPs and latency do not change")
+        return pruned, {"conv_sparsity": conv_share, "global_sparsity": all_share}
 
     def channel(self, model):
+        from prune.measure import prunable_channels
+
+        def count(m):
+            return sum(prunable_channels(m).values())
+
+        o, k = self.opts, self.opts.iterative
+        base = count(model)
+        for step in range(1, k):  # iterative: prune part of the way (share of the original channels), finetune
+            rel = max(0.0, 1.0 - base * (1.0 - o.global_percent * step / k) / count(model))
+            model, _ = self._prune(model, rel, f"step {step}/{k}")
+            model = self._fit(f"channel_step{step}", model, self.ft_hyp, self.iterative_epochs(),
+                              o.finetune_optimizer)
+        rel = max(0.0, 1.0 - base * (1.0 - o.global_percent) / count(model)) if k > 1 else o.global_percent
+        return self._prune(model, rel, f"step {k}/{k}" if k > 1 else "one-shot")
+
+    def _prune(self, model, percent: float, label: str):
         o = self.opts
         graph = trace(model)
-        masks, thr = compute_masks(graph, MaskOptions(o.global_percent, o.layer_keep, o.round_to))
+        masks, thr = compute_masks(graph, MaskOptions(percent, o.layer_keep, self.round_to))
         kept = {n: int(k.sum()) for n, k in masks.items()}
-        print(f"channel: threshold |gamma| < {thr.value:.4g} at --global-percent {o.global_percent}; largest "
+        print(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
               f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
               f"set by {thr.tightest})")
         floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
@@ -215,7 +313,7 @@ class Pipeline:
         return pruned, {"removed": removed, "renames": renames}
 
     def finetune(self, model):
-        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs), {}
+        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer), {}
 
     def row(self, stage: str, model, ckpt: Path) -> dict:
         from core.val import validate
@@ -246,10 +344,11 @@ class Pipeline:
     def run(self) -> list[dict]:
         from core.checkpoint import model_from_checkpoint, save_checkpoint
 
-        rows, dirty, model = [], self.opts.force, None
+        self.check_prunable()
+        rows, dirty, chain = [], self.opts.force, None
         for stage in STAGES:
             rec = StageRecord(stage, self.run_dir)
-            if stage == "sparse" and not self.opts.sr:
+            if not self.enabled(stage):
                 for p in (rec.ckpt, rec.meta):
                     p.unlink(missing_ok=True)
                 continue
@@ -262,13 +361,16 @@ class Pipeline:
                 if stage == "baseline":
                     self.base_channels = row["channels_kept"]
             else:
-                dirty = True
+                dirty = dirty or stage not in SIDE_STAGES  # a side row's redo changes nothing downstream
                 print(f"--- {stage} ---")
-                model, extra = getattr(self, stage)(model)
+                rec.invalidate()
+                model, extra = self.stage_fns[stage](chain)
                 save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,
                                 metrics={}, epoch=-1)
                 row = self.row(stage, model, rec.ckpt)
                 rec.write(options, row, extra)
+            if stage not in SIDE_STAGES:
+                chain = model
             self.models[stage], self.extras[stage] = model, extra
             rows.append(row)
         self.add_latency(rows)
@@ -316,7 +418,16 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     p.add_argument("--finetune-hyp", help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
     p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale)
-    p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded up to a multiple")
+    p.add_argument("--round-to", type=_round_to, default=d.round_to,
+                   help="kept channels rounded up to a multiple; auto = the machine's conv block (AVX-512 16, AVX2 8, CUDA 8)")
+    p.add_argument("--unstructured", type=float, default=d.unstructured,
+                   help="add a row with this share of each conv's smallest weights zeroed (YOLOv5's prune())")
+    p.add_argument("--iterative", type=int, default=d.iterative, help="prune -> finetune in this many steps")
+    p.add_argument("--iterative-epochs", type=int, default=d.iterative_epochs,
+                   help="finetune epochs after each intermediate step (0 = finetune epochs // steps)")
+    for stage in ("baseline", "sparse", "finetune"):
+        p.add_argument(f"--{stage}-optimizer", default=getattr(d, f"{stage}_optimizer"),
+                       choices=("auto", "SGD", "Adam", "AdamW"))
     p.add_argument("--imgsz", type=int, default=d.imgsz)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch size (gradient accumulation)")
@@ -358,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
         run(opts)
-    except (PruneOptionError, LayerPruneError) as e:
+    except (PruneOptionError, LayerPruneError, GraphError) as e:
         print(f"prune.pipeline: error: {e}", file=sys.stderr)
         return 2
     print(f"options: {asdict(opts)}")

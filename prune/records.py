@@ -1,17 +1,25 @@
 """Stage records: a plain checkpoint per stage plus a small json of the options that produced it.
 
-A stage is reused only when its checkpoint and json exist and the recorded options (its own and
-every earlier stage's) equal the current ones; once a stage re-runs, all later stages re-run.
+A stage is reused only when its checkpoint and json exist, the recorded options (its own and every
+earlier stage's) equal the current ones, and the checkpoint's sha256 equals the one the json
+recorded. Files in the options (model yaml, data yaml, weights) are keyed by content, not path.
+Before a stage runs its json is removed; the json is written last, atomically (temp + os.replace),
+so an interrupted run never leaves new weights beside old options. Once a stage re-runs, all later
+stages re-run; side stages (keep_size, unstructured) are rows beside the chain: their models are
+not passed on and they do not invalidate later stages.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-STAGES = ("baseline", "sparse", "channel", "layer", "finetune")
+STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
+SIDE_STAGES = ("keep_size", "unstructured")
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
            "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
 
@@ -38,13 +46,34 @@ class StageRecord:
             return None
 
     def reusable(self, options: dict) -> dict | None:
-        """The stored record if it was produced by exactly these options, else None."""
+        """The stored record if it was produced by exactly these options and names this checkpoint, else None."""
         rec = self.load()
-        return rec if rec is not None and rec.get("options") == _plain(options) else None
+        if rec is None or rec.get("options") != _plain(options):
+            return None
+        return rec if rec.get("ckpt_sha256") == file_digest(self.ckpt) else None
+
+    def invalidate(self) -> None:
+        """Drop the json before the stage runs: a crash then leaves no record to reuse."""
+        self.meta.unlink(missing_ok=True)
 
     def write(self, options: dict, row: dict, extra: dict | None = None) -> None:
-        rec = {"stage": self.stage, "options": _plain(options), "row": _plain(row), "extra": _plain(extra or {})}
-        self.meta.write_text(json.dumps(rec, indent=1))
+        """Record the finished stage (its checkpoint is already written), atomically."""
+        rec = {"stage": self.stage, "options": _plain(options), "ckpt_sha256": file_digest(self.ckpt),
+               "row": _plain(row), "extra": _plain(extra or {})}
+        tmp = self.meta.with_name(self.meta.name + ".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        os.replace(tmp, self.meta)
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """sha256 of a file's bytes (None for no file): the cache key of a model, data yaml or checkpoint."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _plain(obj):
