@@ -10,13 +10,14 @@ not passed on and they do not invalidate later stages.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from core.digest import sha256_file as file_digest
 
 STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
 SIDE_STAGES = ("keep_size", "unstructured")
@@ -63,17 +64,6 @@ class StageRecord:
         tmp = self.meta.with_name(self.meta.name + ".tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         os.replace(tmp, self.meta)
-
-
-def file_digest(path: str | Path | None) -> str | None:
-    """sha256 of a file's bytes (None for no file): the cache key of a model, data yaml or checkpoint."""
-    if path is None or not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _plain(obj):
