@@ -12,111 +12,24 @@ finetune with --finetune-optimizer (README: measured).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 
 from prune.graph import GraphError, trace
 from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts
-from prune.masks import MaskOptions, PruneOptionError, check_options, compute_masks
+from prune.masks import MaskOptions, PruneOptionError, compute_masks
+from prune.options import DEFAULT_MODEL, PruneOptions, _check, parse_args
 from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
 from prune.rounding import resolve_round_to
-from prune.sparsity import SCHEDULES, SparsityTrainer
+from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
 from prune.unstructured import prune_unstructured, sparsity
-
-DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
-
-
-@dataclass
-class PruneOptions:
-    study: str | None = None
-    data: str | None = None
-    model: str | None = None
-    weights: str | None = None
-    hyp: str | None = None
-    epochs: int = 30  # baseline training epochs (ignored with --weights)
-    global_percent: float = 0.2
-    layer_keep: float = 0.01
-    shortcuts: int = 0
-    sr: bool = False
-    s: float = 1e-4
-    s_schedule: str = "const"
-    sparse_epochs: int = 10
-    finetune_epochs: int = 10
-    finetune_hyp: str | None = None
-    finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
-    baseline_optimizer: str = "auto"  # the engine's default recipe
-    sparse_optimizer: str = "SGD"  # L1 slimming's sub-gradient step assumes SGD
-    finetune_optimizer: str = "SGD"
-    round_to: str | int = "auto"  # 'auto' = the machine's conv block (prune/rounding.py)
-    unstructured: float = 0.0  # share of each conv's smallest weights zeroed in the unstructured row (0 = no row)
-    iterative: int = 1  # prune -> finetune in this many steps to the same target (1 = one-shot)
-    iterative_epochs: int = 0  # finetune epochs after each intermediate step (0 = finetune_epochs // iterative)
-    imgsz: int = 160
-    batch_size: int = 16
-    nbs: int = 0  # nominal batch size (0 = the engine's default: 64, or the batch under auto's AdamW)
-    device: str = "cpu"
-    workers: int = 2
-    threads: int = 0  # torch threads for training (0 = torch default)
-    latency_threads: int = 1
-    latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
-    latency_runs: int = 30
-    seed: int = 0
-    project: str = "runs/prune"
-    name: str = "exp"
-    force: bool = False
-    progress: bool = True
-
-
-def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
-    """Fill data, model, hyp, imgsz, batch_size from a study file where no flag was given."""
-    if not opts.study:
-        return
-    path = Path(opts.study)
-    if not path.is_file():
-        raise PruneOptionError(f"--study {path}: file not found")
-    study = yaml.safe_load(path.read_text()) or {}
-    for key, skey in (("data", "data"), ("model", "model"), ("hyp", "hyp"), ("imgsz", "imgsz"), ("batch_size", "batch")):
-        if key not in given and study.get(skey) is not None:
-            setattr(opts, key, study[skey])
-
-
-def _round_to(value: str) -> str | int:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: 'auto' or a positive int") from None
-
-
-def _check(opts: PruneOptions) -> None:
-    check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to)))
-    if not 0.0 <= opts.unstructured < 1.0:
-        raise PruneOptionError(f"--unstructured {opts.unstructured} is outside [0, 1)")
-    if opts.iterative < 1 or opts.iterative_epochs < 0:
-        raise PruneOptionError(f"--iterative {opts.iterative} must be >= 1 and --iterative-epochs "
-                               f"{opts.iterative_epochs} >= 0")
-    if opts.shortcuts < 0:
-        raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
-    if opts.s_schedule not in SCHEDULES:
-        raise PruneOptionError(f"--s-schedule {opts.s_schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if opts.s < 0:
-        raise PruneOptionError(f"--s {opts.s} must be >= 0")
-    for key in ("epochs", "sparse_epochs", "finetune_epochs"):
-        if getattr(opts, key) < 0:
-            raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
-    if opts.weights and not Path(opts.weights).is_file():
-        raise PruneOptionError(f"--weights {opts.weights}: file not found")
-
 
 def _arch_key(arch: dict) -> dict:
     return {k: arch.get(k) for k in ("backbone", "head", "depth_multiple", "width_multiple", "channels", "repeats")}
@@ -397,58 +310,6 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
     path = run_dir / "channels.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
-
-
-def parse_args(argv: list[str] | None = None) -> PruneOptions:
-    d = PruneOptions()
-    p = argparse.ArgumentParser(prog="python -m prune.pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--study", help="study yaml: default data, model, hyp, imgsz, batch")
-    p.add_argument("--data", help="data yaml (default: the built-in synthetic dataset)")
-    p.add_argument("--model", help=f"model yaml to train the baseline from (default {DEFAULT_MODEL})")
-    p.add_argument("--weights", help="a trained checkpoint: the baseline is evaluated, not trained")
-    p.add_argument("--hyp", help="hyp yaml (e.g. best_hyp.yaml from evolution)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="baseline training epochs")
-    p.add_argument("--global-percent", type=float, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
-    p.add_argument("--layer-keep", type=float, default=d.layer_keep, help="per-layer floor share (0 = strict)")
-    p.add_argument("--shortcuts", type=int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
-    p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
-    p.add_argument("--s", type=float, default=d.s, help="L1 rate on BN gammas")
-    p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
-    p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--finetune-hyp", help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
-    p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale)
-    p.add_argument("--round-to", type=_round_to, default=d.round_to,
-                   help="kept channels rounded up to a multiple; auto = the machine's conv block (AVX-512 16, AVX2 8, CUDA 8)")
-    p.add_argument("--unstructured", type=float, default=d.unstructured,
-                   help="add a row with this share of each conv's smallest weights zeroed (YOLOv5's prune())")
-    p.add_argument("--iterative", type=int, default=d.iterative, help="prune -> finetune in this many steps")
-    p.add_argument("--iterative-epochs", type=int, default=d.iterative_epochs,
-                   help="finetune epochs after each intermediate step (0 = finetune epochs // steps)")
-    for stage in ("baseline", "sparse", "finetune"):
-        p.add_argument(f"--{stage}-optimizer", default=getattr(d, f"{stage}_optimizer"),
-                       choices=("auto", "SGD", "Adam", "AdamW"))
-    p.add_argument("--imgsz", type=int, default=d.imgsz)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch size (gradient accumulation)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for training (0 = default)")
-    p.add_argument("--latency-threads", type=int, default=d.latency_threads)
-    p.add_argument("--latency-runs", type=int, default=d.latency_runs)
-    p.add_argument("--latency-imgsz", type=int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
-    p.add_argument("--force", action="store_true", help="redo every stage")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
-    opts = PruneOptions(**{f.name: getattr(args, f.name) for f in fields(PruneOptions)})
-    for action in p._actions:  # a second parse without defaults tells which flags were given
-        action.default = argparse.SUPPRESS
-    given = set(vars(p.parse_args(argv)))
-    _study_defaults(opts, given)
-    return opts
 
 
 def run(opts: PruneOptions) -> list[dict]:
