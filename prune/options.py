@@ -31,6 +31,7 @@ class PruneOptions:
     finetune_epochs: int = 10
     finetune_hyp: str | None = None
     finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
+    sparse_lr_scale: float = 1.0  # sparse stage: the hyp with lr0 scaled by this, no warmup
     baseline_optimizer: str = "auto"  # the engine's default recipe
     sparse_optimizer: str = "SGD"  # L1 slimming's sub-gradient step assumes SGD
     finetune_optimizer: str = "SGD"
@@ -116,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     p.add_argument("--finetune-hyp", help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
     p.add_argument("--finetune-lr-scale", type=float, default=d.finetune_lr_scale)
+    p.add_argument("--sparse-lr-scale", type=float, default=d.sparse_lr_scale,
+                   help="sparse stage lr0 = hyp lr0 x this (SGD's 0.01 jolts a model trained with AdamW)")
     p.add_argument("--round-to", type=_round_to, default=d.round_to,
                    help="kept channels rounded up to a multiple; auto = the machine's conv block (AVX-512 16, AVX2 8, CUDA 8)")
     p.add_argument("--unstructured", type=float, default=d.unstructured,

@@ -72,7 +72,8 @@ class Pipeline:
         if opts.finetune_hyp:
             self.ft_hyp = load_hyp(opts.finetune_hyp)
         else:
-            self.ft_hyp = load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * opts.finetune_lr_scale, "warmup_epochs": 0.0})
+            self.ft_hyp = self.continued_hyp(opts.finetune_lr_scale)
+        self.sparse_hyp = self.continued_hyp(opts.sparse_lr_scale)
         self.data = load_data_config(opts.data)
         self.val_loader, _ = create_dataloader(self.data["val"], opts.imgsz, opts.batch_size * 2, self.hyp,
                                                augment=False, cache="ram", workers=opts.workers,
@@ -85,6 +86,12 @@ class Pipeline:
         self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
                           "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
                           "finetune": self.finetune}
+
+    def continued_hyp(self, lr_scale: float) -> dict:
+        """The hyp for a stage that continues a trained model: lr0 scaled, no warmup."""
+        from core.hyp import load_hyp
+
+        return load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * lr_scale, "warmup_epochs": 0.0})
 
     def check_prunable(self) -> None:
         """Refuse a model the pruner cannot handle before any stage trains (the untrained model has the same graph)."""
@@ -118,7 +125,7 @@ class Pipeline:
                          "epochs": o.epochs if not o.weights else None, "optimizer": o.baseline_optimizer,
                          "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
             "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs,
-                       "optimizer": o.sparse_optimizer},
+                       "optimizer": o.sparse_optimizer, "hyp": self.sparse_hyp},
             "keep_size": masks,
             "unstructured": {"amount": o.unstructured},
             "channel": {**masks, "iterative": o.iterative, "iterative_epochs": self.iterative_epochs(),
@@ -158,7 +165,7 @@ class Pipeline:
     def sparse(self, model):
         o = self.opts
         trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
-        hyp = {**self.hyp, "warmup_epochs": 0.0}  # continues a trained model: no warmup
+        hyp = self.sparse_hyp
         out = self._fit("sparse", model, hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
         return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"],
                      "clip_mean": trainer.log[-1]["clip_mean"]}
