@@ -165,8 +165,7 @@ class Pipeline:
     def sparse(self, model):
         o = self.opts
         trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
-        hyp = self.sparse_hyp
-        out = self._fit("sparse", model, hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
+        out = self._fit("sparse", model, self.sparse_hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
         return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"],
                      "clip_mean": trainer.log[-1]["clip_mean"]}
 
