@@ -46,8 +46,8 @@ evolve: install
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
-	  --epochs 40 --nbs 16 --sr --s 0.02 --sparse-epochs 10 --finetune-epochs 15 \
-	  --global-percent 0.75 --round-to 16 --shortcuts 4 --latency-imgsz 640
+	  --epochs 30 --sr --s 1e-3 --sparse-lr-scale 0.25 --sparse-epochs 10 --finetune-epochs 15 \
+	  --global-percent 0.6 --round-to auto --shortcuts 4 --unstructured 0.3 --latency-imgsz 640
 
 study: install
 	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.callbacks import Callbacks, StopTraining
+from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint, save_checkpoint, strip_checkpoint
 from core.device import dist_context, select_device
 from core.ema import ModelEMA, unwrap
@@ -337,7 +337,11 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     if ni - last_opt_step >= accumulate:
                         scaler.unscale_(optimizer)  # hooks and clipping see true gradients
                         callbacks.call("after_backward", unwrap(train_model))
-                        nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
+                        norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
+                        if callbacks.after_clip is not None:
+                            clip = min(1.0, 10.0 / (float(norm) + 1e-6))  # clip_grad_norm_'s own factor
+                            callbacks.call("after_clip", unwrap(train_model),
+                                           StepInfo(clip, opts.batch_size * accumulate, ema.ema if ema is not None else None))
                         scaler.step(optimizer)
                         scaler.update()
                         optimizer.zero_grad()

@@ -11,7 +11,6 @@ propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import socket
@@ -22,22 +21,13 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
+from core.digest import sha256_file
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights
 
 FitFn = Callable[..., Any]
 METRIC_ATTRS = ("P", "R", "mAP50", "mAP50-95", "fitness", "val_box", "val_obj", "val_cls")
-
-
-def sha256_file(path: str | Path | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def suggest(trial: optuna.Trial, g: Gene) -> float | int:

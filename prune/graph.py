@@ -6,6 +6,10 @@ outputs are summed into those channels (one name, or several after residual adds
 Convs summed by a shortcut share one mask (a group); Concat, C3's cv3 input and SPPF's
 4x concat become segment lists (channel offsets); Upsample and max-pool pass layouts
 through. Detect's output convs are consumers only: they are never pruned.
+
+A depthwise conv (groups == in == out channels) maps channel i to channel i, so it joins its
+producer's group: both keep the same channels and the compact conv has groups = kept channels.
+Other grouped convs mix channels within groups that a mask would cut apart: refused.
 """
 from __future__ import annotations
 
@@ -68,16 +72,32 @@ def _kind(m: nn.Module) -> str:
     return type(m).__name__
 
 
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """One filter per channel: groups == in_channels == out_channels > 1."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+CONV_KINDS = ("Conv", "DWConv")
+
+
 class _Tracer:
     def __init__(self, graph: PruneGraph):
         self.g = graph
 
     def conv(self, name: str, m: nn.Module, x: Layout) -> Layout:
-        if m.conv.groups != 1:
-            raise GraphError(f"{name}: grouped convs (groups={m.conv.groups}) are not supported")
+        depthwise = is_depthwise(m.conv)
+        if m.conv.groups != 1 and not depthwise:
+            raise GraphError(f"{name}: grouped conv (groups={m.conv.groups}, {m.conv.in_channels} -> "
+                             f"{m.conv.out_channels} channels) cannot be channel-pruned; only depthwise "
+                             f"convs (DWConv with equal in and out channels) and groups=1 can")
+        if depthwise and (len(x) != 1 or INPUT in x[0]):
+            raise GraphError(f"{name}: a depthwise conv must read one conv's output (not the image or a concat)")
         self.g.consumers.append(Consumer(name, m.conv, m.bn, x))
         self.g.convs[name] = m
         self.g._parent[name] = name
+        if depthwise:  # channel i reads only input channel i: keep exactly the producer's channels
+            for member in x[0]:
+                self.g.union(member, name)
         return [(name,)]
 
     def bottleneck(self, name: str, m: nn.Module, x: Layout) -> Layout:
@@ -107,8 +127,13 @@ class _Tracer:
             self.g.consumers.append(Consumer(f"{name}.m.{i}", m.m[i], None, x))
 
 
-def trace(model: nn.Module, ch: int = 3) -> PruneGraph:
-    """Trace a core `Model` (Conv, C3, SPPF, Bottleneck, Concat, Upsample, Detect layers)."""
+def trace(model: nn.Module, ch: int | None = None) -> PruneGraph:
+    """Trace a core `Model` (Conv, DWConv, C3, SPPF, Bottleneck, Concat, Upsample, Detect layers).
+
+    ch: image channels; default the model's own (`arch['ch']`, 3 if absent).
+    """
+    if ch is None:
+        ch = int(getattr(model, "arch", {}).get("ch", 3))
     graph = PruneGraph(in_channels=ch)
     tr = _Tracer(graph)
     outputs: list[Layout] = []
@@ -119,7 +144,7 @@ def trace(model: nn.Module, ch: int = 3) -> PruneGraph:
             inp = x if f == -1 else outputs[f]
         else:
             inp = [x if j == -1 else outputs[j] for j in f]
-        if kind == "Conv":
+        if kind in CONV_KINDS:
             x = tr.conv(name, layer, inp)
         elif kind == "C3":
             x = tr.c3(name, layer, inp)
@@ -130,7 +155,7 @@ def trace(model: nn.Module, ch: int = 3) -> PruneGraph:
         elif kind == "Sequential":  # a Conv or Bottleneck row with number > 1: children model.i.j
             x = inp
             for j, child in enumerate(layer):
-                step = tr.conv if _kind(child) == "Conv" else tr.bottleneck
+                step = tr.conv if _kind(child) in CONV_KINDS else tr.bottleneck
                 x = step(f"{name}.{j}", child, x)
         elif kind == "Concat":
             x = [seg for part in inp for seg in part]

@@ -1,94 +1,38 @@
 """`python -m prune.pipeline`: baseline -> sparse -> channel -> layer -> finetune, one results row per stage.
 
-Every stage writes a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no
-pruning code) and a json of the options that produced it; re-running reuses stages whose options are
-unchanged (use --force to redo all).
+Side rows (not passed on): keep_size (the pruned gammas zeroed, nothing removed: what pruning costs
+apart from the surgery) and unstructured (YOLOv5-style per-conv L1 weight zeroing). Every stage writes
+a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no pruning code) and a
+json of the options that produced it; re-running reuses stages whose options are unchanged (use
+--force to redo all).
+
+Optimizers: the baseline trains with the engine's default recipe (`auto`: it learns in the budget);
+the sparse stage with SGD, the optimizer whose L1 sub-gradient step network slimming assumes;
+finetune with --finetune-optimizer (default auto: it recovered far better than SGD, README).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from core import argtypes as t
 from core.atomic import atomic_write
 from core.cli import main_guard
-from core.yaml_file import load_yaml
-from prune.graph import trace
-from prune.layers import block_renames, remove_shortcuts
-from prune.masks import MaskOptions, PruneOptionError, check_options, compute_masks
-from prune.records import STAGES, StageRecord, write_results
-from prune.sparsity import SCHEDULES, SparsityTrainer
-from prune.surgery import prune_channels
 
-DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
-
-
-@dataclass
-class PruneOptions:
-    study: str | None = None
-    data: str | None = None
-    model: str | None = None
-    weights: str | None = None
-    hyp: str | None = None
-    epochs: int = 30  # baseline training epochs (ignored with --weights)
-    global_percent: float = 0.2
-    layer_keep: float = 0.01
-    shortcuts: int = 0
-    sr: bool = False
-    s: float = 1e-4
-    s_schedule: str = "const"
-    sparse_epochs: int = 10
-    finetune_epochs: int = 10
-    finetune_hyp: str | None = None
-    finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
-    round_to: int = 1
-    imgsz: int = 160
-    batch_size: int = 16
-    nbs: int = 64  # nominal batch size: gradients accumulate over nbs / batch_size batches per step
-    device: str = "cpu"
-    workers: int = 2
-    threads: int = 0  # torch threads for training (0 = torch default)
-    latency_threads: int = 1
-    latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
-    latency_runs: int = 30
-    seed: int = 0
-    project: str = "runs/prune"
-    name: str = "exp"
-    force: bool = False
-    progress: bool = True
-
-
-def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
-    """Fill data, model, hyp, imgsz, batch_size from a study file where no flag was given."""
-    if not opts.study:
-        return
-    study = load_yaml(opts.study, "--study file", error=PruneOptionError)
-    for key, skey in (("data", "data"), ("model", "model"), ("hyp", "hyp"), ("imgsz", "imgsz"), ("batch_size", "batch")):
-        if key not in given and study.get(skey) is not None:
-            setattr(opts, key, study[skey])
-
-
-def _check(opts: PruneOptions) -> None:
-    check_options(MaskOptions(opts.global_percent, opts.layer_keep, opts.round_to))
-    if opts.shortcuts < 0:
-        raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
-    if opts.s_schedule not in SCHEDULES:
-        raise PruneOptionError(f"--s-schedule {opts.s_schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if opts.s < 0:
-        raise PruneOptionError(f"--s {opts.s} must be >= 0")
-    for key in ("epochs", "sparse_epochs", "finetune_epochs"):
-        if getattr(opts, key) < 0:
-            raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
-    if opts.weights and not Path(opts.weights).is_file():
-        raise PruneOptionError(f"--weights {opts.weights}: file not found")
-
+from prune.graph import GraphError, trace
+from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts
+from prune.masks import MaskOptions, PruneOptionError, compute_masks
+from prune.options import DEFAULT_MODEL, PruneOptions, _check, parse_args
+from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
+from prune.rounding import resolve_round_to
+from prune.sparsity import SparsityTrainer
+from prune.surgery import prune_channels, zero_pruned
+from prune.unstructured import prune_unstructured, sparsity
 
 def _arch_key(arch: dict) -> dict:
     return {k: arch.get(k) for k in ("backbone", "head", "depth_multiple", "width_multiple", "channels", "repeats")}
@@ -131,46 +75,85 @@ class Pipeline:
         if opts.finetune_hyp:
             self.ft_hyp = load_hyp(opts.finetune_hyp)
         else:
-            self.ft_hyp = load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * opts.finetune_lr_scale, "warmup_epochs": 0.0})
+            self.ft_hyp = self.continued_hyp(opts.finetune_lr_scale)
+        self.sparse_hyp = self.continued_hyp(opts.sparse_lr_scale)
         self.data = load_data_config(opts.data)
         self.val_loader, _ = create_dataloader(self.data["val"], opts.imgsz, opts.batch_size * 2, self.hyp,
                                                augment=False, cache="ram", workers=opts.workers,
                                                nc=self.data["nc"], prefix="val: ")
+        self.round_to, why = resolve_round_to(opts.round_to, opts.device)
+        print(f"round-to: kept channels rounded up to a multiple of {self.round_to} ({why})")
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
+        self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
+                          "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
+                          "finetune": self.finetune}
 
-    # options that produce each stage; a stage's record holds its own and all earlier ones
+    def continued_hyp(self, lr_scale: float) -> dict:
+        """The hyp for a stage that continues a trained model: lr0 scaled, no warmup."""
+        from core.hyp import load_hyp
+
+        return load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * lr_scale, "warmup_epochs": 0.0})
+
+    def check_prunable(self) -> None:
+        """Refuse a model the pruner cannot handle before any stage trains (the untrained model has the same graph)."""
+        from core.model.yolo import Model
+
+        o = self.opts
+        source = f"--weights {o.weights}" if o.weights else f"--model {o.model or DEFAULT_MODEL}"
+        model = load_weights(o, self.data["nc"]) if o.weights else Model(o.model or DEFAULT_MODEL, nc=self.data["nc"])
+        try:
+            trace(model)
+        except GraphError as e:
+            raise PruneOptionError(f"{source} cannot be channel-pruned: {e}") from None
+        n = len(rank_shortcuts(model))
+        if o.shortcuts > n:
+            raise LayerPruneError(f"--shortcuts {o.shortcuts}: {source} has {n} shortcut Bottlenecks in C3 blocks")
+
+    def mask_options(self) -> MaskOptions:
+        return MaskOptions(self.opts.global_percent, self.opts.layer_keep, self.round_to)
+
+    def enabled(self, stage: str) -> bool:
+        return {"sparse": self.opts.sr, "unstructured": self.opts.unstructured > 0}.get(stage, True)
+
+    # options that produce each stage; a stage's record holds its own and all earlier chain stages'
     def stage_options(self, stage: str) -> dict:
         o = self.opts
-        weights = None
-        if o.weights:
-            st = Path(o.weights).stat()
-            weights = [str(Path(o.weights).resolve()), st.st_size, int(st.st_mtime)]
-        per_stage = {
-            "baseline": {"data": self.data.get("yaml_file"), "model": o.model, "weights": weights, "hyp": self.hyp,
-                         "epochs": o.epochs if not o.weights else None, "imgsz": o.imgsz,
-                         "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
-            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs},
-            "channel": {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": o.round_to},
+        masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to}
+        per_stage = {  # files by content (sha256), not path: a moved file is the same, an edited one is not
+            "baseline": {"data": file_digest(self.data.get("yaml_file")),
+                         "model": file_digest(o.model or DEFAULT_MODEL) if not o.weights else None,
+                         "weights": file_digest(o.weights), "hyp": self.hyp,
+                         "epochs": o.epochs if not o.weights else None, "optimizer": o.baseline_optimizer,
+                         "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
+            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs,
+                       "optimizer": o.sparse_optimizer, "hyp": self.sparse_hyp},
+            "keep_size": masks,
+            "unstructured": {"amount": o.unstructured},
+            "channel": {**masks, "iterative": o.iterative, "iterative_epochs": self.iterative_epochs(),
+                        "finetune_hyp": self.ft_hyp if o.iterative > 1 else None},
             "layer": {"shortcuts": o.shortcuts},
-            "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp},
+            "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp,
+                         "optimizer": o.finetune_optimizer},
         }
-        out = {}
-        for s in STAGES[: STAGES.index(stage) + 1]:
-            out[s] = per_stage[s]
-        return out
+        return {s: per_stage[s] for s in STAGES[: STAGES.index(stage) + 1] if s not in SIDE_STAGES or s == stage}
 
-    def _fit(self, stage: str, model, hyp: dict, epochs: int, callbacks=None):
+    def iterative_epochs(self) -> int:
+        o = self.opts
+        return (o.iterative_epochs or o.finetune_epochs // o.iterative) if o.iterative > 1 else 0
+
+    def _fit(self, stage: str, model, hyp: dict, epochs: int, optimizer: str, callbacks=None):
         from core.checkpoint import model_from_checkpoint
         from core.train import TrainOptions, fit
 
         o = self.opts
         shutil.rmtree(self.run_dir / "train" / stage, ignore_errors=True)  # no rows left from an older run
+        close_mosaic = TrainOptions.close_mosaic if stage == "baseline" else 0  # later stages are short
         topts = TrainOptions(epochs=epochs, batch_size=o.batch_size, imgsz=o.imgsz, device=o.device,
                              workers=o.workers, cache="ram", seed=o.seed, nbs=o.nbs, project=str(self.run_dir / "train"),
                              name=stage, exist_ok=True, progress=o.progress,
-                             optimizer="SGD", close_mosaic=0)  # the hyp drives every stage (finetune's lr0 is lower); slimming's L1 assumes SGD
+                             optimizer=optimizer, close_mosaic=close_mosaic)
         result = fit(self.data, model, hyp, topts, callbacks)
         if stage == "sparse" or result.best_path is None:
             return copy.deepcopy(result.model).float().eval()  # sparse: the last (most sparse) weights
@@ -179,21 +162,58 @@ class Pipeline:
     def baseline(self, _):
         if self.opts.weights:
             return load_weights(self.opts, self.data["nc"]), {"weights": self.opts.weights}
-        return self._fit("baseline", self.opts.model or DEFAULT_MODEL, self.hyp, self.opts.epochs), {}
+        o = self.opts
+        return self._fit("baseline", o.model or DEFAULT_MODEL, self.hyp, o.epochs, o.baseline_optimizer), {}
 
     def sparse(self, model):
         o = self.opts
         trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
-        hyp = {**self.hyp, "warmup_epochs": 0.0}  # continues a trained model: no warmup
-        out = self._fit("sparse", model, hyp, o.sparse_epochs, trainer.callbacks())
-        return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"]}
+        out = self._fit("sparse", model, self.sparse_hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
+        return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"],
+                     "clip_mean": trainer.log[-1]["clip_mean"]}
+
+    def keep_size(self, model):
+        """The pruned channels' gammas zeroed, nothing removed or compensated: pruning's cost without surgery."""
+        work = copy.deepcopy(model)
+        graph = trace(work)
+        masks, _ = compute_masks(graph, self.mask_options())
+        zero_pruned(graph, masks, betas=False)
+        return work, {"zeroed": sum(int((~m).sum()) for m in masks.values())}
+
+    def unstructured(self, model):
+        amount = self.opts.unstructured
+        pruned = prune_unstructured(model, amount)
+        per, conv_share, all_share = sparsity(pruned)
+        import pandas as pd
+        pd.DataFrame({"conv": list(per), "sparsity": list(per.values())}).to_csv(
+            self.run_dir / "unstructured.csv", index=False)
+        print(f"unstructured: {amount:.0%} of each conv's smallest |w| zeroed; {conv_share:.3f} of conv weights "
+              f"and {all_share:.3f} of all parameters are zero (per layer: unstructured.csv); dense kernels "
+              f"skip no zeros, so FLOPs and latency do not change")
+        return pruned, {"conv_sparsity": conv_share, "global_sparsity": all_share}
 
     def channel(self, model):
+        from prune.measure import prunable_channels
+
+        def count(m):
+            return sum(prunable_channels(m).values())
+
+        o, k = self.opts, self.opts.iterative
+        base = count(model)
+        for step in range(1, k):  # iterative: prune part of the way (share of the original channels), finetune
+            rel = max(0.0, 1.0 - base * (1.0 - o.global_percent * step / k) / count(model))
+            model, _ = self._prune(model, rel, f"step {step}/{k}")
+            model = self._fit(f"channel_step{step}", model, self.ft_hyp, self.iterative_epochs(),
+                              o.finetune_optimizer)
+        rel = max(0.0, 1.0 - base * (1.0 - o.global_percent) / count(model)) if k > 1 else o.global_percent
+        return self._prune(model, rel, f"step {k}/{k}" if k > 1 else "one-shot")
+
+    def _prune(self, model, percent: float, label: str):
         o = self.opts
         graph = trace(model)
-        masks, thr = compute_masks(graph, MaskOptions(o.global_percent, o.layer_keep, o.round_to))
+        masks, thr = compute_masks(graph, MaskOptions(percent, o.layer_keep, self.round_to))
         kept = {n: int(k.sum()) for n, k in masks.items()}
-        print(f"channel: threshold |gamma| < {thr.value:.4g} at --global-percent {o.global_percent}; largest "
+        print(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
               f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
               f"set by {thr.tightest})")
         floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
@@ -215,7 +235,7 @@ class Pipeline:
         return pruned, {"removed": removed, "renames": renames}
 
     def finetune(self, model):
-        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs), {}
+        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer), {}
 
     def row(self, stage: str, model, ckpt: Path) -> dict:
         from core.val import validate
@@ -246,10 +266,11 @@ class Pipeline:
     def run(self) -> list[dict]:
         from core.checkpoint import model_from_checkpoint, save_checkpoint
 
-        rows, dirty, model = [], self.opts.force, None
+        self.check_prunable()
+        rows, dirty, chain = [], self.opts.force, None
         for stage in STAGES:
             rec = StageRecord(stage, self.run_dir)
-            if stage == "sparse" and not self.opts.sr:
+            if not self.enabled(stage):
                 for p in (rec.ckpt, rec.meta):
                     p.unlink(missing_ok=True)
                 continue
@@ -262,13 +283,16 @@ class Pipeline:
                 if stage == "baseline":
                     self.base_channels = row["channels_kept"]
             else:
-                dirty = True
+                dirty = dirty or stage not in SIDE_STAGES  # a side row's redo changes nothing downstream
                 print(f"--- {stage} ---")
-                model, extra = getattr(self, stage)(model)
+                rec.invalidate()
+                model, extra = self.stage_fns[stage](chain)
                 save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,
                                 metrics={}, epoch=-1)
                 row = self.row(stage, model, rec.ckpt)
                 rec.write(options, row, extra)
+            if stage not in SIDE_STAGES:
+                chain = model
             self.models[stage], self.extras[stage] = model, extra
             rows.append(row)
         self.add_latency(rows)
@@ -293,49 +317,6 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
         rows.append({"conv": name, "before": c, "after_channel": after_ch.get(name, 0),
                      "after_layer": 0 if new is None else after_l.get(new[:-1], 0)})
     return atomic_write(run_dir / "channels.csv", pd.DataFrame(rows).to_csv(index=False))
-
-
-def parse_args(argv: list[str] | None = None) -> PruneOptions:
-    d = PruneOptions()
-    p = argparse.ArgumentParser(prog="python -m prune.pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--study", type=t.existing_file, help="study yaml: default data, model, hyp, imgsz, batch")
-    p.add_argument("--data", type=t.existing_file, help="data yaml (default: the built-in synthetic dataset)")
-    p.add_argument("--model", help=f"model yaml to train the baseline from (default {DEFAULT_MODEL})")
-    p.add_argument("--weights", type=t.existing_file, help="a trained checkpoint: the baseline is evaluated, not trained")
-    p.add_argument("--hyp", type=t.existing_file, help="hyp yaml (e.g. best_hyp.yaml from evolution)")
-    p.add_argument("--epochs", type=t.positive_int, default=d.epochs, help="baseline training epochs")
-    p.add_argument("--global-percent", type=t.fraction, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
-    p.add_argument("--layer-keep", type=t.fraction, default=d.layer_keep, help="per-layer floor share (0 = strict)")
-    p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
-    p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
-    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="L1 rate on BN gammas")
-    p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
-    p.add_argument("--sparse-epochs", type=t.non_negative_int, default=d.sparse_epochs)
-    p.add_argument("--finetune-epochs", type=t.non_negative_int, default=d.finetune_epochs)
-    p.add_argument("--finetune-hyp", type=t.existing_file, help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
-    p.add_argument("--finetune-lr-scale", type=t.non_negative_float, default=d.finetune_lr_scale)
-    p.add_argument("--round-to", type=t.positive_int, default=d.round_to, help="kept channels rounded up to a multiple")
-    p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz)
-    p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size)
-    p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch size (gradient accumulation)")
-    p.add_argument("--device", type=t.device, default=d.device)
-    p.add_argument("--workers", type=t.non_negative_int, default=d.workers)
-    p.add_argument("--threads", type=t.non_negative_int, default=d.threads, help="torch threads for training (0 = default)")
-    p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
-    p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
-    p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
-    p.add_argument("--force", action="store_true", help="redo every stage")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
-    opts = PruneOptions(**{f.name: getattr(args, f.name) for f in fields(PruneOptions)})
-    for action in p._actions:  # a second parse without defaults tells which flags were given
-        action.default = argparse.SUPPRESS
-    given = set(vars(p.parse_args(argv)))
-    _study_defaults(opts, given)
-    return opts
 
 
 def run(opts: PruneOptions) -> list[dict]:

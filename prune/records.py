@@ -1,22 +1,27 @@
 """Stage records: a plain checkpoint per stage plus a small json of the options that produced it.
 
-Both are written atomically (the json after its checkpoint), so a run killed at any moment leaves
-either a complete record or none: the stage is then re-run.
-
-A stage is reused only when its checkpoint and json exist and the recorded options (its own and
-every earlier stage's) equal the current ones; once a stage re-runs, all later stages re-run.
+A stage is reused only when its checkpoint and json exist, the recorded options (its own and every
+earlier stage's) equal the current ones, and the checkpoint's sha256 equals the one the json
+recorded. Files in the options (model yaml, data yaml, weights) are keyed by content, not path.
+Before a stage runs its json is removed; the json is written last, atomically (temp + os.replace),
+so an interrupted run never leaves new weights beside old options. Once a stage re-runs, all later
+stages re-run; side stages (keep_size, unstructured) are rows beside the chain: their models are
+not passed on and they do not invalidate later stages.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from core.atomic import atomic_write
+from core.digest import sha256_file as file_digest
 
-STAGES = ("baseline", "sparse", "channel", "layer", "finetune")
+STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
+SIDE_STAGES = ("keep_size", "unstructured")
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
            "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
 
@@ -43,12 +48,20 @@ class StageRecord:
             return None
 
     def reusable(self, options: dict) -> dict | None:
-        """The stored record if it was produced by exactly these options, else None."""
+        """The stored record if it was produced by exactly these options and names this checkpoint, else None."""
         rec = self.load()
-        return rec if rec is not None and rec.get("options") == _plain(options) else None
+        if rec is None or rec.get("options") != _plain(options):
+            return None
+        return rec if rec.get("ckpt_sha256") == file_digest(self.ckpt) else None
+
+    def invalidate(self) -> None:
+        """Drop the json before the stage runs: a crash then leaves no record to reuse."""
+        self.meta.unlink(missing_ok=True)
 
     def write(self, options: dict, row: dict, extra: dict | None = None) -> None:
-        rec = {"stage": self.stage, "options": _plain(options), "row": _plain(row), "extra": _plain(extra or {})}
+        """Record the finished stage (its checkpoint is already written), atomically."""
+        rec = {"stage": self.stage, "options": _plain(options), "ckpt_sha256": file_digest(self.ckpt),
+               "row": _plain(row), "extra": _plain(extra or {})}
         atomic_write(self.meta, json.dumps(rec, indent=1))
 
 

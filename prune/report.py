@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 from core.cli import main_guard
 
-LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "After channels",
+LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
+          "unstructured": "Unstructured L1", "channel": "After channels",
           "layer": "After layers", "finetune": "After finetune"}
 TABLE_ROWS = [("P", "{:.4f}"), ("R", "{:.4f}"), ("mAP50", "{:.4f}"), ("mAP50-95", "{:.4f}"),
               ("fitness", "{:.4f}"), ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"),

@@ -1,7 +1,15 @@
-"""Sparsity training: the L1 sub-gradient s*sign(gamma) on prunable BN gammas, s schedule, gamma logs.
+"""Sparsity training: the L1 sub-gradient on prunable BN gammas, s schedule, gamma logs.
 
-The trainer calls `after_backward(model)` once per optimizer step, after AMP unscaling, so the
-penalty is added to true-scale gradients exactly once per step (never per micro-batch).
+Scale of `s`: the network-slimming papers' (Liu et al. 2017: s = 1e-4 .. 1e-5, SGD): the loss is
+the per-sample mean and each optimizer step adds s*sign(gamma) to its gradient. The engine's loss
+is summed over the images of a step (YOLOv5's loss x batch, accumulated over nbs / batch
+micro-batches), so its gradient is N = batch x accumulation times the per-sample mean's; the same
+penalty relative to the loss is therefore grad(gamma) += N * s * sign(gamma).
+
+The trainer calls `after_clip` once per optimizer step, after AMP unscaling and after gradient
+clipping, so the penalty's rate is s whatever the loss gradient's norm (added before clipping, it
+was scaled down with the loss gradient on every clipped step). The clip factor is logged per epoch.
+The logged |gamma| are the EMA model's: the weights that are validated, saved and pruned.
 """
 from __future__ import annotations
 
@@ -73,6 +81,9 @@ class SparsityTrainer:
     _s_now: float = 0.0
     _model: nn.Module | None = None
     _bns: list[nn.BatchNorm2d] = field(default_factory=list)
+    _ema: nn.Module | None = None
+    _ema_bns: list[nn.BatchNorm2d] = field(default_factory=list)
+    _clips: list[float] = field(default_factory=list)  # clip factors of this epoch's steps
 
     def __post_init__(self):
         s_at(0, self.epochs, self.s, self.schedule)  # validates the schedule name early
@@ -91,11 +102,15 @@ class SparsityTrainer:
 
     def on_epoch_start(self, epoch: int) -> None:
         self._s_now = s_at(epoch, self.epochs, self.s, self.schedule)
+        self._clips = []
 
-    def after_backward(self, model: nn.Module) -> None:
+    def after_clip(self, model: nn.Module, info) -> None:
         self._bind(model)
-        add_l1_subgradient(self._bns, self._s_now)
+        add_l1_subgradient(self._bns, self._s_now * info.samples)  # per-sample-mean scale (module doc)
         self.steps += 1
+        self._clips.append(info.clip_factor)
+        if info.ema is not None and info.ema is not self._ema:
+            self._ema, self._ema_bns = info.ema, prunable_bns(info.ema)
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         self._write(epoch)
@@ -103,18 +118,22 @@ class SparsityTrainer:
     def _write(self, epoch: int) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return  # DDP: every rank applies the penalty, only rank 0 logs
+        clips = self._clips if epoch >= 0 else []
         row = {"epoch": epoch, "s": self._s_now if epoch >= 0 else 0.0, "steps": self.steps,
-               **gamma_stats(self._bns)}
+               "gammas_of": "ema" if self._ema_bns else "model",
+               "clip_mean": sum(clips) / len(clips) if clips else 1.0, "clip_min": min(clips, default=1.0),
+               **gamma_stats(self._ema_bns or self._bns)}
         self.log.append(row)
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        print(f"sparse epoch {epoch}: s={row['s']:.2e} |gamma| median {row['median']:.4f}, "
-              f"{100 * row['share_small']:.1f}% below {SMALL:g}")
+        print(f"sparse epoch {epoch}: s={row['s']:.2e} {row['gammas_of']} |gamma| median {row['median']:.4f}, "
+              f"{100 * row['share_small']:.1f}% below {SMALL:g}; gradient clip factor mean {row['clip_mean']:.3f} "
+              f"(min {row['clip_min']:.3f})")
 
     def callbacks(self):
         """A core.callbacks.Callbacks bound to this trainer."""
         from core.callbacks import Callbacks
 
         return Callbacks(on_train_start=self.on_train_start, on_epoch_start=self.on_epoch_start,
-                         after_backward=self.after_backward, on_epoch_end=self.on_epoch_end)
+                         after_clip=self.after_clip, on_epoch_end=self.on_epoch_end)

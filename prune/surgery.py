@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from prune.graph import INPUT, Consumer, Layout, PruneGraph, trace
+from prune.graph import INPUT, Consumer, Layout, PruneGraph, is_depthwise, trace
 
 
 def _layout_vector(graph: PruneGraph, layout: Layout, per_conv: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,8 +59,8 @@ def absorb_constants(graph: PruneGraph, constants: dict[str, torch.Tensor], skip
         v = _layout_vector(graph, c.inputs, constants)
         if not torch.any(v):
             continue
-        w = c.conv.weight.detach().double().cpu().sum(dim=(2, 3))  # (out, in), float64: no rounding drift
-        offset = w @ v
+        w = c.conv.weight.detach().double().cpu().sum(dim=(2, 3))  # (out, in/groups), float64: no rounding drift
+        offset = w[:, 0] * v if is_depthwise(c.conv) else w @ v  # depthwise: channel i reads input i only
         if c.bn is not None:
             c.bn.running_mean.sub_(offset.to(c.bn.running_mean))
         elif c.conv.bias is not None:
@@ -93,7 +93,9 @@ def _consumer_state(c: Consumer, sd: dict, out_idx: torch.Tensor | None, in_idx:
     """Sliced state entries of one consumer (Conv + BN, or a Detect conv with bias)."""
     new = {}
     if c.bn is not None:
-        w = sd[f"{c.name}.conv.weight"][out_idx][:, in_idx]
+        w = sd[f"{c.name}.conv.weight"][out_idx]
+        if not is_depthwise(c.conv):  # a depthwise weight is (C, 1, k, k): its inputs are its outputs
+            w = w[:, in_idx]
         new[f"{c.name}.conv.weight"] = w
         for key in ("weight", "bias", "running_mean", "running_var"):
             new[f"{c.name}.bn.{key}"] = sd[f"{c.name}.bn.{key}"][out_idx]

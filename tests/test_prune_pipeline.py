@@ -15,7 +15,7 @@ from prune.masks import PruneOptionError
 from prune.report import classic_table
 from test_prune_surgery import MODELS
 
-STAGES = ["baseline", "sparse", "channel", "layer", "finetune"]
+STAGES = ["baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def args(root, data, *extra):
     return ["--data", str(data), "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--sr",
             "--s", "0.01", "--sparse-epochs", "1", "--finetune-epochs", "1", "--global-percent", "0.4",
             "--shortcuts", "2", "--imgsz", "64", "--batch-size", "8", "--nbs", "16", "--workers", "0", "--threads", "1",
-            "--latency-runs", "3", "--project", str(root), "--name", "run", "--no-progress", *extra]
+            "--latency-runs", "3", "--unstructured", "0.3", "--round-to", "auto",
+            "--project", str(root), "--name", "run", "--no-progress", *extra]
 
 
 def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
@@ -62,6 +63,15 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
     assert final["channels_kept"] + final["channels_pruned"] == base["channels_kept"]
     out = capsys.readouterr().out
     assert "Before" in out and "After channels" in out and "After finetune" in out and "speedup" in out
+    assert re.search(r"round-to: kept channels rounded up to a multiple of (8|16) \(CPU AVX", out)
+    # keep-size: full size, the pruned gammas zeroed; unstructured: full size, ~30% of conv weights zero
+    rows = df.set_index("stage")
+    assert rows.loc["keep_size", "params"] == base["params"] and rows.loc["unstructured", "params"] == base["params"]
+    assert rows.loc["keep_size", "channels_kept"] == base["channels_kept"]
+    unstr = json.loads((run / "unstructured.json").read_text())["extra"]
+    assert 0.29 < unstr["conv_sparsity"] < 0.31 and unstr["global_sparsity"] < unstr["conv_sparsity"]
+    per_layer = pd.read_csv(run / "unstructured.csv")
+    assert len(per_layer) > 50 and per_layer["sparsity"].between(0.29, 0.31).all()
     for name in ("stages.png", "gamma.png", "channels.png", "channels.csv", "gamma.jsonl"):
         assert (run / name).stat().st_size > 0, name
 
@@ -89,6 +99,10 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
     assert pipeline.main(args(root, data, "--shortcuts", "1")) == 0
     after = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
     assert [s for s in STAGES if after[s] != mtimes[s]] == ["layer", "finetune"]
+    # a side row's option redoes only that row
+    assert pipeline.main(args(root, data, "--shortcuts", "1", "--unstructured", "0.5")) == 0
+    again = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    assert [s for s in STAGES if again[s] != after[s]] == ["unstructured"]
     assert len(rank_shortcuts(model_from_checkpoint(run / "layer.pt"))) == 7 - 1
     assert "After layers" in classic_table(pd.read_csv(run / "prune_results.csv"))
 
@@ -115,3 +129,55 @@ def test_weights_with_other_architecture_is_an_error(tiny, tmp_path):
     with pytest.raises(PruneOptionError, match="predicts 2 classes, the data has 6"):
         pipeline.load_weights(opts, nc=6)
     assert pipeline.load_weights(opts, nc=2).nc == 2
+
+
+def test_stage_record_is_content_keyed_and_atomic(tmp_path):
+    """An interrupted rerun that replaced the weights but not the json is never reused; files count by content."""
+    from prune.records import StageRecord, file_digest
+
+    model_yaml = tmp_path / "m.yaml"
+    model_yaml.write_text((MODELS / "yolov5-cpu.yaml").read_text())
+    rec = StageRecord("baseline", tmp_path)
+    save_checkpoint(rec.ckpt, Model(str(model_yaml), nc=2), hyp={}, metrics={}, epoch=0)
+    options = {"baseline": {"model": file_digest(model_yaml)}}
+    rec.write(options, {"stage": "baseline"})
+    assert not (tmp_path / "baseline.json.tmp").exists()
+    assert rec.reusable(options) is not None
+    moved = tmp_path / "moved.yaml"
+    model_yaml.rename(moved)
+    assert rec.reusable({"baseline": {"model": file_digest(moved)}}) is not None  # same content elsewhere
+    moved.write_text(moved.read_text().replace("depth_multiple: 0.33", "depth_multiple: 0.67"))
+    assert rec.reusable({"baseline": {"model": file_digest(moved)}}) is None  # edited content
+    # a rerun with new options wrote new weights, then died before its json: old json, new weights
+    save_checkpoint(rec.ckpt, Model(str(MODELS / "yolov5n.yaml"), nc=2), hyp={}, metrics={}, epoch=0)
+    assert rec.reusable(options) is None
+    rec.invalidate()
+    assert rec.load() is None
+
+
+def test_unprunable_model_is_refused_before_training(tiny, tmp_path, capsys, monkeypatch):
+    root, data = tiny
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text((MODELS / "yolov5-cpu.yaml").read_text().replace(
+        "- [-1, 1, Conv, [128, 3, 2]]      # 1", "- [-1, 1, Conv, [128, 3, 2, None, 4]]  # 1"))
+    trained = []
+    monkeypatch.setattr(pipeline.Pipeline, "baseline", lambda self, m: trained.append(1))
+    argv = args(root, data, "--model", str(grouped), "--name", "grouped")
+    assert pipeline.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "grouped.yaml cannot be channel-pruned: model.1: grouped conv (groups=4" in err
+    assert "Traceback" not in err and not trained
+
+
+def test_iterative_reaches_the_one_shot_target(tiny, capsys):
+    """--iterative 2: prune half-way, finetune, prune to the target; ends near the one-shot channel count."""
+    root, data = tiny
+    common = ("--shortcuts", "0", "--unstructured", "0", "--round-to", "1", "--finetune-epochs", "2")
+    assert pipeline.main(args(root, data, *common, "--name", "one")) == 0
+    assert pipeline.main(args(root, data, *common, "--name", "iter", "--iterative", "2")) == 0
+    out = capsys.readouterr().out
+    assert "channel (step 1/2)" in out and "channel (step 2/2)" in out
+    assert (root / "iter" / "train" / "channel_step1" / "results.csv").is_file()
+    one = pd.read_csv(root / "one" / "prune_results.csv").set_index("stage")
+    it = pd.read_csv(root / "iter" / "prune_results.csv").set_index("stage")
+    assert it.loc["channel", "channels_kept"] == pytest.approx(one.loc["channel", "channels_kept"], rel=0.1)

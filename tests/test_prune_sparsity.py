@@ -1,9 +1,11 @@
-"""Sparsity training adds s*sign(gamma) to the gamma gradients exactly once per optimizer step."""
+"""Sparsity training adds N*s*sign(gamma) to the gamma gradients exactly once per optimizer step, after clipping."""
+import copy
 import json
 
 import pytest
 import torch
 
+from core.callbacks import Callbacks, StepInfo
 from core.model.yolo import Model
 from prune.sparsity import SparsityTrainer, add_l1_subgradient, gamma_stats, prunable_bns, s_at
 from test_prune_surgery import MODELS
@@ -30,17 +32,20 @@ def test_penalty_once_per_optimizer_step_with_accumulation(tmp_path):
     sparse = SparsityTrainer(s=s, schedule="const", epochs=1, log_path=tmp_path / "gamma.jsonl")
     cb = sparse.callbacks()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights stay put, gradients are inspected
+    ema = copy.deepcopy(model)
+    for bn in prunable_bns(ema):
+        bn.weight.data.zero_()  # the EMA differs from the live model: the log must show the EMA's gammas
     cb.call("on_train_start", model)
     cb.call("on_epoch_start", 0)
-    steps, accumulate = 0, 2
+    steps, accumulate, batch = 0, 2, 2
     for i in range(4):  # 4 micro-batches -> 2 optimizer steps
         out = model(torch.rand(2, 3, 64, 64))
         sum(o.float().pow(2).mean() for o in out).backward()
         if (i + 1) % accumulate == 0:
             before = [bn.weight.grad.clone() for bn in bns]
-            cb.call("after_backward", model)
-            for bn, g in zip(bns, before):
-                assert torch.allclose(bn.weight.grad - g, s * torch.sign(bn.weight.detach()), atol=1e-9)
+            cb.call("after_clip", model, StepInfo(clip_factor=0.25 * (steps + 1), samples=batch * accumulate, ema=ema))
+            for bn, g in zip(bns, before):  # per-sample-mean scale: N = 4 images per step
+                assert torch.allclose(bn.weight.grad - g, 4 * s * torch.sign(bn.weight.detach()), atol=1e-9)
             assert bns[0].weight.grad[1] == before[0][1]  # sign(0) = 0: no push on a zero gamma
             opt.step()
             opt.zero_grad()
@@ -49,6 +54,9 @@ def test_penalty_once_per_optimizer_step_with_accumulation(tmp_path):
     assert sparse.steps == steps == 2
     rows = [json.loads(line) for line in (tmp_path / "gamma.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [-1, 0] and rows[1]["steps"] == 2
+    assert rows[1]["clip_mean"] == pytest.approx(0.375) and rows[1]["clip_min"] == 0.25
+    assert rows[0]["gammas_of"] == "model" and rows[0]["share_small"] < 0.5
+    assert rows[1]["gammas_of"] == "ema" and rows[1]["share_small"] == 1.0  # the EMA's zeroed gammas
     assert sum(rows[1]["counts"]) == rows[1]["n"] == sum(bn.num_features for bn in bns)
 
 
@@ -69,3 +77,32 @@ def test_gamma_stats_histogram():
     assert st["share_small"] == pytest.approx(0.6)  # 0, 1e-3 and 5e-3 are below 1e-2
     assert st["counts"][0] == 1  # the exact zero lands in the first bin [0, 1e-5)
     assert st["counts"][-1] == 1  # 50 is clamped into the last bin (up to 10^1.5)
+
+
+def test_fit_calls_after_clip_with_clipped_gradients(tmp_path):
+    """In the real trainer the hook runs after clipping: the loss gradients it sees have norm <= 10."""
+    from core.train import TrainOptions, fit
+
+    data = tmp_path / "tiny.yaml"
+    data.write_text("path: shapes\ntrain: images/train\nval: images/val\nnames: {0: circle, 1: square}\n"
+                    "synthetic: {seed: 0, n_train: 16, n_val: 4, imgsz: 64}\n")
+    seen = []
+
+    def after_clip(model, info):
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+        seen.append((float(norm), info))
+
+    def inflate(model):  # before clipping: make every step's gradient far larger than the clip norm
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(1e4)
+
+    hyp = {"warmup_epochs": 0.0}
+    fit(str(data), str(MODELS / "yolov5-cpu.yaml"), hyp,
+        TrainOptions(epochs=1, batch_size=4, imgsz=64, workers=0, nbs=8, optimizer="SGD", save=False,
+                     progress=False, close_mosaic=0, threads=1),
+        Callbacks(after_backward=inflate, after_clip=after_clip))
+    assert len(seen) == 2  # 16 images, batch 4, nbs 8: 2 optimizer steps
+    for norm, info in seen:
+        assert info.samples == 8 and info.ema is not None
+        assert info.clip_factor < 1e-2 and norm == pytest.approx(10.0, rel=1e-3)  # clipped, then the hook

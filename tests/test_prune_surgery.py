@@ -16,11 +16,11 @@ from prune.surgery import absorb_constants, input_mask, prune_channels, pruned_c
 MODELS = Path(__file__).resolve().parent.parent / "studies" / "models"
 
 
-def random_model(yaml_name: str, seed: int = 0) -> Model:
+def random_model(yaml_name: str, seed: int = 0, ch: int = 3) -> Model:
     """A model with random BN gammas (some near zero) and betas, running statistics calibrated on
     random images then perturbed (so signals neither vanish nor explode), in eval mode."""
     torch.manual_seed(seed)
-    model = Model(str(MODELS / yaml_name), nc=3)
+    model = Model(str(MODELS / yaml_name), nc=3, ch=ch)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:
         c = m.num_features
@@ -28,7 +28,7 @@ def random_model(yaml_name: str, seed: int = 0) -> Model:
         m.bias.data = torch.randn(c) * 0.5
         m.momentum = None  # cumulative average: one batch sets the statistics
     with torch.no_grad():
-        model.train()(torch.rand(4, 3, 64, 64))
+        model.train()(torch.rand(4, ch, 64, 64))
     for m in bns:
         m.momentum = 0.03
         m.running_mean += 0.1 * torch.randn_like(m.running_mean) * m.running_var.sqrt()
@@ -53,13 +53,14 @@ def replicate_padding(model):
     return model
 
 
-@pytest.mark.parametrize("yaml_name,imgsz", [("yolov5n.yaml", 96), ("yolov5-cpu.yaml", 64)])
+@pytest.mark.parametrize("yaml_name,imgsz", [("yolov5n.yaml", 96), ("yolov5-cpu.yaml", 64),
+                                             ("mobilenetv2-cpu.yaml", 64)])
 def test_surgery_exact(yaml_name, imgsz):
     model = random_model(yaml_name)
     graph = trace(model)
     masks, _ = compute_masks(graph, MaskOptions(global_percent=0.4))
     n_pruned = sum(int((~masks[n]).sum()) for n in graph.convs)
-    assert n_pruned > 0.3 * sum(m.numel() for m in masks.values())
+    assert n_pruned > 0.25 * sum(m.numel() for m in masks.values())  # coupled groups keep a union
 
     compact = prune_channels(model, masks).eval()
     assert sum(p.numel() for p in compact.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
@@ -121,7 +122,7 @@ def border_reach(model, imgsz: int) -> list[torch.Tensor]:
         return [o[0].amax((0, -1)) > 0 for o in net(torch.zeros(1, 3, imgsz, imgsz))]
 
 
-@pytest.mark.parametrize("yaml_name", ["yolov5n.yaml", "yolov5-cpu.yaml"])
+@pytest.mark.parametrize("yaml_name", ["yolov5n.yaml", "yolov5-cpu.yaml", "mobilenetv2-cpu.yaml"])
 def test_compensation_exact_in_the_interior_with_zero_padding(yaml_name):
     """(b) as stated: the original model with only the pruned gammas zeroed equals the compensated,
     compact model wherever no zero padding reaches; 1024 px is the smallest size with interior cells

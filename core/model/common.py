@@ -7,6 +7,8 @@ name (``'cv1'``, ``'m.0.cv2'``, ...) to its output channels; missing names take 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -53,6 +55,16 @@ class Conv(nn.Module):
         fused.weight.requires_grad_(conv.weight.requires_grad)
         self.conv = fused
         self.bn = None
+
+
+class DWConv(Conv):
+    """Depthwise Conv: groups = gcd(c1, c2), so c1 == c2 is one filter per channel (MobileNet's 3x3).
+
+    Groups follow the channel counts, so a pruned architecture (fewer channels) rebuilds consistently.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, d: int = 1, act: bool = True):
+        super().__init__(c1, c2, k, s, g=math.gcd(c1, c2), d=d, act=act)
 
 
 def _conv_out(channels: dict[str, int] | None, name: str, default: int) -> int:

@@ -15,11 +15,11 @@ import torch
 from core.yaml_file import load_yaml
 from torch import nn
 
-from .common import C3, SPPF, Bottleneck, Concat, Conv
+from .common import C3, SPPF, Bottleneck, Concat, Conv, DWConv
 from .detect import Detect
 
 MODULES: dict[str, type[nn.Module]] = {
-    'Conv': Conv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'Concat': Concat,
+    'Conv': Conv, 'DWConv': DWConv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'Concat': Concat,
     'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'Detect': Detect,
 }
 _CONSTANTS = {'None': None, 'True': True, 'False': False}
@@ -107,7 +107,7 @@ def parse_model(arch: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
         n = max(round(n * gd), 1) if n > 1 else n
         prefix = f'model.{i}'
         mtype = MODULES[mname]
-        if mtype in (Conv, Bottleneck, C3, SPPF):
+        if mtype in (Conv, DWConv, Bottleneck, C3, SPPF):
             c1, c1_nom, c2 = cin[0], cin_nom[0], make_divisible(args[0] * gw, 8)
             if mtype is C3:
                 n = repeats.get(prefix, n)
@@ -126,7 +126,7 @@ def parse_model(arch: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
             if i != len(arch['backbone']) + len(arch['head']) - 1:
                 raise ValueError(f'layer {i}: Detect must be the last layer')
             module, c_out, c_nom = Detect(args[0], args[1], cin), 0, 0
-        if n > 1 and mtype not in (Conv, Bottleneck, C3):
+        if n > 1 and mtype not in (Conv, DWConv, Bottleneck, C3):
             raise ValueError(f'layer {i} ({mname}): number must be 1, got {n}')
         module.i, module.f, module.type, module.n = i, f, mname, n
         module.args = args if mtype is not Detect else [nc, module.na, cin]
@@ -143,12 +143,12 @@ def parse_model(arch: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
 
 
 def _repeat(mtype, n: int, c1: int, c1_nom: int, c2: int, extra: list, channels: dict, prefix: str):
-    """Conv or Bottleneck repeated n times (chained); names 'model.i' or 'model.i.j'."""
+    """Conv, DWConv or Bottleneck repeated n times (chained); names 'model.i' or 'model.i.j'."""
     mods = []
     for j in range(n):
         name = prefix if n == 1 else f'{prefix}.{j}'
-        if mtype is Conv:
-            mods.append(Conv(c1, channels.get(name, c2), *extra))
+        if mtype in (Conv, DWConv):
+            mods.append(mtype(c1, channels.get(name, c2), *extra))
         else:
             shortcut = bool(extra[0]) if extra else True
             add = shortcut and c1_nom == c2  # decided by the unpruned architecture

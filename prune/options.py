@@ -1,0 +1,144 @@
+"""Options of `python -m prune.pipeline`: one dataclass, its command line, its checks."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from core import argtypes as t
+from core.yaml_file import load_yaml
+from prune.masks import MaskOptions, PruneOptionError, check_options
+from prune.sparsity import SCHEDULES
+
+DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
+
+
+@dataclass
+class PruneOptions:
+    study: str | None = None
+    data: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    hyp: str | None = None
+    epochs: int = 30  # baseline training epochs (ignored with --weights)
+    global_percent: float = 0.2
+    layer_keep: float = 0.01
+    shortcuts: int = 0
+    sr: bool = False
+    s: float = 1e-4
+    s_schedule: str = "const"
+    sparse_epochs: int = 10
+    finetune_epochs: int = 10
+    finetune_hyp: str | None = None
+    finetune_lr_scale: float = 0.1  # default finetune hyp: the hyp with lr0 scaled by this, no warmup
+    sparse_lr_scale: float = 1.0  # sparse stage: the hyp with lr0 scaled by this, no warmup
+    baseline_optimizer: str = "auto"  # the engine's default recipe
+    sparse_optimizer: str = "SGD"  # L1 slimming's sub-gradient step assumes SGD
+    finetune_optimizer: str = "auto"  # measured: recovers far better than SGD (README)
+    round_to: str | int = "auto"  # 'auto' = the machine's conv block (prune/rounding.py)
+    unstructured: float = 0.0  # share of each conv's smallest weights zeroed in the unstructured row (0 = no row)
+    iterative: int = 1  # prune -> finetune in this many steps to the same target (1 = one-shot)
+    iterative_epochs: int = 0  # finetune epochs after each intermediate step (0 = finetune_epochs // iterative)
+    imgsz: int = 160
+    batch_size: int = 16
+    nbs: int = 0  # nominal batch size (0 = the engine's default: 64, or the batch under auto's AdamW)
+    device: str = "cpu"
+    workers: int = 2
+    threads: int = 0  # torch threads for training (0 = torch default)
+    latency_threads: int = 1
+    latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
+    latency_runs: int = 30
+    seed: int = 0
+    project: str = "runs/prune"
+    name: str = "exp"
+    force: bool = False
+    progress: bool = True
+
+
+def _study_defaults(opts: PruneOptions, given: set[str]) -> None:
+    """Fill data, model, hyp, imgsz, batch_size from a study file where no flag was given."""
+    if not opts.study:
+        return
+    study = load_yaml(opts.study, "--study file", error=PruneOptionError)
+    for key, skey in (("data", "data"), ("model", "model"), ("hyp", "hyp"), ("imgsz", "imgsz"), ("batch_size", "batch")):
+        if key not in given and study.get(skey) is not None:
+            setattr(opts, key, study[skey])
+
+
+def _round_to(value: str) -> str | int:
+    return value if value == "auto" else t.positive_int(value)  # else: an integer >= 1
+
+
+def _check(opts: PruneOptions) -> None:
+    check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to)))
+    if not 0.0 <= opts.unstructured < 1.0:
+        raise PruneOptionError(f"--unstructured {opts.unstructured} is outside [0, 1)")
+    if opts.iterative < 1 or opts.iterative_epochs < 0:
+        raise PruneOptionError(f"--iterative {opts.iterative} must be >= 1 and --iterative-epochs "
+                               f"{opts.iterative_epochs} >= 0")
+    if opts.shortcuts < 0:
+        raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
+    if opts.s_schedule not in SCHEDULES:
+        raise PruneOptionError(f"--s-schedule {opts.s_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if opts.s < 0:
+        raise PruneOptionError(f"--s {opts.s} must be >= 0")
+    for key in ("epochs", "sparse_epochs", "finetune_epochs"):
+        if getattr(opts, key) < 0:
+            raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
+    if opts.weights and not Path(opts.weights).is_file():
+        raise PruneOptionError(f"--weights {opts.weights}: file not found")
+
+
+def parse_args(argv: list[str] | None = None) -> PruneOptions:
+    d = PruneOptions()
+    p = argparse.ArgumentParser(prog="python -m prune.pipeline",
+                                description="network slimming: baseline -> sparse -> channel -> layer -> finetune")
+    p.add_argument("--study", type=t.existing_file, help="study yaml: default data, model, hyp, imgsz, batch")
+    p.add_argument("--data", type=t.existing_file, help="data yaml (default: the built-in synthetic dataset)")
+    p.add_argument("--model", help=f"model yaml to train the baseline from (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", type=t.existing_file, help="a trained checkpoint: the baseline is evaluated, not trained")
+    p.add_argument("--hyp", type=t.existing_file, help="hyp yaml (e.g. best_hyp.yaml from evolution)")
+    p.add_argument("--epochs", type=t.positive_int, default=d.epochs, help="baseline training epochs")
+    p.add_argument("--global-percent", type=t.fraction, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
+    p.add_argument("--layer-keep", type=t.fraction, default=d.layer_keep, help="per-layer floor share (0 = strict)")
+    p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
+    p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
+    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="L1 rate on BN gammas")
+    p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
+    p.add_argument("--sparse-epochs", type=t.non_negative_int, default=d.sparse_epochs)
+    p.add_argument("--finetune-epochs", type=t.non_negative_int, default=d.finetune_epochs)
+    p.add_argument("--finetune-hyp", type=t.existing_file, help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")
+    p.add_argument("--finetune-lr-scale", type=t.non_negative_float, default=d.finetune_lr_scale)
+    p.add_argument("--sparse-lr-scale", type=t.non_negative_float, default=d.sparse_lr_scale,
+                   help="sparse stage lr0 = hyp lr0 x this (SGD's 0.01 jolts a model trained with AdamW)")
+    p.add_argument("--round-to", type=_round_to, default=d.round_to,
+                   help="kept channels rounded up to a multiple; auto = the machine's conv block (AVX-512 16, AVX2 8, CUDA 8)")
+    p.add_argument("--unstructured", type=t.fraction, default=d.unstructured,
+                   help="add a row with this share of each conv's smallest weights zeroed (YOLOv5's prune())")
+    p.add_argument("--iterative", type=t.positive_int, default=d.iterative, help="prune -> finetune in this many steps")
+    p.add_argument("--iterative-epochs", type=t.non_negative_int, default=d.iterative_epochs,
+                   help="finetune epochs after each intermediate step (0 = finetune epochs // steps)")
+    for stage in ("baseline", "sparse", "finetune"):
+        p.add_argument(f"--{stage}-optimizer", default=getattr(d, f"{stage}_optimizer"),
+                       choices=("auto", "SGD", "Adam", "AdamW"))
+    p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz)
+    p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size)
+    p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch size (gradient accumulation)")
+    p.add_argument("--device", type=t.device, default=d.device)
+    p.add_argument("--workers", type=t.non_negative_int, default=d.workers)
+    p.add_argument("--threads", type=t.non_negative_int, default=d.threads, help="torch threads for training (0 = default)")
+    p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
+    p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
+    p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    opts = PruneOptions(**{f.name: getattr(args, f.name) for f in fields(PruneOptions)})
+    for action in p._actions:  # a second parse without defaults tells which flags were given
+        action.default = argparse.SUPPRESS
+    given = set(vars(p.parse_args(argv)))
+    _study_defaults(opts, given)
+    return opts
