@@ -33,7 +33,7 @@ import pandas as pd
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.noise import paired_gain, summarize
-from evolve.objective import sha256_file
+from evolve.objective import objective_value, sha256_file
 from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
 from evolve.storage import describe
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
@@ -190,6 +190,7 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
            "trial_fitness": run["trial_fitness"],
            **{k: float(best.get(k, float("nan"))) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
+           "objective": objective_value(list(result.history or []), cfg.objective),
            "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
            "stop_reason": str(result.stop_reason), "run": run["name"]}
     if result.best_path is None:
@@ -276,18 +277,19 @@ def choose_candidate(retrain_csv: Path) -> dict[str, Any]:
     """The retrained hyp with the highest mean fitness over its seeds (ties: the lower trial number), and
     every retrained hyp's mean, sd and paired gain over the base hyp (same seeds) when the base was retrained."""
     df = pd.read_csv(retrain_csv)
+    value = "objective" if "objective" in df else "fitness"  # the study's objective over the run's epochs
     groups = []
     for trial, g in df.groupby("trial", sort=False):
         groups.append({"trial": int(trial), "role": str(g.role.iloc[0]), "seeds": [int(s) for s in g.seed],
-                       "fitness": [float(f) for f in g.fitness], "trial_fitness": float(g.trial_fitness.iloc[0]),
-                       **summarize(g.fitness.tolist())})
+                       "fitness": [float(f) for f in g[value]], "trial_fitness": float(g.trial_fitness.iloc[0]),
+                       **summarize(g[value].tolist())})
     base = next((c for c in groups if c["role"] == "base"), None)
     for c in groups:
         if base is not None and c is not base:
             c["paired_vs_base"] = paired_gain(dict(zip(c["seeds"], c["fitness"])),
                                               dict(zip(base["seeds"], base["fitness"])))
     chosen = max(groups, key=lambda c: (c["mean"], -c["trial"]))
-    runs = df[df.trial == chosen["trial"]].sort_values(["fitness", "seed"], ascending=[False, True])
+    runs = df[df.trial == chosen["trial"]].sort_values(["fitness", "seed"], ascending=[False, True])  # its best.pt
     return {"chosen": chosen["trial"], "chosen_run": str(runs.run.iloc[0]), "candidates": groups,
             "verdict": verdict(chosen, base)}
 

@@ -33,7 +33,7 @@ class StudyConfig:
     weights: str | None = None          # checkpoint every trial finetunes from (None: see `base`, else scratch)
     base: dict = field(default_factory=dict)    # {epochs, close_mosaic, hyp}: train once (cached; hyp default: the
                                                 # study's base hyp) and finetune every trial from it; {} = scratch
-    objective: str = "best"             # trial value: best | last | mean_last_K (fitness over the trial's epochs)
+    objective: str = "mean_last_3"      # trial value: best | last | mean_last_K epoch fitness (README: measured)
     noise_seeds: int = 0                # the base hyp trained with this many seeds (trial 0 + K-1 more): the noise floor
     pruner_warmup: int | None = None    # epochs before median/hyperband may stop a trial (None: half the trial)
     trials: int = 8                     # finished trials in total (what counts: evolve/ledger.py)
