@@ -1,13 +1,15 @@
 """Where a study lives: a journal file in the run dir (default) or any Optuna RDB URL; URLs printed masked."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import get_lock_file  # the lock Optuna's own appends take
 
 JOURNAL_NAME = "journal.log"
 RUNS = Path("runs") / "evolve"
@@ -40,6 +42,27 @@ def mask_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def repair_journal(path: Path) -> int:
+    """Cut a half-written last line (a worker SIGKILLed inside its append) off the journal; returns bytes cut.
+
+    Optuna skips such a line when reading, but the next append would glue its record onto it and the
+    study would no longer open. A complete record always ends with a newline, and appends hold Optuna's
+    journal lock, so under the same lock an unterminated tail is garbage, never a write in progress.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - (1 << 20), 0))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return 0
+            keep = size - len(tail) + tail.rfind(b"\n") + 1  # after the last complete line (0 if none)
+            f.truncate(keep)
+            return size - keep
+
+
 def make_storage(url: str | None, run_dir: Path | str) -> BaseStorage:
     """Journal file `run_dir/journal.log` when `url` is None (or a file path), else an RDB storage.
 
@@ -49,6 +72,7 @@ def make_storage(url: str | None, run_dir: Path | str) -> BaseStorage:
     if not is_url(url):
         path = Path(url) if url else Path(run_dir) / JOURNAL_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs = {}
     if str(url).startswith("sqlite"):

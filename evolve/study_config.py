@@ -151,6 +151,10 @@ def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | No
     if "gpus" in given:
         given["gpus"] = str(given["gpus"]).replace(" ", "")
     cfg = StudyConfig(**given)
-    cfg.fitness_weights = [float(w) for w in cfg.fitness_weights]
+    try:
+        cfg.fitness_weights = [float(w) for w in cfg.fitness_weights]
+    except (TypeError, ValueError):
+        raise StudyError(f"{where}: 'fitness_weights' must be 4 numbers for [P, R, mAP50, mAP50-95], "
+                         f"got {cfg.fitness_weights!r}") from None
     _check(cfg, where)
     return cfg

@@ -294,3 +294,23 @@ def test_summary_json_holds_the_figures(tmp_path):
     assert s["noise"]["mean"] == pytest.approx(0.21) and s["noise"]["sd"] == pytest.approx(0.01)
     assert s["noise"]["n"] == 3 and s["evolution"]["best_trial"]["number"] == 3
     assert s["retrain"]["chosen"] == 3 and s["prune"] is None
+
+
+def test_a_journal_cut_mid_append_opens_and_resumes(tmp_path):
+    """A worker SIGKILLed inside its journal append leaves half a line: the study still opens and resumes."""
+    from evolve.storage import make_storage
+    study = optuna.create_study(study_name="j", storage=make_storage(None, tmp_path))
+    study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=3)
+    journal = tmp_path / "journal.log"
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code":4,"worker_id":"w","trial_id":3,"sta')  # the killed append
+    study = optuna.load_study(study_name="j", storage=make_storage(None, tmp_path))
+    assert journal.read_bytes().endswith(b"\n")  # the half line is gone
+    study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="j", storage=make_storage(None, tmp_path))
+    assert [t.state.name for t in again.trials] == ["COMPLETE"] * 5
+
+
+def test_non_numeric_fitness_weights_name_the_key():
+    with pytest.raises(StudyError, match="'fitness_weights' must be 4 numbers"):
+        load_study(QUICK, {"fitness_weights": ["a", 0, 0.1, 0.9]})
