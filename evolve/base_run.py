@@ -66,9 +66,13 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     log(f"base run: the base hyp for {epochs} epochs (close-mosaic {close}) -> {out}; trials finetune from it")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
+    # The only run at this point: every core. One loader process augments while the other cores compute
+    # (on 2 cores: 7 s/epoch instead of 12 s with loading in the training process).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    loader = 1 if cores > 1 else 0
     opts = search_train_options(cfg, epochs=epochs, seed=cfg.seed, device=device, project=out.parent, name=out.name,
-                                save=True, close_mosaic=close, progress=True, threads=cores)  # the only run: every core
+                                save=True, close_mosaic=close, progress=True, workers=loader,
+                                threads=max(1, cores - loader))
     result = fit(cfg.resolved("data"), cfg.resolved("model"), base_run_hyp(cfg, base_hyp), opts)
     if result.best_path is None or not Path(result.best_path).is_file():
         raise RuntimeError(f"base run: training saved no best.pt (stop reason: {result.stop_reason})")
