@@ -109,6 +109,7 @@ class Run:
         self.retrain = _read_csv(run_dir / "retrain" / "retrain.csv")
         self.prune = _read_csv(run_dir / "prune" / "prune_results.csv")
         self.summary = _read_json(run_dir / "summary.json")  # noise floor, retrain choice and verdict
+        self.objective = (self.summary.get("config") or {}).get("objective", "best")
         stage_recs = {s: _read_json(run_dir / "prune" / f"{s}.json") for s in STAGE_LABELS}
         self.prune_records = {s: r for s, r in stage_recs.items() if r}
         if self.evolve is not None and self.evolve.empty:
@@ -137,10 +138,12 @@ def summary(run: Run) -> str:
         line = (f"Evolution: {len(run.evolve)} trials ({n['COMPLETE']} complete, {n['PRUNED']} pruned, "
                 f"{n['FAIL']} failed); best trial {int(best.number)}, fitness {fmt(best.fitness)}")
         base = run.evolve[run.evolve.number == 0]
-        if len(base) and pd.notna(base.fitness.iloc[0]):
+        noise = run.summary.get("noise")
+        if noise:  # against the base hyp's seed mean: trial 0 alone is one draw of the noise
+            line += f", base hyp over {noise['n']} seeds {fmt(noise['mean'])}: change {_change(best.fitness, noise['mean'])}"
+        elif len(base) and pd.notna(base.fitness.iloc[0]):
             line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
         items.append(line)
-        noise = run.summary.get("noise")
         if noise:
             gain = run.summary.get("evolution", {}).get("best_trial", {}).get("gain_sd")
             items.append(f"Noise floor: the base hyp over {noise['n']} seeds scores {fmt(noise['mean'])} ± "
@@ -150,9 +153,10 @@ def summary(run: Run) -> str:
     if run.retrain is not None and not run.retrain.empty:
         chosen = (run.summary.get("retrain") or {}).get("chosen", run.retrain.trial.iloc[0])
         g = run.retrain[run.retrain.trial == chosen]
+        objective = (f"objective ({esc(run.objective)}) {_mean_std(g.objective)}, " if "objective" in g else "")
         items.append(f"Retrain of trial {int(g.trial.iloc[0])} (the highest mean over seeds; it is the one pruned) at "
-                     f"{int(g.epochs.max())} epochs ({len(g)} seed(s)): mAP50-95 {_mean_std(g['mAP50-95'])}, "
-                     f"fitness {_mean_std(g.fitness)}")
+                     f"{int(g.epochs.max())} epochs ({len(g)} seed(s)): {objective}best-epoch mAP50-95 "
+                     f"{_mean_std(g['mAP50-95'])}, best-epoch fitness {_mean_std(g.fitness)}")
         verdict = (run.summary.get("retrain") or {}).get("verdict")
         if verdict:
             items.append(f"<b>Verdict</b>: {esc(verdict)}")
@@ -197,7 +201,10 @@ def settings(run: Run) -> str:
                        f"{cfg.get('gpus')} with {cfg.get('workers')} worker(s)"),
             ("evolution", f"{cfg.get('trials')} trials × {cfg.get('epochs')} epochs, imgsz {cfg.get('imgsz')}, batch "
                           f"{cfg.get('batch')}, sampler {cfg.get('sampler')}, pruner {cfg.get('pruner')}, fitness "
-                          f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}"),
+                          f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}, objective "
+                          f"{cfg.get('objective', 'best')}, noise seeds {cfg.get('noise_seeds', 0)}"),
+            ("trials start from", cfg.get("weights") or (f"the base run {cfg.get('base')}" if cfg.get("base")
+                                                          else "scratch (the model yaml)")),
             ("train options", cfg.get("train")), ("retrain options", cfg.get("retrain") or "defaults"),
             ("prune options", cfg.get("prune") or "defaults"), ("storage", st.get("storage")),
             ("host / software", f"{st.get('host')}, Python {st.get('python')}, torch {st.get('torch')}"),
@@ -267,10 +274,11 @@ def retrain(run: Run) -> str:
     rows = []
     for trial, g in df.groupby("trial", sort=False):
         rows.append([f"{int(trial)} ({esc(g.role.iloc[0])})", len(g), ", ".join(str(int(s)) for s in g.seed),
-                     fmt(g.trial_fitness.iloc[0]), _mean_std(g["mAP50-95"]), _mean_std(g.fitness),
+                     fmt(g.trial_fitness.iloc[0]), _mean_std(g.objective) if "objective" in g else "–",
+                     _mean_std(g["mAP50-95"]), _mean_std(g.fitness),
                      fmt(g.epochs.max(), "{:.0f}"), fmt(g.seconds.sum(), "{:.0f}")])
-    out = table(["trial (role)", "runs", "seeds", "fitness in evolution", "mAP50-95 (mean ± std)",
-                 "fitness (mean ± std)", "epochs", "seconds"], rows)
+    out = table(["trial (role)", "runs", "seeds", "value in evolution", f"objective: {run.objective} (mean ± std)",
+                 "best-epoch mAP50-95 (mean ± std)", "best-epoch fitness (mean ± std)", "epochs", "seconds"], rows)
     img = image(draw_retrain(run), "retrain curves")
     choice = run.summary.get("retrain") or {}
     paired = [c for c in choice.get("candidates") or [] if c.get("paired_vs_base")]
