@@ -375,10 +375,10 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                         write_results(save_dir / "results.csv", history)
                         common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics=metrics, epoch=epoch,
                                       best_fitness=best_fitness, train_opts=opts_record)
+                        if improved:  # best first: whenever last.pt has epoch N, best.pt covers epochs <= N
+                            save_checkpoint(best_path, net, **common)
                         save_checkpoint(last_path, net, optimizer=optimizer, **common)
                         (save_dir / "resume.pt").unlink(missing_ok=True)  # last.pt now holds a newer full state
-                        if improved:
-                            save_checkpoint(best_path, net, **common)
                     LOG.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                              f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
                     if opts.patience and epoch - best_epoch >= opts.patience:
