@@ -163,7 +163,8 @@ def test_interrupt_stops_workers_and_rerun_resumes(cfg_for):
     env = {**os.environ, "FAKE_FIT_SLEEP": "0.3"}
     cmd = [sys.executable, "-m", "evolve", "--study", str(REPO / "studies/quick.yaml"), "--name", "int",
            "--data", "data.yaml", "--trials", "6", "--epochs", "2", "--fit", FAKE]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C
     journal = Path("runs/evolve/int/journal.log")
     deadline = time.time() + 60
     while time.time() < deadline and not (journal.exists() and b'"state":1,' in journal.read_bytes()):

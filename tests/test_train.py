@@ -90,7 +90,10 @@ def test_sigint_leaves_stripped_checkpoints_and_resumes(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "core.train", "--data", tiny_data, "--model", MODEL, "--epochs", "12",
            "--batch-size", "8", "--imgsz", "64", "--workers", "0", "--project", str(tmp_path), "--name", "int",
            "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGINT at its default in the child: a shell's background job (`cmd &`) starts with SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt; a user's Ctrl-C always arrives with the default disposition
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "int"
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
