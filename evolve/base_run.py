@@ -31,7 +31,7 @@ def base_run_hyp(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, f
 
 def base_inputs(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, Any]:
     """Everything that changes what the base run produces (files by content, not path)."""
-    from evolve.objective import sha256_file
+    from core.digest import sha256_file
     return {"hyp": {k: float(v) for k, v in base_run_hyp(cfg, base_hyp).items()},
             "base": {k: v for k, v in cfg.base.items() if k != "hyp"}, "seed": cfg.seed,
             "imgsz": cfg.imgsz, "batch": cfg.batch, "train": dict(cfg.train),

@@ -33,7 +33,8 @@ import pandas as pd
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.noise import paired_gain, summarize
-from evolve.objective import objective_value, sha256_file
+from core.digest import sha256_file
+from evolve.objective import objective_value
 from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
 from evolve.storage import describe
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
