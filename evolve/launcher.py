@@ -17,12 +17,12 @@ from tqdm import tqdm
 from core.atomic import atomic_write
 from core.hyp import load_hyp
 from evolve.base_run import ensure_base_run
-from evolve.ledger import claim_lock, count_finished, is_counted
+from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
 from evolve.preflight import preflight, visible_gpu_ids
 from evolve.report import write_outputs
 from evolve.space import base_params, check_base, evolved, load_space
-from evolve.storage import describe, make_storage
+from evolve.storage import describe, make_storage, study_lock
 from evolve.study_config import REPO, StudyConfig
 from evolve.worker import STUDY_FILE, load_callable
 
@@ -48,7 +48,7 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
     space = load_space(cfg.resolved("space"))
     base_hyp = load_hyp(cfg.resolved("hyp"))
     check_base(space, base_hyp, cfg.hyp or "base hyp (studies/hyp/scratch.yaml)")
-    with claim_lock(run_dir):
+    with study_lock(storage_url, run_dir, cfg.name):  # one machine enqueues the base hyp, once
         study = optuna.create_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir),
                                     direction="maximize", load_if_exists=True)
         record = cfg.as_record()
@@ -112,7 +112,9 @@ def _line(t: FrozenTrial, best: FrozenTrial | None, floor: NoiseFloor | None = N
         return f"trial {t.number:4d}  COMPLETE  fitness {t.value:.4g}{gain}  {best_txt}  {secs}  {where}{role}"
     if t.state == TrialState.PRUNED:
         return f"trial {t.number:4d}  PRUNED    after {len(t.intermediate_values)} epoch(s)  {best_txt}  {secs}  {where}"
-    return f"trial {t.number:4d}  FAIL      {ua.get('fail_reason', '?')}  {best_txt}  {where}"
+    # a trial failed by Optuna's RDB heartbeat check carries no reason of ours
+    reason = ua.get("fail_reason") or "stale: no heartbeat within the grace period"
+    return f"trial {t.number:4d}  FAIL      {reason}  {best_txt}  {where}"
 
 
 class _Stop:
@@ -167,11 +169,11 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     def show_new() -> bool:
         trials = study.get_trials(deepcopy=False)
         new = sorted((t for t in trials if t.state.is_finished() and t.number not in seen), key=lambda t: t.number)
-        floor = noise_floor(trials)
+        floor, retried = noise_floor(trials), retried_numbers(trials)
         for t in new:  # 'best so far' = among the trials finished up to this one
             seen.add(t.number)
             best = _best([u for u in trials if u.number in seen])
-            bar.write(_line(t, best, floor) + ("" if is_counted(t) else "  (re-enqueued)"))
+            bar.write(_line(t, best, floor) + ("" if is_counted(t, retried) else "  (re-enqueued)"))
         bar.n = min(count_finished(trials), cfg.trials)
         bar.refresh()
         return bool(new)

@@ -1,72 +1,172 @@
-"""Trial accounting shared by all workers: what counts as finished, who owns a running trial,
-heartbeats, and failing + retrying the trials of workers that died.
+"""Trial accounting shared by all workers, on every machine: what counts as finished, who owns a
+running trial, heartbeats, and failing + retrying the trials of workers that died.
 
-Counted as finished: COMPLETE, PRUNED and FAIL, except a FAIL that was re-enqueued because its
-worker died or was interrupted (its retry is counted instead). A trial that fails on its own
-(NaN loss, out of memory, bad hyp) is a result of the search and counts, so a space full of
-failing candidates still ends.
+Counted as finished: COMPLETE, PRUNED and FAIL, except a FAIL that was retried because its worker
+died or was interrupted (its retry is counted instead) and a retry withdrawn because the "dead"
+worker turned out alive and told its result (see `keep_result`). A trial that fails on its own
+(NaN loss, out of memory, bad hyp) is a result of the search and counts, so a space full of failing
+candidates still ends.
 
-Journal storage has no heartbeat in Optuna, and Optuna's RDB heartbeat only runs inside
-study.optimize(); workers here use ask/tell, so one mechanism serves both storages: a thread
-writes the time into the trial's system attrs every `interval` seconds. A RUNNING trial is
-stale when its owner process (same host) is gone, or when its heartbeat is older than `grace`.
+Retries follow Optuna's convention everywhere: `RetryStale` (Optuna's
+RetryHeartbeatStaleTrialCallback, copying only what a retry should keep) enqueues the params again
+with system attrs `failed_trial` / `retry_history`, and a FAIL whose number is in some trial's
+retry history is not counted.
+
+Liveness, by storage:
+- An RDB URL (PostgreSQL, MySQL, SQLite): Optuna's own heartbeat (`record_heartbeat`, stored and
+  compared with the database's clock, so machines' clocks never matter) and `fail_stale_trials`,
+  which runs the storage's RetryStale callback.
+- The journal file (one machine; Optuna has no heartbeat for it): our heartbeat thread writes the
+  time into a system attr, and a RUNNING trial is stale when its owner process is gone (checked only
+  when it ran in our PID namespace on this boot: a container with host networking shares the host
+  name but not the PIDs) or when its heartbeat is older than `grace`.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import copy
 import os
 import socket
 import threading
 import time
-from pathlib import Path
-from typing import Iterator, Sequence
+import warnings
+from functools import lru_cache
+from typing import Any, Sequence
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-OWNER = "evolve_owner"          # system attr: {'host', 'pid', 'worker'}
-HEARTBEAT = "evolve_heartbeat"  # system attr: unix time of the last beat
-RETRIED = "evolve_retried"      # system attr: this FAIL was re-enqueued (not counted)
-RETRY_COUNT = "retry_count"     # user attr of a retry: how many times its params were re-run
+OWNER = "evolve_owner"          # system attr: {'host', 'boot', 'pidns', 'pid', 'worker'}
+HEARTBEAT = "evolve_heartbeat"  # system attr (journal only): unix time of the last beat
+WITHDRAWN = "evolve_withdrawn"  # system attr: a retry made moot by the original's late result (not counted)
+RECOVERED_FROM = "recovered_from"  # user attr: this COMPLETE trial is the late result of a trial failed as stale
 CARRIED_ATTRS = ("base", "noise_seed", "train_seed")  # what a retry keeps of the trial it re-runs
 
 
-def is_counted(t: FrozenTrial) -> bool:
+class RetryStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry callback, given only what a retry should inherit: the enqueued params and the
+    seed/role attrs (not the dead run's worker, timings or fail_reason)."""
+
+    def __init__(self, max_retry: int | None = None) -> None:
+        with warnings.catch_warnings():  # experimental since Optuna 2.8, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        kept = copy.copy(trial)
+        kept.user_attrs = {**{k: trial.user_attrs[k] for k in CARRIED_ATTRS if k in trial.user_attrs},
+                           "retry_of": trial.number}
+        kept.system_attrs = {k: v for k, v in trial.system_attrs.items()
+                             if k in ("fixed_params", "failed_trial", "retry_history")}
+        super().__call__(study, kept)  # fixed_params kept: one stopped before suggesting re-runs its enqueued params
+
+
+class RecordedTrial:
+    """A trial whose attrs and reports are also kept in this process. If another worker fails it as
+    stale while this one is in fact alive, the storage refuses further writes: training goes on (no
+    pruning decisions from then on) and the worker adds the result with `keep_result`."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self._trial = trial
+        self.recorded_attrs: dict[str, Any] = {}
+        self.intermediate: dict[int, float] = {}
+        self.orphaned = False  # failed as stale by another worker while we ran it
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def _write(self, fn: Any, *args: Any) -> None:
+        if not self.orphaned:
+            try:
+                fn(*args)
+            except UpdateFinishedTrialError:
+                self.orphaned = True
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.recorded_attrs[key] = value
+        self._write(self._trial.set_user_attr, key, value)
+
+    def report(self, value: float, step: int) -> None:
+        self.intermediate[step] = value
+        self._write(self._trial.report, value, step)
+
+    def should_prune(self) -> bool:
+        return not self.orphaned and self._trial.should_prune()
+
+
+def retry_history(t: FrozenTrial) -> list[int]:
+    """The trials `t` re-runs, oldest first (the system attr Optuna's retry callback writes; its own
+    accessor only adds an experimental warning)."""
+    return list(t.system_attrs.get("retry_history", []))
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that some retry re-runs."""
+    return {n for t in trials for n in retry_history(t)}
+
+
+def is_counted(t: FrozenTrial, retried: set[int]) -> bool:
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return t.state == TrialState.FAIL and not t.system_attrs.get(RETRIED, False)
+    return t.state == TrialState.FAIL and t.number not in retried and not t.system_attrs.get(WITHDRAWN, False)
 
 
 def count_finished(trials: Sequence[FrozenTrial]) -> int:
-    return sum(is_counted(t) for t in trials)
+    retried = retried_numbers(trials)
+    return sum(is_counted(t, retried) for t in trials)
 
 
 def count_running(trials: Sequence[FrozenTrial]) -> int:
     return sum(t.state == TrialState.RUNNING for t in trials)
 
 
+@lru_cache(maxsize=1)
+def process_space() -> dict[str, str]:
+    """Which PIDs this process can see: the kernel boot and the PID namespace (host name for display)."""
+    def read(fn):  # noqa: ANN001
+        try:
+            return fn()
+        except OSError:
+            return ""
+    return {"host": socket.gethostname(),
+            "boot": read(lambda: open("/proc/sys/kernel/random/boot_id").read().strip()),
+            "pidns": read(lambda: os.readlink("/proc/self/ns/pid"))}
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    """True on an RDB storage opened with a heartbeat interval (Optuna's heartbeat is in charge)."""
+    storage = study._storage
+    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+
+
 def claim_owner(study: optuna.Study, trial_id: int, worker: int) -> None:
     """Record who runs the trial and give it a first heartbeat."""
     storage = study._storage
-    storage.set_trial_system_attr(trial_id, OWNER, {"host": socket.gethostname(), "pid": os.getpid(),
-                                                    "worker": int(worker)})
-    storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+    storage.set_trial_system_attr(trial_id, OWNER, {**process_space(), "pid": os.getpid(), "worker": int(worker)})
+    _beat(study, trial_id)
+
+
+def _beat(study: optuna.Study, trial_id: int) -> None:
+    if has_heartbeat(study):
+        study._storage.record_heartbeat(trial_id)  # the database's clock
+    else:
+        study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
 
 
 class Heartbeat:
     """Context manager: beats for `trial_id` every `interval` seconds in a daemon thread."""
 
     def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = study._storage, trial_id, float(interval)
+        self.study, self.trial_id, self.interval = study, trial_id, float(interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="evolve-heartbeat")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
+                _beat(self.study, self.trial_id)
             except (UpdateFinishedTrialError, KeyError):
                 return  # finished (or failed as stale by another worker): nothing left to keep alive
             except Exception:
@@ -96,11 +196,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_reason(t: FrozenTrial, grace: float, now: float | None = None) -> str | None:
-    """Why RUNNING trial `t` is stale, or None if its worker looks alive."""
+    """Why RUNNING trial `t` (journal storage) is stale, or None if its worker looks alive."""
     if t.state != TrialState.RUNNING:
         return None
     owner = t.system_attrs.get(OWNER) or {}
-    if owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1))):
+    here = process_space()
+    same_pids = bool(here["boot"]) and owner.get("boot") == here["boot"] and owner.get("pidns") == here["pidns"]
+    if same_pids and not _pid_alive(int(owner.get("pid", -1))):
         return f"worker {owner.get('worker')} (pid {owner.get('pid')}) died"
     beat = t.system_attrs.get(HEARTBEAT)
     if beat is None and t.datetime_start is not None:
@@ -112,33 +214,33 @@ def stale_reason(t: FrozenTrial, grace: float, now: float | None = None) -> str 
 
 
 def fail_and_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries: int) -> bool:
-    """Mark RUNNING trial `t` FAIL with `reason`; re-enqueue its params unless retried `max_retries` times.
+    """Mark RUNNING trial `t` FAIL with `reason` and retry it (RetryStale, at most `max_retries` times).
 
     Returns True if this process failed it (another worker may have won the race).
     """
     storage = study._storage
-    retries = int(t.user_attrs.get(RETRY_COUNT, 0))
-    retry = retries < max_retries
-    # what it was running: the enqueued params (complete even if it was stopped before suggesting them: a noise
-    # seed stays one), else what the sampler had drawn (a trial stopped while drawing keeps those, the retry draws
-    # the rest); a sampler trial stopped before drawing anything is simply not counted
-    params = dict(t.system_attrs.get("fixed_params") or {}) or dict(t.params)
+    retry = len(retry_history(t)) < max_retries
     try:  # attrs first: a finished trial can no longer be changed
         storage.set_trial_user_attr(t._trial_id, "fail_reason", f"{reason}" + ("; retried" if retry else ""))
-        storage.set_trial_system_attr(t._trial_id, RETRIED, retry)
         if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
-    if retry and params:
-        kept = {k: t.user_attrs[k] for k in CARRIED_ATTRS if k in t.user_attrs}  # a noise trial stays one
-        study.enqueue_trial(params, user_attrs={**kept, "retry_of": t.number, RETRY_COUNT: retries + 1},
-                            skip_if_exists=False)
+    if retry and (t.params or t.system_attrs.get("fixed_params")):
+        # a sampler trial stopped before drawing anything is simply not counted: nothing to re-run
+        RetryStale(max_retry=max_retries)(study, storage.get_trial(t._trial_id))
     return True
 
 
 def fail_stale(study: optuna.Study, grace: float, max_retries: int) -> list[int]:
     """Fail (and retry) every stale RUNNING trial; returns their numbers."""
+    if has_heartbeat(study):  # Optuna's heartbeat, the database's clock; the storage's callback retries
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+        return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if t.number in running)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = stale_reason(t, grace)
@@ -147,14 +249,23 @@ def fail_stale(study: optuna.Study, grace: float, max_retries: int) -> list[int]
     return failed
 
 
-@contextlib.contextmanager
-def claim_lock(run_dir: Path | str) -> Iterator[None]:
-    """Serialise 'count, then ask' across the workers of one machine, so exactly N trials run."""
-    path = Path(run_dir) / "claim.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def keep_result(study: optuna.Study, trial_id: int, value: float, user_attrs: dict[str, Any],
+                intermediate: dict[int, float]) -> int:
+    """A trial failed as stale while its worker lived on and finished: add its result as a new COMPLETE
+    trial and withdraw its still-waiting retry (call under the study lock, so no worker takes it
+    meanwhile). Returns the new trial's number."""
+    stale = study._storage.get_trial(trial_id)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if stale.number in retry_history(t):
+            try:
+                study._storage.set_trial_system_attr(t._trial_id, WITHDRAWN, True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass
+    attrs = {k: v for k, v in {**stale.user_attrs, **user_attrs}.items() if k != "fail_reason"}
+    result = optuna.create_trial(
+        state=TrialState.COMPLETE, value=value, params=stale.params, distributions=stale.distributions,
+        user_attrs={**attrs, RECOVERED_FROM: stale.number}, intermediate_values=dict(intermediate),
+        system_attrs={k: v for k, v in stale.system_attrs.items() if k in ("fixed_params",)})
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=result)
+    return study._storage.get_trial_number_from_id(trial_id)

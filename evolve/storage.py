@@ -1,9 +1,19 @@
-"""Where a study lives: a journal file in the run dir (default) or any Optuna RDB URL; URLs printed masked."""
+"""Where a study lives: a journal file in the run dir (default) or any Optuna RDB URL; URLs printed masked.
+
+`study_lock` serialises what must happen once per study across all its workers ("count finished
+trials, then ask for a new one"; "enqueue the base hyp"): a file lock in the run dir for the journal
+(one machine), the database's own advisory lock for PostgreSQL and MySQL (every machine).
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
@@ -63,11 +73,20 @@ def repair_journal(path: Path) -> int:
             return size - keep
 
 
-def make_storage(url: str | None, run_dir: Path | str) -> BaseStorage:
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://` names no driver, and SQLAlchemy's default for it changed between releases
+    (psycopg2 in 2.0, psycopg 3 later): pin psycopg 3, the one our `postgres` extra installs."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
+def make_storage(url: str | None, run_dir: Path | str, heartbeat: float | None = None,
+                 max_retries: int | None = None) -> BaseStorage:
     """Journal file `run_dir/journal.log` when `url` is None (or a file path), else an RDB storage.
 
     A journal file is safe for many processes on one machine (file lock, append-only log). For
     workers on several machines, give every machine the same RDB URL (e.g. postgresql://...).
+    `heartbeat` (seconds) turns on Optuna's RDB heartbeat for the workers: a trial with no beat for
+    3 heartbeats is failed and retried (at most `max_retries` times) by whichever worker looks first.
     """
     if not is_url(url):
         path = Path(url) if url else Path(run_dir) / JOURNAL_NAME
@@ -77,10 +96,20 @@ def make_storage(url: str | None, run_dir: Path | str) -> BaseStorage:
     engine_kwargs = {}
     if str(url).startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # many writers: wait for the lock, don't fail
+    live = {}
+    if heartbeat:
+        from evolve.ledger import RetryStale
+        interval = max(1, round(heartbeat))
+        live = {"heartbeat_interval": interval, "grace_period": 3 * interval,
+                "heartbeat_stale_trial_callback": RetryStale(max_retry=max_retries)}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs, **live)
     except Exception as e:  # the driver's message may echo the URL: never print it raw
-        msg = str(e).replace(url, mask_url(url))
+        msg = str(e).replace(sqlalchemy_url(url), mask_url(url)).replace(url, mask_url(url))
+        secret = urlsplit(url).password
+        msg = msg.replace(secret, "***") if secret else msg
         raise RuntimeError(f"cannot open storage {mask_url(url)}: {type(e).__name__}: {msg}") from None
 
 
@@ -111,3 +140,41 @@ def open_target(target: str, name: str | None = None) -> tuple[optuna.Study, Pat
     study = optuna.load_study(study_name=name, storage=storage)
     out = run_dir_for(name) if is_url(target) else (Path(target) if Path(target).is_dir() else Path(target).parent)
     return study, out
+
+
+_LOCK_ENGINES: dict[str, object] = {}
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for the database's advisory lock of study `name`."""
+    return int.from_bytes(hashlib.sha256(f"evolve-study:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def study_lock(url: str | None, run_dir: Path | str, name: str) -> Iterator[None]:
+    """Hold the study's lock: the database's session advisory lock on PostgreSQL/MySQL (released by the
+    server if this process dies), else an exclusive file lock in `run_dir` (journal, SQLite: one machine)."""
+    dialect = str(url).split(":", 1)[0].split("+", 1)[0] if is_url(url) else ""
+    if dialect not in ("postgresql", "mysql"):
+        path = Path(run_dir) / "claim.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    import sqlalchemy
+    engine = _LOCK_ENGINES.get(url)
+    if engine is None:
+        engine = _LOCK_ENGINES[url] = sqlalchemy.create_engine(sqlalchemy_url(url), poolclass=sqlalchemy.pool.NullPool)
+    key = _lock_key(name)
+    take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if dialect == "postgresql" else
+                  ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(take), {"k": key if dialect == "postgresql" else str(key)})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(give), {"k": key if dialect == "postgresql" else str(key)})

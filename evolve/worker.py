@@ -7,11 +7,13 @@ credentials never appear in a command line or a file).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,12 +22,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from core.hyp import load_hyp
-from evolve.ledger import (Heartbeat, claim_lock, claim_owner, count_finished, count_running, fail_and_retry,
-                           fail_stale)
+from evolve.ledger import (Heartbeat, RecordedTrial, claim_owner, count_finished, count_running, fail_and_retry,
+                           fail_stale, keep_result)
 from evolve.objective import Objective
 from evolve.samplers import make_pruner, make_sampler
 from evolve.space import check_base, load_space
-from evolve.storage import make_storage
+from evolve.storage import make_storage, study_lock
 from evolve.study_config import StudyConfig, load_study
 
 STUDY_FILE = "study.yaml"  # the resolved study the launcher wrote into the run dir
@@ -72,7 +74,8 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
     base_hyp = load_hyp(cfg.resolved("hyp"))
     check_base(space, base_hyp, cfg.hyp or "base hyp")
     sampler = make_sampler(cfg.sampler, space, base_hyp, seed=cfg.seed, worker=worker, ga=cfg.ga)
-    study = optuna.load_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir), sampler=sampler,
+    storage = make_storage(storage_url, run_dir, heartbeat=cfg.heartbeat, max_retries=cfg.retries)
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
                               pruner=make_pruner(cfg.pruner, cfg.epochs, cfg.pruner_warmup))
     objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,
                           worker=worker)
@@ -93,7 +96,7 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
             return ran
         if interrupts.stop_requested:
             raise KeyboardInterrupt("stop requested")
-        with claim_lock(run_dir):
+        with study_lock(storage_url, run_dir, cfg.name):  # every machine's workers, on a database
             for n in fail_stale(study, grace, cfg.retries):
                 log(f"worker {worker}: trial {n} was stale (its worker died): failed and re-enqueued")
             trials = study.get_trials(deepcopy=False)
@@ -102,43 +105,60 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
             if done >= cfg.trials:
                 return ran
             if done + running < cfg.trials:
-                trial = study.ask()
+                with warnings.catch_warnings():  # we beat ourselves (ledger.Heartbeat): ask/tell, not optimize
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                    trial = study.ask()
                 claim_owner(study, trial._trial_id, worker)
         if trial is None:  # the others' running trials fill the budget; wait in case one dies
             time.sleep(poll)
             continue
-        run_trial(study, trial, objective, cfg, worker, log, interrupts)
+        run_trial(study, trial, objective, cfg, worker, log, interrupts,
+                  lock=lambda: study_lock(storage_url, run_dir, cfg.name))
         ran += 1
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cfg: StudyConfig, worker: int,
-              log: Callable[[str], None], interrupts: Interrupts | None = None) -> None:
-    """Train one trial and tell its outcome; an interrupt fails and re-enqueues it, then propagates."""
+              log: Callable[[str], None], interrupts: Interrupts | None = None,
+              lock: Callable[[], Any] | None = None) -> None:
+    """Train one trial and tell its outcome; an interrupt fails and re-enqueues it, then propagates.
+
+    If another worker failed the trial as stale meanwhile (this one was alive but its heartbeat late),
+    a finished result is still kept: added as a new trial, its retry withdrawn (under `lock`).
+    """
     state, value = TrialState.FAIL, None
-    try:
-        with Heartbeat(study, trial._trial_id, cfg.heartbeat):
+    recorded = RecordedTrial(trial)
+    with Heartbeat(study, trial._trial_id, cfg.heartbeat):
+        try:
+            if interrupts is not None:
+                interrupts.interruptible = True
             try:
+                value, state = objective(recorded), TrialState.COMPLETE
+            finally:
                 if interrupts is not None:
-                    interrupts.interruptible = True
-                try:
-                    value, state = objective(trial), TrialState.COMPLETE
-                finally:
-                    if interrupts is not None:
-                        interrupts.interruptible = False
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except KeyboardInterrupt:
-                frozen = study._storage.get_trial(trial._trial_id)
-                fail_and_retry(study, frozen, f"interrupted (worker {worker})", max_retries=10**6)
-                raise
-            except Exception as e:  # recorded by the objective as fail_reason; the study goes on
-                log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")
+                    interrupts.interruptible = False
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            frozen = study._storage.get_trial(trial._trial_id)
+            fail_and_retry(study, frozen, f"interrupted (worker {worker})", max_retries=10**6)
+            raise
+        except Exception as e:  # recorded by the objective as fail_reason; the study goes on
+            log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")
+    try:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise UpdateFinishedTrialError("failed as stale by another worker")
         if state == TrialState.COMPLETE:
             study.tell(trial, value)
         else:
             study.tell(trial, state=state)
     except UpdateFinishedTrialError:
-        log(f"worker {worker}: trial {trial.number} was already failed as stale by another worker")
+        if state != TrialState.COMPLETE:
+            log(f"worker {worker}: trial {trial.number} was already failed as stale by another worker")
+            return
+        with (lock() if lock else contextlib.nullcontext()):
+            number = keep_result(study, trial._trial_id, value, recorded.recorded_attrs, recorded.intermediate)
+        log(f"worker {worker}: trial {trial.number} was failed as stale while this worker ran it; "
+            f"its result is kept as trial {number}")
 
 
 def main(argv: list[str] | None = None) -> int:
