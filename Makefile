@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GPUS ?= cpu
 WORKERS ?= 2
+WORKERS_PER_GPU ?=
 STUDY ?= studies/quick.yaml
 EPOCHS ?= 30
 IMGSZ ?= 160
@@ -42,7 +43,7 @@ bench-search: install  # GA vs TPE vs random at equal budget, winners retrained 
 	$(PY) -m evolve.search_bench --trials 16 --seeds 3
 
 evolve: install
-	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))
+	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
@@ -50,7 +51,7 @@ prune: install
 	  --global-percent 0.6 --round-to auto --shortcuts 4 --unstructured 0.3 --latency-imgsz 640
 
 study: install
-	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS))
+	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS))
 
 report: install
 	$(PY) -m evolve.study --report-only runs/study/$(NAME)

@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--study", default=DEFAULT_STUDY, help=f"study file (default {DEFAULT_STUDY})")
     ap.add_argument("--gpus", type=t.device, default=None, help="'cpu' or GPU ids '0,1,2,3': one worker per GPU")
     ap.add_argument("--workers", type=t.positive_int, default=None, help="worker processes on CPU")
+    ap.add_argument("--workers-per-gpu", type=t.positive_int, default=None,
+                    help="worker processes per GPU (default 1; 2-3 when a small model leaves the GPU idle)")
     ap.add_argument("--trials", type=t.non_negative_int, default=None, help="finished trials in total (resume-safe)")
     ap.add_argument("--sampler", choices=SAMPLERS, default=None)
     ap.add_argument("--pruner", choices=PRUNERS, default=None)
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @main_guard("evolve", interrupted="interrupted: finished trials are kept in the study; the same command resumes")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("gpus", "workers", "trials", "sampler", "pruner", "storage", "name",
+    overrides = {k: getattr(args, k) for k in ("gpus", "workers", "workers_per_gpu", "trials", "sampler", "pruner", "storage", "name",
                                                "epochs", "seed", "imgsz", "batch", "data", "model", "hyp")}
     try:
         study = Path(args.study)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from core.atomic import atomic_write
 from core.hyp import load_hyp
 from evolve.base_run import ensure_base_run
+from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
 from evolve.preflight import preflight, visible_gpu_ids
@@ -71,27 +72,16 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
     return study
 
 
-def worker_plan(cfg: StudyConfig, threads: int | None = None) -> list[dict[str, Any]]:
-    """One entry per worker: device for fit, label for the records, env, torch threads (default: cores split)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.gpus == "cpu":
-        threads = threads or max(1, cores // cfg.workers)
-        return [{"device": "cpu", "label": "cpu", "threads": threads, "env": {}} for _ in range(cfg.workers)]
-    ids = visible_gpu_ids(cfg.gpus)
-    threads = threads or max(1, cores // len(ids))
-    return [{"device": "0", "label": f"cuda:{i}", "threads": threads, "env": {"CUDA_VISIBLE_DEVICES": i}} for i in ids]
-
-
-def _spawn(run_dir: Path, index: int, plan: dict[str, Any], storage_url: str | None,
+def _spawn(run_dir: Path, index: int, slot: Slot, storage_url: str | None,
            fit_spec: str | None) -> subprocess.Popen:
-    env = {**os.environ, **plan["env"], "OMP_NUM_THREADS": str(plan["threads"]),
-           "MKL_NUM_THREADS": str(plan["threads"]), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **slot.env, "OMP_NUM_THREADS": str(slot.threads),
+           "MKL_NUM_THREADS": str(slot.threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("EVOLVE_STORAGE", None)
     if storage_url:
         env["EVOLVE_STORAGE"] = storage_url  # never on the command line: `ps` would show credentials
     cmd = [sys.executable, "-m", "evolve.worker", "--run-dir", str(run_dir), "--worker", str(index),
-           "--device", plan["device"], "--device-label", plan["label"], "--threads", str(plan["threads"])]
+           "--device", slot.device, "--device-label", slot.label, "--threads", str(slot.threads)]
     if fit_spec:
         cmd += ["--fit", fit_spec]
     log = open(run_dir / f"worker_{index}.log", "a")
@@ -149,10 +139,10 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     study = prepare_study(cfg, storage_url, run_dir)
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
-    plan = worker_plan(cfg, threads)
+    plan = device_slots(cfg, threads)
     print(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
-          f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {cfg.gpus} "
-          f"({plan[0]['threads']} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
+          f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {', '.join(sorted({s.label for s in plan}))} "
+          f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
           f"logs in {run_dir}/worker_*.log")
     if done >= cfg.trials:
         print(f"nothing to run: the study already has {done} finished trials (raise --trials to continue)")

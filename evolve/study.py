@@ -32,6 +32,7 @@ import pandas as pd
 
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
+from evolve.devices import device_slots
 from evolve.noise import paired_gain, summarize
 from core.digest import sha256_file
 from evolve.objective import objective_value
@@ -199,14 +200,16 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     return row
 
 
-def _init_pool_process(slots: "Any", threads: int) -> None:
-    """A retrain process takes one device slot for its life and its share of the CPU threads."""
+def _init_pool_process(slots: "Any") -> None:
+    """A retrain process takes one device slot for its life: its GPU (masked before CUDA starts) and threads."""
+    global _POOL_DEVICE
+    slot = slots.get()
+    os.environ.update(slot.env)
     import cv2
     import torch
-    global _POOL_DEVICE
-    _POOL_DEVICE = slots.get()
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    _POOL_DEVICE = slot.device
+    torch.set_num_threads(slot.threads)
+    cv2.setNumThreads(slot.threads)
 
 
 _POOL_DEVICE = "cpu"
@@ -215,13 +218,6 @@ _POOL_DEVICE = "cpu"
 def _pool_retrain(args: tuple) -> dict[str, Any]:
     cfg, run, ropts, out, weights, fit = args
     return _retrain_one(cfg, run, ropts, out, _POOL_DEVICE, weights, fit)
-
-
-def retrain_slots(cfg: StudyConfig) -> list[str]:
-    """Where retrain runs go in parallel: one per GPU of the study, or `workers` CPU processes."""
-    if cfg.gpus == "cpu":
-        return ["cpu"] * max(1, cfg.workers)
-    return [s for s in cfg.gpus.split(",") if s]
 
 
 def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: Path, device: str,
@@ -241,7 +237,7 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
             rows[run["name"]] = old["row"]
         else:
             todo.append(run)
-    slots = retrain_slots(cfg)
+    slots = device_slots(cfg)
     print(f"retrain: {len(todo)} run(s) of {ropts.epochs} epochs" + (f" from {weights}" if weights else "") +
           f", {min(len(slots), len(todo)) if parallel else 1} at a time")
 
@@ -259,10 +255,8 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
         queue = ctx.Manager().Queue()
         for slot in slots:
             queue.put(slot)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // len(slots))
         with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_init_pool_process,
-                                 initargs=(queue, threads)) as pool:
+                                 initargs=(queue,)) as pool:
             futures = {pool.submit(_pool_retrain, (cfg, run, ropts, out, weights, fit)): run for run in todo}
             for future, run in futures.items():
                 done(run, future.result())
@@ -453,6 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--study", default="studies/quick.yaml", help="study file (default studies/quick.yaml)")
     ap.add_argument("--gpus", default=None, help="'cpu' or GPU ids '0,1,2,3' (evolution: one worker per GPU)")
     ap.add_argument("--workers", type=int, default=None, help="evolution worker processes on CPU")
+    ap.add_argument("--workers-per-gpu", type=int, default=None,
+                    help="processes per GPU for evolution and retrain (default 1; 2-3 for small models)")
     ap.add_argument("--trials", type=int, default=None, help="finished evolution trials in total")
     ap.add_argument("--storage", default=None, help="Optuna RDB URL (default: journal file in runs/evolve/NAME)")
     ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME and runs/study/NAME)")
@@ -482,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         study = Path(args.study)
         if not study.exists() and (REPO / study).exists():
             study = REPO / study
-        overrides = {"gpus": args.gpus, "workers": args.workers, "trials": args.trials, "storage": args.storage,
+        overrides = {"gpus": args.gpus, "workers": args.workers, "workers_per_gpu": args.workers_per_gpu,
+                     "trials": args.trials, "storage": args.storage,
                      "name": args.name}
         cfg = load_study(study, overrides)
         return run_study(cfg, RUNS / cfg.name, Path("runs") / "evolve" / cfg.name, str(args.study), args.force,

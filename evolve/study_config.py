@@ -42,6 +42,7 @@ class StudyConfig:
     seed: int = 0
     gpus: str = "cpu"                   # 'cpu' or a list of GPU ids '0,1,2,3' (one worker per GPU)
     workers: int = 2                    # worker processes on CPU
+    workers_per_gpu: int = 1            # worker (and retrain) processes per listed GPU: >1 for small models
     storage: str | None = None          # Optuna RDB URL; None = journal file in the run dir
     fitness_weights: list = field(default_factory=lambda: [0.0, 0.0, 0.1, 0.9])
     ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init
@@ -79,7 +80,7 @@ def _check(cfg: StudyConfig, where: str) -> None:
         raise bad("sampler", f"is not one of {', '.join(SAMPLERS)}")
     if cfg.pruner not in PRUNERS:
         raise bad("pruner", f"is not one of {', '.join(PRUNERS)}")
-    for key in ("trials", "epochs", "batch", "workers"):
+    for key in ("trials", "epochs", "batch", "workers", "workers_per_gpu"):
         if int(getattr(cfg, key)) < 1:
             raise bad(key, "must be >= 1")
     if cfg.imgsz < 32 or cfg.imgsz % 32:
@@ -142,7 +143,7 @@ def load_study(path: str | Path | None = None, overrides: Mapping[str, Any] | No
     unknown = sorted(set(given) - names)
     if unknown:
         raise StudyError(f"{where}: unknown field(s) {unknown} (allowed: {', '.join(sorted(names))})")
-    for key in ("imgsz", "batch", "epochs", "trials", "seed", "workers", "retries", "noise_seeds"):
+    for key in ("imgsz", "batch", "epochs", "trials", "seed", "workers", "workers_per_gpu", "retries", "noise_seeds"):
         if key in given:
             try:
                 given[key] = int(given[key])
