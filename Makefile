@@ -36,6 +36,7 @@ val: install
 
 bench: install
 	$(PY) -m core.bench
+	$(PY) -m core.profile_train  # time per phase of one step and one epoch (data wait ... checkpoints)
 	$(PY) -m evolve.bench --trials 8 --search-trials 16
 
 # Peer benchmark (issues 11, 15): Ultralytics in its own venv (it needs torchvision, which must never enter
