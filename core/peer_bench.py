@@ -213,7 +213,11 @@ def machine() -> dict:
 
 
 def _fmt(v, spec: str) -> str:
-    return "-" if v is None or v != v else format(v, spec)
+    """format(v, spec), or '-' in the same width for a missing value."""
+    if v is None or v != v:
+        width = spec.split(".")[0].rstrip("dfs")
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(v, spec)
 
 
 def report(rows: list[dict], meta: dict) -> str:
