@@ -15,7 +15,7 @@ TRIALS ?=
 NAME ?= quick
 SAMPLER ?=
 
-.PHONY: install test train val bench bench-search evolve prune report study clean
+.PHONY: install test train val bench bench-search bench-peer heldout evolve prune report study clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,27 @@ val: install
 
 bench: install
 	$(PY) -m core.bench
+	$(PY) -m core.profile_train  # time per phase of one step and one epoch (data wait ... checkpoints)
 	$(PY) -m evolve.bench --trials 8 --search-trials 16
+
+# Peer benchmark (issues 11, 15): Ultralytics in its own venv (it needs torchvision, which must never enter
+# .venv). torch and torchvision are pinned together so that installing ultralytics cannot replace them.
+PEER_VENV := .venv-peer
+PEER_TORCH ?= torch==2.14.1 torchvision==0.29.1
+PEER_ARGS ?=
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet $(PEER_TORCH)
+	$(PEER_VENV)/bin/python -m pip install --quiet ultralytics psutil $(PEER_TORCH)
+	touch $@
+
+heldout: install  # the held-out dataset suite (datasets/heldout-v1), seeded, used by bench-peer
+	$(PY) -m core.data.heldout --root datasets/heldout-v1
+
+bench-peer: install $(PEER_VENV)/.installed  # ours vs Ultralytics yolov5n/yolov8n on the held-out suite
+	$(PY) -m core.peer_bench --peer-python $(PEER_VENV)/bin/python $(PEER_ARGS)
 
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
 	$(PY) -m evolve.search_bench --trials 16 --seeds 3

@@ -1,0 +1,54 @@
+"""Peer benchmark helpers (memory sampling, the report) and the training profile, at tiny scale."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.peer_bench import PeakMemory, report, tree_memory
+
+
+def test_tree_memory_counts_children():
+    rss0, pss0, n0 = tree_memory(os.getpid())
+    assert rss0 > 10 and 0 < pss0 <= rss0 + 1 and n0 >= 1
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(3)"])
+    try:
+        mem = PeakMemory(os.getpid(), interval=0.05)
+        mem.start()
+        time.sleep(1.5)
+        mem.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert mem.procs >= 2
+    assert mem.rss >= rss0 + 150  # the child's 200 MB are in the tree's sum
+
+
+def test_report_prints_ratios_against_each_peer():
+    meta = {"date": "d", "cpu": "c", "conv_gflop_per_s": 100.0, "imgsz": 160, "batch": 16, "workers": 2}
+    row = dict(set="glyphs", rc=0, processes=1, peak_pss_mb=500.0, train_gflop_per_s=10.0)
+    rows = [{**row, "trainer": "ours", "run": "quick", "wall_s": 50.0, "train_images_per_s": 30.0, "peak_rss_mb": 800.0},
+            {**row, "trainer": "yolov5n", "run": "quick", "wall_s": 100.0, "train_images_per_s": 20.0, "peak_rss_mb": 1000.0},
+            {**row, "trainer": "ours", "run": "full", "epochs": 30, "mAP50-95_last": 0.2, "mAP50-95_best": 0.25},
+            {**row, "trainer": "yolov5n", "run": "full", "epochs": 30, "mAP50-95_last": 0.4, "mAP50-95_best": 0.4}]
+    text = report(rows, meta)
+    assert "ours/yolov5n: wall 0.50" in text and "img/s 1.50" in text and "RSS 0.80" in text
+    assert "mAP50-95 last 0.50 best 0.62" in text
+    last = text.splitlines()[-1].split()
+    assert last[0] == "glyphs" and last[1:] == ["0.2000", "0.4000", "0.50"]
+
+
+@pytest.mark.slow
+def test_profile_train_tiny(tmp_path):
+    from core.data.heldout import generate_heldout
+    from core.profile_train import format_profile, profile
+
+    data = generate_heldout(tmp_path / "suite", sets=["single"], n_train=8, n_val=4)["single"]
+    r = profile(str(data), "studies/models/yolov5n.yaml", 64, 4, 0, 2, 1, 1, ckpt_dir=tmp_path)
+    assert r["train_batches"] == 2 and r["train_images"] == 8
+    assert all(r["epoch_train_s"][k] > 0 for k in ("forward", "backward", "optimizer+EMA"))
+    assert r["checkpoint_s"] > 0 and r["val_split_total_s"] > 0
+    text = format_profile(r)
+    for phase in ("train data wait", "train forward", "val NMS", "val matching", "checkpoints"):
+        assert phase in text
