@@ -322,7 +322,8 @@ def _restore(s: TrainState, ckpt: dict) -> None:
         s.ema.updates = ckpt["updates"]
     s.net.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in ckpt["state_dict"].items()})
     s.start_epoch = ckpt["epoch"] + 1
-    s.best_fitness = ckpt.get("best_fitness") or float("-inf")
+    saved_best = ckpt.get("best_fitness")
+    s.best_fitness = float("-inf") if saved_best is None else float(saved_best)  # 0.0 is a fitness, not "none"
     s.history = s.saver.resumed_history(s.start_epoch)
     s.scheduler.last_epoch = s.start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
     for row in s.history:
@@ -443,7 +444,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                     metrics = validate_epoch(s, epoch, train)
                     metrics["seconds"] = time.time() - t_epoch
                     s.history.append(metrics)
-                    improved = metrics["fitness"] > s.best_fitness
+                    improved = metrics["fitness"] >= s.best_fitness  # YOLOv5: equal to the best is not worse
                     if improved:
                         s.best_fitness, s.best_epoch, s.best = metrics["fitness"], epoch, metrics
                     s.saver.save_epoch(s.net, s.ema, s.optimizer, s.history, improved, s.best_fitness)

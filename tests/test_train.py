@@ -132,3 +132,34 @@ def test_close_mosaic_rebuilds_the_loader_without_mosaic(tiny_data, tmp_path, mo
     seen.clear()
     fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=2, close_mosaic=0, save=False))
     assert [s for s in seen if s[0]] == [(True, 1.0, 0.0)]
+
+
+def _constant_validation(monkeypatch, fitness: float = 0.0):
+    """Every validation scores `fitness` (P = R = mAP = fitness with the default weights summing to 1)."""
+    import core.val as val_mod
+
+    def fake(model, loader, **kw):
+        return {"P": fitness, "R": fitness, "mAP50": fitness, "mAP50-95": fitness, "fitness": fitness,
+                "val_box": 0.0, "val_obj": 0.0, "val_cls": 0.0}
+    monkeypatch.setattr(val_mod, "validate", fake)  # validate_epoch imports it at call time
+
+
+def test_an_epoch_equal_to_the_best_is_not_worse(tiny_data, tmp_path, monkeypatch):
+    """YOLOv5's >=: a plateau keeps patience from running out and best.pt follows the latest equal epoch."""
+    _constant_validation(monkeypatch)
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=4, patience=2))
+    assert res.stop_reason == "completed" and len(res.history) == 4  # with '>' it stopped after epoch 2
+    assert load_checkpoint(res.best_path)["epoch"] == 3 and res.best["epoch"] == 3
+
+
+def test_a_saved_best_fitness_of_zero_survives_resume(tiny_data, tmp_path, monkeypatch):
+    _constant_validation(monkeypatch)
+
+    def crash_at_the_end(epoch, metrics):
+        if epoch == 1:
+            raise MemoryError("simulated")  # after last.pt of the last epoch: the run resumes with nothing left
+    with pytest.raises(MemoryError):
+        fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=2, close_mosaic=0), Callbacks(on_epoch_end=crash_at_the_end))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["best_fitness"] == 0.0
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, resume=str(tmp_path / "run")))
+    assert res.best_fitness == 0.0 and res.best["epoch"] == 1  # not -inf from `saved or -inf`
