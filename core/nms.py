@@ -94,7 +94,8 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
                         max_nms: int = 30000, time_limit: float | None = None) -> list[torch.Tensor]:
     """Filter raw detections (B, N, 5+nc) [cx, cy, w, h, obj, cls...] (obj/cls after sigmoid).
 
-    conf = obj * cls. Per image: drop conf <= conf_thres, keep the max_nms most confident
+    conf = obj * cls; with one class (nc = 1) conf = obj: the loss trains no class term then (YOLOv5's
+    neither), so the class score is an untrained constant and must not scale the confidence. Per image: drop conf <= conf_thres, keep the max_nms most confident
     candidates, class-wise NMS (all classes together when agnostic), at most max_det results.
     multi_label: one candidate per (box, class) above conf_thres instead of the best class only.
     time_limit (seconds, optional): stop early with a warning; later images return empty.
@@ -112,7 +113,7 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
         x = pred[xi][candidates[xi]].float()
         if x.shape[0] == 0:
             continue
-        cls_conf = x[:, 5:] * x[:, 4:5]
+        cls_conf = x[:, 5:] * x[:, 4:5] if x.shape[1] > 6 else x[:, 4:5]
         box = xywh2xyxy(x[:, :4])
         if multi_label:
             i, j = (cls_conf > conf_thres).nonzero(as_tuple=False).T

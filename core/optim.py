@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -10,7 +11,8 @@ from torch import nn
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
-    """Three groups: 0 = conv/linear weights (with decay), 1 = norm weights (no decay), 2 = biases (no decay).
+    """Three groups, in YOLOv5's order: 0 = norm weights (no decay), 1 = conv/linear weights (decay),
+    2 = biases (no decay; the group warmup starts at warmup_bias_lr).
 
     Decaying BN gammas or biases only shrinks them toward zero for no regularisation benefit.
     """
@@ -34,7 +36,6 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, dec
         opt = torch.optim.AdamW(norm_w, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
         raise ValueError(f"--optimizer '{name}' is not one of SGD, Adam, AdamW, auto")
-    # group order: 0 = norm weights, 1 = conv weights (decay), 2 = biases — as in YOLOv5, so index 2 gets the bias warmup
     opt.add_param_group({"params": conv_w, "weight_decay": decay})
     opt.add_param_group({"params": biases, "weight_decay": 0.0})
     return opt
@@ -60,6 +61,36 @@ def resolve_auto(name: str, hyp: dict, nc: int, optimizer_steps: int) -> tuple[s
     if optimizer_steps > AUTO_SGD_STEPS:
         return "SGD", hyp
     return "AdamW", {**hyp, "lr0": round(min(0.004, 0.04 / (4 + nc)), 6), "momentum": 0.9, "warmup_bias_lr": 0.0}
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """How a run steps, decided once from the options and the data size."""
+
+    name: str            # SGD | Adam | AdamW
+    hyp: dict            # the hyp that drives the optimizer (auto's AdamW has its own lr0, momentum, bias warmup)
+    nbs: int             # nominal batch: gradients accumulate up to it
+    accumulate: int      # batches per optimizer step once warmup is over
+    weight_decay: float  # the hyp's weight_decay scaled to the batch a step actually applies
+    steps: int           # optimizer steps of the whole run
+
+
+def plan_optimizer(name: str, hyp: dict, nc: int, images: int, batch_size: int, epochs: int,
+                   nbs: int = 0) -> OptimizerPlan:
+    """Resolve the optimizer, nominal batch, accumulation and weight decay of a run (pure: nothing is built).
+
+    `nbs` 0 means 64 (YOLOv5), except under `auto` resolving to AdamW, which steps every batch.
+    `auto` judges the run by the steps it would take without accumulation to 64 (the given nbs, else
+    every batch), so a short run is the one AdamW would finish in at most AUTO_SGD_STEPS steps.
+    """
+    unaccumulated = math.ceil(images / max(batch_size, nbs or batch_size)) * epochs
+    resolved, hyp_run = resolve_auto(name, hyp, nc, unaccumulated)
+    if not nbs:
+        nbs = batch_size if name.lower() == "auto" and resolved == "AdamW" else 64
+    accumulate = max(round(nbs / batch_size), 1)
+    return OptimizerPlan(name=resolved, hyp=hyp_run, nbs=nbs, accumulate=accumulate,
+                         weight_decay=hyp["weight_decay"] * batch_size * accumulate / nbs,
+                         steps=math.ceil(images / max(batch_size, nbs)) * epochs)
 
 
 def lr_lambda(epochs: int, lrf: float, cosine: bool) -> Callable[[int], float]:

@@ -1,28 +1,32 @@
-"""Training: `fit(...)` as a library function and `python -m core.train` as a command."""
+"""Training: `fit(...)` as a library function and `python -m core.train` as a command.
+
+Read it top to bottom: `setup` builds one `TrainState` (options, data, model, loss, optimizer, EMA,
+run files); `fit` then runs, per epoch, `train_one_epoch`, `validate_epoch` and the checkpoint
+saver, and stops at the last epoch, on patience, on a callback or on a signal.
+"""
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.callbacks import Callbacks, StepInfo, StopTraining
-from core.checkpoint import load_checkpoint, save_checkpoint, strip_checkpoint
-from core.device import dist_context, select_device
+from core.checkpoint import load_checkpoint
+from core.checkpoint_saver import CheckpointSaver
+from core.device import DistContext, dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
-from core.optim import build_optimizer, lr_lambda, resolve_auto, warmup
-from core.atomic import atomic_write, remove_stale_temps
-from core.run_dir import next_run_dir, read_history, resolve_resume, write_results
+from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
+from core.run_dir import next_run_dir, resolve_resume
 from core.seeding import init_seeds
 
 LOG = logging.getLogger("core.train")
@@ -149,39 +153,90 @@ class _TermAsInterrupt:
         return False
 
 
-def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None,
-        opts: TrainOptions | None = None, callbacks: Callbacks | None = None) -> FitResult:
-    """Train `model` on `data` with `hyp`; validate every epoch; return per-epoch metrics.
+@dataclass
+class TrainState:
+    """Everything the epochs of one run share, built once by `setup`."""
 
-    data: data yaml path, a loaded data config dict, or None for the built-in dataset.
-    model: model yaml path, architecture dict, checkpoint path (.pt) or a Model instance.
-    """
+    opts: TrainOptions
+    callbacks: Callbacks
+    ctx: DistContext
+    device: torch.device
+    hyp: dict                      # the user's hyp, as saved in checkpoints
+    plan: OptimizerPlan            # optimizer, nominal batch, accumulation (plan.hyp drives the optimizer)
+    data_cfg: dict
+    net: nn.Module                 # the bare model
+    train_model: nn.Module         # net, or its DDP wrapper
+    ema: ModelEMA | None           # rank 0 only: validated and saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    lf: Callable[[int], float]     # lr multiplier per epoch
+    scaler: torch.amp.GradScaler
+    amp: bool
+    compute_loss: Callable
+    train_loader: Any
+    val_loader: Any                # rank 0 only
+    close_epoch: int               # first epoch without mosaic/mixup/copy-paste
+    mosaic_closed: bool            # the current training loader is the closed one
+    batches: int                   # per epoch
+    warmup_iters: int
+    saver: CheckpointSaver
+    accumulate: int = 1            # batches per optimizer step now (ramps up during warmup)
+    last_opt_step: int = -1        # batch index (since the start) of the last optimizer step
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_fitness: float = float("-inf")
+    best_epoch: int = -1
+    best: dict = field(default_factory=dict)
+
+
+def _resume_inputs(opts: TrainOptions) -> tuple[dict, Path, Any, Any]:
+    """For `opts.resume`: (checkpoint, its path, data, hyp) of the run to continue; its saved options are
+    copied into `opts` (all but resume, device, workers and progress)."""
+    path = resolve_resume(opts.resume, opts.project)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("optimizer") is None:
+        raise ValueError(f"resume: {path} has no optimizer state (it was stripped); start a new run from it "
+                         f"as weights instead (--weights)")
+    saved = ckpt.get("train_opts", {})
+    for f_ in fields(TrainOptions):
+        if f_.name in saved and f_.name not in ("resume", "device", "workers", "progress"):
+            setattr(opts, f_.name, tuple(saved[f_.name]) if f_.name == "fitness_weights" else saved[f_.name])
+    opts.exist_ok = True
+    LOG.info(f"resuming from {path} at epoch {ckpt['epoch'] + 1}")
+    return ckpt, path, saved.get("data"), ckpt["hyp"]
+
+
+def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, close_epoch: int,
+                  epoch: int, prefix: str = "train: "):
+    """The training loader of `epoch`: from close_epoch on without mosaic/mixup/copy-paste (new workers see
+    the new hyp; the RAM cache is process-wide, so nothing is decoded again)."""
+    from core.data.loader import create_dataloader
+
+    closed = epoch >= close_epoch
+    epoch_hyp = {**hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if closed else hyp
+    return create_dataloader(
+        data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, epoch_hyp, augment=True, cache=opts.cache,
+        workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed + closed,
+        nc=int(data_cfg["nc"]), prefix=prefix)
+
+
+def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opts: TrainOptions,
+          callbacks: Callbacks) -> TrainState:
+    """Resolve options, devices, data, model, loss, optimizer and run folder into one TrainState."""
     from core.data.config import load_data_config
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
     from core.loss import ComputeLoss
-    from core.metrics import fitness as weighted_fitness
-    from core.val import validate
 
-    opts = copy.deepcopy(opts) if opts is not None else TrainOptions()
-    callbacks = callbacks or Callbacks()
-    ctx = dist_context()
-    resume_ckpt = None
+    # resume: the interrupted run's options, data, hyp and checkpoint win
+    opts = copy.deepcopy(opts)
+    resume_ckpt = resume_path = None
     if opts.resume:
-        resume_path = resolve_resume(opts.resume, opts.project)
-        resume_ckpt = load_checkpoint(resume_path)
-        if resume_ckpt.get("optimizer") is None:
-            raise ValueError(f"--resume: {resume_path} has no optimizer state (it was stripped); start a new run with --weights")
-        saved = resume_ckpt.get("train_opts", {})
-        for f_ in fields(TrainOptions):
-            if f_.name in saved and f_.name not in ("resume", "device", "workers", "progress"):
-                setattr(opts, f_.name, tuple(saved[f_.name]) if f_.name == "fitness_weights" else saved[f_.name])
-        opts.exist_ok = True
-        data = saved.get("data", data)
-        hyp = resume_ckpt["hyp"]
-        model = resume_path
-        LOG.info(f"resuming from {resume_path} at epoch {resume_ckpt['epoch'] + 1}")
+        resume_ckpt, resume_path, saved_data, hyp = _resume_inputs(opts)
+        data, model = saved_data or data, resume_path
 
+    # seeds, device, CPU threads, process group
+    ctx = dist_context()
     init_seeds(opts.seed + 1 + max(ctx.rank, 0), opts.deterministic)
     device = select_device(opts.device, opts.batch_size, ctx)
     if device.type == "cpu":
@@ -192,206 +247,216 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     data_cfg = data if isinstance(data, Mapping) else load_data_config(data)
     nc, names = int(data_cfg["nc"]), list(data_cfg["names"])
 
+    # run folder: hyp.yaml, opt.yaml now; results.csv and checkpoints every epoch
     save_dir = Path(resume_path).parent if resume_ckpt else next_run_dir(opts.project, opts.name, opts.exist_ok)
-    if resume_ckpt:
-        remove_stale_temps(save_dir)  # of writes cut short by a kill
-    if opts.save and ctx.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        if resume_ckpt is None and (save_dir / "results.csv").exists():
-            (save_dir / "results.csv").unlink()  # a new run in a reused folder (--exist-ok) starts a new table
-        import yaml
-        atomic_write(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
-        atomic_write(save_dir / "opt.yaml", yaml.safe_dump(
-            {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-             "data": data_cfg.get("yaml_file")}, sort_keys=False))
+    saver = CheckpointSaver(save_dir, opts.save and ctx.is_main, hyp, {**asdict(opts), "data": data_cfg.get("yaml_file")})
+    saver.start(resumed=resume_ckpt is not None)
 
-    net, ckpt, fresh = _build_model(model, nc, names, opts.weights)
+    # model
+    net, _, fresh = _build_model(model, nc, names, opts.weights)
     gs = max(int(net.stride.max()), 32)
     if opts.imgsz % gs:
         raise ValueError(f"--imgsz {opts.imgsz} must be a multiple of the max stride {gs}")
 
-    batch = opts.batch_size // ctx.world_size
+    # data: the training loader (rebuilt without mosaic for the last close_mosaic epochs), validation on rank 0
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
-
-    def train_loader_for(epoch: int, prefix: str = "train: "):
-        """The training loader; from close_epoch on without mosaic/mixup/copy-paste (new workers see the
-        new hyp; the RAM cache is process-wide, so nothing is decoded again)."""
-        epoch_hyp = hyp if epoch < close_epoch else {**hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0}
-        return create_dataloader(
-            data_cfg["train"], opts.imgsz, batch, epoch_hyp, augment=True, cache=opts.cache, workers=opts.workers,
-            shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed + (epoch >= close_epoch),
-            nc=nc, prefix=prefix)
-
-    train_loader, train_set = train_loader_for(0)
+    train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, close_epoch, epoch=0)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
-    mosaic_closed = close_epoch <= 0
     val_loader = None
     if ctx.is_main:
         val_loader, _ = create_dataloader(
-            data_cfg["val"], opts.imgsz, batch * 2, hyp, augment=False, cache=opts.cache, workers=opts.workers,
-            shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
+            data_cfg["val"], opts.imgsz, opts.batch_size // ctx.world_size * 2, hyp, augment=False, cache=opts.cache,
+            workers=opts.workers, shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
 
+    # a model trained from scratch: anchors and class priors from the training labels
     if fresh:
         _fit_anchors(net, train_set.labels, opts.imgsz, hyp)
-        counts = np.bincount(np.concatenate([lb[:, 0].astype(int) for lb in train_set.labels if len(lb)] or [np.zeros(0, int)]),
-                             minlength=nc)[:nc].astype(float)
+        labelled = [lb[:, 0].astype(int) for lb in train_set.labels if len(lb)]
+        counts = np.bincount(np.concatenate(labelled or [np.zeros(0, int)]), minlength=nc)[:nc].astype(float)
         net.initialize_biases(counts + 1.0)  # +1: a class absent from train still gets a finite prior
     net = net.to(device)
     for name, p in net.named_parameters():
-        p.requires_grad_(True)
-        if opts.freeze and any(name.startswith(f"model.{i}.") for i in range(opts.freeze)):
-            p.requires_grad_(False)
+        p.requires_grad_(not (opts.freeze and any(name.startswith(f"model.{i}.") for i in range(opts.freeze))))
 
+    # loss: gains scale with layers, classes and image size (the checkpoint keeps the user's hyp)
     nl = net.model[-1].nl
-    loss_hyp = dict(hyp)  # gains scale with layers, classes and image size; the checkpoint keeps the user's hyp
-    loss_hyp["box"] *= 3 / nl
-    loss_hyp["cls"] *= nc / 80 * 3 / nl
-    loss_hyp["obj"] *= (opts.imgsz / 640) ** 2 * 3 / nl
+    loss_hyp = {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
+                "obj": hyp["obj"] * (opts.imgsz / 640) ** 2 * 3 / nl}
     compute_loss = ComputeLoss(net, loss_hyp, label_smoothing=opts.label_smoothing)
 
-    auto = opts.optimizer.lower() == "auto"
-    # nominal batch: as given; else no accumulation under auto's AdamW (4x the steps of a short run), else 64
-    nbs = opts.nbs or opts.batch_size
-    optimizer_steps = math.ceil(len(train_set) / max(opts.batch_size, nbs)) * opts.epochs
-    optimizer_name, hyp_run = resolve_auto(opts.optimizer, hyp, nc, optimizer_steps)
-    if not opts.nbs and not (auto and optimizer_name == "AdamW"):
-        nbs = 64
-    accumulate = max(round(nbs / opts.batch_size), 1)
-    decay = hyp["weight_decay"] * opts.batch_size * accumulate / nbs
-    if auto and ctx.is_main:
-        LOG.info(f"optimizer auto: {optimizer_name} lr0={hyp_run['lr0']} momentum={hyp_run['momentum']} nbs={nbs}, "
-                 f"{math.ceil(len(train_set) / max(opts.batch_size, nbs)) * opts.epochs} optimizer steps "
-                 f"(--optimizer SGD: YOLOv5's recipe with the hyp's lr0 {hyp['lr0']})")
-    optimizer = build_optimizer(net, optimizer_name, hyp_run["lr0"], hyp_run["momentum"], decay)
+    # optimizer, nominal batch and accumulation, decided once; lr schedule; EMA on rank 0
+    plan = plan_optimizer(opts.optimizer, hyp, nc, len(train_set), opts.batch_size, opts.epochs, opts.nbs)
+    if opts.optimizer.lower() == "auto" and ctx.is_main:
+        LOG.info(f"optimizer auto: {plan.name} lr0={plan.hyp['lr0']} momentum={plan.hyp['momentum']} "
+                 f"nbs={plan.nbs}, {plan.steps} optimizer steps (--optimizer SGD: YOLOv5's recipe with the "
+                 f"hyp's lr0 {hyp['lr0']})")
+    optimizer = build_optimizer(net, plan.name, plan.hyp["lr0"], plan.hyp["momentum"], plan.weight_decay)
     lf = lr_lambda(opts.epochs, hyp["lrf"], opts.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
     ema = ModelEMA(net) if ctx.is_main else None
 
-    start_epoch, best_fitness, history = 0, float("-inf"), []
-    if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        if ema is not None and resume_ckpt.get("ema"):
-            ema.ema.load_state_dict({k: v.float() for k, v in resume_ckpt["ema"].items()})
-            ema.updates = resume_ckpt["updates"]
-        net.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in resume_ckpt["state_dict"].items()})
-        start_epoch = resume_ckpt["epoch"] + 1
-        best_fitness = resume_ckpt.get("best_fitness") or float("-inf")
-        # rows past the checkpoint (an interrupt between the csv row and the checkpoint) are re-run
-        history = [h for h in read_history(save_dir / "results.csv") if h["epoch"] < start_epoch]
-        write_results(save_dir / "results.csv", history)
-        scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
-
-    train_model: nn.Module = net
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     amp = bool(opts.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    nb = len(train_loader)
-    nw = round(hyp["warmup_epochs"] * nb)  # exact: a small data set still gets the warmup it asks for
-    last_opt_step = -1
-    result = FitResult(save_dir=save_dir if opts.save else None, history=history)
-    last_path, best_path = save_dir / "last.pt", save_dir / "best.pt"
-    best_epoch, stop_reason = -1, "completed"
-    for row in history:
-        if row.get("fitness", float("-inf")) >= best_fitness:
-            best_epoch, result.best = int(row["epoch"]), row
-    opts_record = {**asdict(opts), "data": data_cfg.get("yaml_file")}
-    callbacks.call("on_train_start", net)
+    batches = len(train_loader)
+    s = TrainState(
+        opts=opts, callbacks=callbacks, ctx=ctx, device=device, hyp=hyp, plan=plan, data_cfg=data_cfg, net=net,
+        train_model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp), amp=amp, compute_loss=compute_loss,
+        train_loader=train_loader, val_loader=val_loader, close_epoch=close_epoch,
+        mosaic_closed=close_epoch <= 0, batches=batches,
+        warmup_iters=round(hyp["warmup_epochs"] * batches),  # exact: a small data set gets the warmup it asks for
+        saver=saver, accumulate=plan.accumulate)
+
+    # resume: weights, EMA, optimizer, epoch, best fitness and the rows of finished epochs
+    if resume_ckpt is not None:
+        _restore(s, resume_ckpt)
+    if ctx.distributed:
+        s.train_model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return s
+
+
+def _restore(s: TrainState, ckpt: dict) -> None:
+    """Continue the run saved in a full checkpoint (last.pt or resume.pt)."""
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    if s.ema is not None and ckpt.get("ema"):
+        s.ema.ema.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
+        s.ema.updates = ckpt["updates"]
+    s.net.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in ckpt["state_dict"].items()})
+    s.start_epoch = ckpt["epoch"] + 1
+    saved_best = ckpt.get("best_fitness")
+    s.best_fitness = float("-inf") if saved_best is None else float(saved_best)  # 0.0 is a fitness, not "none"
+    s.history = s.saver.resumed_history(s.start_epoch)
+    s.scheduler.last_epoch = s.start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
+    for row in s.history:
+        if row.get("fitness", float("-inf")) >= s.best_fitness:
+            s.best_epoch, s.best = int(row["epoch"]), row
+
+
+def _optimizer_step(s: TrainState) -> None:
+    """Unscale, hooks, clip, step, EMA: once per `accumulate` batches."""
+    s.scaler.unscale_(s.optimizer)  # hooks and clipping see true gradients
+    s.callbacks.call("after_backward", unwrap(s.train_model))
+    norm = nn.utils.clip_grad_norm_(s.net.parameters(), max_norm=10.0)
+    if s.callbacks.after_clip is not None:
+        clip = min(1.0, 10.0 / (float(norm) + 1e-6))  # clip_grad_norm_'s own factor
+        s.callbacks.call("after_clip", unwrap(s.train_model),
+                         StepInfo(clip, s.opts.batch_size * s.accumulate, s.ema.ema if s.ema is not None else None))
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad()
+    if s.ema is not None:
+        s.ema.update(s.net)
+
+
+def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
+    """One pass over the training data: {train_box, train_obj, train_cls (means), lr, train_seconds}."""
+    t0 = time.time()
+    s.train_model.train()
+    if hasattr(s.train_loader.sampler, "set_epoch"):
+        s.train_loader.sampler.set_epoch(epoch)
+    mloss = torch.zeros(3, device=s.device)
+    s.optimizer.zero_grad()
+    batches = enumerate(s.train_loader)
+    if s.ctx.is_main and s.opts.progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, total=s.batches, desc=f"epoch {epoch + 1}/{s.opts.epochs}", leave=False,
+                       bar_format="{l_bar}{bar:20}{r_bar}")
+    for i, (imgs, targets, _, _) in batches:
+        ni = i + s.batches * epoch  # batches since the start of training
+        imgs = imgs.to(s.device, non_blocking=True).float() / 255
+        if s.warmup_iters and ni <= s.warmup_iters:
+            s.accumulate = warmup(s.optimizer, ni, s.warmup_iters, epoch, s.plan.hyp, s.lf, s.plan.nbs,
+                                  s.opts.batch_size)
+        with torch.autocast(device_type=s.device.type, enabled=s.amp):
+            loss, loss_items = s.compute_loss(s.train_model(imgs), targets.to(s.device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i} "
+                                     f"(box/obj/cls = {loss_items.tolist()}); lr0={s.hyp['lr0']}")
+        if s.ctx.distributed:
+            loss = loss * s.ctx.world_size  # DDP averages gradients across processes
+        s.scaler.scale(loss).backward()
+        if ni - s.last_opt_step >= s.accumulate:
+            _optimizer_step(s)
+            s.last_opt_step = ni
+        mloss = (mloss * i + loss_items) / (i + 1)
+        if s.ctx.is_main and s.opts.progress:
+            batches.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}")
+    lr = s.optimizer.param_groups[1]["lr"]
+    s.scheduler.step()
+    return {"train_box": float(mloss[0]), "train_obj": float(mloss[1]), "train_cls": float(mloss[2]), "lr": lr,
+            "train_seconds": time.time() - t0}
+
+
+def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dict[str, Any]:
+    """Validate the EMA model (rank 0): the epoch's row of results.csv, without its total seconds."""
+    from core.metrics import fitness as weighted_fitness
+    from core.val import validate
+
+    t0 = time.time()
+    vm = validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names, half=s.amp, progress=False)
+    return {"epoch": epoch, "train_box": train["train_box"], "train_obj": train["train_obj"],
+            "train_cls": train["train_cls"], "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
+            "mAP50-95": vm["mAP50-95"], "fitness": float(weighted_fitness(vm, s.opts.fitness_weights)),
+            "val_box": vm["val_box"], "val_obj": vm["val_obj"], "val_cls": vm["val_cls"], "lr": train["lr"],
+            "train_seconds": train["train_seconds"], "val_seconds": time.time() - t0}
+
+
+def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
+    """From close_epoch on (also when a resumed run starts past it): the loader without mosaic."""
+    if epoch >= s.close_epoch and not s.mosaic_closed:
+        s.mosaic_closed = True
+        if s.ctx.is_main:
+            LOG.info(f"epoch {epoch}: mosaic and mixup off for the last {s.opts.epochs - epoch} epochs "
+                     f"(--close-mosaic {s.opts.close_mosaic})")
+        s.train_loader, _ = _train_loader(s.opts, s.data_cfg, s.hyp, s.ctx, s.close_epoch, epoch, prefix="")
+
+
+def _stop_reason(s: TrainState, epoch: int, metrics: dict) -> str | None:
+    """Rank 0 after each epoch: patience, then the on_epoch_end callback (which may raise StopTraining)."""
+    reason = "early_stop" if s.opts.patience and epoch - s.best_epoch >= s.opts.patience else None
+    try:
+        s.callbacks.call("on_epoch_end", epoch, metrics)
+    except StopTraining as e:
+        reason = f"callback: {e.reason}"
+    return reason
+
+
+def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None,
+        opts: TrainOptions | None = None, callbacks: Callbacks | None = None) -> FitResult:
+    """Train `model` on `data` with `hyp`; validate every epoch; return per-epoch metrics.
+
+    data: data yaml path, a loaded data config dict, or None for the built-in dataset.
+    model: model yaml path, architecture dict, checkpoint path (.pt) or a Model instance.
+    """
+    s = setup(data, model, hyp, opts if opts is not None else TrainOptions(), callbacks or Callbacks())
+    s.callbacks.call("on_train_start", s.net)
     t_start = time.time()
-    interrupted, ended = False, False
+    stop_reason, ended, interrupted = "completed", False, False
     try:
         with _TermAsInterrupt():
-            for epoch in range(start_epoch, opts.epochs):
-                callbacks.call("on_epoch_start", epoch)
-                if epoch >= close_epoch and not mosaic_closed:
-                    mosaic_closed = True
-                    if ctx.is_main:
-                        LOG.info(f"epoch {epoch}: mosaic and mixup off for the last {opts.epochs - epoch} epochs "
-                                 f"(--close-mosaic {opts.close_mosaic})")
-                    train_loader, _ = train_loader_for(epoch, prefix="")
+            for epoch in range(s.start_epoch, s.opts.epochs):
+                s.callbacks.call("on_epoch_start", epoch)
+                _close_mosaic_if_due(s, epoch)
                 t_epoch = time.time()
-                train_model.train()
-                if hasattr(train_loader.sampler, "set_epoch"):
-                    train_loader.sampler.set_epoch(epoch)
-                mloss = torch.zeros(3, device=device)
-                optimizer.zero_grad()
-                batches = enumerate(train_loader)
-                if ctx.is_main and opts.progress:
-                    from tqdm import tqdm
-                    batches = tqdm(batches, total=nb, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False,
-                                   bar_format="{l_bar}{bar:20}{r_bar}")
-                for i, (imgs, targets, _, _) in batches:
-                    ni = i + nb * epoch
-                    imgs = imgs.to(device, non_blocking=True).float() / 255
-                    if nw and ni <= nw:
-                        accumulate = warmup(optimizer, ni, nw, epoch, hyp_run, lf, nbs, opts.batch_size)
-                    with torch.autocast(device_type=device.type, enabled=amp):
-                        pred = train_model(imgs)
-                        loss, loss_items = compute_loss(pred, targets.to(device))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i} "
-                                                 f"(box/obj/cls = {loss_items.tolist()}); lr0={hyp['lr0']}")
-                    if ctx.distributed:
-                        loss = loss * ctx.world_size  # DDP averages gradients across processes
-                    scaler.scale(loss).backward()
-                    if ni - last_opt_step >= accumulate:
-                        scaler.unscale_(optimizer)  # hooks and clipping see true gradients
-                        callbacks.call("after_backward", unwrap(train_model))
-                        norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
-                        if callbacks.after_clip is not None:
-                            clip = min(1.0, 10.0 / (float(norm) + 1e-6))  # clip_grad_norm_'s own factor
-                            callbacks.call("after_clip", unwrap(train_model),
-                                           StepInfo(clip, opts.batch_size * accumulate, ema.ema if ema is not None else None))
-                        scaler.step(optimizer)
-                        scaler.update()
-                        optimizer.zero_grad()
-                        if ema is not None:
-                            ema.update(net)
-                        last_opt_step = ni
-                    mloss = (mloss * i + loss_items) / (i + 1)
-                    if ctx.is_main and opts.progress:
-                        batches.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}")
-                lr = optimizer.param_groups[1]["lr"]
-                scheduler.step()
-                t_train = time.time() - t_epoch
+                train = train_one_epoch(s, epoch)
 
-                stop_now = False
-                if ctx.is_main:
-                    t_val = time.time()
-                    vm = validate(ema.ema, val_loader, compute_loss=compute_loss, names=names,
-                                  half=amp, progress=False)
-                    metrics = {"epoch": epoch, "train_box": float(mloss[0]), "train_obj": float(mloss[1]),
-                               "train_cls": float(mloss[2]), "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
-                               "mAP50-95": vm["mAP50-95"],
-                               "fitness": float(weighted_fitness(vm, opts.fitness_weights)),
-                               "val_box": vm["val_box"], "val_obj": vm["val_obj"], "val_cls": vm["val_cls"],
-                               "lr": lr, "train_seconds": t_train, "val_seconds": time.time() - t_val}
+                stop = None
+                if s.ctx.is_main:
+                    metrics = validate_epoch(s, epoch, train)
                     metrics["seconds"] = time.time() - t_epoch
-                    history.append(metrics)
-                    improved = metrics["fitness"] > best_fitness
+                    s.history.append(metrics)
+                    improved = metrics["fitness"] >= s.best_fitness  # YOLOv5: equal to the best is not worse
                     if improved:
-                        best_fitness, best_epoch, result.best = metrics["fitness"], epoch, metrics
-                    if opts.save:  # every file atomic; last.pt stays full (resumable) until the run ends
-                        write_results(save_dir / "results.csv", history)
-                        common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics=metrics, epoch=epoch,
-                                      best_fitness=best_fitness, train_opts=opts_record)
-                        if improved:  # best first: whenever last.pt has epoch N, best.pt covers epochs <= N
-                            save_checkpoint(best_path, net, **common)
-                        save_checkpoint(last_path, net, optimizer=optimizer, **common)
-                        (save_dir / "resume.pt").unlink(missing_ok=True)  # last.pt now holds a newer full state
+                        s.best_fitness, s.best_epoch, s.best = metrics["fitness"], epoch, metrics
+                    s.saver.save_epoch(s.net, s.ema, s.optimizer, s.history, improved, s.best_fitness)
                     LOG.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                              f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
-                    if opts.patience and epoch - best_epoch >= opts.patience:
-                        stop_reason, stop_now = "early_stop", True
-                    try:
-                        callbacks.call("on_epoch_end", epoch, metrics)
-                    except StopTraining as e:
-                        stop_reason, stop_now = f"callback: {e.reason}", True
-                if ctx.distributed:  # every rank must leave the loop together
-                    flag = [stop_now]
+                    stop = _stop_reason(s, epoch, metrics)
+                if s.ctx.distributed:  # every rank leaves the loop together
+                    flag = [stop]
                     torch.distributed.broadcast_object_list(flag, 0)
-                    stop_now = flag[0]
-                if stop_now:
+                    stop = flag[0]
+                if stop:
+                    stop_reason = stop
                     break
         ended = True
     except KeyboardInterrupt:
@@ -399,33 +464,23 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         LOG.warning("training interrupted: stripping checkpoints (full state kept in resume.pt)")
         raise
     finally:
-        # stripped files only at a normal end or on a signal; after a crash last.pt keeps the full state
-        if opts.save and ctx.is_main and (ended or interrupted):
-            if interrupted and last_path.exists():
-                atomic_write(save_dir / "resume.pt", last_path.read_bytes())
-            for path in (best_path, last_path):  # last.pt last: killed in between, it still resumes
-                if path.exists():
-                    strip_checkpoint(path)
-            if ended:
-                (save_dir / "resume.pt").unlink(missing_ok=True)  # a finished run has nothing left to resume
-        elif opts.save and ctx.is_main and last_path.exists():
-            LOG.error(f"training failed: {last_path} keeps the full state of the last finished epoch; "
-                      f"--resume {save_dir} continues from it")
-        if ctx.distributed and torch.distributed.is_initialized():
+        s.saver.finish(ended, interrupted)
+        if s.ctx.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    result.history = history
-    result.best_fitness = best_fitness
-    result.stop_reason = stop_reason
-    result.best_path = best_path if opts.save and best_path.exists() else None
-    result.last_path = last_path if opts.save and last_path.exists() else None
-    if ema is not None:
-        result.model = ema.ema.float().eval()
-    callbacks.call("on_train_end", result)
-    if ctx.is_main and opts.progress:
+
+    saved = s.opts.save
+    result = FitResult(
+        history=s.history, best=s.best, best_fitness=s.best_fitness, stop_reason=stop_reason,
+        save_dir=s.saver.save_dir if saved else None,
+        best_path=s.saver.best_path if saved and s.saver.best_path.exists() else None,
+        last_path=s.saver.last_path if saved and s.saver.last_path.exists() else None,
+        model=s.ema.ema.float().eval() if s.ema is not None else None)
+    s.callbacks.call("on_train_end", result)
+    if s.ctx.is_main and s.opts.progress:
         hours = (time.time() - t_start) / 3600
-        where = f" Results saved to {save_dir}/ (results.csv, best.pt, last.pt)" if opts.save else ""
-        print(f"{len(history) - (start_epoch if resume_ckpt else 0)} epochs in {hours:.3f} h, stop: {stop_reason}; "
-              f"best fitness {best_fitness:.4f} at epoch {best_epoch}.{where}")
+        where = f" Results saved to {s.saver.save_dir}/ (results.csv, best.pt, last.pt)" if saved else ""
+        print(f"{len(s.history) - s.start_epoch} epochs in {hours:.3f} h, stop: {stop_reason}; "
+              f"best fitness {s.best_fitness:.4f} at epoch {s.best_epoch}.{where}")
     return result
 
 

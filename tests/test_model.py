@@ -283,3 +283,12 @@ def test_standalone_bottleneck_and_anchor_count_yaml():
     arch['channels']['model.2.1.cv2'] = 12
     with pytest.raises(ValueError, match=r'model\.2\.1\.cv2'):
         Model(arch)
+
+
+def test_one_class_prior_is_yolov5s_not_log_of_one():
+    m = Model(MODELS / 'yolov5-cpu.yaml', nc=1)
+    m.initialize_biases(class_freq=[25])  # one class: its frequency is 1, log 1 = 0 would mean a 0.5 score factor
+    for conv in m.model[-1].m:
+        cls_bias = conv.bias.view(3, 6)[:, 5]
+        assert torch.allclose(cls_bias, torch.full((3,), math.log(0.6 / 0.01)))
+        assert torch.sigmoid(cls_bias).min() > 0.98

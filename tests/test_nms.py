@@ -1,6 +1,7 @@
 """NMS against a brute-force reference, class separation, post-processing and speed."""
 import time
 
+import pytest
 import torch
 
 from core.nms import batched_nms, nms, non_max_suppression
@@ -100,3 +101,12 @@ def test_nms_speed_3000_boxes():
     keep = nms(boxes, scores, 0.5)
     assert time.perf_counter() - t < 0.5
     assert 0 < len(keep) < 3000
+
+
+def test_one_class_confidence_is_objectness_alone():
+    # (cx, cy, w, h, obj, cls0): the class score of a one-class model is untrained and must not scale conf
+    pred = torch.tensor([[[50, 50, 20, 20, 0.9, 0.5], [150, 150, 20, 20, 0.3, 0.01]]]).float()
+    out = non_max_suppression(pred, conf_thres=0.25, iou_thres=0.5)[0]
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.3]) and out[:, 5].tolist() == [0, 0]
+    two = torch.cat((pred, torch.zeros(1, 2, 1)), 2)  # the same boxes with a second class: obj * cls again
+    assert non_max_suppression(two, conf_thres=0.25, iou_thres=0.5)[0][:, 4].tolist() == pytest.approx([0.45])

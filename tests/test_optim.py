@@ -3,7 +3,7 @@ import torch
 
 from core.hyp import load_hyp
 from core.model.yolo import Model
-from core.optim import AUTO_SGD_STEPS, build_optimizer, resolve_auto
+from core.optim import AUTO_SGD_STEPS, build_optimizer, plan_optimizer, resolve_auto
 
 
 def test_auto_picks_adamw_for_short_runs_with_class_scaled_lr():
@@ -35,3 +35,35 @@ def test_three_groups_split_decay():
     assert conv["weight_decay"] == 5e-4 and norm["weight_decay"] == 0.0 and bias["weight_decay"] == 0.0
     assert all(p.dim() == 1 for p in norm["params"]) and all(p.dim() == 4 for p in conv["params"])
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_plan_explicit_sgd_accumulates_to_64_and_scales_decay():
+    hyp = load_hyp(None)
+    plan = plan_optimizer("SGD", hyp, nc=6, images=800, batch_size=16, epochs=30)
+    assert (plan.name, plan.nbs, plan.accumulate) == ("SGD", 64, 4)
+    assert plan.weight_decay == hyp["weight_decay"] * 16 * 4 / 64
+    assert plan.steps == 13 * 30  # ceil(800 / 64) optimizer steps per epoch
+    assert plan.hyp is hyp  # an explicit optimizer is driven by the hyp as given
+    odd = plan_optimizer("SGD", hyp, nc=6, images=800, batch_size=24, epochs=1)
+    assert odd.accumulate == 3 and abs(odd.weight_decay - hyp["weight_decay"] * 72 / 64) < 1e-15
+
+
+def test_plan_auto_short_run_is_adamw_stepping_every_batch():
+    hyp = load_hyp(None)
+    plan = plan_optimizer("auto", hyp, nc=6, images=800, batch_size=16, epochs=30)
+    assert (plan.name, plan.nbs, plan.accumulate) == ("AdamW", 16, 1)
+    assert plan.steps == 50 * 30 and plan.hyp["lr0"] == 0.004 and hyp["lr0"] == 0.01
+    assert plan.weight_decay == hyp["weight_decay"]
+
+
+def test_plan_auto_judges_length_by_unaccumulated_steps():
+    hyp = load_hyp(None)
+    # 626 batches x 16 epochs = 10,016 steps stepping every batch: too long for AdamW -> SGD accumulating to 64
+    long = plan_optimizer("auto", hyp, nc=6, images=16 * 626, batch_size=16, epochs=16)
+    assert long.steps == 157 * 16  # ceil(10016 / 64) per epoch
+    assert (long.name, long.nbs, long.accumulate) == ("SGD", 64, 4) and long.hyp is hyp
+    short = plan_optimizer("auto", hyp, nc=6, images=16 * 625, batch_size=16, epochs=16)  # exactly 10,000
+    assert short.name == "AdamW"
+    # a given nbs is kept and also sets the steps auto judges
+    given = plan_optimizer("auto", hyp, nc=6, images=16 * 625, batch_size=16, epochs=1, nbs=32)
+    assert (given.name, given.nbs, given.accumulate, given.steps) == ("AdamW", 32, 2, 313)

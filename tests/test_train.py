@@ -132,3 +132,68 @@ def test_close_mosaic_rebuilds_the_loader_without_mosaic(tiny_data, tmp_path, mo
     seen.clear()
     fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=2, close_mosaic=0, save=False))
     assert [s for s in seen if s[0]] == [(True, 1.0, 0.0)]
+
+
+@pytest.fixture(scope="module")
+def one_class_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    (root / "one.yaml").write_text(
+        "path: shapes\ntrain: images/train\nval: images/val\nnames: [square]\n"
+        "synthetic: {seed: 2, n_train: 32, n_val: 8, imgsz: 96}\n")
+    return str(root / "one.yaml")
+
+
+def test_one_class_training_scores_by_objectness(one_class_data, tmp_path):
+    """nc = 1: YOLOv5's class prior, no class loss, and the validated confidence is objectness alone."""
+    import math
+
+    from core.data.config import load_data_config
+    from core.data.loader import create_dataloader
+    from core.hyp import load_hyp
+    from core.nms import non_max_suppression
+    torch.set_num_threads(1)
+    res = fit(one_class_data, MODEL, {"warmup_epochs": 0.0}, _opts(tmp_path, epochs=2, save=False, close_mosaic=0))
+    assert all(h["train_cls"] == 0.0 and math.isfinite(h["train_box"]) for h in res.history)
+    det = res.model.model[-1]
+    for conv in det.m:  # the class logit got no gradient: it stays at the prior, not at log(1) = 0
+        assert torch.allclose(conv.bias.view(det.na, 6)[:, 5], torch.full((det.na,), math.log(60.0)), atol=1e-5)
+    loader, _ = create_dataloader(load_data_config(one_class_data)["val"], 64, 8, load_hyp(), augment=False,
+                                  workers=0, nc=1)
+    imgs = next(iter(loader))[0].float() / 255
+    with torch.no_grad():
+        pred = res.model(imgs)[0]
+    out = non_max_suppression(pred, conf_thres=0.001, iou_thres=0.6)
+    kept = torch.cat([o[:, 4] for o in out])
+    assert kept.numel() > 0 and kept.max() <= pred[..., 4].max() + 1e-6
+    assert torch.allclose(kept.max(), pred[..., 4].max())  # the best box's confidence is its objectness
+
+
+def _constant_validation(monkeypatch, fitness: float = 0.0):
+    """Every validation scores `fitness` (P = R = mAP = fitness with the default weights summing to 1)."""
+    import core.val as val_mod
+
+    def fake(model, loader, **kw):
+        return {"P": fitness, "R": fitness, "mAP50": fitness, "mAP50-95": fitness, "fitness": fitness,
+                "val_box": 0.0, "val_obj": 0.0, "val_cls": 0.0}
+    monkeypatch.setattr(val_mod, "validate", fake)  # validate_epoch imports it at call time
+
+
+def test_an_epoch_equal_to_the_best_is_not_worse(tiny_data, tmp_path, monkeypatch):
+    """YOLOv5's >=: a plateau keeps patience from running out and best.pt follows the latest equal epoch."""
+    _constant_validation(monkeypatch)
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=4, patience=2))
+    assert res.stop_reason == "completed" and len(res.history) == 4  # with '>' it stopped after epoch 2
+    assert load_checkpoint(res.best_path)["epoch"] == 3 and res.best["epoch"] == 3
+
+
+def test_a_saved_best_fitness_of_zero_survives_resume(tiny_data, tmp_path, monkeypatch):
+    _constant_validation(monkeypatch)
+
+    def crash_at_the_end(epoch, metrics):
+        if epoch == 1:
+            raise MemoryError("simulated")  # after last.pt of the last epoch: the run resumes with nothing left
+    with pytest.raises(MemoryError):
+        fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=2, close_mosaic=0), Callbacks(on_epoch_end=crash_at_the_end))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["best_fitness"] == 0.0
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, resume=str(tmp_path / "run")))
+    assert res.best_fitness == 0.0 and res.best["epoch"] == 1  # not -inf from `saved or -inf`

@@ -241,10 +241,12 @@ class Model(nn.Module):
     @torch.no_grad()
     def initialize_biases(self, class_freq=None) -> None:
         """Set Detect biases to priors: objectness ~8 objects per 640^2 image; classes from
-        ``class_freq`` (per-class label counts or frequencies: bias log(cf / cf.sum())) or 0.6/nc.
-        A class with no labels counts as half the rarest seen class so its bias stays finite."""
+        ``class_freq`` (per-class label counts or frequencies: bias log(cf / cf.sum())) or YOLOv5's
+        log(0.6 / (nc - 0.99)). A class with no labels counts as half the rarest seen class so its bias
+        stays finite. With one class the frequency says nothing (log 1 = 0, a score factor of 0.5):
+        YOLOv5's prior (sigmoid 0.98) is used, and NMS scores a one-class model by objectness alone."""
         m = self.model[-1]
-        if class_freq is not None:
+        if class_freq is not None and m.nc > 1:
             cf = torch.as_tensor(class_freq, dtype=torch.float64).flatten()
             if cf.numel() != m.nc:
                 raise ValueError(f'class_freq has {cf.numel()} entries, model has nc={m.nc}')
