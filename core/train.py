@@ -22,7 +22,7 @@ from torch import nn
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
 from core.checkpoint_saver import CheckpointSaver
-from core.device import DistContext, dist_context, select_device
+from core.device import DeviceError, DistContext, dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
@@ -59,6 +59,7 @@ class TrainOptions:
     fitness_weights: tuple = (0.0, 0.0, 0.1, 0.9)
     progress: bool = True
     amp: bool = True                   # mixed precision on CUDA (ignored on CPU)
+    sync_bn: bool = False              # DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
 
@@ -241,6 +242,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     device = select_device(opts.device, opts.batch_size, ctx)
     if device.type == "cpu":
         torch.set_num_threads(_cpu_threads(opts.threads, opts.workers))
+    _check_sync_bn(opts.sync_bn, ctx, device)
     if ctx.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     hyp = load_hyp(hyp)
@@ -310,8 +312,22 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     if resume_ckpt is not None:
         _restore(s, resume_ckpt)
     if ctx.distributed:
+        if opts.sync_bn:  # after the EMA copy: the EMA and the checkpoints keep plain BatchNorm2d
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         s.train_model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return s
+
+
+def _check_sync_bn(sync_bn: bool, ctx: Any, device: torch.device) -> None:
+    """--sync-bn applies to a DDP run on GPUs; say why otherwise, before anything is built."""
+    if not sync_bn:
+        return
+    if not ctx.distributed:
+        if ctx.is_main:
+            LOG.warning("--sync-bn ignored: a single process already normalises over its whole batch")
+    elif device.type != "cuda":
+        raise DeviceError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. On CPU (gloo) drop "
+                          "--sync-bn; each process then normalises its own share of the batch, as without DDP.")
 
 
 def _restore(s: TrainState, ckpt: dict) -> None:
