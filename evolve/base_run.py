@@ -47,6 +47,14 @@ def base_record(evolve_dir: Path | str) -> dict[str, Any] | None:
         return None
 
 
+def cached_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir: Path | str) -> Path | None:
+    """The base run's best.pt if a finished run with the study's inputs is here, else None."""
+    weights = base_weights_path(evolve_dir)
+    old = base_record(evolve_dir)
+    inputs = json.loads(json.dumps(base_inputs(cfg, base_hyp)))
+    return weights if old and old.get("inputs") == inputs and weights.is_file() else None
+
+
 def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir: Path | str, device: str,
                     fit: Callable[..., Any] | None = None, log: Callable[[str], None] = print) -> Path | None:
     """Train the base run unless a finished one with the same inputs exists; return its best.pt (None: no base)."""
@@ -55,9 +63,8 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     weights = base_weights_path(evolve_dir)
     out = weights.parent
     inputs = json.loads(json.dumps(base_inputs(cfg, base_hyp)))
-    old = base_record(evolve_dir)
-    if old and old.get("inputs") == inputs and weights.is_file():
-        log(f"base run: reusing {weights} (fitness {old['fitness']:.4f}, same inputs)")
+    if cached_base_run(cfg, base_hyp, evolve_dir):
+        log(f"base run: reusing {weights} (fitness {base_record(evolve_dir)['fitness']:.4f}, same inputs)")
         return weights
     if fit is None:
         from core.train import fit

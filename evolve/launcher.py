@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from core.atomic import atomic_write
 from core.hyp import load_hyp
-from evolve.base_run import ensure_base_run
+from core.digest import sha256_file
+from evolve.base_run import cached_base_run, ensure_base_run
 from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
@@ -24,7 +25,8 @@ from evolve.preflight import preflight, visible_gpu_ids
 from evolve.report import write_outputs
 from evolve.space import base_params, check_base, evolved, load_space
 from evolve.storage import describe, make_storage, study_lock
-from evolve.study_config import REPO, StudyConfig
+from evolve.study_config import REPO, StudyConfig, StudyError
+from evolve.train_setup import start_weights
 from evolve.worker import STUDY_FILE, load_callable
 
 # Fields that change what a trial measures: resuming with other values mixes incomparable trials.
@@ -70,6 +72,43 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
                 study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
     atomic_write(run_dir / STUDY_FILE, yaml.safe_dump({k: v for k, v in record.items()}, sort_keys=False))
     return study
+
+
+START_SHA = "start_weights_sha256"  # study user attr: what every trial finetunes, by content
+
+
+def check_shared_start(cfg: StudyConfig, base_hyp: dict, storage_url: str | None, run_dir: Path,
+                       before_base_run: bool = False) -> None:
+    """Every trial of a study must finetune the same checkpoint, on every machine that joins it.
+
+    The first machine records the sha256 of its start weights (`weights:` or its base run) in the
+    study; a machine whose own differ is refused with what to do. Checked before the base run too, so
+    a joining machine is told to copy the first machine's base run instead of training its own.
+    """
+    if not (cfg.weights or cfg.base):
+        return
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir))
+    except KeyError:
+        return  # a new study: this machine's start weights will be the study's
+    recorded = study.user_attrs.get(START_SHA)
+    fix = (f"copy {run_dir / 'base'}/ from the machine that started the study to this one (the base run is "
+           f"reused when its inputs match), or use --name for a new study" if cfg.base and not cfg.weights else
+           f"give every machine the same `weights:` file, or use --name for a new study")
+    if before_base_run:
+        if recorded and cfg.base and not cfg.weights and cached_base_run(cfg, base_hyp, run_dir) is None:
+            raise StudyError(f"study '{cfg.name}' finetunes a base run this machine does not have "
+                             f"(sha256 {recorded[:12]}): training another would mix two start points; {fix}")
+        return
+    weights = start_weights(cfg, run_dir)
+    sha = sha256_file(weights)
+    with study_lock(storage_url, run_dir, cfg.name):
+        recorded = study.user_attrs.get(START_SHA)
+        if recorded is None:
+            study.set_user_attr(START_SHA, sha)
+        elif recorded != sha:
+            raise StudyError(f"study '{cfg.name}': this machine's start weights {weights} (sha256 {sha[:12]}) are "
+                             f"not the ones its trials finetune (sha256 {recorded[:12]}); {fix}")
 
 
 def _spawn(run_dir: Path, index: int, slot: Slot, storage_url: str | None,
@@ -135,8 +174,10 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     space, base_hyp = load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp"))
     preflight(cfg, space, base_hyp)  # a missing GPU or broken data fails here, before the study exists
     first_device = "cpu" if cfg.gpus == "cpu" else cfg.gpus.split(",")[0]  # the launcher's own view of the GPUs
+    check_shared_start(cfg, base_hyp, storage_url, run_dir, before_base_run=True)
     ensure_base_run(cfg, base_hyp, run_dir, first_device, fit=load_callable(fit_spec) if fit_spec else None)
     study = prepare_study(cfg, storage_url, run_dir)
+    check_shared_start(cfg, base_hyp, storage_url, run_dir)
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
     plan = device_slots(cfg, threads)

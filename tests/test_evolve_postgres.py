@@ -229,3 +229,21 @@ def test_heartbeat_on_a_database_uses_optunas(cfg_for, postgres_url, tmp_path):
         order.append("first")
     th.join(10)
     assert order == ["first", "other"]
+
+
+def test_machines_joining_a_study_finetune_the_same_base_run(cfg_for, postgres_url, tmp_path, monkeypatch):
+    from evolve.launcher import launch
+    from evolve.study_config import StudyError
+    monkeypatch.setenv("EVOLVE_STORAGE", "")
+    cfg = cfg_for("pg-base-run", trials=2, epochs=2, workers=1, base={"epochs": 2})
+    a, b = (tmp_path / h / "runs" / "evolve" / cfg.name for h in ("machine-a", "machine-b"))
+    assert launch(cfg, postgres_url, a, fit_spec=FAKE, poll=0.2) == 0       # machine A trains the base run
+    with pytest.raises(StudyError, match="does not have"):                   # B would train a second one: refused
+        launch(cfg, postgres_url, b, fit_spec=FAKE, poll=0.2)
+    assert not (b / "base" / "best.pt").exists()
+    shutil.copytree(a / "base", b / "base")                                   # the documented fix
+    assert launch(cfg_for(cfg.name, trials=3, epochs=2, workers=1, base={"epochs": 2}), postgres_url, b,
+                  fit_spec=FAKE, poll=0.2) == 0
+    (b / "base" / "best.pt").write_text("another model")                     # same inputs, other weights
+    with pytest.raises(StudyError, match="not the ones its trials finetune"):
+        launch(cfg, postgres_url, b, fit_spec=FAKE, poll=0.2)
