@@ -14,8 +14,10 @@ DEVICE ?= cpu
 TRIALS ?=
 NAME ?= quick
 SAMPLER ?=
+STORAGE ?=
+PORT ?= 8080
 
-.PHONY: install test train val bench bench-search bench-peer heldout evolve prune report study clean
+.PHONY: install test train val bench bench-search bench-peer heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +65,7 @@ bench-search: install  # GA vs TPE vs random at equal budget, winners retrained 
 	$(PY) -m evolve.search_bench --trials 16 --seeds 3
 
 evolve: install
-	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER))
+	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE))
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
@@ -71,7 +73,11 @@ prune: install
 	  --global-percent 0.6 --round-to auto --shortcuts 4 --unstructured 0.3 --latency-imgsz 640
 
 study: install
-	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS))
+	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
+
+dashboard: install  # optuna-dashboard on STORAGE (a database URL) or on NAME's journal file
+	$(PY) -m pip install --quiet -e ".[dashboard]"
+	$(VENV)/bin/optuna-dashboard $(or $(STORAGE),runs/evolve/$(NAME)/journal.log) --host 127.0.0.1 --port $(PORT)
 
 report: install
 	$(PY) -m evolve.study --report-only runs/study/$(NAME)
