@@ -62,6 +62,7 @@ class TrainOptions:
     amp: bool = True                   # mixed precision on CUDA (ignored on CPU)
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
+    autoanchor: bool = True            # check anchors against the labels before training; refit a fresh head's
 
 
 @dataclass
@@ -118,19 +119,19 @@ def _cpu_threads(requested: int, workers: int) -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))  # never more than the caller set
 
 
-def _fit_anchors(net: nn.Module, labels: list[np.ndarray], imgsz: int, hyp: dict) -> None:
+def _fit_anchor_count(net: nn.Module, dataset, imgsz: int, hyp: dict, seed: int) -> None:
     """When hyp['anchors'] asks for a different number of anchors per level, re-fit them by k-means."""
-    from core.model.anchors import kmean_anchors, set_anchors
+    from core.model.anchors import kmean_anchors, label_wh, set_anchors
 
     det = net.model[-1]
     na = int(round(hyp["anchors"]))
     if na == det.na:
         return
-    wh = np.concatenate([lb[:, 3:5] for lb in labels if len(lb)], 0) * imgsz if labels else np.zeros((0, 2))
+    wh = label_wh(dataset.labels, dataset.shapes, imgsz)
     if len(wh) < det.nl * na:
         LOG.warning(f"hyp anchors={na}: too few labels to fit anchors, keeping {det.na}")
         return
-    set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"]))
+    set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"], seed=seed))
 
 
 class _TermAsInterrupt:
@@ -232,6 +233,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
     from core.loss import ComputeLoss
+    from core.model.anchors import check_anchors
 
     # resume: the interrupted run's options, data, hyp and checkpoint win
     opts = copy.deepcopy(opts)
@@ -273,9 +275,15 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
             data_cfg["val"], opts.imgsz, opts.batch_size // ctx.world_size * 2, hyp, augment=False, cache=opts.cache,
             workers=opts.workers, shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
 
-    # a model trained from scratch: anchors and class priors from the training labels
+    # anchors: the count asked by the hyp, then AutoAnchor (refits only an untrained head: trained outputs
+    # are relative to their anchors; a resumed run has its own in the checkpoint)
     if fresh:
-        _fit_anchors(net, train_set.labels, opts.imgsz, hyp)
+        _fit_anchor_count(net, train_set, opts.imgsz, hyp, opts.seed)
+    if opts.autoanchor and resume_ckpt is None:
+        check_anchors(net, train_set.labels, train_set.shapes, opts.imgsz, thr=hyp["anchor_t"], seed=opts.seed,
+                      refit=fresh)
+    # class priors of a model trained from scratch
+    if fresh:
         labelled = [lb[:, 0].astype(int) for lb in train_set.labels if len(lb)]
         counts = np.bincount(np.concatenate(labelled or [np.zeros(0, int)]), minlength=nc)[:nc].astype(float)
         net.initialize_biases(counts + 1.0)  # +1: a class absent from train still gets a finite prior
