@@ -119,21 +119,6 @@ def _cpu_threads(requested: int, workers: int) -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))  # never more than the caller set
 
 
-def _fit_anchor_count(net: nn.Module, dataset, imgsz: int, hyp: dict, seed: int) -> None:
-    """When hyp['anchors'] asks for a different number of anchors per level, re-fit them by k-means."""
-    from core.model.anchors import kmean_anchors, label_wh, set_anchors
-
-    det = net.model[-1]
-    na = int(round(hyp["anchors"]))
-    if na == det.na:
-        return
-    wh = label_wh(dataset.labels, dataset.shapes, imgsz)
-    if len(wh) < det.nl * na:
-        LOG.warning(f"hyp anchors={na}: too few labels to fit anchors, keeping {det.na}")
-        return
-    set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"], seed=seed))
-
-
 class _TermAsInterrupt:
     """Inside the block SIGTERM raises KeyboardInterrupt, so a killed run cleans up like Ctrl-C."""
 
@@ -233,7 +218,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
     from core.loss import ComputeLoss
-    from core.model.anchors import check_anchors
+    from core.model.anchors import check_anchors, fit_anchor_count
 
     # resume: the interrupted run's options, data, hyp and checkpoint win
     opts = copy.deepcopy(opts)
@@ -278,7 +263,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     # anchors: the count asked by the hyp, then AutoAnchor (refits only an untrained head: trained outputs
     # are relative to their anchors; a resumed run has its own in the checkpoint)
     if fresh:
-        _fit_anchor_count(net, train_set, opts.imgsz, hyp, opts.seed)
+        fit_anchor_count(net, int(round(hyp["anchors"])), train_set.labels, train_set.shapes, opts.imgsz,
+                         thr=hyp["anchor_t"], seed=opts.seed)
     if opts.autoanchor and resume_ckpt is None:
         check_anchors(net, train_set.labels, train_set.shapes, opts.imgsz, thr=hyp["anchor_t"], seed=opts.seed,
                       refit=fresh)

@@ -73,3 +73,12 @@ def test_training_refits_once_and_checkpoints_keep_the_anchors(tiny_data, tmp_pa
     assert load_checkpoint(again.best_path)["arch"]["anchors"] == fitted
     off = fit(tiny_data, copy.deepcopy(arch), None, TrainOptions(name="c", autoanchor=False, **opts))
     assert load_checkpoint(off.best_path)["arch"]["anchors"] == BAD
+
+
+def test_hyp_anchor_count_refits_by_kmeans(tiny_set):
+    from core.model import fit_anchor_count
+    m = Model(MODEL, nc=6)
+    fit_anchor_count(m, 2, tiny_set.labels, tiny_set.shapes, 64, thr=4.0, seed=0)
+    assert m.na == 2 and [len(level) for level in m.arch["anchors"]] == [4, 4, 4]
+    wh = label_wh(tiny_set.labels, tiny_set.shapes, 64)
+    assert anchor_metrics(model_anchor_pixels(m), wh, 4.0)["bpr"] >= 0.98

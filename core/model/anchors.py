@@ -148,6 +148,18 @@ def set_anchors(model, anchors_pixels: np.ndarray) -> None:
     model.arch['anchors'] = per_level
 
 
+def fit_anchor_count(model, na: int, labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int,
+                     thr: float = 4.0, seed: int = 0) -> None:
+    """Give `model` `na` anchors per level fitted by k-means (hyp `anchors` differing from the model's count)."""
+    det = model.model[-1]
+    if na == det.na:
+        return
+    wh = label_wh(labels, shapes_hw, imgsz)
+    if len(wh) < det.nl * na:
+        LOG.warning(f'hyp anchors={na}: too few labels to fit anchors, keeping {det.na}')
+        return
+    set_anchors(model, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=thr, seed=seed))
+
 def check_anchors(model, labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int, thr: float = 4.0,
                   seed: int = 0, refit: bool = True, gen: int = 1000) -> dict:
     """AutoAnchor (YOLOv5's check_anchors): the best possible recall of the model's anchors on the labels
