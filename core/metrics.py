@@ -1,4 +1,13 @@
-"""Detection metrics: prediction/label matching, COCO-style 101-point AP per class, fitness."""
+"""Detection metrics: prediction/label matching, 101-point AP per class, fitness.
+
+Two AP rules over the same precision envelope (both are in use, and they differ by a few points):
+- "coco" (default): COCOeval's step rule. Precision is read at recall 0, 0.01, ..., 1 at the first point
+  reaching that recall, 0 beyond the highest recall reached; AP is the mean of the 101 values.
+- "yolov5": YOLOv5's `compute_ap`. The curve is extended to (recall 0, precision 1) and (recall 1,
+  precision 0), interpolated linearly at the same 101 recalls and integrated with the trapezoid rule,
+  so recall past the last detection still earns area on the line down to (1, 0), and a perfect
+  curve scores 0.995 (the last trapezoid ends at the (1, 0) sentinel).
+"""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -10,6 +19,7 @@ from core.boxes import box_iou
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP50-95 thresholds
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
+AP_METHODS = ("coco", "yolov5")
 METRIC_KEYS = ("P", "R", "mAP50", "mAP50-95")
 FITNESS_WEIGHTS = (0.0, 0.0, 0.1, 0.9)
 
@@ -44,21 +54,34 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
     return tp
 
 
-def compute_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """COCO 101-point AP from a score-ordered recall/precision curve.
+def compute_ap(recall: np.ndarray, precision: np.ndarray, method: str = "coco") -> float:
+    """101-point AP from a score-ordered recall/precision curve, by `method` (module docstring).
 
-    Precision is made monotone (the envelope: max precision at any recall >= r), then read at
-    recall r = 0, 0.01, ..., 1 at the first point whose recall reaches r (0 beyond the last
-    recall reached), and averaged; exactly as COCOeval.accumulate.
+    "coco": precision is made monotone (the envelope: max precision at any recall >= r), then read
+    at recall r = 0, 0.01, ..., 1 at the first point whose recall reaches r (0 beyond the last
+    recall reached), and averaged; exactly as COCOeval.accumulate. "yolov5": as YOLOv5's compute_ap.
     """
-    if recall.size == 0:
+    if method not in AP_METHODS:
+        raise ValueError(f"AP method {method!r} is not one of {', '.join(AP_METHODS)}")
+    if recall.size == 0:  # no detection: no area (YOLOv5 skips such a class too)
         return 0.0
+    if method == "yolov5":
+        return _ap_linear(recall, precision)
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     idx = np.searchsorted(recall, RECALL_POINTS, side="left")
     q = np.zeros_like(RECALL_POINTS)
     valid = idx < recall.size
     q[valid] = envelope[idx[valid]]
     return float(q.mean())
+
+
+def _ap_linear(recall: np.ndarray, precision: np.ndarray) -> float:
+    """YOLOv5's rule: sentinels (0, 1) and (1, 0), the envelope, linear interpolation at 101 recalls, trapezoids."""
+    r = np.concatenate(([0.0], recall, [1.0]))
+    p = np.concatenate(([1.0], precision, [0.0]))
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    y = np.interp(RECALL_POINTS, r, p)
+    return float(((y[1:] + y[:-1]) / 2 * np.diff(RECALL_POINTS)).sum())
 
 
 def _smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
@@ -69,12 +92,14 @@ def _smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
     return np.convolve(yp, np.ones(nf) / nf, mode="valid")
 
 
-def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps: float = 1e-16) -> dict:
+def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps: float = 1e-16,
+                 ap_method: str = "coco") -> dict:
     """Per-class AP at each IoU threshold, and P/R/F1 at one shared confidence.
 
     tp (n, T) bool per prediction and IoU threshold; conf, pred_cls (n,); target_cls (m,) over the
     whole dataset. Only classes present in target_cls are scored (as COCO). P and R are read on
     confidence-sampled curves (1000 points) at the confidence maximising the smoothed mean F1.
+    `ap_method`: "coco" or "yolov5" (module docstring).
     Returns dict: classes (k,), nt (labels per class), p, r, f1 (k,), ap (k, T), conf (the chosen
     confidence), px (1000,), p_curve, r_curve, f1_curve (k, 1000).
     """
@@ -102,7 +127,7 @@ def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps:
         r_curve[ci] = np.interp(-px, -conf[sel], recall[:, 0], left=0)
         p_curve[ci] = np.interp(-px, -conf[sel], precision[:, 0], left=1)
         for j in range(nthr):
-            ap[ci, j] = compute_ap(recall[:, j], precision[:, j])
+            ap[ci, j] = compute_ap(recall[:, j], precision[:, j], ap_method)
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     best = int(_smooth(f1_curve.mean(0), 0.1).argmax()) if k else 0
     return {"classes": classes.astype(int), "nt": nt, "p": p_curve[:, best], "r": r_curve[:, best],

@@ -25,6 +25,7 @@ from core.checkpoint_saver import CheckpointSaver
 from core.device import DeviceError, DistContext, dist_context, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
+from core.nonfinite import NonFiniteGuard
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
 from core.run_dir import next_run_dir, resolve_resume
 from core.seeding import init_seeds
@@ -62,6 +63,7 @@ class TrainOptions:
     sync_bn: bool = False              # DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
+    autoanchor: bool = True            # check anchors against the labels before training; refit a fresh head's
 
 
 @dataclass
@@ -118,21 +120,6 @@ def _cpu_threads(requested: int, workers: int) -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))  # never more than the caller set
 
 
-def _fit_anchors(net: nn.Module, labels: list[np.ndarray], imgsz: int, hyp: dict) -> None:
-    """When hyp['anchors'] asks for a different number of anchors per level, re-fit them by k-means."""
-    from core.model.anchors import kmean_anchors, set_anchors
-
-    det = net.model[-1]
-    na = int(round(hyp["anchors"]))
-    if na == det.na:
-        return
-    wh = np.concatenate([lb[:, 3:5] for lb in labels if len(lb)], 0) * imgsz if labels else np.zeros((0, 2))
-    if len(wh) < det.nl * na:
-        LOG.warning(f"hyp anchors={na}: too few labels to fit anchors, keeping {det.na}")
-        return
-    set_anchors(net, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=hyp["anchor_t"]))
-
-
 class _TermAsInterrupt:
     """Inside the block SIGTERM raises KeyboardInterrupt, so a killed run cleans up like Ctrl-C."""
 
@@ -181,8 +168,12 @@ class TrainState:
     batches: int                   # per epoch
     warmup_iters: int
     saver: CheckpointSaver
+    guard: NonFiniteGuard          # skips steps with a non-finite loss, fails the run when they persist
     accumulate: int = 1            # batches per optimizer step now (ramps up during warmup)
     last_opt_step: int = -1        # batch index (since the start) of the last optimizer step
+    opt_steps: int = 0             # optimizer steps decided in this process (taken or skipped)
+    scaler_skips: int = 0          # steps GradScaler skipped for inf/NaN gradients of a finite loss (AMP)
+    amp_scale: float = 0.0         # GradScaler's scale after the last step: a lower one means it skipped
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best_fitness: float = float("-inf")
@@ -228,6 +219,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
     from core.loss import ComputeLoss
+    from core.model.anchors import check_anchors, fit_anchor_count
 
     # resume: the interrupted run's options, data, hyp and checkpoint win
     opts = copy.deepcopy(opts)
@@ -270,9 +262,16 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
             data_cfg["val"], opts.imgsz, opts.batch_size // ctx.world_size * 2, hyp, augment=False, cache=opts.cache,
             workers=opts.workers, shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
 
-    # a model trained from scratch: anchors and class priors from the training labels
+    # anchors: the count asked by the hyp, then AutoAnchor (refits only an untrained head: trained outputs
+    # are relative to their anchors; a resumed run has its own in the checkpoint)
     if fresh:
-        _fit_anchors(net, train_set.labels, opts.imgsz, hyp)
+        fit_anchor_count(net, int(round(hyp["anchors"])), train_set.labels, train_set.shapes, opts.imgsz,
+                         thr=hyp["anchor_t"], seed=opts.seed)
+    if opts.autoanchor and resume_ckpt is None:
+        check_anchors(net, train_set.labels, train_set.shapes, opts.imgsz, thr=hyp["anchor_t"], seed=opts.seed,
+                      refit=fresh)
+    # class priors of a model trained from scratch
+    if fresh:
         labelled = [lb[:, 0].astype(int) for lb in train_set.labels if len(lb)]
         counts = np.bincount(np.concatenate(labelled or [np.zeros(0, int)]), minlength=nc)[:nc].astype(float)
         net.initialize_biases(counts + 1.0)  # +1: a class absent from train still gets a finite prior
@@ -306,11 +305,12 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         train_loader=train_loader, val_loader=val_loader, close_epoch=close_epoch,
         mosaic_closed=close_epoch <= 0, batches=batches,
         warmup_iters=round(hyp["warmup_epochs"] * batches),  # exact: a small data set gets the warmup it asks for
-        saver=saver, accumulate=plan.accumulate)
+        saver=saver, guard=NonFiniteGuard(device, ctx.distributed), accumulate=plan.accumulate)
 
     # resume: weights, EMA, optimizer, epoch, best fitness and the rows of finished epochs
     if resume_ckpt is not None:
         _restore(s, resume_ckpt)
+    s.amp_scale = s.scaler.get_scale()  # the initial scale (no sync: the scale tensor does not exist yet)
     if ctx.distributed:
         if opts.sync_bn:  # after the EMA copy: the EMA and the checkpoints keep plain BatchNorm2d
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -348,7 +348,7 @@ def _restore(s: TrainState, ckpt: dict) -> None:
 
 
 def _optimizer_step(s: TrainState) -> None:
-    """Unscale, hooks, clip, step, EMA: once per `accumulate` batches."""
+    """Unscale, hooks, clip, step, EMA: once per `accumulate` batches with finite losses."""
     s.scaler.unscale_(s.optimizer)  # hooks and clipping see true gradients
     s.callbacks.call("after_backward", unwrap(s.train_model))
     norm = nn.utils.clip_grad_norm_(s.net.parameters(), max_norm=10.0)
@@ -361,6 +361,20 @@ def _optimizer_step(s: TrainState) -> None:
     s.optimizer.zero_grad()
     if s.ema is not None:
         s.ema.update(s.net)
+    if s.amp:  # only an inf/NaN gradient lowers the scale; reading it costs no extra sync after step()
+        scale, s.amp_scale = s.amp_scale, s.scaler.get_scale()
+        s.scaler_skips += s.amp_scale < scale
+
+
+def _skip_step(s: TrainState) -> None:
+    """Drop the gradients of batches with a non-finite loss. Under AMP, GradScaler sees them, skips the
+    step and lowers its scale, as it does for any overflow; no hooks, no clipping, no EMA update."""
+    if s.amp:
+        s.scaler.unscale_(s.optimizer)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.amp_scale = s.scaler.get_scale()
+    s.optimizer.zero_grad()
 
 
 def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
@@ -369,7 +383,9 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
     s.train_model.train()
     if hasattr(s.train_loader.sampler, "set_epoch"):
         s.train_loader.sampler.set_epoch(epoch)
-    mloss = torch.zeros(3, device=s.device)
+    mloss = torch.zeros(3, device=s.device)  # mean over the batches with a finite loss
+    finite_batches = torch.zeros((), device=s.device)
+    skipped_before, scaler_skips_before = s.guard.skipped, s.scaler_skips
     s.optimizer.zero_grad()
     batches = enumerate(s.train_loader)
     if s.ctx.is_main and s.opts.progress:
@@ -384,18 +400,27 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
                                   s.opts.batch_size)
         with torch.autocast(device_type=s.device.type, enabled=s.amp):
             loss, loss_items = s.compute_loss(s.train_model(imgs), targets.to(s.device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i} "
-                                     f"(box/obj/cls = {loss_items.tolist()}); lr0={s.hyp['lr0']}")
+        finite = s.guard.observe(loss, loss_items)  # on the device: no sync per batch
         if s.ctx.distributed:
             loss = loss * s.ctx.world_size  # DDP averages gradients across processes
         s.scaler.scale(loss).backward()
         if ni - s.last_opt_step >= s.accumulate:
-            _optimizer_step(s)
+            s.opt_steps += 1
+            if s.guard.step_ok(s.opt_steps, epoch, i, s.hyp["lr0"]):
+                _optimizer_step(s)
+            else:
+                _skip_step(s)
             s.last_opt_step = ni
-        mloss = (mloss * i + loss_items) / (i + 1)
+        mloss = torch.where(finite, (mloss * finite_batches + loss_items) / (finite_batches + 1), mloss)
+        finite_batches = finite_batches + finite
         if s.ctx.is_main and s.opts.progress:
             batches.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}")
+    if s.guard.skipped > skipped_before:
+        LOG.warning(f"epoch {epoch}: {s.guard.skipped - skipped_before} optimizer steps skipped for a non-finite "
+                    f"loss ({s.guard.skipped} in the run)")
+    if s.scaler_skips > scaler_skips_before:
+        LOG.info(f"epoch {epoch}: AMP skipped {s.scaler_skips - scaler_skips_before} optimizer steps for "
+                 f"inf/NaN gradients (GradScaler lowered its scale)")
     lr = s.optimizer.param_groups[1]["lr"]
     s.scheduler.step()
     return {"train_box": float(mloss[0]), "train_obj": float(mloss[1]), "train_cls": float(mloss[2]), "lr": lr,

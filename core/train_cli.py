@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--close-mosaic", type=t.non_negative_int, default=d.close_mosaic,
                    help="turn mosaic and mixup off for the last N epochs (0 = never)")
     p.add_argument("--sync-bn", action="store_true", help="DDP on GPUs: SyncBatchNorm (BN statistics over all GPUs)")
+    p.add_argument("--noautoanchor", action="store_true", help="do not check (and, for a model trained from "
+                   "scratch, refit) the anchors against the labels before training")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         name=args.name, exist_ok=args.exist_ok, resume=args.resume,
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
-                        weights=args.weights if args.model else None)
+                        weights=args.weights if args.model else None, autoanchor=not args.noautoanchor)
     fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     return 0
 

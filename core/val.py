@@ -1,5 +1,8 @@
 """Validation: NMS, matching, 101-point mAP, speeds, COCO-format json; `python -m core.val`.
 
+Defaults agree with COCOeval (one class per box in NMS, COCO's step AP). `multi_label=True` and
+`ap_method="yolov5"` reproduce YOLOv5 val.py's numbers instead (`--multi-label --ap-method yolov5`).
+
 COCO json conventions (predictions written by `save_json`, ground truth by `coco_ground_truth`):
 - image_id: int(file stem) when every image stem in the dataset is all digits (and they are
   unique), otherwise the image's index in `dataset.im_files` (0-based). One rule per dataset, so
@@ -70,7 +73,8 @@ def _json_rows(pred: torch.Tensor, input_hw: tuple[int, int], shape, image_id: i
 @torch.no_grad()
 def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: float = 0.6,
              compute_loss: Callable | None = None, save_json: str | Path | None = None, names=None,
-             half: bool = False, max_det: int = 300, progress: bool = True) -> dict[str, Any]:
+             half: bool = False, max_det: int = 300, progress: bool = True, multi_label: bool = False,
+             ap_method: str = "coco") -> dict[str, Any]:
     """Score `model` on `loader` (the documented batches: uint8 imgs, normalised targets, paths, shapes).
 
     Runs in eval mode on the model's device (the model's train/eval mode is restored after).
@@ -78,6 +82,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     Predictions are matched to labels in network-input pixels at IoU 0.50:0.05:0.95.
     `save_json`: path of a COCO results file [{image_id, category_id, bbox [x, y, w, h] in original
     image pixels, score}]; ids as in the module docstring (score it against `coco_ground_truth`).
+    `multi_label`: NMS keeps one candidate per (box, class) above conf_thres (YOLOv5's val) instead of
+    each box's best class; `ap_method`: "coco" or "yolov5" (core.metrics).
     Returns {P, R, mAP50, mAP50-95, fitness, val_box, val_obj, val_cls (0 without compute_loss),
     speed_ms: {pre, inference, nms} per image, per_class: {name: {AP50, AP, P, R, Images,
     Instances}}, images, instances}.
@@ -116,7 +122,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
             t2 = _sync(device)
             if compute_loss is not None:
                 loss += compute_loss([r.float() for r in raw], targets)[1]
-            out = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det=max_det)
+            out = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det=max_det, multi_label=multi_label)
             t3 = _sync(device)
             dt[0] += t1 - t0
             dt[1] += t2 - t1
@@ -140,7 +146,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
 
     tp, conf, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats)) if stats else \
         (np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0))
-    res = ap_per_class(tp, conf, pcls, tcls)
+    res = ap_per_class(tp, conf, pcls, tcls, ap_method=ap_method)
     metrics: dict[str, Any] = summarize(res)
     metrics["fitness"] = fitness(metrics)
     loss = (loss / max(n_batches, 1)).cpu().tolist()
@@ -230,6 +236,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--workers", type=t.non_negative_int, default=2)
     ap.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     ap.add_argument("--augment", action="store_true", help="test-time augmentation (scales 1, 0.83 flipped, 0.67)")
+    ap.add_argument("--multi-label", action="store_true", help="NMS keeps every class above --conf-thres per box, "
+                    "as YOLOv5's val.py (default: each box's best class)")
+    ap.add_argument("--ap-method", choices=["coco", "yolov5"], default="coco", help="coco: COCOeval's 101-point "
+                    "step AP; yolov5: YOLOv5's linear interpolation + trapezoids (with --multi-label: YOLOv5's numbers)")
     args = ap.parse_args(argv)
 
     from core.data.config import load_data_config
@@ -247,7 +257,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if args.save_json is not None:
         json_path = Path(args.save_json or Path(args.weights[0]).with_suffix("").as_posix() + "_predictions.json")
     m = validate(model, loader, args.conf_thres, args.iou_thres, save_json=json_path, names=data["names"],
-                 half=args.half, max_det=args.max_det)
+                 half=args.half, max_det=args.max_det, multi_label=args.multi_label, ap_method=args.ap_method)
     print_table(m)
     if json_path is not None:
         gt_path = json_path.with_name(json_path.stem + "_gt.json")

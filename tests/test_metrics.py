@@ -16,6 +16,21 @@ def test_ap_hand_computed_101_point():
     assert res["ap"][0, 0] == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-9)
 
 
+
+def test_ap_yolov5_rule_hand_computed():
+    # The curve above with YOLOv5's sentinels (0, 1) and (1, 0) and its envelope, read linearly at
+    # recall k/100: 1 for k <= 33, 2/3 for k = 34..66, then the line from (2/3, 1/2) to (1, 0):
+    # 1.5 (1 - k/100) for k = 67..100. Trapezoids: 0.01 * (sum - (first + last) / 2)
+    # = 0.01 * (34 + 22 + 1.5 * (0 + 1 + ... + 33) / 100 - 0.5) = 0.63915 (COCO's step rule: 0.5545).
+    tp = np.array([[1], [0], [1], [0]], bool)
+    args = (tp, np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4), np.zeros(3))
+    assert ap_per_class(*args, ap_method="yolov5")["ap"][0, 0] == pytest.approx(0.63915, abs=1e-9)
+    assert ap_per_class(*args)["ap"][0, 0] == pytest.approx(56 / 101, abs=1e-9)  # the default is COCO's
+    assert compute_ap(np.ones(1), np.ones(1), "yolov5") == pytest.approx(0.995)  # YOLOv5's perfect score
+    assert compute_ap(np.zeros(0), np.zeros(0), "yolov5") == 0.0
+    with pytest.raises(ValueError, match="not one of coco, yolov5"):
+        compute_ap(np.ones(1), np.ones(1), "voc")
+
 def test_ap_order_by_confidence_not_input_order():
     tp = np.array([[0], [1], [1], [1]], bool)  # the FP is the least confident
     res = ap_per_class(tp, np.array([0.1, 0.9, 0.8, 0.7]), np.zeros(4), np.zeros(3))
@@ -83,3 +98,29 @@ def test_fitness_dict_and_array():
         fitness({"P": 1.0})
     with pytest.raises(ValueError):
         fitness(m, w=(1, 2))
+
+
+class _FixedPredictions(torch.nn.Module):
+    """An eval-surface model that predicts the same (1, N, 5 + nc) tensor for every image."""
+
+    def __init__(self, pred):
+        super().__init__()
+        self.pred = torch.nn.Parameter(pred, requires_grad=False)
+
+    def forward(self, x):
+        return self.pred.expand(x.shape[0], -1, -1), None
+
+
+def test_validation_multi_label_counts_a_second_class_above_the_threshold():
+    from core.val import validate
+    # one 64x64 image, one label of class 1 at the centre (20 x 20 px)
+    batch = (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.tensor([[0, 1, 0.5, 0.5, 20 / 64, 20 / 64]]),
+             ("a.jpg",), (None,))
+    # a box on the label, obj 0.9, class scores 0.8 (class 0) and 0.6 (class 1): conf 0.72 and 0.54
+    model = _FixedPredictions(torch.tensor([[[32.0, 32.0, 20.0, 20.0, 0.9, 0.8, 0.6]]]))
+    single = validate(model, [batch], progress=False)
+    assert single["mAP50"] == 0.0  # only the best class (0) is kept: the class-1 label is missed
+    multi = validate(model, [batch], progress=False, multi_label=True)
+    assert multi["mAP50"] == pytest.approx(1.0) and multi["mAP50-95"] == pytest.approx(1.0)
+    yolov5 = validate(model, [batch], progress=False, multi_label=True, ap_method="yolov5")
+    assert yolov5["mAP50"] == pytest.approx(0.995)  # YOLOv5's val.py scores a perfect detection 0.995

@@ -1,5 +1,5 @@
 """YAML-defined YOLOv5-style detector (see core/README.md, "Model")."""
-from .anchors import anchor_metrics, kmean_anchors, model_anchor_pixels, set_anchors
+from .anchors import anchor_metrics, check_anchors, fit_anchor_count, kmean_anchors, label_wh, model_anchor_pixels, set_anchors
 from .common import C3, SPPF, Bottleneck, Concat, Conv, autopad
 from .detect import Detect
 from .info import layer_table, model_info
@@ -7,4 +7,4 @@ from .yolo import MODULES, Model, load_arch, make_divisible, parse_model
 
 __all__ = ['Model', 'Conv', 'Bottleneck', 'C3', 'SPPF', 'Concat', 'Detect', 'autopad', 'MODULES',
            'load_arch', 'make_divisible', 'parse_model', 'model_info', 'layer_table',
-           'kmean_anchors', 'anchor_metrics', 'model_anchor_pixels', 'set_anchors']
+           'kmean_anchors', 'anchor_metrics', 'check_anchors', 'fit_anchor_count', 'label_wh', 'model_anchor_pixels', 'set_anchors']

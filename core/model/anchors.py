@@ -1,10 +1,15 @@
-"""Anchor fitting (k-means + genetic refinement) and replacing a built model's anchors.
+"""Anchor fitting (k-means + genetic refinement), AutoAnchor, and replacing a built model's anchors.
 
 The fit metric is YOLOv5's: a box matches an anchor when both w and h ratios lie within
 [1/thr, thr]; fitness is the mean best-ratio of the matched boxes, so it rewards both recall
-(best possible recall, BPR) and tight anchors.
+(best possible recall, BPR) and tight anchors. Box sizes are in pixels at the training size, each
+image scaled so its long side is imgsz (as the loader letterboxes it): a box keeps its image's
+aspect ratio.
 """
 from __future__ import annotations
+
+import logging
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -13,6 +18,23 @@ from .detect import Detect
 
 MIN_BOX_PX = 2.0  # boxes smaller than this carry no shape information (YOLOv5 drops them too)
 MAX_BOXES = 20000  # the fit subsamples larger sets; anchors need shape statistics, not every box
+MIN_BPR = 0.98  # AutoAnchor refits below this best possible recall (YOLOv5's threshold)
+LOG = logging.getLogger(__name__)
+
+
+def label_wh(labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int,
+             gain: np.ndarray | None = None) -> np.ndarray:
+    """Box sizes (n, 2) in pixels at training size: per image, normalised w, h times (w0, h0) * imgsz /
+    max(h0, w0), i.e. YOLOv5's `shapes * imgsz / shapes.max(1)`. labels: per image (n, 5) [cls, cx, cy, w, h];
+    shapes_hw: (N, 2) original (h, w); gain: optional per-image scale (N,) (AutoAnchor's 0.9-1.1 jitter)."""
+    shapes_hw = np.asarray(shapes_hw, dtype=np.float64).reshape(-1, 2)
+    if len(shapes_hw) != len(labels):
+        raise ValueError(f'label_wh: {len(labels)} label arrays but {len(shapes_hw)} image shapes')
+    size = shapes_hw[:, ::-1] * (imgsz / shapes_hw.max(1, keepdims=True))  # (w, h) with the long side = imgsz
+    if gain is not None:
+        size = size * np.asarray(gain, dtype=np.float64).reshape(-1, 1)
+    out = [np.asarray(lb, dtype=np.float64)[:, 3:5] * s for lb, s in zip(labels, size) if len(lb)]
+    return np.concatenate(out, 0) if out else np.zeros((0, 2))
 
 
 def _best_ratio(k: np.ndarray, wh: np.ndarray) -> np.ndarray:
@@ -124,3 +146,53 @@ def set_anchors(model, anchors_pixels: np.ndarray) -> None:
         model.model[-1] = new
         model.initialize_biases()
     model.arch['anchors'] = per_level
+
+
+def fit_anchor_count(model, na: int, labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int,
+                     thr: float = 4.0, seed: int = 0) -> None:
+    """Give `model` `na` anchors per level fitted by k-means (hyp `anchors` differing from the model's count)."""
+    det = model.model[-1]
+    if na == det.na:
+        return
+    wh = label_wh(labels, shapes_hw, imgsz)
+    if len(wh) < det.nl * na:
+        LOG.warning(f'hyp anchors={na}: too few labels to fit anchors, keeping {det.na}')
+        return
+    set_anchors(model, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=thr, seed=seed))
+
+def check_anchors(model, labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int, thr: float = 4.0,
+                  seed: int = 0, refit: bool = True, gen: int = 1000) -> dict:
+    """AutoAnchor (YOLOv5's check_anchors): the best possible recall of the model's anchors on the labels
+    (each image jittered in scale by 0.9-1.1, seeded); below MIN_BPR and with `refit`, anchors from
+    k-means + `gen` generations of evolution replace them if their BPR is higher. Logged; returns
+    ``{'bpr', 'aat', 'new_bpr' (None when no refit was tried), 'replaced'}``.
+    """
+    rng = np.random.default_rng(seed)
+    gain = rng.uniform(0.9, 1.1, size=len(labels))
+    wh = label_wh(labels, shapes_hw, imgsz, gain)
+    if len(wh) == 0:
+        LOG.warning('AutoAnchor: no labelled boxes: anchors not checked')
+        return {'bpr': float('nan'), 'aat': float('nan'), 'new_bpr': None, 'replaced': False}
+    report = {**anchor_metrics(model_anchor_pixels(model), wh, thr), 'new_bpr': None, 'replaced': False}
+    head = f"AutoAnchor: {report['aat']:.2f} anchors/target, best possible recall {report['bpr']:.4f}"
+    if report['bpr'] >= MIN_BPR:
+        LOG.info(f'{head}: current anchors are a good fit')
+        return report
+    if not refit:
+        LOG.warning(f'{head} (< {MIN_BPR}): kept, as the weights were trained with these anchors')
+        return report
+    n = len(model_anchor_pixels(model))
+    try:
+        new = kmean_anchors(label_wh(labels, shapes_hw, imgsz), n, imgsz=imgsz, thr=thr, gen=gen, seed=seed)
+    except ValueError as e:  # too few boxes to fit n anchors
+        LOG.warning(f'{head} (< {MIN_BPR}): no refit ({e})')
+        return report
+    report['new_bpr'] = anchor_metrics(new, wh, thr)['bpr']
+    if report['new_bpr'] > report['bpr']:
+        set_anchors(model, new)
+        report['replaced'] = True
+        LOG.info(f"{head} (< {MIN_BPR}): anchors refit by k-means + evolution, best possible recall "
+                 f"{report['new_bpr']:.4f}: {np.round(new).astype(int).tolist()}")
+    else:
+        LOG.info(f"{head} (< {MIN_BPR}): refit reached {report['new_bpr']:.4f}, no better: original anchors kept")
+    return report
