@@ -35,9 +35,10 @@ class NonFiniteGuard:
     def step_ok(self, step: int, epoch: int, batch: int, lr0: float) -> bool:
         """True when every batch since the last optimizer step had a finite loss. Otherwise the step is to
         be skipped; `limit` skipped steps in a row raise FloatingPointError (on every rank at once)."""
+        local = self.flag.clone()
         if self.distributed:
             torch.distributed.all_reduce(self.flag, op=torch.distributed.ReduceOp.MAX)
-        bad = bool(self.flag.item())  # the one host sync, once per optimizer step
+        bad, mine = (torch.cat([self.flag, local]) > 0).tolist()  # the one host sync, once per optimizer step
         self.flag.zero_()
         if not bad:
             self.in_a_row = 0
@@ -48,6 +49,8 @@ class NonFiniteGuard:
             raise FloatingPointError(
                 f"training loss not finite for {self.in_a_row} optimizer steps in a row (limit "
                 f"{self.limit}); the last at optimizer step {step} (epoch {epoch}, batch {batch}) with "
-                f"box/obj/cls = {[round(v, 6) for v in self.items.tolist()]}; lr0={lr0}: the run diverged "
+                + (f"box/obj/cls = {[round(v, 6) for v in self.items.tolist()]}" if mine else
+                   "the non-finite loss on another rank (this rank's were finite)")
+                + f"; lr0={lr0}: the run diverged "
                 "(try a lower lr0 or a longer warmup)")
         return False

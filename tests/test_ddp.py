@@ -147,3 +147,28 @@ def test_sync_bn_is_refused_clearly_on_cpu_ddp_and_ignored_in_one_process(same_i
     one = subprocess.run([sys.executable, *_train_cmd(root, tmp_path, "one", 1, "--sync-bn")], env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0 and "--sync-bn ignored" in one.stdout + one.stderr
+
+
+@pytest.mark.parametrize("nan_calls,fails", [("2-", True), ("2,3", False)])
+def test_a_nan_loss_on_one_rank_is_decided_by_all_ranks(same_image_data, tmp_path, nan_calls, fails):
+    """Rank 1 alone sees NaN losses. Two in a row: every rank skips those steps and the run goes on.
+    From the 2nd step on: all ranks fail at the same (3rd) bad step instead of rank 0 waiting forever
+    for rank 1 at the next all-reduce."""
+    root = same_image_data
+    cmd = _torchrun([str(REPO / "tests" / "ddp_nan_train.py"), *_train_cmd(root, tmp_path, "nan", 5)[2:]])
+    t0 = time.time()
+    run = subprocess.run(cmd, env={**_env(), "NAN_RANK": "1", "NAN_CALLS": nan_calls}, capture_output=True,
+                         text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert time.time() - t0 < 240  # no hang
+    rows = pd.read_csv(tmp_path / "nan" / "results.csv") if (tmp_path / "nan" / "results.csv").exists() else None
+    if fails:
+        assert run.returncode != 0
+        assert out.count("training loss not finite for 3 optimizer steps in a row") >= 1, out[-3000:]
+        assert rows is not None and rows.epoch.tolist() == [0, 1, 2]   # epochs 1, 2 skipped their step; 3 failed
+        assert (tmp_path / "nan" / "last.pt").is_file()
+    else:
+        assert run.returncode == 0, out[-3000:]
+        assert rows.epoch.tolist() == [0, 1, 2, 3, 4] and "optimizer steps skipped for a non-finite loss" in out
+        w = _weights(tmp_path / "nan" / "last.pt")
+        assert all(torch.isfinite(v).all() for v in w.values())
