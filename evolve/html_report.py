@@ -27,6 +27,7 @@ STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "Afte
                 "layer": "After layers", "finetune": "After finetune"}
 PRUNE_ROWS = [("P", "{:.4g}"), ("R", "{:.4g}"), ("mAP50", "{:.4g}"), ("mAP50-95", "{:.4g}"), ("fitness", "{:.4g}"),
               ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}x"),
+              ("onnx_latency_ms", "{:.2f}"),
               ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:,.0f}"), ("channels_pruned", "{:,.0f}"),
               ("prune_ratio", "{:.3f}")]
 PRUNE_OPTIONS = ("sr", "s", "s_schedule", "sparse_epochs", "global_percent", "layer_keep", "round_to", "shortcuts",
@@ -331,7 +332,9 @@ def pruning(run: Run) -> str:
     b = df.iloc[0]
     notes = [f"GFLOPs at imgsz {fmt(b.get('imgsz'), '{:.0f}')}; latency: median CPU batch-1 ms of the fused model at "
              f"{fmt(b.get('latency_imgsz'), '{:.0f}')} px, {fmt(b.get('threads'), '{:.0f}')} thread(s), all stages "
-             "timed interleaved; speedup = Before latency / stage latency."]
+             "timed interleaved; speedup = Before latency / stage latency."
+             + (" onnx_latency_ms: the same, for the stage exported to ONNX (prune/onnx/) and run in onnxruntime "
+                "with the same thread count, in the same loop." if "onnx_latency_ms" in df else "")]
     ch = run.prune_records.get("channel", {}).get("extra", {})
     opts = run.prune_records.get(df.stage.iloc[-1], {}).get("options", {})
     if ch:

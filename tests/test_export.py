@@ -206,3 +206,13 @@ def test_detect_writes_images_and_labels(weights, data, tmp_path, suffix):
             assert np.abs(drawn.astype(int) - original).max() > 100  # boxes were drawn
             assert rows[:, 1:].min() >= 0 and rows[:, 1:].max() <= 1
             assert set(rows[:, 0].astype(int)) <= set(range(len(NAMES)))
+
+
+def test_onnx_latency_is_timed_beside_pytorch_with_the_same_threads(weights, tmp_path):
+    from prune.measure import cpu_latency_ms, ort_session
+
+    model = model_from_checkpoint(weights)
+    path = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
+    ms = cpu_latency_ms({"pt": model}, IMGSZ, threads=1, warmup=1, runs=3, onnx={"ort": path})
+    assert set(ms) == {"pt", "ort"} and all(v > 0 for v in ms.values())
+    assert ort_session(path, 2).get_session_options().intra_op_num_threads == 2
