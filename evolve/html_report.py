@@ -24,7 +24,8 @@ SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitnes
             "detect": "Detections: best vs pruned",
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
-STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "After channels",
+STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
+                "unstructured": "Unstructured L1", "channel": "After channels",
                 "layer": "After layers", "finetune": "After finetune"}
 PRUNE_ROWS = [("P", "{:.4g}"), ("R", "{:.4g}"), ("mAP50", "{:.4g}"), ("mAP50-95", "{:.4g}"), ("fitness", "{:.4g}"),
               ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}x"),
@@ -39,7 +40,7 @@ margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th
 padding:.25em .6em;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.changed td{background:#fff6d6}
 .missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}.note{color:#555;font-size:.92em}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .25em}nav a{margin-right:.8em}
-.up{color:#1a7f37}.down{color:#c62828}.det{display:grid;grid-template-columns:repeat(2,1fr);gap:.8em 1.2em}
+.up{color:#1a7f37}.down{color:#c62828}.det{display:grid;gap:.8em 1.2em}
 .det figure{margin:0}.det img{width:100%;image-rendering:pixelated}.det figcaption{font-size:.88em;color:#444}"""
 
 
@@ -377,7 +378,7 @@ def detections(run: Run) -> str:
     if len(roles) < 2:
         note += missing("the " + ("pruned" if "best" in roles else "best (retrained)") + " model's checkpoint",
                         "Run `python -m evolve.study` to finish the study.")
-    return note + f'<div class="det" style="grid-template-columns:repeat({len(roles)},1fr)">{"".join(cells)}</div>'
+    return note + f'<div class="det" style="grid-template-columns:repeat({len(roles)},minmax(0,420px))">{"".join(cells)}</div>'
 
 
 def build_report(run_dir: Path | str) -> Path:

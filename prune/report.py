@@ -60,7 +60,7 @@ def _onnx_summary(df: pd.DataFrame) -> str:
 def plot_stages(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    labels = [LABELS.get(s, s).replace("After ", "After\n") for s in df["stage"]]
+    labels = [LABELS.get(s, s).replace("After ", "After\n").replace(" (", "\n(") for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("mAP50-95", "mAP50-95", "{:.4g}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
               "{:.3f}", "tab:orange"), ("latency_ms", "CPU latency, ms (batch 1, %dpx, fused)" % df.get("latency_imgsz", df["imgsz"]).iloc[0],
