@@ -50,7 +50,7 @@ def cpu_latency_ms(models: dict[str, nn.Module], imgsz: int, threads: int = 1, w
                    runs: int = 30, onnx: dict[str, str | Path] | None = None) -> dict[str, float]:
     """Median batch-1 latency (ms) of each fused model in eval mode on CPU with a fixed thread count.
 
-    `onnx` maps more names to exported .onnx files (float32, batch 1, imgsz): they are run through
+    `onnx` maps more names to exported .onnx files (batch 1, imgsz; fp32 or fp16): they are run through
     onnxruntime with the same number of threads, in the same interleaved loop as the PyTorch models.
     """
     fused = {}
@@ -63,7 +63,7 @@ def cpu_latency_ms(models: dict[str, nn.Module], imgsz: int, threads: int = 1, w
     for name, path in (onnx or {}).items():
         session = ort_session(path, threads)
         inp = session.get_inputs()[0]
-        feed = {inp.name: torch.rand(*inp.shape).numpy()}
+        feed = {inp.name: torch.rand(*inp.shape).numpy().astype("float16" if "float16" in inp.type else "float32")}
         calls[name] = functools.partial(session.run, None, feed)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
