@@ -35,7 +35,7 @@ import copy
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -133,7 +133,7 @@ def float_floor(reference: nn.Module, x: torch.Tensor, half: bool = False) -> di
 
 
 @torch.no_grad()
-def check_onnx(path: str | Path, reference: nn.Module, image: torch.Tensor) -> dict[str, float]:
+def check_onnx(path: str | Path, reference: nn.Module, image: torch.Tensor) -> dict[str, Any]:
     """onnx.checker, then onnxruntime vs `reference` (float eval model) on `image` (B, 3, H, W) in [0, 1].
 
     Returns max abs differences {'scores': of obj/cls, 'boxes': of [cx, cy, w, h] in units of the input

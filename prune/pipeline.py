@@ -273,6 +273,7 @@ class Pipeline:
         against PyTorch on a val image; {} without onnxruntime. A stage whose check fails is left out."""
         try:
             from core.export import ExportError, check_onnx, export_onnx, sample_image
+            import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError as e:
             print(f"onnxruntime latency: skipped ({e}; pip install -e '.[export]')")
@@ -281,6 +282,9 @@ class Pipeline:
 
         out_dir = self.run_dir / "onnx"
         out_dir.mkdir(exist_ok=True)
+        for old in out_dir.glob("*.onnx"):  # a stage of an earlier run that this run no longer has
+            if old.stem not in self.models:
+                old.unlink()
         image = sample_image({}, imgsz, list_image_files(self.data["val"])[0])
         files = {}
         for stage, model in self.models.items():
