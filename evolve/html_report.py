@@ -21,12 +21,15 @@ SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitnes
             "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
             "top": "Top trials", "default-vs-best": "Default vs best hyperparameters",
             "retrain": "Retrained at full budget", "pruning": "Pruning stages",
+            "detect": "Detections: best vs pruned",
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
-STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "channel": "After channels",
+STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
+                "unstructured": "Unstructured L1", "channel": "After channels",
                 "layer": "After layers", "finetune": "After finetune"}
 PRUNE_ROWS = [("P", "{:.4g}"), ("R", "{:.4g}"), ("mAP50", "{:.4g}"), ("mAP50-95", "{:.4g}"), ("fitness", "{:.4g}"),
               ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}x"),
+              ("onnx_latency_ms", "{:.2f}"),
               ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:,.0f}"), ("channels_pruned", "{:,.0f}"),
               ("prune_ratio", "{:.3f}")]
 PRUNE_OPTIONS = ("sr", "s", "s_schedule", "sparse_epochs", "global_percent", "layer_keep", "round_to", "shortcuts",
@@ -37,7 +40,8 @@ margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th
 padding:.25em .6em;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.changed td{background:#fff6d6}
 .missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}.note{color:#555;font-size:.92em}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .25em}nav a{margin-right:.8em}
-.up{color:#1a7f37}.down{color:#c62828}"""
+.up{color:#1a7f37}.down{color:#c62828}.det{display:grid;gap:.8em 1.2em}
+.det figure{margin:0}.det img{width:100%;image-rendering:pixelated}.det figcaption{font-size:.88em;color:#444}"""
 
 
 def esc(v: Any) -> str:
@@ -53,12 +57,15 @@ def fmt(v: Any, spec: str = "{:.4g}") -> str:
         return esc(v)
 
 
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
 def image(path: Path, alt: str) -> str | None:
-    """<img> with the PNG inlined as a data: URI (None when the file is missing)."""
+    """<img> with the PNG (or JPEG) inlined as a data: URI (None when the file is missing)."""
     if not path.is_file():
         return None
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+    return f'<img src="data:{MIME.get(path.suffix.lower(), "image/png")};base64,{data}" alt="{esc(alt)}">'
 
 
 def table(header: list[str], rows: list[list[Any]], left: int = 1, classes: list[str] | None = None) -> str:
@@ -331,7 +338,9 @@ def pruning(run: Run) -> str:
     b = df.iloc[0]
     notes = [f"GFLOPs at imgsz {fmt(b.get('imgsz'), '{:.0f}')}; latency: median CPU batch-1 ms of the fused model at "
              f"{fmt(b.get('latency_imgsz'), '{:.0f}')} px, {fmt(b.get('threads'), '{:.0f}')} thread(s), all stages "
-             "timed interleaved; speedup = Before latency / stage latency."]
+             "timed interleaved; speedup = Before latency / stage latency."
+             + (" onnx_latency_ms: the same, for the stage exported to ONNX (prune/onnx/) and run in onnxruntime "
+                "with the same thread count, in the same loop." if "onnx_latency_ms" in df else "")]
     ch = run.prune_records.get("channel", {}).get("extra", {})
     opts = run.prune_records.get(df.stage.iloc[-1], {}).get("options", {})
     if ch:
@@ -344,6 +353,34 @@ def pruning(run: Run) -> str:
     return out + "".join(f'<p class="note">{n}</p>' for n in notes) + (img or "")
 
 
+def detections(run: Run) -> str:
+    """The best and the pruned model's detections on the same val images, side by side (detect/detect.json)."""
+    from evolve.detections import DETECT_JSON
+    rec = _read_json(run.dir / "detect" / DETECT_JSON)
+    models = rec.get("models") or {}
+    if not models:
+        return missing("detections (detect/detect.json)", "They are drawn when the report is written, once retrain "
+                       "or prune has produced a checkpoint.")
+    roles = [r for r in ("best", "pruned") if r in models]
+    title = {"best": "best (retrained)", "pruned": "pruned"}
+    cells = []
+    for i, name in enumerate(rec.get("images", [])):
+        for role in roles:
+            img = image(run.dir / "detect" / role / name, f"{role}: {name}")
+            n = models[role]["detections"][i]
+            cells.append(f"<figure>{img or missing(f'detect/{role}/{name}', 'Rewrite the report.')}<figcaption>"
+                         f"{esc(title[role])}: {n} detection{'s' if n != 1 else ''} on {esc(name)}"
+                         "</figcaption></figure>")
+    weights = "; ".join(f"{title[r]}: <code>{esc(models[r]['weights'])}</code>" for r in roles)
+    note = (f'<p class="note">The first {len(rec.get("images", []))} val images (sorted by name), drawn by '
+            f"<code>core.detect</code> at {fmt(rec.get('imgsz'), '{:.0f}')} px, conf ≥ {fmt(rec.get('conf'))}, NMS IoU "
+            f"{fmt(rec.get('iou'))}. Weights: {weights}.</p>")
+    if len(roles) < 2:
+        note += missing("the " + ("pruned" if "best" in roles else "best (retrained)") + " model's checkpoint",
+                        "Run `python -m evolve.study` to finish the study.")
+    return note + f'<div class="det" style="grid-template-columns:repeat({len(roles)},minmax(0,420px))">{"".join(cells)}</div>'
+
+
 def build_report(run_dir: Path | str) -> Path:
     """Write run_dir/report.html from the run dir's files; returns its path."""
     run = Run(Path(run_dir))
@@ -353,7 +390,7 @@ def build_report(run_dir: Path | str) -> Path:
         "scatter": figure(run, "evolve/evolve.png", "hyperparameters vs fitness", "scatter grid",
                           "No evolution results yet."),
         "importances": importances(run), "top": top_trials(run), "default-vs-best": default_vs_best(run),
-        "retrain": retrain(run), "pruning": pruning(run),
+        "retrain": retrain(run), "pruning": pruning(run), "detect": detections(run),
         "gamma": figure(run, "prune/gamma.png", "gamma histograms", "gamma histograms",
                         "They need the sparse stage (`prune: {sr: true}` in the study)."),
         "channels": figure(run, "prune/channels.png", "channels per layer", "per-layer channels",

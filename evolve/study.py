@@ -346,8 +346,13 @@ def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str 
 
 def write_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
     """summary.json and report.html (with its PNGs and CSVs), from the run dir's files and the storage."""
+    from evolve.detections import draw_detections
     from evolve.html_report import build_report
     refresh_outputs(run_dir, evolve_dir, storage)
+    try:
+        draw_detections(run_dir)
+    except Exception as e:  # missing data or a broken checkpoint must not cost the whole report
+        print(f"detections not drawn: {type(e).__name__}: {e}")
     write_json_atomic(run_dir / SUMMARY_JSON, build_summary(run_dir))
     return build_report(run_dir)
 

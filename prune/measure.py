@@ -1,11 +1,14 @@
-"""Cost of a model: parameters, GFLOPs at a fixed image size, fused CPU latency, checkpoint size, channels."""
+"""Cost of a model: parameters, GFLOPs at a fixed image size, fused CPU latency (PyTorch, and onnxruntime for
+an exported file), checkpoint size, channels."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -18,13 +21,37 @@ def prunable_channels(model: nn.Module) -> dict[str, int]:
     return {name: m.conv.out_channels for name, m in trace(model).convs.items()}
 
 
+def _interleaved_ms(calls: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
+    """Median wall time (ms) of each call, the calls timed interleaved (one of each, repeated), so a change
+    in machine load during the measurement affects them all alike and the ratios stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warmup + runs):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+
+
+def ort_session(path: str | Path, threads: int):
+    """An onnxruntime CPU session with the same thread budget as torch.set_num_threads(threads)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 @torch.no_grad()
 def cpu_latency_ms(models: dict[str, nn.Module], imgsz: int, threads: int = 1, warmup: int = 3,
-                   runs: int = 30) -> dict[str, float]:
+                   runs: int = 30, onnx: dict[str, str | Path] | None = None) -> dict[str, float]:
     """Median batch-1 latency (ms) of each fused model in eval mode on CPU with a fixed thread count.
 
-    The models are timed interleaved (one forward of each, repeated), so a change in machine load
-    during the measurement affects them all alike and the ratios stay fair.
+    `onnx` maps more names to exported .onnx files (batch 1, imgsz; fp32 or fp16): they are run through
+    onnxruntime with the same number of threads, in the same interleaved loop as the PyTorch models.
     """
     fused = {}
     for name, model in models.items():
@@ -32,19 +59,18 @@ def cpu_latency_ms(models: dict[str, nn.Module], imgsz: int, threads: int = 1, w
         fused[name] = m.fuse() if hasattr(m, "fuse") else m
     ch = {name: int(getattr(m, "arch", {}).get("ch", 3)) for name, m in fused.items()}
     x = {c: torch.rand(1, c, imgsz, imgsz) for c in set(ch.values())}
+    calls: dict[str, Callable[[], object]] = {name: functools.partial(m, x[ch[name]]) for name, m in fused.items()}
+    for name, path in (onnx or {}).items():
+        session = ort_session(path, threads)
+        inp = session.get_inputs()[0]
+        feed = {inp.name: torch.rand(*inp.shape).numpy().astype("float16" if "float16" in inp.type else "float32")}
+        calls[name] = functools.partial(session.run, None, feed)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    times: dict[str, list[float]] = {name: [] for name in fused}
     try:
-        for r in range(warmup + runs):
-            for name, m in fused.items():
-                t = time.perf_counter()
-                m(x[ch[name]])
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - t)
+        return _interleaved_ms(calls, warmup, runs)
     finally:
         torch.set_num_threads(before)
-    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
 
 
 def measure(model: nn.Module, imgsz: int, ckpt: str | Path | None = None) -> dict:

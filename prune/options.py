@@ -48,6 +48,7 @@ class PruneOptions:
     latency_threads: int = 1
     latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
     latency_runs: int = 30
+    onnx_latency: bool = True  # also export each stage's model and time it in onnxruntime (needs the export extra)
     seed: int = 0
     project: str = "runs/prune"
     name: str = "exp"
@@ -130,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
     p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
     p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
+    p.add_argument("--no-onnx-latency", dest="onnx_latency", action="store_false",
+                   help="do not export the stages to ONNX and time them in onnxruntime beside PyTorch")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)

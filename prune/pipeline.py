@@ -252,16 +252,50 @@ class Pipeline:
                 "prune_ratio": pruned / max(self.base_channels, 1)}
 
     def add_latency(self, rows: list[dict]) -> None:
-        """CPU latency of every stage's model, measured together at the end (interleaved, same load)."""
+        """CPU latency of every stage's model, measured together at the end (interleaved, same load): PyTorch
+        (fused), and onnxruntime on the stage exported to onnx/<stage>.onnx, with the same thread count."""
         from prune.measure import cpu_latency_ms
 
         o = self.opts
         size = o.latency_imgsz or o.imgsz
-        ms = cpu_latency_ms(self.models, size, threads=o.latency_threads, runs=o.latency_runs)
+        onnx = self.export_stages(size) if o.onnx_latency else {}
+        ms = cpu_latency_ms(self.models, size, threads=o.latency_threads, runs=o.latency_runs,
+                            onnx={f"onnx:{s}": p for s, p in onnx.items()})
         for row in rows:
             row.update(latency_ms=ms[row["stage"]], latency_imgsz=size, threads=o.latency_threads)
-        print(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, fused, "
-              f"{o.latency_threads} thread(s)")
+            if onnx:
+                row["onnx_latency_ms"] = ms.get(f"onnx:{row['stage']}", float("nan"))
+        print(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, "
+              f"{o.latency_threads} thread(s), PyTorch fused" + (" and onnxruntime" if onnx else ""))
+
+    def export_stages(self, imgsz: int) -> dict[str, Path]:
+        """Each stage's model as run_dir/onnx/<stage>.onnx (float32, batch 1, imgsz), checked by core.export
+        against PyTorch on a val image; {} without onnxruntime. A stage whose check fails is left out."""
+        try:
+            from core.export import ExportError, check_onnx, export_onnx, sample_image
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            print(f"onnxruntime latency: skipped ({e}; pip install -e '.[export]')")
+            return {}
+        from core.data.files import list_image_files
+
+        out_dir = self.run_dir / "onnx"
+        out_dir.mkdir(exist_ok=True)
+        for old in out_dir.glob("*.onnx"):  # a stage of an earlier run that this run no longer has
+            if old.stem not in self.models:
+                old.unlink()
+        image = sample_image({}, imgsz, list_image_files(self.data["val"])[0])
+        files = {}
+        for stage, model in self.models.items():
+            path = export_onnx(model, out_dir / f"{stage}.onnx", imgsz=imgsz)
+            try:
+                check_onnx(path, model, image)
+            except ExportError as e:
+                print(f"onnxruntime latency: {stage} left out: {e}")
+                continue
+            files[stage] = path
+        return files
 
     def run(self) -> list[dict]:
         from core.checkpoint import model_from_checkpoint, save_checkpoint

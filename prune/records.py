@@ -23,7 +23,7 @@ from core.digest import sha256_file as file_digest
 STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
 SIDE_STAGES = ("keep_size", "unstructured")
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
-           "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
+           "onnx_latency_ms", "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
 
 
 @dataclass

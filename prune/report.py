@@ -18,8 +18,8 @@ LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-siz
           "layer": "After layers", "finetune": "After finetune"}
 TABLE_ROWS = [("P", "{:.4f}"), ("R", "{:.4f}"), ("mAP50", "{:.4f}"), ("mAP50-95", "{:.4f}"),
               ("fitness", "{:.4f}"), ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"),
-              ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:.0f}"), ("channels_pruned", "{:.0f}"),
-              ("prune_ratio", "{:.3f}")]
+              ("onnx_latency_ms", "{:.2f}"), ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:.0f}"),
+              ("channels_pruned", "{:.0f}"), ("prune_ratio", "{:.3f}")]
 
 
 def classic_table(df: pd.DataFrame) -> str:
@@ -44,13 +44,23 @@ def summary(df: pd.DataFrame) -> str:
             f"(FLOPs ratio {flops_ratio:.2f}x), CPU latency speedup {speedup:.2f}x "
             f"({speedup / flops_ratio:.2f} of the FLOPs ratio; batch 1, {size}px, fused, {threads} thread(s)), "
             f"params -{100 * (1 - last['params'] / base['params']):.1f}%, "
-            f"mAP50-95 {last['mAP50-95'] - base['mAP50-95']:+.4f}")
+            f"mAP50-95 {last['mAP50-95'] - base['mAP50-95']:+.4f}" + _onnx_summary(df))
+
+
+def _onnx_summary(df: pd.DataFrame) -> str:
+    """onnxruntime's latency of the first and last stage beside PyTorch's (same threads, same loop)."""
+    if "onnx_latency_ms" not in df or df["onnx_latency_ms"].iloc[[0, -1]].isna().any():
+        return ""
+    b, last = df.iloc[0], df.iloc[-1]
+    return (f"; onnxruntime {b['onnx_latency_ms']:.2f} -> {last['onnx_latency_ms']:.2f} ms (speedup "
+            f"{b['onnx_latency_ms'] / last['onnx_latency_ms']:.2f}x; {last['latency_ms'] / last['onnx_latency_ms']:.2f}x "
+            f"faster than PyTorch on the last stage)")
 
 
 def plot_stages(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    labels = [LABELS.get(s, s).replace("After ", "After\n") for s in df["stage"]]
+    labels = [LABELS.get(s, s).replace("After ", "After\n").replace(" (", "\n(") for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("mAP50-95", "mAP50-95", "{:.4g}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
               "{:.3f}", "tab:orange"), ("latency_ms", "CPU latency, ms (batch 1, %dpx, fused)" % df.get("latency_imgsz", df["imgsz"]).iloc[0],

@@ -15,7 +15,8 @@ from core import detect as detect_cli  # noqa: E402
 from core import val as val_cli  # noqa: E402
 from core.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
 from core.data.synthetic import generate_shapes  # noqa: E402
-from core.export import TOLERANCE, ExportError, check_onnx, export_onnx  # noqa: E402
+from core.export import (FLOOR_FACTOR, TOLERANCE, TOLERANCE_HALF, ExportError, check_onnx,  # noqa: E402
+                         export_onnx)
 from core.model.yolo import Model  # noqa: E402
 from core.onnx_model import OnnxModel  # noqa: E402
 
@@ -61,14 +62,24 @@ def val_image(data) -> str:
     return str(sorted((data / "shapes" / "images" / "val").glob("*.jpg"))[0])
 
 
-def test_export_fresh_matches_pytorch_and_records_metadata(weights, data, tmp_path):
+def fresh_model(seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    model = Model(str(MODEL), nc=len(NAMES)).eval()
+    model.names = list(NAMES)
+    return model
+
+
+def test_export_fresh_matches_pytorch_and_records_metadata(data, tmp_path):
     from core.export import sample_image
 
-    model = model_from_checkpoint(weights)
+    model = model_from_checkpoint(save_checkpoint(tmp_path / "fresh.pt", fresh_model()))
     out = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
     image = sample_image({}, IMGSZ, val_image(data))
     d = check_onnx(out, model, image)
-    assert d["scores"] <= TOLERANCE and d["boxes_rel"] <= TOLERANCE
+    # A well-conditioned model: the plain 1e-4 applies (scores absolute, boxes in units of the input size).
+    assert d["tolerance"] == {"scores": TOLERANCE, "boxes": TOLERANCE}
+    assert d["scores"] <= TOLERANCE and d["boxes"] <= TOLERANCE
+    assert d["boxes_px"] == pytest.approx(d["boxes"] * IMGSZ, rel=0.5)  # a square input: the same, in pixels
     ort_model = OnnxModel(out)
     assert ort_model.names == NAMES
     assert ort_model.stride.tolist() == model.stride.tolist()
@@ -76,12 +87,63 @@ def test_export_fresh_matches_pytorch_and_records_metadata(weights, data, tmp_pa
     pred = ort_model(image)[0]
     assert pred.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 5 + len(NAMES))
 
-    # Control: the check catches a model that differs from the exported one.
-    other = model_from_checkpoint(weights)
+    # Controls: the check catches a model that differs from the exported one, in scores and in boxes.
+    other = model_from_checkpoint(save_checkpoint(tmp_path / "fresh.pt", fresh_model()))
     with torch.no_grad():
-        other.model[-1].m[0].bias[4] += 0.01  # objectness of anchor 0 at stride 8
+        other.model[-1].m[0].bias[4] += 0.1  # objectness of anchor 0 at stride 8 (prior ~0.004: +4e-4)
     with pytest.raises(ExportError, match="differs from PyTorch .* in scores"):
         check_onnx(out, other, image)
+    other = model_from_checkpoint(save_checkpoint(tmp_path / "fresh.pt", fresh_model()))
+    other.model[-1].anchors.mul_(1.001)  # anchors 0.1% larger: box sides ~0.1% larger, scores the same
+    with pytest.raises(ExportError, match=r"differs from PyTorch by [0-9.e-]+ in scores, [0-9.e-]+ of the 64x64"):
+        check_onnx(out, other, image)
+
+
+def test_tolerance_rises_to_the_float32_floor_of_an_ill_conditioned_model(data, tmp_path):
+    """Random BN weights make activations large: PyTorch's own float32 result is then further than 1e-4
+    from float64, no float32 implementation can match it closer, and the tolerance follows that floor."""
+    from core.export import float_floor, sample_image
+
+    model = lively_model()
+    out = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
+    images = [sample_image({}, IMGSZ, str(f)) for f in sorted((data / "shapes" / "images" / "val").glob("*.jpg"))]
+    floors = [float_floor(model, x) for x in images]
+    worst = max(range(len(images)), key=lambda i: floors[i]["boxes"])
+    assert floors[worst]["boxes"] > TOLERANCE  # the premise: PyTorch itself is off by more than 1e-4 here
+    d = check_onnx(out, model, images[worst])
+    assert d["tolerance"]["boxes"] == pytest.approx(FLOOR_FACTOR * floors[worst]["boxes"])
+    assert d["boxes"] > TOLERANCE  # a fixed 1e-4 would have failed this correct export
+    # Control: an error beyond the raised tolerance is still caught.
+    other = lively_model()
+    other.model[-1].anchors.mul_(1.01)
+    with pytest.raises(ExportError, match="PyTorch's own error against float64"):
+        check_onnx(out, other, images[worst])
+
+
+def test_half_export_runs_in_onnxruntime_on_cpu(data, tmp_path):
+    from core.export import sample_image
+
+    model = fresh_model()
+    out = export_onnx(model, tmp_path / "h.onnx", imgsz=IMGSZ, half=True)
+    image = sample_image({}, IMGSZ, val_image(data))
+    d = check_onnx(out, model, image)  # fp16 file vs the float32 model
+    assert d["scores"] <= TOLERANCE_HALF and d["boxes"] <= TOLERANCE_HALF  # within the plain fp16 tolerance
+    assert d["boxes"] > TOLERANCE  # float16 really is coarser: the fp32 tolerance would not hold
+    ort_model = OnnxModel(out)
+    assert ort_model.half and ort_model.session.get_inputs()[0].type == "tensor(float16)"
+    assert ort_model(image)[0].dtype == torch.float32  # callers get float32 predictions either way
+
+
+def test_half_fails_clearly_where_torch_cannot_run_float16(monkeypatch, tmp_path):
+    import core.export
+
+    def no_half(self, x):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+    monkeypatch.setattr(core.export._Predictions, "forward", no_half)
+    with pytest.raises(ValueError, match="cannot run the model in float16 on cpu .*not implemented for 'Half'.*"
+                                         "use a CUDA device or export float32"):
+        export_onnx(fresh_model(), tmp_path / "h.onnx", imgsz=IMGSZ, half=True)
+    assert not (tmp_path / "h.onnx").exists()
 
 
 def test_pruned_checkpoint_exports_without_pruning_code(data, tmp_path):
@@ -108,13 +170,9 @@ def test_pruned_checkpoint_exports_without_pruning_code(data, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "onnx.checker passed" in run.stdout
-    ort_model = OnnxModel(tmp_path / "pruned.onnx")
-    x = torch.rand(2, 3, 96, 128)  # dynamic: another batch and a non-square size
-    with torch.no_grad():
-        expected = pruned(x)[0]
-    diff = (ort_model(x)[0] - expected).abs()
-    assert float(diff[..., 4:].max()) <= TOLERANCE
-    assert float(diff[..., :4].max()) <= TOLERANCE * float(expected[..., :4].abs().max())
+    # dynamic: another batch and a non-square size, checked like the export's own check
+    d = check_onnx(tmp_path / "pruned.onnx", pruned, torch.rand(2, 3, 96, 128))
+    assert d["scores"] <= d["tolerance"]["scores"] and d["boxes"] <= d["tolerance"]["boxes"]
 
 
 def test_val_of_onnx_equals_val_of_pt(weights, data, tmp_path):
@@ -148,3 +206,13 @@ def test_detect_writes_images_and_labels(weights, data, tmp_path, suffix):
             assert np.abs(drawn.astype(int) - original).max() > 100  # boxes were drawn
             assert rows[:, 1:].min() >= 0 and rows[:, 1:].max() <= 1
             assert set(rows[:, 0].astype(int)) <= set(range(len(NAMES)))
+
+
+def test_onnx_latency_is_timed_beside_pytorch_with_the_same_threads(weights, tmp_path):
+    from prune.measure import cpu_latency_ms, ort_session
+
+    model = model_from_checkpoint(weights)
+    path = export_onnx(model, tmp_path / "m.onnx", imgsz=IMGSZ)
+    ms = cpu_latency_ms({"pt": model}, IMGSZ, threads=1, warmup=1, runs=3, onnx={"ort": path})
+    assert set(ms) == {"pt", "ort"} and all(v > 0 for v in ms.values())
+    assert ort_session(path, 2).get_session_options().intra_op_num_threads == 2

@@ -1,4 +1,5 @@
 """End to end on a tiny synthetic dataset: stages, rows, reusable plain checkpoints, skips, errors."""
+import importlib.util
 import json
 import re
 
@@ -63,6 +64,10 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
     assert final["channels_kept"] + final["channels_pruned"] == base["channels_kept"]
     out = capsys.readouterr().out
     assert "Before" in out and "After channels" in out and "After finetune" in out and "speedup" in out
+    if importlib.util.find_spec("onnxruntime"):  # every stage exported, checked and timed in onnxruntime too
+        assert df["onnx_latency_ms"].gt(0).all()
+        assert sorted(p.stem for p in (run / "onnx").glob("*.onnx")) == sorted(STAGES)
+        assert re.search(r"onnxruntime [0-9.]+ -> [0-9.]+ ms \(speedup", out)
     assert re.search(r"round-to: kept channels rounded up to a multiple of (8|16) \(CPU AVX", out)
     # keep-size: full size, the pruned gammas zeroed; unstructured: full size, ~30% of conv weights zero
     rows = df.set_index("stage")

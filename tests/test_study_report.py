@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -17,6 +18,7 @@ from evolve.html_report import SECTIONS, build_report
 from evolve.storage import make_storage
 from evolve.study_config import load_study
 
+REPO = Path(__file__).resolve().parent.parent
 DIST = {"lr0": FloatDistribution(1e-5, 0.1, log=True), "momentum": FloatDistribution(0.6, 0.98),
         "mixup": FloatDistribution(0.0, 1.0)}
 # (state, lr0, momentum, mixup, fitness): trial 0 = the default hyp; trial 2 is the best (0.30)
@@ -78,15 +80,32 @@ def write_retrain(retrain_dir: Path) -> None:
     pd.DataFrame(rows).to_csv(retrain_dir / "retrain.csv", index=False)
 
 
+def write_checkpoints(run_dir: Path) -> None:
+    """Small real checkpoints where the study keeps them: the best retrain run (trial2_seed2, the highest
+    fitness) and the last prune stage (finetune), so the report can draw their detections."""
+    from core.checkpoint import save_checkpoint
+    from core.model.yolo import Model
+
+    torch.manual_seed(0)
+    model = Model(str(REPO / "studies" / "models" / "yolov5-cpu.yaml"), nc=2).eval()
+    model.names = ["circle", "square"]
+    save_checkpoint(run_dir / "retrain" / "trial2_seed2" / "best.pt", model)
+    save_checkpoint(run_dir / "prune" / "finetune.pt", model)
+
+
 def study_dir(tmp_path: Path, evolve_only: bool = False) -> Path:
     run_dir, evolve_dir = tmp_path / "study" / "fake", tmp_path / "evolve" / "fake"
     make_journal(evolve_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "study.json").write_text(json.dumps({"name": "fake", "evolve_dir": str(evolve_dir),
+    data = tmp_path / "tiny.yaml"  # generated on first use: 5 val images of 64 px
+    data.write_text("path: shapes\ntrain: images/train\nval: images/val\nnames: {0: circle, 1: square}\n"
+                    "synthetic: {seed: 0, n_train: 1, n_val: 5, imgsz: 64}\n")
+    (run_dir / "study.json").write_text(json.dumps({"name": "fake", "evolve_dir": str(evolve_dir), "data": str(data),
                                                     "config": {"name": "fake", "seed": 0, "trials": 6}}))
     if not evolve_only:
         write_retrain(run_dir / "retrain")
         write_prune(run_dir / "prune")
+        write_checkpoints(run_dir)
     return run_dir
 
 
@@ -101,12 +120,21 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     for key, title in SECTIONS.items():
         assert f'<section id="{key}"><h2>{title}</h2>' in doc
     refs = references(doc)
-    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs), refs
-    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", doc)  # base64 can spell "http" by chance
+    assert refs and all(re.match(r"data:image/(png|jpeg);base64,", r) or r.startswith("#") for r in refs), refs
+    text = re.sub(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/=]+", "", doc)  # base64 can spell "http" by chance
     assert "http" not in text.lower() and "url(" not in text and "<script" not in text
-    images = [r for r in refs if r.startswith("data:")]
+    images = [r for r in refs if r.startswith("data:image/png")]
     assert len(images) == 6  # fitness, scatter, retrain, stages, gamma, channels (importances: < 8 trials)
     assert all(base64.b64decode(r.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for r in images)
+    # detections: the best and the pruned model on the first 4 val images, side by side, as core.detect drew them
+    rec = json.loads((run_dir / "detect" / "detect.json").read_text())
+    val = sorted((tmp_path / "shapes" / "images" / "val").iterdir())
+    assert rec["images"] == [f.name for f in val[:4]] and len(val) == 5
+    assert rec["models"]["best"]["weights"] == "retrain/trial2_seed2/best.pt"
+    assert rec["models"]["pruned"]["weights"] == "prune/finetune.pt"
+    jpegs = [base64.b64decode(r.split(",", 1)[1]) for r in refs if r.startswith("data:image/jpeg")]
+    drawn = [(run_dir / "detect" / role / name).read_bytes() for name in rec["images"] for role in ("best", "pruned")]
+    assert jpegs == drawn  # row by row: best, pruned
     for png in ("evolve/fitness.png", "evolve/evolve.png", "retrain/retrain.png", "prune/gamma.png"):
         assert (run_dir / png).is_file()
     # numbers: best trial 2 (0.3) vs default 0.1 (+200%), 4 complete / 1 pruned / 1 failed, retrain 0.34 ± 0.0283

@@ -66,9 +66,10 @@ class Detect(nn.Module):
         key = (ny, nx, like.device, like.dtype)
         grid = self._grids.get(key)
         if grid is None:  # cached per shape; anchors are not cached (they may be reloaded)
-            y, x = torch.meshgrid(torch.arange(ny, device=like.device, dtype=like.dtype),
-                                  torch.arange(nx, device=like.device, dtype=like.dtype), indexing='ij')
-            grid = self._grids[key] = torch.stack((x, y), -1).view(1, 1, ny, nx, 2)
+            # integer arange, then cast: the ONNX exporter cannot trace an fp16 arange (Range) on CPU
+            y, x = torch.meshgrid(torch.arange(ny, device=like.device), torch.arange(nx, device=like.device),
+                                  indexing='ij')
+            grid = self._grids[key] = torch.stack((x, y), -1).view(1, 1, ny, nx, 2).to(like.dtype)
         return grid
 
     def __getstate__(self):  # keep deepcopy/pickle free of cached tensors
