@@ -72,8 +72,8 @@ def _prune(csv: Path) -> dict[str, Any] | None:
     first, last = df.iloc[0], df.iloc[-1]
 
     def row(r: pd.Series) -> dict[str, Any]:
-        return {k: (float(r[k]) if k in r and pd.notna(r[k]) else None)
-                for k in ("mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "latency_ms")} | {"stage": str(r.stage)}
+        keys = ("mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "latency_ms", "onnx_latency_ms")
+        return {k: (float(r[k]) if k in r and pd.notna(r[k]) else None) for k in keys} | {"stage": str(r.stage)}
     return {"before": row(first), "after": row(last)}
 
 

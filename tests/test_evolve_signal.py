@@ -294,6 +294,11 @@ def test_summary_json_holds_the_figures(tmp_path):
     assert s["noise"]["mean"] == pytest.approx(0.21) and s["noise"]["sd"] == pytest.approx(0.01)
     assert s["noise"]["n"] == 3 and s["evolution"]["best_trial"]["number"] == 3
     assert s["retrain"]["chosen"] == 3 and s["prune"] is None
+    (run_dir / "prune" / "prune_results.csv").parent.mkdir(parents=True)
+    pd.DataFrame({"stage": ["baseline", "finetune"], "mAP50-95": [0.2, 0.19], "GFLOPs": [1.0, 0.6],
+                  "latency_ms": [10.0, 7.0], "onnx_latency_ms": [5.0, 3.5]}).to_csv(run_dir / "prune" / "prune_results.csv", index=False)
+    after = build_summary(run_dir)["prune"]["after"]
+    assert after["stage"] == "finetune" and after["latency_ms"] == 7.0 and after["onnx_latency_ms"] == 3.5
 
 
 def test_a_journal_cut_mid_append_opens_and_resumes(tmp_path):
