@@ -295,8 +295,9 @@ def test_one_class_prior_is_yolov5s_not_log_of_one():
 
 
 def test_channels_last_matches_nchw():
-    """The trainer's channels_last layout computes the same function: only the summation order inside
-    the convs differs (oneDNN's NHWC kernels), so float32 results agree to rounding, not bit for bit.
+    """The trainer's channels_last layout computes the same function: only the summation order inside the
+    convs and training-mode BN statistics differs (NHWC kernels), so float32 results agree to rounding, not
+    bit for bit.
     Tolerance 1e-5 of the output scale (~100 float32 ulps at that scale; measured 4e-8 on an AVX2 host):
     a wrong weight layout (e.g. a transposed kernel) is off by the scale itself."""
     torch.manual_seed(2)
