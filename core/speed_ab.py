@@ -8,6 +8,8 @@ on the same batch from the same initial weights and reports both medians and the
   val channels_last     one inference batch (eval mode, 2x the training batch) NCHW vs channels_last
   SPPF pools            inference of an NCHW model, SPPF pooling in NCHW vs in channels_last (core/model/common.py)
   threads               training steps fed by the live loader (its workers running), 1 vs 2 torch threads
+  fit channels_last     with --fit-rounds N: N one-epoch `core.train.fit` runs per side, alternating
+                        (train and validation seconds of the trainer itself, loader workers included)
 """
 from __future__ import annotations
 
@@ -123,6 +125,25 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     return out
 
 
+def fit_ab(model_yaml: str, imgsz: int, batch: int, workers: int, rounds: int) -> dict:
+    """One-epoch fits, NCHW and channels_last alternately: medians of train and val seconds, and A / B."""
+    from core.train import TrainOptions, fit
+
+    times: dict[bool, dict[str, list[float]]] = {cl: {"train": [], "val": []} for cl in (False, True)}
+    for _ in range(rounds):
+        for cl in (False, True):
+            opts = TrainOptions(epochs=1, batch_size=batch, imgsz=imgsz, workers=workers, save=False, progress=False,
+                                close_mosaic=0, channels_last=cl)
+            row = fit(None, model_yaml, None, opts).history[-1]
+            times[cl]["train"].append(row["train_seconds"])
+            times[cl]["val"].append(row["val_seconds"])
+    out = {"rounds": rounds}
+    for k in ("train", "val"):
+        a, b = statistics.median(times[False][k]), statistics.median(times[True][k])
+        out[k] = {"a_s": a, "b_s": b, "ratio": a / b}
+    return out
+
+
 def _forever(loader):
     while True:
         yield from loader
@@ -137,15 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps of each side (after 2 warm-up steps each)")
     p.add_argument("--workers", type=int, default=2, help="loader workers of the threads comparison")
     p.add_argument("--no-threads", action="store_true", help="skip the threads comparison")
+    p.add_argument("--fit-rounds", type=int, default=0, help="one-epoch fits per side, NCHW vs channels_last (0 = none)")
     p.add_argument("--out", default="runs/bench/speed_ab.json")
     args = p.parse_args(argv)
     r = run(args.model, args.imgsz, args.batch_size, args.steps, args.workers, not args.no_threads)
+    if args.fit_rounds:
+        r["fit channels_last"] = fit_ab(args.model, args.imgsz, args.batch_size, args.workers, args.fit_rounds)
     print(f"A/B interleaved, {args.steps} steps each, {r['model']} imgsz {r['imgsz']} batch {r['batch']}, "
           f"CPU capability {r['cpu_capability']}")
     print(f"{'lever':22s} {'A ms':>9s} {'B ms':>9s} {'A / B':>7s}")
     for k in ("train channels_last", "val channels_last", "SPPF pools", "threads"):
         if k in r:
             print(f"{k:22s} {r[k]['a_ms']:9.1f} {r[k]['b_ms']:9.1f} {r[k]['ratio']:7.2f}")
+    if "fit channels_last" in r:
+        f = r["fit channels_last"]
+        for k in ("train", "val"):
+            print(f"{'fit ' + k + ' epoch (s)':22s} {f[k]['a_s']:9.1f} {f[k]['b_s']:9.1f} {f[k]['ratio']:7.2f}")
     print(f"inference max |NCHW - channels_last| {r['max_abs_diff channels_last vs NCHW (inference)']:.2e}; "
           f"SPPF pools bit-identical: {r['SPPF pools bit-identical']}")
     out = Path(args.out)
