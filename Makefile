@@ -40,6 +40,7 @@ val: install
 bench: install
 	$(PY) -m core.bench
 	$(PY) -m core.profile_train  # time per phase of one step and one epoch (data wait ... checkpoints)
+	$(PY) -m core.speed_ab  # speed levers as interleaved A/B ratios (channels_last, SPPF pools, threads)
 	$(PY) -m evolve.bench --trials 8 --search-trials 16
 
 # Peer benchmark (issues 11, 15): Ultralytics in its own venv (it needs torchvision, which must never enter

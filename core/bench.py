@@ -29,7 +29,8 @@ def conv_throughput(seconds: float = 3.0) -> float:
     return flops * n / (time.perf_counter() - t0) / 1e9
 
 
-def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warmup: int, workers: int) -> dict:
+def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warmup: int, workers: int,
+                     channels_last: bool = True) -> dict:
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
@@ -44,6 +45,8 @@ def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warm
     hyp = load_hyp(None)
     model = Model(model_yaml, nc=cfg["nc"])
     info = model_info(model, imgsz)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # as the trainer (--no-channels-last)
+    model = model.to(memory_format=fmt)
     loader, _ = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=workers, shuffle=True,
                                   nc=cfg["nc"])
     compute_loss = ComputeLoss(model, hyp)
@@ -56,7 +59,7 @@ def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warm
         except StopIteration:
             it = iter(loader)
             imgs, targets, _, _ = next(it)
-        loss, _ = compute_loss(model(imgs.float() / 255), targets)
+        loss, _ = compute_loss(model(imgs.contiguous(memory_format=fmt).float() / 255), targets)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -70,7 +73,8 @@ def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warm
     validate(model.eval(), val_loader, progress=False)
     val_ips = len(val_set) / (time.perf_counter() - t1)
     achieved = train_ips * info["gflops"] * 3  # forward + backward ~ 3x forward FLOPs
-    return {"model": model_yaml, "imgsz": imgsz, "batch": batch, "train_images_per_s": train_ips,
+    return {"model": model_yaml, "channels_last": channels_last, "imgsz": imgsz, "batch": batch,
+            "train_images_per_s": train_ips,
             "val_images_per_s": val_ips, "model_gflops": info["gflops"], "params": info["params"],
             "train_gflop_per_s": achieved}
 
@@ -83,9 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=20, help="timed batches after warm-up")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-channels-last", action="store_true", help="model and batches NCHW (the trainer's flag)")
     p.add_argument("--out", default="runs/bench/core.json")
     args = p.parse_args(argv)
-    figures = train_throughput(args.model, args.imgsz, args.batch_size, args.batches, args.warmup, args.workers)
+    figures = train_throughput(args.model, args.imgsz, args.batch_size, args.batches, args.warmup, args.workers,
+                               not args.no_channels_last)
     figures["torch_threads"] = torch.get_num_threads()
     figures["conv_gflop_per_s"] = conv_throughput()
     figures["train_vs_conv_ratio"] = figures["train_gflop_per_s"] / figures["conv_gflop_per_s"]

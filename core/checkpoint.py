@@ -44,11 +44,21 @@ def _plain(value: Any) -> Any:
 
 
 def _tensors(state: Mapping[str, torch.Tensor], half: bool = False) -> dict[str, torch.Tensor]:
+    """CPU copies in the standard (NCHW-contiguous) layout, whatever memory format the model trained in."""
     out = {}
     for k, v in state.items():
-        v = v.detach().cpu().clone()
+        v = v.detach().cpu().clone(memory_format=torch.contiguous_format)
         out[k] = v.half() if half and v.dtype.is_floating_point else v
     return out
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with its per-parameter tensors NCHW-contiguous (a channels_last model's
+    momentum buffers are channels_last; the trainer gives them the parameters' layout again on resume)."""
+    sd = optimizer.state_dict()
+    state = {i: {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+             for i, st in sd["state"].items()}
+    return {**sd, "state": state}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None = None, updates: int = 0,
@@ -70,7 +80,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None
         "metrics": _plain(dict(metrics or {})),
         "epoch": int(epoch),
         "best_fitness": None if best_fitness is None else float(best_fitness),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": _optimizer_state(optimizer) if optimizer is not None else None,
         "train_opts": _plain(dict(train_opts or {})),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }

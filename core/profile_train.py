@@ -69,7 +69,8 @@ def _threads(requested: int, workers: int) -> int:
 
 
 def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: int, batches: int,
-            warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench") -> dict:
+            warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench",
+            channels_last: bool = True) -> dict:
     from core.boxes import xywh2xyxy
     from core.checkpoint import save_checkpoint
     from core.data.config import load_data_config
@@ -97,7 +98,8 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     val_loader, val_set = create_dataloader(cfg["val"], imgsz, batch * 2, hyp, augment=False, workers=workers, nc=nc)
     net = Model(model_yaml, nc=nc)
     net.initialize_biases()
-    net = net.to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # the trainer's --no-channels-last
+    net = net.to(dev, memory_format=fmt)
     nl = net.model[-1].nl
     loss_hyp = {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
                 "obj": hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl}  # the trainer's gain scaling
@@ -122,7 +124,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         rec = i >= warmup
         imgs, targets, _, _ = next(it)
         timer.lap("data wait", rec)
-        pred = net(imgs.to(dev, non_blocking=True).float() / 255)
+        pred = net(imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255)
         timer.lap("forward", rec)
         loss, _ = compute_loss(pred, targets.to(dev))
         timer.lap("loss", rec)
@@ -152,7 +154,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         vt.start()
         for imgs, targets, _, _ in val_loader:
             vt.lap("data wait")
-            imgs = imgs.to(dev).float() / 255
+            imgs = imgs.to(dev, memory_format=fmt).float() / 255
             targets = targets.to(dev)
             pred, raw = model(imgs)
             vt.lap("inference")
@@ -183,7 +185,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         ckpt_s = time.perf_counter() - t0
 
     step = {k: statistics.median(timer.steps[k]) * 1e3 if timer.steps[k] else float("nan") for k in TRAIN_PHASES}
-    return {"model": model_yaml, "imgsz": imgsz, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
+    return {"model": model_yaml, "channels_last": channels_last, "imgsz": imgsz, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
             "optimizer": name, "accumulate": accumulate, "train_batches": nb, "train_images": n,
             "setup_s": setup_s, "step_ms": step, "epoch_train_s": {k: timer.total[k] for k in TRAIN_PHASES},
             "train_s": train_s, "train_images_per_s": n / train_s, "val_images": len(val_set),
@@ -194,7 +196,8 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
 def format_profile(r: dict) -> str:
     step_total = sum(v for v in r["step_ms"].values() if v == v)
     epoch_total = r["train_s"] + r["val_split_total_s"] + r["checkpoint_s"]
-    lines = [f"profile: {r['model']} imgsz {r['imgsz']} batch {r['batch']}, {r['workers']} loader workers, "
+    layout = "channels_last" if r.get("channels_last") else "NCHW"
+    lines = [f"profile: {r['model']} ({layout}) imgsz {r['imgsz']} batch {r['batch']}, {r['workers']} loader workers, "
              f"{r['threads']} torch threads, {r['optimizer']} (accumulate {r['accumulate']}); "
              f"{r['train_batches']} batches, {r['train_images_per_s']:.1f} train img/s; setup {r['setup_s']:.1f} s",
              f"{'phase':24s} {'step ms':>8s} {'% step':>7s} {'epoch s':>8s} {'% epoch':>8s}"]
@@ -224,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the per-step medians")
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = the trainer's rule)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-channels-last", action="store_true", help="model and batches NCHW (the trainer's flag)")
     p.add_argument("--out", default="runs/bench/profile.json")
     args = p.parse_args(argv)
     r = profile(args.data, args.model, args.imgsz, args.batch_size, args.workers, args.batches, args.warmup,
-                args.threads, args.device, Path(args.out).parent)
+                args.threads, args.device, Path(args.out).parent, not args.no_channels_last)
     print(format_profile(r))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

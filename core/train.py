@@ -63,6 +63,7 @@ class TrainOptions:
     sync_bn: bool = False              # DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
+    channels_last: bool = True         # model and batches in NHWC memory format (faster convs and max-pools; README)
     autoanchor: bool = True            # check anchors against the labels before training; refit a fresh head's
 
 
@@ -275,7 +276,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         labelled = [lb[:, 0].astype(int) for lb in train_set.labels if len(lb)]
         counts = np.bincount(np.concatenate(labelled or [np.zeros(0, int)]), minlength=nc)[:nc].astype(float)
         net.initialize_biases(counts + 1.0)  # +1: a class absent from train still gets a finite prior
-    net = net.to(device)
+    net = net.to(device, memory_format=_memory_format(opts))  # checkpoints still store NCHW (core/checkpoint.py)
     for name, p in net.named_parameters():
         p.requires_grad_(not (opts.freeze and any(name.startswith(f"model.{i}.") for i in range(opts.freeze))))
 
@@ -318,6 +319,10 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     return s
 
 
+def _memory_format(opts: TrainOptions) -> torch.memory_format:
+    return torch.channels_last if opts.channels_last else torch.contiguous_format
+
+
 def _check_sync_bn(sync_bn: bool, ctx: Any, device: torch.device) -> None:
     """--sync-bn applies to a DDP run on GPUs; say why otherwise, before anything is built."""
     if not sync_bn:
@@ -333,6 +338,7 @@ def _check_sync_bn(sync_bn: bool, ctx: Any, device: torch.device) -> None:
 def _restore(s: TrainState, ckpt: dict) -> None:
     """Continue the run saved in a full checkpoint (last.pt or resume.pt)."""
     s.optimizer.load_state_dict(ckpt["optimizer"])
+    _match_state_layout(s.optimizer)
     if s.ema is not None and ckpt.get("ema"):
         s.ema.ema.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
         s.ema.updates = ckpt["updates"]
@@ -345,6 +351,16 @@ def _restore(s: TrainState, ckpt: dict) -> None:
     for row in s.history:
         if row.get("fitness", float("-inf")) >= s.best_fitness:
             s.best_epoch, s.best = int(row["epoch"]), row
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give per-parameter optimizer state (momentum, Adam moments; saved NCHW) its parameter's memory format."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _optimizer_step(s: TrainState) -> None:
@@ -394,7 +410,7 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
                        bar_format="{l_bar}{bar:20}{r_bar}")
     for i, (imgs, targets, _, _) in batches:
         ni = i + s.batches * epoch  # batches since the start of training
-        imgs = imgs.to(s.device, non_blocking=True).float() / 255
+        imgs = imgs.to(s.device, non_blocking=True, memory_format=_memory_format(s.opts)).float() / 255
         if s.warmup_iters and ni <= s.warmup_iters:
             s.accumulate = warmup(s.optimizer, ni, s.warmup_iters, epoch, s.plan.hyp, s.lf, s.plan.nbs,
                                   s.opts.batch_size)
@@ -515,7 +531,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         save_dir=s.saver.save_dir if saved else None,
         best_path=s.saver.best_path if saved and s.saver.best_path.exists() else None,
         last_path=s.saver.last_path if saved and s.saver.last_path.exists() else None,
-        model=s.ema.ema.float().eval() if s.ema is not None else None)
+        model=s.ema.ema.float().eval().to(memory_format=torch.contiguous_format) if s.ema is not None else None)
     s.callbacks.call("on_train_end", result)
     if s.ctx.is_main and s.opts.progress:
         hours = (time.time() - t_start) / 3600

@@ -59,6 +59,14 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's conv weights are (as core.train trains them), else the standard NCHW."""
+    for w in model.parameters():
+        if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
 def _json_rows(pred: torch.Tensor, input_hw: tuple[int, int], shape, image_id: int) -> list[dict]:
     """COCO result rows for one image's (n, 6) predictions in network-input pixels."""
     boxes = pred[:, :4].clone()
@@ -103,6 +111,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     if save_json is not None and dataset is not None and hasattr(dataset, "im_files"):
         ids = {str(f): i for f, i in zip(dataset.im_files, image_ids(dataset.im_files))}
     iouv = IOU_THRESHOLDS.to(device)
+    layout = memory_format(model)  # batches in the model's layout: no conversion inside the first conv
 
     stats: list[tuple] = []  # (tp, conf, pred_cls, target_cls) per image
     loss = torch.zeros(3, device=device)
@@ -113,7 +122,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
         for batch in tqdm(loader, desc="val", disable=not progress, leave=False):
             imgs, targets, paths, shapes = _unpack(batch)
             t0 = _sync(device)
-            imgs = imgs.to(device, non_blocking=True)
+            imgs = imgs.to(device, non_blocking=True, memory_format=layout)
             imgs = (imgs.half() if use_half else imgs.float()) / 255
             targets = targets.to(device)
             t1 = _sync(device)

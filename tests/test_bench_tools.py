@@ -1,4 +1,4 @@
-"""Peer benchmark helpers (memory sampling, the report) and the training profile, at tiny scale."""
+"""Peer benchmark helpers (memory sampling, the report), the training profile and the A/B timer, at tiny scale."""
 import os
 import subprocess
 import sys
@@ -52,3 +52,21 @@ def test_profile_train_tiny(tmp_path):
     text = format_profile(r)
     for phase in ("train data wait", "train forward", "val NMS", "val matching", "checkpoints"):
         assert phase in text
+
+
+def test_speed_ab_interleaves_and_ratios():
+    from core.speed_ab import interleave
+
+    calls = []
+
+    def a():
+        calls.append("a")
+        time.sleep(0.006)
+
+    def b():
+        calls.append("b")
+        time.sleep(0.001)
+
+    r = interleave(a, b, steps=4, warmup=1)
+    assert calls == ["a", "b"] * 5  # alternating, warm-up steps included
+    assert r["steps"] == 4 and r["a_ms"] >= 6 and r["b_ms"] >= 1 and r["ratio"] == r["a_ms"] / r["b_ms"] > 1.5

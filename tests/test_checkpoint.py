@@ -68,3 +68,27 @@ def test_strip_is_a_third_or_less(tmp_path):
     assert ck["optimizer"] is None and ck["ema"] is None
     assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.dtype.is_floating_point)
     model_from_checkpoint(out)  # still loads
+
+
+def test_channels_last_model_saves_standard_layout(tmp_path):
+    """A model trained in channels_last (the trainer's default) writes NCHW-contiguous tensors, optimizer
+    state included, so weights_only loading, rebuilding and export see the standard format."""
+    model = Model(CPU_YAML, nc=3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model.train()
+    sum(o.mean() for o in model(torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))).backward()
+    opt.step()
+    assert any(not v["exp_avg"].is_contiguous() for v in opt.state.values())  # the live state is channels_last
+    ema = ModelEMA(model)
+    path = save_checkpoint(tmp_path / "cl.pt", model, ema=ema.ema, optimizer=opt, epoch=0)
+    ckpt = load_checkpoint(path)
+    tensors = [*ckpt["state_dict"].values(), *ckpt["ema"].values(),
+               *(v for st in ckpt["optimizer"]["state"].values() for v in st.values() if isinstance(v, torch.Tensor))]
+    assert all(t.is_contiguous() for t in tensors)
+    live = model.state_dict()
+    assert all(torch.equal(ckpt["state_dict"][k], live[k]) for k in live)
+    rebuilt = model_from_checkpoint(path)
+    assert all(p.is_contiguous() for p in rebuilt.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x)[0], ema.ema.eval()(x)[0], atol=1e-4, rtol=1e-5)

@@ -292,3 +292,44 @@ def test_one_class_prior_is_yolov5s_not_log_of_one():
         cls_bias = conv.bias.view(3, 6)[:, 5]
         assert torch.allclose(cls_bias, torch.full((3,), math.log(0.6 / 0.01)))
         assert torch.sigmoid(cls_bias).min() > 0.98
+
+
+def test_channels_last_matches_nchw():
+    """The trainer's channels_last layout computes the same function: only the summation order inside the
+    convs and training-mode BN statistics differs (NHWC kernels), so float32 results agree to rounding, not
+    bit for bit.
+    Tolerance 1e-5 of the output scale (~100 float32 ulps at that scale; measured 4e-8 on an AVX2 host):
+    a wrong weight layout (e.g. a transposed kernel) is off by the scale itself."""
+    torch.manual_seed(2)
+    m = Model(MODELS / 'yolov5n.yaml', nc=3)
+    _randomize_bn(m)
+    cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
+    assert cl.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 96, 128)
+    for mode in (m.eval, m.train):
+        mode(), cl.train(m.training)
+        with torch.no_grad():
+            a, b = m(x), cl(x.contiguous(memory_format=torch.channels_last))
+        raw_a, raw_b = (a, b) if m.training else (a[1], b[1])
+        scale = max(float(r.abs().max()) for r in raw_a)
+        assert scale > 1.0
+        assert max(float((p - q).abs().max()) for p, q in zip(raw_a, raw_b)) <= 1e-5 * scale
+        if not m.training:
+            assert (a[0] - b[0]).abs().max() <= 1e-5 * a[0].abs().max()
+
+
+def test_sppf_pools_in_channels_last_bit_identically():
+    """An NCHW model's SPPF pools in channels_last on CPU (faster there); a max is exact, so the block's
+    output is bit-identical to pooling in NCHW, and it leaves in the standard layout."""
+    from core.model.common import SPPF
+
+    torch.manual_seed(3)
+    sppf = SPPF(32, 64).eval()
+    x = torch.randn(2, 32, 10, 10)
+    with torch.no_grad():
+        y = sppf(x)
+        t = sppf.cv1(x)
+        p1 = torch.nn.functional.max_pool2d(t, 5, 1, 2)
+        p2 = torch.nn.functional.max_pool2d(p1, 5, 1, 2)
+        want = sppf.cv2(torch.cat((t, p1, p2, torch.nn.functional.max_pool2d(p2, 5, 1, 2)), 1))
+    assert torch.equal(y, want) and y.is_contiguous()

@@ -197,3 +197,59 @@ def test_a_saved_best_fitness_of_zero_survives_resume(tiny_data, tmp_path, monke
     assert load_checkpoint(tmp_path / "run" / "last.pt")["best_fitness"] == 0.0
     res = fit(tiny_data, MODEL, None, _opts(tmp_path, resume=str(tmp_path / "run")))
     assert res.best_fitness == 0.0 and res.best["epoch"] == 1  # not -inf from `saved or -inf`
+
+
+def test_channels_last_training_checkpoints_export_and_prune(tiny_data, tmp_path):
+    """Training runs in channels_last (default) yet hands out the standard layout: the returned model and
+    best.pt are NCHW, export to ONNX matches onnxruntime, and channel surgery on the checkpoint is exact."""
+    import copy
+
+    from core.export import check_onnx, export_onnx
+    from prune.graph import trace
+    from prune.masks import MaskOptions, compute_masks
+    from prune.surgery import absorb_constants, prune_channels, pruned_constants, zero_pruned
+
+    layouts = []
+    cb = Callbacks(after_backward=lambda m: layouts.append(
+        m.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+        and not m.model[0].conv.weight.is_contiguous()))
+    res = fit(tiny_data, MODEL, None, _opts(tmp_path, epochs=1), cb)
+    assert layouts and all(layouts)
+    assert all(p.is_contiguous() for p in res.model.parameters())
+    ckpt = load_checkpoint(res.best_path)
+    assert all(v.is_contiguous() for v in ckpt["state_dict"].values())
+
+    model = model_from_checkpoint(res.best_path)
+    x = torch.rand(1, 3, 64, 64)
+    errors = check_onnx(export_onnx(model, tmp_path / "cl.onnx", imgsz=64), model, x)
+    assert errors["scores"] <= errors["tolerance"]["scores"]
+
+    model = model.double()
+    masks, _ = compute_masks(trace(model), MaskOptions(global_percent=0.3))
+    full = copy.deepcopy(model)
+    g = trace(full)
+    absorb_constants(g, pruned_constants(g, masks))
+    zero_pruned(g, masks, betas=True)
+    with torch.no_grad():
+        a, b = prune_channels(model, masks).eval()(x.double())[1], full(x.double())[1]
+    assert max(float((p - q).abs().max()) for p, q in zip(a, b)) <= 1e-9
+
+
+def test_resumed_optimizer_state_takes_the_parameters_layout():
+    """last.pt stores momentum buffers NCHW; on resume they get the channels_last layout of their parameters
+    back (same values), so the resumed steps run on the fast path and match an uninterrupted run."""
+    from core.checkpoint import _optimizer_state
+    from core.model.yolo import Model
+    from core.train import _match_state_layout
+
+    model = Model(MODEL, nc=3).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sum(o.mean() for o in model(torch.rand(2, 3, 64, 64))).backward()
+    opt.step()
+    saved = _optimizer_state(opt)
+    again = torch.optim.AdamW(model.parameters(), lr=0.01)
+    again.load_state_dict(saved)
+    assert any(v["exp_avg"].stride() != p.stride() for p, v in again.state.items())
+    _match_state_layout(again)
+    for p, v in again.state.items():
+        assert v["exp_avg"].stride() == p.stride() and torch.equal(v["exp_avg"], opt.state[p]["exp_avg"])
