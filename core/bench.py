@@ -15,6 +15,15 @@ import torch
 from torch import nn
 
 
+def write_report(figures: dict, path: str | Path) -> Path:
+    """Write a benchmark's figures as JSON (the folder made if needed) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"written to {out}")
+    return out
+
+
 def conv_throughput(seconds: float = 3.0) -> float:
     """GFLOP/s of a large 3x3 Conv2d forward+backward: what this machine's convs can do at best."""
     conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
@@ -99,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest loader worker
     for k, v in figures.items():
         print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2))
-    print(f"written to {out}")
+    write_report(figures, args.out)
 
 
 if __name__ == "__main__":

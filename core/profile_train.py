@@ -18,7 +18,6 @@ warm-up lr ramp or progress bar. Step figures are medians over the steps after `
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from core.bench import write_report
 
 TRAIN_PHASES = ("data wait", "forward", "loss", "backward", "optimizer+EMA")
 VAL_PHASES = ("data wait", "inference", "val loss", "NMS", "matching", "AP")
@@ -233,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     r = profile(args.data, args.model, args.imgsz, args.batch_size, args.workers, args.batches, args.warmup,
                 args.threads, args.device, Path(args.out).parent, not args.no_channels_last)
     print(format_profile(r))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    print(f"written to {out}")
+    write_report(r, args.out)
     return 0
 
 

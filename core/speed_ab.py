@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import types
-from pathlib import Path
 from typing import Callable
 
 import torch
+
+from core.bench import write_report
 
 
 def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> dict:
@@ -176,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'fit ' + k + ' epoch (s)':22s} {f[k]['a_s']:9.1f} {f[k]['b_s']:9.1f} {f[k]['ratio']:7.2f}")
     print(f"inference max |NCHW - channels_last| {r['max_abs_diff channels_last vs NCHW (inference)']:.2e}; "
           f"SPPF pools bit-identical: {r['SPPF pools bit-identical']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    print(f"written to {out}")
+    write_report(r, args.out)
     return 0
 
 

@@ -1,22 +1,38 @@
-"""Shared fixtures: a real PostgreSQL server for the storage tests (started once per session)."""
+"""Shared fixtures: a study config factory for the orchestration tests, and a real PostgreSQL server
+for the storage tests (started once per session)."""
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 
-from tests.pg_server import PgServer, PgUnavailable
+from tests.pg_server import PgServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cfg_for(tmp_path, monkeypatch):
+    """cfg_for(name, **overrides): the quick study's orchestration without its base run and noise seeds
+    (those are tested in test_evolve_signal.py), on a data yaml that preflight only checks exists."""
+    from evolve.study_config import load_study
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: [a]\n")
+    (tmp_path / "images").mkdir()
+
+    def make(name: str, **kw):
+        return load_study(REPO / "studies" / "quick.yaml", {"name": name, "data": str(data), "base": {},
+                                                            "noise_seeds": 0, **kw})
+    return make
 
 
 @pytest.fixture(scope="session")
 def pg_server():
-    """A running throwaway PostgreSQL server. In CI a missing server is an error, never a skip."""
-    try:
-        server = PgServer()
-    except PgUnavailable as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL here: {e}")
+    """A running throwaway PostgreSQL server (installed with apt-get by root when missing). Where none can be
+    had, the database tests error with the reason (PgUnavailable): they are never skipped."""
+    server = PgServer()
     try:
         server.start()
         yield server

@@ -26,7 +26,6 @@ from evolve.objective import objective_value
 from evolve.ledger import (OWNER, RECOVERED_FROM, WITHDRAWN, count_finished, fail_and_retry, process_space,
                            retry_history, stale_reason)
 from evolve.storage import make_storage
-from evolve.study_config import load_study
 from evolve.worker import run_worker
 from tests.test_evolve_fakes import fake_fit
 
@@ -38,17 +37,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture
-def cfg_for(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    data = tmp_path / "data.yaml"
-    data.write_text("path: .\ntrain: images\nval: images\nnames: [a]\n")
-    (tmp_path / "images").mkdir()
-
-    def make(name: str, **kw):
-        return load_study(REPO / "studies" / "quick.yaml", {"name": name, "data": str(data), "base": {},
-                                                            "noise_seeds": 0, "heartbeat": 1, **kw})
-    return make
+def cfg_for(cfg_for):
+    """conftest's cfg_for with a 1 s heartbeat, so a dead worker's trial is stale after 3 s."""
+    return lambda name, **kw: cfg_for(name, **{"heartbeat": 1, **kw})
 
 
 def _machine(host: str, run_dir: Path, url: str, log: Path, sleep: float) -> subprocess.Popen:

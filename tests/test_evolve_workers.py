@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -20,28 +19,12 @@ from evolve.launcher import launch, prepare_study
 from evolve.ledger import count_finished
 from evolve.report import main as report_main
 from evolve.storage import make_storage
-from evolve.study_config import load_study
 from evolve.worker import run_worker
 from tests.test_evolve_fakes import fake_fit
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "tests.test_evolve_fakes:fake_fit"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture
-def cfg_for(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    data = tmp_path / "data.yaml"
-    data.write_text("path: .\ntrain: images\nval: images\nnames: [a]\n")  # only checked to exist (preflight)
-    (tmp_path / "images").mkdir()
-
-    def make(name: str, **kw):
-        # the quick study's orchestration without its base run and noise seeds (tested in test_evolve_signal.py)
-        return load_study(REPO / "studies" / "quick.yaml", {"name": name, "data": str(data), "base": {},
-                                                            "noise_seeds": 0, **kw})
-    return make
 
 
 def _study(cfg, run_dir):
