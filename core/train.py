@@ -27,7 +27,7 @@ from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.nonfinite import NonFiniteGuard
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
-from core.run_dir import next_run_dir, resolve_resume
+from core.run_dir import next_run_dir, read_history, resolve_resume
 from core.seeding import init_seeds
 
 LOG = logging.getLogger("core.train")
@@ -180,6 +180,28 @@ class TrainState:
     best_fitness: float = float("-inf")
     best_epoch: int = -1
     best: dict = field(default_factory=dict)
+
+
+def _finished_run(opts: TrainOptions) -> FitResult | None:
+    """For `opts.resume` of a run that already ended: its saved result, else None.
+
+    A stripped last.pt with no resume.pt beside it can only be a normal end (a signal writes resume.pt
+    before stripping), so a run killed after its final strip is finished, not lost."""
+    path = resolve_resume(opts.resume, opts.project)
+    if path.name != "last.pt" or (path.parent / "resume.pt").exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("optimizer") is not None:
+        return None
+    history = read_history(path.parent / "results.csv")
+    best = max(history, key=lambda h: h.get("fitness", float("-inf")), default={})
+    saved_best = ckpt.get("best_fitness")
+    LOG.info(f"resume: {path.parent} already finished (epoch {ckpt['epoch']} was its last); nothing to resume. "
+             f"To train further, start a new run from it: --weights {path}")
+    best_path = path.parent / "best.pt"
+    return FitResult(history=history, best=best, stop_reason="already finished", save_dir=path.parent,
+                     best_fitness=float("-inf") if saved_best is None else float(saved_best),
+                     best_path=best_path if best_path.exists() else None, last_path=path)
 
 
 def _resume_inputs(opts: TrainOptions) -> tuple[dict, Path, Any, Any]:
@@ -484,7 +506,10 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     data: data yaml path, a loaded data config dict, or None for the built-in dataset.
     model: model yaml path, architecture dict, checkpoint path (.pt) or a Model instance.
     """
-    s = setup(data, model, hyp, opts if opts is not None else TrainOptions(), callbacks or Callbacks())
+    opts = opts if opts is not None else TrainOptions()
+    if opts.resume and (finished := _finished_run(opts)) is not None:
+        return finished
+    s = setup(data, model, hyp, opts, callbacks or Callbacks())
     s.callbacks.call("on_train_start", s.net)
     t_start = time.time()
     stop_reason, ended, interrupted = "completed", False, False

@@ -55,6 +55,11 @@ def test_crash_keeps_a_full_last_pt_and_resume_runs_each_epoch_once(tiny_data, t
     res = fit(tiny_data, MODEL, None, TrainOptions(resume=str(run), workers=0, progress=False, project=str(tmp_path)))
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3] and _epochs(run) == [0, 1, 2, 3]
     assert load_checkpoint(run / "last.pt")["optimizer"] is None  # a normal end strips
+    # killed after that final strip, a "resume until done" loop resumes once more: finished, nothing trains
+    again = fit(tiny_data, MODEL, None, TrainOptions(resume=str(run), workers=0, progress=False, project=str(tmp_path)))
+    assert again.stop_reason == "already finished" and [h["epoch"] for h in again.history] == [0, 1, 2, 3]
+    assert [h["fitness"] for h in again.history] == pytest.approx([h["fitness"] for h in res.history], rel=1e-5)
+    assert again.best_fitness == pytest.approx(res.best_fitness) and _epochs(run) == [0, 1, 2, 3]
 
 
 KILLER = """
