@@ -279,11 +279,14 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
     train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, close_epoch, epoch=0)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
+    # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
+    # few % of it) and two persistent val workers, idle through training, would cost ~600 MB of RSS.
     val_loader = None
     if ctx.is_main:
         val_loader, _ = create_dataloader(
             data_cfg["val"], opts.imgsz, opts.batch_size // ctx.world_size * 2, hyp, augment=False, cache=opts.cache,
-            workers=opts.workers, shuffle=False, rank=-1, world_size=1, seed=opts.seed, nc=nc, prefix="val: ")
+            workers=opts.workers if device.type == "cuda" else 0, shuffle=False, rank=-1, world_size=1,
+            seed=opts.seed, nc=nc, prefix="val: ")
 
     # anchors: the count asked by the hyp, then AutoAnchor (refits only an untrained head: trained outputs
     # are relative to their anchors; a resumed run has its own in the checkpoint)
