@@ -149,6 +149,19 @@ def test_pruned_candidate_is_chosen_by_seed_mean_not_trial_rank(tmp_path):
     assert not two["paired_vs_base"]["above_noise"]  # +0.10 and -0.11: noise
 
 
+def test_search_bench_scores_retrains_by_the_study_objective_not_best_epoch():
+    from evolve.search_bench import score_retrain
+
+    # best-epoch fitness says GA wins by 0.05; the objective column (what the study ranks by) says it loses
+    df = pd.DataFrame({"role": ["base", "base", "ga", "ga"], "seed": [1, 2, 1, 2],
+                       "fitness": [0.20, 0.21, 0.25, 0.26], "objective": [0.19, 0.20, 0.17, 0.18]})
+    out = score_retrain(df, ["ga"], "mean_last_3")
+    assert out["retrain_value"] == "objective (mean_last_3)" and out["base"]["mean"] == pytest.approx(0.195)
+    assert out["ga"]["paired"]["diffs"] == pytest.approx([-0.02, -0.02]) and not out["ga"]["target_met"]
+    old = score_retrain(df.drop(columns="objective"), ["ga"], "best")  # a table without the column: fitness
+    assert old["retrain_value"] == "fitness" and old["ga"]["target_met"]  # +0.05, 0.255 - 0.007 > 0.205
+
+
 def test_base_winning_the_retrain_is_said_plainly(tmp_path):
     csv = _retrain_csv(tmp_path / "retrain.csv", [
         (3, "best", 1, 0.20, 0.5), (3, "best", 2, 0.19, 0.5), (0, "base", 1, 0.22, 0.3), (0, "base", 2, 0.21, 0.3)])
