@@ -354,8 +354,8 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
     if opts.round_to != "auto":
         opts.round_to = int(opts.round_to)
     if not Path(opts.weights).is_file():
-        raise TPBenchError(f"--weights {opts.weights}: file not found (train a baseline, e.g. `make train`, or "
-                           f"`make study` for {DEFAULT_WEIGHTS})")
+        raise TPBenchError(f"--weights {opts.weights}: file not found (any trained best.pt will do; `make evolve` "
+                           f"writes {DEFAULT_WEIGHTS} as the quick study's base run)")
     if opts.tp_steps < 1 or not 0 < opts.tolerance < 0.5:
         raise TPBenchError(f"--tp-steps {opts.tp_steps} must be >= 1 and --tolerance {opts.tolerance} in (0, 0.5)")
     return opts
