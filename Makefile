@@ -17,7 +17,7 @@ SAMPLER ?=
 STORAGE ?=
 PORT ?= 8080
 
-.PHONY: install test train val bench bench-search bench-peer heldout evolve prune report study dashboard clean
+.PHONY: install test train val bench bench-search bench-peer bench-tp heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,26 @@ heldout: install  # the held-out dataset suite (datasets/heldout-v1), seeded, us
 
 bench-peer: install $(PEER_VENV)/.installed  # ours vs Ultralytics yolov5n/yolov8n on the held-out suite
 	$(PY) -m core.peer_bench --peer-python $(PEER_VENV)/bin/python $(PEER_ARGS)
+
+# Torch-Pruning side by side: torch-pruning in its own venv so it never enters .venv. The venv reads torch,
+# numpy, thop, ... from .venv's site-packages through a .pth file (same interpreter: .venv's base python),
+# and torch-pruning is installed without dependencies, so it cannot bring another torch.
+TP_VENV := .venv-tp
+TP_SPEC ?= torch-pruning==1.6.1
+TP_ARGS ?=
+
+$(TP_VENV)/.installed: | $(VENV)/.installed
+	$(PY) -m venv --clear $(TP_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(TP_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/our-venv.pth"
+	$(TP_VENV)/bin/python -m pip install --quiet --no-deps $(TP_SPEC)
+	$(TP_VENV)/bin/python -c "import torch, torch_pruning; v = torch.__version__.split('+')[0]; \
+	  assert v == '$(subst torch==,,$(firstword $(TORCH_SPEC)))', f'.venv-tp sees torch {v}, not .venv\'s'; \
+	  print('torch-pruning', torch_pruning.__version__, 'on torch', torch.__version__, 'from', torch.__file__)"
+	touch $@
+
+bench-tp: install $(TP_VENV)/.installed  # ours vs Torch-Pruning (BN-scale, L1) at equal GFLOPs, same finetune
+	$(TP_VENV)/bin/python -m prune.tp_bench $(TP_ARGS)
 
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
 	$(PY) -m evolve.search_bench --trials 16 --seeds 3
