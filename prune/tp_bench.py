@@ -40,7 +40,7 @@ from core.cli import main_guard
 
 M = TypeVar("M")
 TP_IMPORTANCE = {"tp_bn": "BNScaleImportance", "tp_l1": "MagnitudeImportance(p=1)"}
-DEFAULT_WEIGHTS = "runs/evolve/quick/base/best.pt"
+DEFAULT_WEIGHTS = ""  # the quick study's base run, trained once and cached (runs/evolve/bench-base)
 
 
 class TPBenchError(ValueError):
@@ -326,7 +326,8 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
     d = BenchOptions()
     p = argparse.ArgumentParser(prog="python -m prune.tp_bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", default=d.weights, help="trained baseline checkpoint (both pruners start from it)")
+    p.add_argument("--weights", default=d.weights, help="trained baseline checkpoint (both pruners start from it; "
+                   "default: the quick study's 30-epoch base run, trained once into runs/evolve/bench-base)")
     p.add_argument("--data", default=d.data, help="data yaml (default: the built-in synthetic dataset)")
     p.add_argument("--global-percent", type=float, default=d.global_percent,
                    help="our channel stage's share of |gamma|")
@@ -353,9 +354,9 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
     opts = BenchOptions(**{k: getattr(args, k) for k in asdict(d)})
     if opts.round_to != "auto":
         opts.round_to = int(opts.round_to)
-    if not Path(opts.weights).is_file():
-        raise TPBenchError(f"--weights {opts.weights}: file not found (any trained best.pt will do; `make evolve` "
-                           f"writes {DEFAULT_WEIGHTS} as the quick study's base run)")
+    if opts.weights and not Path(opts.weights).is_file():
+        raise TPBenchError(f"--weights {opts.weights}: file not found (any trained best.pt will do; without "
+                           f"--weights the quick study's base run is trained once and cached)")
     if opts.tp_steps < 1 or not 0 < opts.tolerance < 0.5:
         raise TPBenchError(f"--tp-steps {opts.tp_steps} must be >= 1 and --tolerance {opts.tolerance} in (0, 0.5)")
     return opts
@@ -371,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(Path(opts.report_only).read_text())))
         return 0
     t = time.perf_counter()
+    if not opts.weights:  # a fresh clone: the quick study's base run, shared with `make bench-search`
+        from evolve.bench import shared_start
+
+        opts.weights = shared_start("studies/quick.yaml", {"gpus": "cpu"})["weights"]
     run(opts)
     print(f"\nfinetune runs (results.csv, best.pt per model) under {Path(opts.project) / opts.name / 'train'}; "
           f"report {opts.out}; {datetime.timedelta(seconds=round(time.perf_counter() - t))} in all")
