@@ -489,7 +489,24 @@ def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
         if s.ctx.is_main:
             LOG.info(f"epoch {epoch}: mosaic and mixup off for the last {s.opts.epochs - epoch} epochs "
                      f"(--close-mosaic {s.opts.close_mosaic})")
+        s.train_loader = None  # the old workers exit before the new ones fork
+        _release_free_heap()
         s.train_loader, _ = _train_loader(s.opts, s.data_cfg, s.hyp, s.ctx, s.close_epoch, epoch, prefix="")
+
+
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim) before loader workers fork: a forked worker
+    maps every resident page of its parent, so the parent's freed-but-kept training buffers would otherwise
+    count again in each worker's RSS. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_reason(s: TrainState, epoch: int, metrics: dict) -> str | None:
