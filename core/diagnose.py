@@ -22,8 +22,6 @@ from torch import nn
 from core.boxes import box_iou, xywh2xyxy
 from core.cli import main_guard
 
-LOG = logging.getLogger("core.diagnose")
-
 
 class ClassAgnostic(nn.Module):
     """A model whose class scores are replaced by one column, the best class's, so that NMS and matching
@@ -123,6 +121,7 @@ def main(argv=None) -> int:
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
+    from core.loss import scaled_gains
     from core.train import _build_model
     from core.val import validate
 
@@ -148,9 +147,7 @@ def main(argv=None) -> int:
     print("      " + " ".join(f"{n[:5]:>5s}" for n in names) + "  none")
     for c in range(nc):
         print(f"{names[c][:5]:>5s} " + " ".join(f"{v:5d}" for v in counts[c]))
-    nl = int(net.model[-1].nl)
-    loss_hyp = {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
-                "obj": hyp["obj"] * (args.imgsz / 640) ** 2 * 3 / nl}
+    loss_hyp = scaled_gains(hyp, int(net.model[-1].nl), nc, args.imgsz)
     train_loader, _ = create_dataloader(cfg["train"], args.imgsz, 16, hyp, augment=True, workers=0, shuffle=True, nc=nc)
     a = assignment(net, train_loader, loss_hyp, args.batches)
     print(f"assignment over {a['objects']} augmented training objects: on level " +

@@ -43,6 +43,14 @@ def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
     return 1.0 - 0.5 * eps, 0.5 * eps
 
 
+def scaled_gains(hyp: Mapping[str, float], nl: int, nc: int, imgsz: int) -> dict:
+    """The hyp with YOLOv5's loss gains for this model and data: box, cls and obj scaled to the number of
+    levels (3 / nl), cls to the class count (nc / 80: its BCE is a mean over classes), obj to the image size
+    ((imgsz / 640) ** 2). What the trainer hands ComputeLoss; the checkpoint keeps the user's hyp."""
+    return {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
+            "obj": hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl}
+
+
 def _detect_head(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP / DataParallel wrapper
     return model.model[-1]

@@ -79,7 +79,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     from core.device import select_device
     from core.ema import ModelEMA
     from core.hyp import load_hyp
-    from core.loss import ComputeLoss
+    from core.loss import ComputeLoss, scaled_gains
     from core.metrics import ap_per_class, match_predictions
     from core.model.yolo import Model
     from core.nms import non_max_suppression
@@ -101,10 +101,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     net.initialize_biases()
     fmt = torch.channels_last if channels_last else torch.contiguous_format  # the trainer's --no-channels-last
     net = net.to(dev, memory_format=fmt)
-    nl = net.model[-1].nl
-    loss_hyp = {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
-                "obj": hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl}  # the trainer's gain scaling
-    compute_loss = ComputeLoss(net, loss_hyp)
+    compute_loss = ComputeLoss(net, scaled_gains(hyp, net.model[-1].nl, nc, imgsz))  # the trainer's gains
     steps = math.ceil(len(train_set) / batch) * 30  # as for a 30-epoch run
     name, hyp_run = resolve_auto("auto", hyp, nc, steps)
     nbs = batch if name == "AdamW" else 64

@@ -241,7 +241,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     from core.data.config import load_data_config
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
-    from core.loss import ComputeLoss
+    from core.loss import ComputeLoss, scaled_gains
     from core.model.anchors import check_anchors, fit_anchor_count
 
     # resume: the interrupted run's options, data, hyp and checkpoint win
@@ -306,10 +306,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         p.requires_grad_(not (opts.freeze and any(name.startswith(f"model.{i}.") for i in range(opts.freeze))))
 
     # loss: gains scale with layers, classes and image size (the checkpoint keeps the user's hyp)
-    nl = net.model[-1].nl
-    loss_hyp = {**hyp, "box": hyp["box"] * 3 / nl, "cls": hyp["cls"] * nc / 80 * 3 / nl,
-                "obj": hyp["obj"] * (opts.imgsz / 640) ** 2 * 3 / nl}
-    compute_loss = ComputeLoss(net, loss_hyp, label_smoothing=opts.label_smoothing)
+    compute_loss = ComputeLoss(net, scaled_gains(hyp, net.model[-1].nl, nc, opts.imgsz),
+                               label_smoothing=opts.label_smoothing)
 
     # optimizer, nominal batch and accumulation, decided once; lr schedule; EMA on rank 0
     plan = plan_optimizer(opts.optimizer, hyp, nc, len(train_set), opts.batch_size, opts.epochs, opts.nbs)

@@ -213,9 +213,7 @@ def run(o: BenchOptions) -> dict:
     pipe.check_prunable()
     meta = {**machine(), "options": asdict(o), "finetune_hyp": pipe.ft_hyp, "round_to": pipe.round_to,
             "torch": torch.__version__, "torch_pruning": _tp_version()}
-    print(f"tp benchmark {meta['date']} on {meta.get('cpu', '?')} (SIMD: {meta.get('simd') or '?'}; AVX-512: "
-          f"{'yes' if 'avx512f' in meta.get('simd', '') else 'no'}), {meta['cpus']} CPUs; torch {meta['torch']}, "
-          f"torch-pruning {meta['torch_pruning']}")
+    print(f"tp benchmark {meta['date']} on {machine_line(meta)}")
     print(f"both pruners start from the same weights ({o.weights}), no sparse training; GFLOPs at "
           f"{o.latency_imgsz} px; finetune {o.finetune_epochs} epochs each, same hyp, optimizer and seed")
 
@@ -295,13 +293,18 @@ LABELS = {"baseline": "baseline", "ours": "ours (channel+layer), pruned", "ours_
           "tp_l1": "TP L1, pruned", "tp_l1_ft": "TP L1, finetuned"}
 
 
+def machine_line(meta: dict) -> str:
+    """CPU, its SIMD flags, whether it has AVX-512, CPU count and the two library versions."""
+    simd = meta.get("simd") or "?"
+    return (f"{meta.get('cpu', '?')} ({simd}, AVX-512: {'yes' if 'avx512f' in simd else 'no'}), {meta['cpus']} CPUs; "
+            f"torch {meta['torch']}, torch-pruning {meta['torch_pruning']}")
+
+
 def table(report: dict) -> str:
     """The markdown table of a report (a pure function of the json)."""
     meta, rows = report["meta"], report["rows"]
     size = meta["options"]["latency_imgsz"]
-    lines = [f"{meta['date'][:10]}, {meta.get('cpu', '?')} ({meta.get('simd') or '?'}, AVX-512: "
-             f"{'yes' if 'avx512f' in meta.get('simd', '') else 'no'}), {meta['cpus']} CPUs; torch {meta['torch']}, "
-             f"torch-pruning {meta['torch_pruning']}; finetune {meta['options']['finetune_epochs']} epochs",
+    lines = [f"{meta['date'][:10]}, {machine_line(meta)}; finetune {meta['options']['finetune_epochs']} epochs",
              "",
              f"| model | mAP50 | mAP50-95 | params (M) | GFLOPs ({size} px) | CPU ms ({size} px, "
              f"{meta['options']['latency_threads']} thr) | latency / baseline | prune s | finetune s |",
