@@ -16,8 +16,9 @@ NAME ?= quick
 SAMPLER ?=
 STORAGE ?=
 PORT ?= 8080
+USE_ARGS ?=
 
-.PHONY: install test train val bench bench-search bench-peer bench-tp heldout evolve prune report study dashboard clean
+.PHONY: install test train val bench bench-search bench-peer bench-tp bench-use heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +82,9 @@ $(TP_VENV)/.installed: | $(VENV)/.installed
 
 bench-tp: install $(TP_VENV)/.installed  # ours vs Torch-Pruning (BN-scale, L1) at equal GFLOPs, same finetune
 	$(TP_VENV)/bin/python -m prune.tp_bench $(TP_ARGS)
+
+bench-use: install  # export, ONNX validation and latency, TTA, ensembles, transfer, detect: the README's figures
+	$(PY) -m core.use_bench $(USE_ARGS)
 
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
 	$(PY) -m evolve.search_bench --trials 16 --seeds 3
