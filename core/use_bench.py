@@ -112,7 +112,7 @@ def train(o: UseBenchOptions, name: str, data: Path, model: str, epochs: int, se
     """core.train into OUT/train/<name> (an interrupted run resumes from its last.pt); best mAP and log lines."""
     from core.train import TrainOptions, fit
 
-    last = o.out / "train" / name / "weights" / "last.pt"
+    last = o.out / "train" / name / "last.pt"
     opts = TrainOptions(epochs=epochs, batch_size=o.batch, imgsz=o.imgsz, workers=o.workers, seed=seed,
                         freeze=freeze, project=str(o.out / "train"), name=name, exist_ok=True, progress=o.progress,
                         resume=str(last) if last.exists() else False)
