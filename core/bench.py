@@ -39,7 +39,7 @@ def conv_throughput(seconds: float = 3.0) -> float:
 
 
 def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warmup: int, workers: int,
-                     channels_last: bool = True) -> dict:
+                     channels_last: bool = False) -> dict:
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
@@ -54,7 +54,7 @@ def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warm
     hyp = load_hyp(None)
     model = Model(model_yaml, nc=cfg["nc"])
     info = model_info(model, imgsz)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format  # as the trainer (--no-channels-last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # as the trainer (--channels-last)
     model = model.to(memory_format=fmt)
     loader, _ = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=workers, shuffle=True,
                                   nc=cfg["nc"])
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=20, help="timed batches after warm-up")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-channels-last", action="store_true", help="model and batches NCHW (the trainer's flag)")
+    p.add_argument("--channels-last", action="store_true", help="model and batches NHWC (the trainer's flag)")
     p.add_argument("--out", default="runs/bench/core.json")
     args = p.parse_args(argv)
     figures = train_throughput(args.model, args.imgsz, args.batch_size, args.batches, args.warmup, args.workers,
-                               not args.no_channels_last)
+                               args.channels_last)
     figures["torch_threads"] = torch.get_num_threads()
     figures["conv_gflop_per_s"] = conv_throughput()
     figures["train_vs_conv_ratio"] = figures["train_gflop_per_s"] / figures["conv_gflop_per_s"]

@@ -71,7 +71,7 @@ def _threads(requested: int, workers: int) -> int:
 
 def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: int, batches: int,
             warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench",
-            channels_last: bool = True) -> dict:
+            channels_last: bool = False) -> dict:
     from core.boxes import xywh2xyxy
     from core.checkpoint import save_checkpoint
     from core.data.config import load_data_config
@@ -99,7 +99,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     val_loader, val_set = create_dataloader(cfg["val"], imgsz, batch * 2, hyp, augment=False, workers=workers, nc=nc)
     net = Model(model_yaml, nc=nc)
     net.initialize_biases()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format  # the trainer's --no-channels-last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # the trainer's --channels-last
     net = net.to(dev, memory_format=fmt)
     compute_loss = ComputeLoss(net, scaled_gains(hyp, net.model[-1].nl, nc, imgsz))  # the trainer's gains
     steps = math.ceil(len(train_set) / batch) * 30  # as for a 30-epoch run
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the per-step medians")
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = the trainer's rule)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-channels-last", action="store_true", help="model and batches NCHW (the trainer's flag)")
+    p.add_argument("--channels-last", action="store_true", help="model and batches NHWC (the trainer's flag)")
     p.add_argument("--out", default="runs/bench/profile.json")
     args = p.parse_args(argv)
     r = profile(args.data, args.model, args.imgsz, args.batch_size, args.workers, args.batches, args.warmup,
-                args.threads, args.device, Path(args.out).parent, not args.no_channels_last)
+                args.threads, args.device, Path(args.out).parent, args.channels_last)
     print(format_profile(r))
     write_report(r, args.out)
     return 0

@@ -71,7 +71,7 @@ def test_strip_is_a_third_or_less(tmp_path):
 
 
 def test_channels_last_model_saves_standard_layout(tmp_path):
-    """A model trained in channels_last (the trainer's default) writes NCHW-contiguous tensors, optimizer
+    """A model trained in channels_last (`--channels-last`) writes NCHW-contiguous tensors, optimizer
     state included, so weights_only loading, rebuilding and export see the standard format."""
     model = Model(CPU_YAML, nc=3).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)

@@ -9,13 +9,14 @@ what is left is float32 summation order (batch of 4 vs 8 in the convolutions, gl
 measured, the same as one process run with 1 vs 2 threads (a few ulps: 6e-8 absolute on weights near
 zero, < 1e-5 relative elsewhere; BN running variances differ by up to 1e-3 relative, as the unbiased
 correction n/(n-1) uses each rank's n).
-Both runs train in NCHW (--no-channels-last): PyTorch's channels_last CPU BatchNorm sums its batch
+Both runs train in NCHW (the default; said explicitly with --no-channels-last): PyTorch's channels_last CPU BatchNorm sums its batch
 statistics 10-25x less accurately in float32 (measured against float64: 5.5e-5 vs 3.6e-6 relative for
 inputs of mean 10, std 0.1), and these identical grey images are its worst case: with it, batch 4 vs 8
 differs by 1.3e-3 relative in the second epoch's loss, while the one optimizer step before it moved that
 loss by only 9e-3 relative, so a tolerance wide enough for it would miss a halved step (a missing
 WORLD_SIZE factor). The DDP arithmetic tested here does not
-depend on the layout; the other tests run DDP in the default channels_last.
+depend on the layout; the interrupted-and-resumed DDP run trains in channels_last (--channels-last), so
+that path (optimizer state given its parameters' layout on resume) stays covered under DDP too.
 Any real mistake (a missing WORLD_SIZE factor, each rank stepping on its own gradient, a rank writing,
 a sampler giving ranks overlapping or missing data) moves the weights by orders of magnitude more.
 """
@@ -119,7 +120,7 @@ def test_two_cpu_processes_match_one_process_of_the_same_global_batch(same_image
 
 def test_an_interrupted_ddp_run_resumes(same_image_data, tmp_path):
     root = same_image_data
-    proc = subprocess.Popen(_torchrun(_train_cmd(root, tmp_path, "run", 6)), env=_env(),
+    proc = subprocess.Popen(_torchrun(_train_cmd(root, tmp_path, "run", 6, "--channels-last")), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     results = tmp_path / "run" / "results.csv"
