@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from core.atomic import atomic_write
+from evolve.results import best_searched, complete_ranked
 
 SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitness": "Fitness per trial",
             "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
@@ -124,9 +125,7 @@ class Run:
 
     @property
     def complete(self) -> pd.DataFrame:
-        df = self.evolve
-        return df[(df.state == "COMPLETE") & df.fitness.notna()].sort_values(["fitness", "number"],
-                                                                            ascending=[False, True])
+        return complete_ranked(self.evolve)
 
     def evolved_names(self) -> list[str]:
         """Hyp columns that vary across trials (the rest were fixed)."""
@@ -140,21 +139,27 @@ class Run:
 def summary(run: Run) -> str:
     items, gaps = [], []
     if run.evolve is not None and not run.complete.empty:
-        best = run.complete.iloc[0]
         n = {s: int((run.evolve.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL")}
-        line = (f"Evolution: {len(run.evolve)} trials ({n['COMPLETE']} complete, {n['PRUNED']} pruned, "
-                f"{n['FAIL']} failed); best trial {int(best.number)}, fitness {fmt(best.fitness)}")
+        line = f"Evolution: {len(run.evolve)} trials ({n['COMPLETE']} complete, {n['PRUNED']} pruned, {n['FAIL']} failed)"
+        best, top = best_searched(run.evolve), run.complete.iloc[0]
         base = run.evolve[run.evolve.number == 0]
         noise = run.summary.get("noise")
-        if noise:  # against the base hyp's seed mean: trial 0 alone is one draw of the noise
-            line += f", base hyp over {noise['n']} seeds {fmt(noise['mean'])}: change {_change(best.fitness, noise['mean'])}"
-        elif len(base) and pd.notna(base.fitness.iloc[0]):
-            line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
+        if best is None:
+            line += "; no searched trial has completed yet"
+        else:
+            line += f"; best searched trial {int(best.number)}, fitness {fmt(best.fitness)}"
+            if noise:  # against the base hyp's seed mean: trial 0 alone is one draw of the noise
+                line += f", base hyp over {noise['n']} seeds {fmt(noise['mean'])}: change {_change(best.fitness, noise['mean'])}"
+            elif len(base) and pd.notna(base.fitness.iloc[0]):
+                line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
+        if best is None or int(top.number) != int(best.number):
+            line += (f". The highest trial is the base hyp's own trial {int(top.number)} (seed "
+                     f"{fmt(top.get('seed'), '{:.0f}')}, {fmt(top.fitness)}): no searched hyp scored above it")
         items.append(line)
-        if noise:
-            gain = run.summary.get("evolution", {}).get("best_trial", {}).get("gain_sd")
+        if noise and best is not None:
             items.append(f"Noise floor: the base hyp over {noise['n']} seeds scores {fmt(noise['mean'])} ± "
-                         f"{fmt(noise['sd'])} (sd); the best trial is {fmt(gain, '{:+.1f}')} sd from it")
+                         f"{fmt(noise['sd'])} (sd); the best searched trial is "
+                         f"{fmt(best.get('gain_sd'), '{:+.1f}')} sd from it")
     else:
         gaps.append("evolution results (runs/study/NAME/evolve/evolve.csv)")
     if run.retrain is not None and not run.retrain.empty:
@@ -246,11 +251,16 @@ def importances(run: Run) -> str:
 def top_trials(run: Run, n: int = 10) -> str:
     if run.evolve is None or run.complete.empty:
         return missing("top trials", "No complete evolution trial yet.")
-    rows = [[i + 1, int(r.number), fmt(r.fitness), fmt(r["mAP50-95"]), fmt(r.mAP50), fmt(r.P), fmt(r.R),
-             fmt(r.epochs, "{:.0f}"), fmt(r.seconds, "{:.0f}"), esc(r.device)]
+    def hyp(r: pd.Series) -> str:
+        return f"base hyp, seed {fmt(r.get('seed'), '{:.0f}')}" if bool(r.get("base", False)) else "searched"
+    rows = [[i + 1, int(r.number), hyp(r), fmt(r.fitness), fmt(r.get("gain_sd"), "{:+.1f}"), fmt(r["mAP50-95"]),
+             fmt(r.mAP50), fmt(r.P), fmt(r.R), fmt(r.epochs, "{:.0f}"), fmt(r.seconds, "{:.0f}"), esc(r.device)]
             for i, (_, r) in enumerate(run.complete.head(n).iterrows())]
-    return table(["rank", "trial", "fitness", "mAP50-95", "mAP50", "P", "R", "epochs", "seconds", "device"], rows,
-                 left=0) + f'<p class="note">The {min(n, len(run.complete))} best of {len(run.complete)} complete trials.</p>'
+    return (table(["rank", "trial", "hyp", "fitness", "gain (sd)", "mAP50-95", "mAP50", "P", "R", "epochs",
+                   "seconds", "device"], rows, left=0) +
+            f'<p class="note">The {min(n, len(run.complete))} best of {len(run.complete)} complete trials. Gain: '
+            "the fitness minus the base hyp's mean over its noise seeds, in units of their standard deviation "
+            "(blank without noise seeds). Base-hyp rows measure seed noise; the search found the others.</p>")
 
 
 def default_vs_best(run: Run) -> str:
@@ -259,7 +269,9 @@ def default_vs_best(run: Run) -> str:
     base = run.evolve[run.evolve.number == 0]
     if base.empty:
         return missing("trial 0 (the default hyp)", "The study has no trial 0.")
-    b, best = base.iloc[0], run.complete.iloc[0]
+    b, best = base.iloc[0], best_searched(run.evolve)
+    if best is None:
+        return missing("a searched trial", "Only the base hyp's own trials have completed.")
     rows, classes = [], []
     for k in run.evolved_names():
         changed = not math.isclose(float(b[k]), float(best[k]), rel_tol=1e-9, abs_tol=1e-12)
@@ -268,7 +280,7 @@ def default_vs_best(run: Run) -> str:
     for m in METRICS:
         rows.append([f"<b>{m}</b>", fmt(b[m]), fmt(best[m]), _change(float(best[m]), float(b[m]))])
         classes.append("")
-    head = ["hyp (evolved)", f"default (trial 0, {b.state.lower()})", f"best (trial {int(best.number)})", "change"]
+    head = ["hyp (evolved)", f"default (trial 0, {b.state.lower()})", f"best searched (trial {int(best.number)})", "change"]
     return (table(head, rows, classes=classes) +
             f'<p class="note">Metrics at the trial budget ({fmt(best.epochs, "{:.0f}")} epochs, best epoch). Fixed '
             f"hyps (same in every trial) are left out; changed values are shaded.</p>")

@@ -14,13 +14,10 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from evolve.results import best_searched  # noqa: E402
+
 MIN_TRIALS_FOR_IMPORTANCE = 8
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.dpi": 100})
-
-
-def _best_row(df: pd.DataFrame) -> pd.Series | None:
-    done = df[(df.state == "COMPLETE") & np.isfinite(df.fitness.astype(float))]
-    return None if done.empty else done.loc[done.fitness.astype(float).idxmax()]
 
 
 def plot_evolve(df: pd.DataFrame, names: list[str], path: Path | str, log_names: tuple[str, ...] = ()) -> Path | None:
@@ -31,7 +28,7 @@ def plot_evolve(df: pd.DataFrame, names: list[str], path: Path | str, log_names:
     done = df[df.state.isin(["COMPLETE", "PRUNED"]) & np.isfinite(df.fitness.astype(float))]
     if done.empty or not names:
         return None
-    best = _best_row(df)
+    best = best_searched(df)
     cols = min(5, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 1.0), squeeze=False)
@@ -70,7 +67,7 @@ def plot_evolve(df: pd.DataFrame, names: list[str], path: Path | str, log_names:
     if sc is not None:
         cbar = fig.colorbar(sc, cax=fig.add_axes([0.93, 0.3, 0.012, 0.4]))
         cbar.set_label("trial number")
-    subtitle = "red star = best trial (its value in each panel title); colour = trial number"
+    subtitle = "red star = best searched trial (its value in each panel title); colour = trial number"
     if (done.state == "PRUNED").any():
         subtitle += "; hollow grey = pruned (fitness when stopped)"
     fig.suptitle(f"Evolved hyperparameters vs fitness ({len(done)} trials)\n{subtitle}", fontsize=13)
@@ -101,14 +98,15 @@ def plot_fitness(df: pd.DataFrame, path: Path | str, title: str = "") -> Path | 
     if len(pruned):
         ax.scatter(pruned.number, pruned.fitness, marker="v", c="tab:orange", s=40,
                    label=f"pruned ({len(pruned)}, fitness when stopped)", zorder=3)
-    if len(complete):
-        order = df.sort_values("number")
-        vals = np.where(order.state == "COMPLETE", order.fitness.astype(float), np.nan)
-        best_so_far = pd.Series(vals).cummax().to_numpy()
-        ax.step(order.number, best_so_far, where="post", c="tab:green", lw=1.8, label="best so far")
-        b = _best_row(df)
-        ax.scatter([b.number], [b.fitness], marker="*", s=220, c="red", edgecolors="black", zorder=4,
-                   label=f"best: trial {int(b.number)} ({b.fitness:.4g})")
+    searched = complete[~complete.base.fillna(False).astype(bool)] if "base" in complete else complete
+    if len(searched):  # the base hyp's own trials measure seed noise, not the search's progress
+        order = searched.sort_values("number")
+        best_so_far = order.fitness.astype(float).cummax().to_numpy()
+        ax.step(order.number, best_so_far, where="post", c="tab:green", lw=1.8, label="best searched so far")
+        b = best_searched(df)
+        if b is not None:
+            ax.scatter([b.number], [b.fitness], marker="*", s=220, c="red", edgecolors="black", zorder=4,
+                       label=f"best searched: trial {int(b.number)} ({b.fitness:.4g})")
     if len(failed):
         finite = fit[np.isfinite(fit)]
         y0 = float(finite.min()) if len(finite) else 0.0

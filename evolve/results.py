@@ -17,6 +17,23 @@ from evolve.noise import is_noise_trial, noise_floor
 METRICS = ("P", "R", "mAP50", "mAP50-95")
 
 
+def complete_ranked(df: pd.DataFrame) -> pd.DataFrame:
+    """evolve.csv's complete trials with a finite fitness, best first (ties: the earlier trial)."""
+    fit = pd.to_numeric(df.fitness, errors="coerce")
+    done = df[(df.state == "COMPLETE") & fit.notna() & (fit.abs() != math.inf)]
+    return done.sort_values(["fitness", "number"], ascending=[False, True])
+
+
+def best_searched(df: pd.DataFrame) -> pd.Series | None:
+    """The best complete trial whose hyp a sampler chose: what the search found. The base hyp's own trials
+    (trial 0 and its noise seeds, the `base` column) are left out: they measure seed noise, and a lucky seed
+    of the base hyp is not a search result."""
+    done = complete_ranked(df)
+    if "base" in done:
+        done = done[~done.base.fillna(False).astype(bool)]
+    return None if done.empty else done.iloc[0]
+
+
 def base_hyp_of(study: optuna.Study) -> dict[str, float]:
     """The study's base hyp as recorded at creation (defaults if the study predates that record)."""
     return {**default_hyp(), **{k: float(v) for k, v in (study.user_attrs.get("base_hyp") or {}).items()}}

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from core.atomic import atomic_write
+from evolve.results import best_searched, complete_ranked
 
 SUMMARY_JSON = "summary.json"
 
@@ -52,14 +53,19 @@ def _noise(df: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def _evolution(df: pd.DataFrame) -> dict[str, Any]:
-    done = df[(df.state == "COMPLETE") & df.fitness.notna()]
+    """Trial counts; the best trial (which may be one of the base hyp's own seeds: `base` says so) and the
+    best searched trial (what the search found)."""
+    done = complete_ranked(df)
     out: dict[str, Any] = {"trials": int(len(df)), "complete": int(len(done)),
                            "pruned": int((df.state == "PRUNED").sum()), "failed": int((df.state == "FAIL").sum())}
+
+    def trial(r: pd.Series) -> dict[str, Any]:
+        return {"number": int(r.number), "fitness": float(r.fitness), "mAP50-95": float(r["mAP50-95"]),
+                "gain_sd": float(r.get("gain_sd", math.nan)), "base": bool(r.get("base", r.number == 0))}
     if not done.empty:
-        best = done.sort_values(["fitness", "number"], ascending=[False, True]).iloc[0]
-        out["best_trial"] = {"number": int(best.number), "fitness": float(best.fitness),
-                             "mAP50-95": float(best["mAP50-95"]), "gain_sd": float(best.get("gain_sd", math.nan)),
-                             "base": bool(best.get("base", best.number == 0))}
+        out["best_trial"] = trial(done.iloc[0])
+    searched = best_searched(df)
+    out["best_searched_trial"] = trial(searched) if searched is not None else None
     return out
 
 

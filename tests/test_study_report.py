@@ -138,7 +138,7 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     for png in ("evolve/fitness.png", "evolve/evolve.png", "retrain/retrain.png", "prune/gamma.png"):
         assert (run_dir / png).is_file()
     # numbers: best trial 2 (0.3) vs default 0.1 (+200%), 4 complete / 1 pruned / 1 failed, retrain 0.34 ± 0.0283
-    assert "best trial 2, fitness 0.3" in doc and "+0.2 (+200.0%)" in doc
+    assert "best searched trial 2, fitness 0.3" in doc and "+0.2 (+200.0%)" in doc
     assert "4 complete, 1 pruned, 1 failed" in doc
     assert "0.34 ± 0.0283 (n=2)" in doc
     assert "2.50x" in doc and "GFLOPs 1.000 → 0.600 (40.0% less)" in doc
@@ -159,7 +159,7 @@ def test_partial_report_says_what_is_missing(tmp_path, capsys):
     assert "Missing: retrain at full budget" in doc and "Missing: pruning results" in doc
     assert "Missing: gamma histograms" in doc and "Missing: per-layer channels" in doc
     assert all(r.startswith(("data:", "#")) for r in references(doc))
-    assert "best trial 2" in doc  # the evolution part is still reported
+    assert "best searched trial 2" in doc  # the evolution part is still reported
 
 
 def test_report_without_any_results(tmp_path):
@@ -279,3 +279,38 @@ def test_strings_from_user_files_are_escaped(tmp_path):
     assert "<script" not in doc.lower() and "<b>cat</b>" not in doc
     escaped = doc.count("&lt;script&gt;alert(1)&lt;/script&gt;")
     assert escaped >= 6, escaped  # title, heading, settings rows, retrain role, stage, tightest conv
+
+
+def test_a_lucky_seed_of_the_base_hyp_is_not_reported_as_the_search_result(tmp_path):
+    """The base hyp's noise trial 1 scores highest; the summary, top trials, default-vs-best, the plots and
+    summary.json name searched trial 3 as what the search found, and say that trial 1 is the base hyp."""
+    from evolve.plots import plot_evolve, plot_fitness
+    from evolve.summary import build_summary
+    run_dir = tmp_path / "study"
+    (run_dir / "evolve").mkdir(parents=True)
+    df = pd.DataFrame({"number": [0, 1, 2, 3, 4], "state": ["COMPLETE"] * 5, "base": [True, True, True, False, False],
+                       "noise": [True, True, True, False, False], "seed": [0, 101, 102, 0, 0],
+                       "lr0": [0.01, 0.01, 0.01, 0.02, 0.005], "fitness": [0.20, 0.25, 0.21, 0.22, 0.10],
+                       "gain_sd": [-1.0, 1.3, -0.3, 0.2, -4.8], "P": 0.5, "R": 0.5, "mAP50": 0.3,
+                       "mAP50-95": [0.19, 0.24, 0.2, 0.21, 0.09], "epochs": 3, "seconds": 10.0, "device": "cpu",
+                       "datetime_start": "2026-12-04 18:00:00", "datetime_complete": "2026-12-04 18:01:00"})
+    df.to_csv(run_dir / "evolve" / "evolve.csv", index=False)
+    (run_dir / "study.json").write_text(json.dumps({"name": "fake", "config": {"name": "fake"}}))
+    evo = build_summary(run_dir)["evolution"]
+    assert evo["best_trial"]["number"] == 1 and evo["best_trial"]["base"] is True
+    assert evo["best_searched_trial"]["number"] == 3 and evo["best_searched_trial"]["gain_sd"] == pytest.approx(0.2)
+    doc = build_report(run_dir).read_text()
+    assert "best searched trial 3, fitness 0.22" in doc
+    assert "The highest trial is the base hyp's own trial 1 (seed 101, 0.25)" in doc
+    assert "best searched (trial 3)" in doc and "0.02" in doc.split('id="default-vs-best"')[1]
+    top = doc.split('id="top"')[1].split("</table>")[0]
+    assert "<td>1</td><td>1</td><td>base hyp, seed 101</td><td>0.25</td><td>+1.3</td>" in top
+    assert "<td>3</td><td>searched</td>" in top
+    # the plots star trial 3 (the fitness plot's legend names it)
+    assert plot_fitness(df, tmp_path / "fitness.png") and plot_evolve(df, ["lr0"], tmp_path / "evolve.png")
+    import matplotlib.pyplot as plt
+    from unittest import mock
+    with mock.patch.object(plt.Axes, "scatter", autospec=True, side_effect=plt.Axes.scatter) as scatter:
+        plot_fitness(df, tmp_path / "fitness2.png")
+    labels = [c.kwargs.get("label", "") for c in scatter.call_args_list]
+    assert "best searched: trial 3 (0.22)" in labels
