@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from evolve.results import best_searched  # noqa: E402
+from evolve.results import best_searched, searched_ranked  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.dpi": 100})
@@ -98,7 +98,7 @@ def plot_fitness(df: pd.DataFrame, path: Path | str, title: str = "") -> Path | 
     if len(pruned):
         ax.scatter(pruned.number, pruned.fitness, marker="v", c="tab:orange", s=40,
                    label=f"pruned ({len(pruned)}, fitness when stopped)", zorder=3)
-    searched = complete[~complete.base.fillna(False).astype(bool)] if "base" in complete else complete
+    searched = searched_ranked(df)
     if len(searched):  # the base hyp's own trials measure seed noise, not the search's progress
         order = searched.sort_values("number")
         best_so_far = order.fitness.astype(float).cummax().to_numpy()

@@ -24,13 +24,17 @@ def complete_ranked(df: pd.DataFrame) -> pd.DataFrame:
     return done.sort_values(["fitness", "number"], ascending=[False, True])
 
 
-def best_searched(df: pd.DataFrame) -> pd.Series | None:
-    """The best complete trial whose hyp a sampler chose: what the search found. The base hyp's own trials
-    (trial 0 and its noise seeds, the `base` column) are left out: they measure seed noise, and a lucky seed
-    of the base hyp is not a search result."""
+def searched_ranked(df: pd.DataFrame) -> pd.DataFrame:
+    """The complete trials whose hyp a sampler chose, best first. The base hyp's own trials (trial 0 and its
+    noise seeds, the `base` column) are left out: they measure seed noise, and a lucky seed of the base hyp
+    is not a search result."""
     done = complete_ranked(df)
-    if "base" in done:
-        done = done[~done.base.fillna(False).astype(bool)]
+    return done[~done.base.fillna(False).astype(bool)] if "base" in done else done
+
+
+def best_searched(df: pd.DataFrame) -> pd.Series | None:
+    """The best searched trial: what the search found (None before one completes)."""
+    done = searched_ranked(df)
     return None if done.empty else done.iloc[0]
 
 
