@@ -94,8 +94,8 @@ evolve: install
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
-	  --epochs 30 --sr --s 1e-3 --sparse-lr-scale 0.25 --sparse-epochs 10 --finetune-epochs 15 \
-	  --global-percent 0.6 --round-to auto --shortcuts 4 --unstructured 0.3 --latency-imgsz 640
+	  --epochs 30 --sr --penalty polar --s 2e-3 --s-schedule step --sparse-lr-scale 1.0 --sparse-epochs 30 \
+	  --finetune-epochs 20 --global-percent 0.65 --round-to auto --shortcuts 5 --unstructured 0.3 --latency-imgsz 640
 
 study: install
 	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))

@@ -8,7 +8,7 @@ from pathlib import Path
 from core import argtypes as t
 from core.yaml_file import load_yaml
 from prune.masks import MaskOptions, PruneOptionError, check_options
-from prune.sparsity import SCHEDULES
+from prune.sparsity import PENALTIES, SCHEDULES
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
@@ -27,6 +27,8 @@ class PruneOptions:
     sr: bool = False
     s: float = 1e-4
     s_schedule: str = "const"
+    penalty: str = "polar"  # polar (polarization: bimodal gammas) or l1 (network slimming: shrinks all alike)
+    polar_t: float = 1.2
     sparse_epochs: int = 10
     finetune_epochs: int = 10
     finetune_hyp: str | None = None
@@ -106,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
     p.add_argument("--s", type=t.non_negative_float, default=d.s, help="L1 rate on BN gammas")
     p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
+    p.add_argument("--penalty", default=d.penalty, choices=PENALTIES,
+                   help="sparsity penalty on BN gammas: l1 (network slimming) or polar (polarization, Zhuang et al. 2020)")
+    p.add_argument("--polar-t", type=t.non_negative_float, default=d.polar_t, help="polarization's t (> 1: shrink everywhere)")
     p.add_argument("--sparse-epochs", type=t.non_negative_int, default=d.sparse_epochs)
     p.add_argument("--finetune-epochs", type=t.non_negative_int, default=d.finetune_epochs)
     p.add_argument("--finetune-hyp", type=t.existing_file, help="hyp yaml for finetuning (default: --hyp with lr0 x --finetune-lr-scale)")

@@ -127,7 +127,8 @@ class Pipeline:
                          "weights": file_digest(o.weights), "hyp": self.hyp,
                          "epochs": o.epochs if not o.weights else None, "optimizer": o.baseline_optimizer,
                          "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
-            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "sparse_epochs": o.sparse_epochs,
+            "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "penalty": o.penalty,
+                       "polar_t": o.polar_t if o.penalty == "polar" else None, "sparse_epochs": o.sparse_epochs,
                        "optimizer": o.sparse_optimizer, "hyp": self.sparse_hyp},
             "keep_size": masks,
             "unstructured": {"amount": o.unstructured},
@@ -167,7 +168,8 @@ class Pipeline:
 
     def sparse(self, model):
         o = self.opts
-        trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, log_path=self.run_dir / "gamma.jsonl")
+        trainer = SparsityTrainer(o.s, o.s_schedule, o.sparse_epochs, o.penalty, o.polar_t,
+                                  log_path=self.run_dir / "gamma.jsonl")
         out = self._fit("sparse", model, self.sparse_hyp, o.sparse_epochs, o.sparse_optimizer, trainer.callbacks())
         return out, {"optimizer_steps": trainer.steps, "share_small": trainer.log[-1]["share_small"],
                      "clip_mean": trainer.log[-1]["clip_mean"]}
@@ -235,6 +237,8 @@ class Pipeline:
         return pruned, {"removed": removed, "renames": renames}
 
     def finetune(self, model):
+        if self.opts.finetune_epochs == 0:
+            return copy.deepcopy(model), {"skipped": "--finetune-epochs 0"}
         return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer), {}
 
     def row(self, stage: str, model, ckpt: Path) -> dict:

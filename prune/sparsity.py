@@ -6,6 +6,14 @@ is summed over the images of a step (YOLOv5's loss x batch, accumulated over nbs
 micro-batches), so its gradient is N = batch x accumulation times the per-sample mean's; the same
 penalty relative to the loss is therefore grad(gamma) += N * s * sign(gamma).
 
+Penalties (`--penalty`): `l1` is network slimming's, s * sum|gamma|: it pushes every gamma toward zero
+at the same rate, so in a short stage all gammas shrink alike and none separate (README, measured).
+`polar` is the polarization regularizer (Zhuang et al., NeurIPS 2020), s * (t * sum|gamma| -
+sum | |gamma| - mean|gamma| |), the mean over all prunable gammas of the model: a gamma below the mean
+is pushed down at (t + 1) s, one above it at (t - 1) s, so the histogram splits into a group at zero
+and a group that stays large (the bimodal histogram pruning wants). t > 1 keeps the penalty a
+shrinkage everywhere; the paper uses t of about 1 to 1.4.
+
 The trainer calls `after_clip` once per optimizer step, after AMP unscaling and after gradient
 clipping, so the penalty's rate is s whatever the loss gradient's norm (added before clipping, it
 was scaled down with the loss gradient on every clipped step). The clip factor is logged per epoch.
@@ -24,6 +32,7 @@ import torch.nn as nn
 from prune.graph import trace
 
 SCHEDULES = ("const", "linear", "step")
+PENALTIES = ("l1", "polar")
 HIST_EDGES = [0.0] + [10 ** (e / 20) for e in range(-100, 31)]  # |gamma| bins: 0, 1e-5 ... 10^1.5, 1/20 decade
 SMALL = 1e-2  # the "near zero" level reported per epoch
 
@@ -55,6 +64,21 @@ def add_l1_subgradient(bns: list[nn.BatchNorm2d], s: float) -> None:
             bn.weight.grad.add_(g)
 
 
+@torch.no_grad()
+def add_polar_subgradient(bns: list[nn.BatchNorm2d], s: float, t: float) -> None:
+    """grad(gamma) += s * d/dgamma (t*sum|g| - sum| |g| - mean|g| |), the mean over all `bns` (polarization)."""
+    absg = torch.cat([bn.weight.detach().abs() for bn in bns])
+    mean = absg.mean()
+    mean_sign = torch.sign(absg - mean).mean()  # the mean's own dependence on each |gamma|
+    for bn in bns:
+        w = bn.weight.detach()
+        g = s * torch.sign(w) * (t - torch.sign(w.abs() - mean) + mean_sign)
+        if bn.weight.grad is None:
+            bn.weight.grad = g.clone()
+        else:
+            bn.weight.grad.add_(g)
+
+
 def gamma_stats(bns: list[nn.BatchNorm2d]) -> dict:
     """Histogram of all prunable |gamma| on fixed log bins, plus the share below SMALL."""
     g = torch.cat([bn.weight.detach().abs().float().cpu() for bn in bns])
@@ -75,6 +99,8 @@ class SparsityTrainer:
     s: float = 1e-4
     schedule: str = "const"
     epochs: int = 1
+    penalty: str = "l1"
+    t: float = 1.2  # polarization's t (penalty "polar")
     log_path: Path | None = None
     steps: int = 0  # optimizer steps seen (penalty applications)
     log: list[dict] = field(default_factory=list)
@@ -87,6 +113,8 @@ class SparsityTrainer:
 
     def __post_init__(self):
         s_at(0, self.epochs, self.s, self.schedule)  # validates the schedule name early
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"--penalty {self.penalty!r}: choose one of {', '.join(PENALTIES)}")
         self._s_now = self.s
         if self.log_path is not None:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +134,11 @@ class SparsityTrainer:
 
     def after_clip(self, model: nn.Module, info) -> None:
         self._bind(model)
-        add_l1_subgradient(self._bns, self._s_now * info.samples)  # per-sample-mean scale (module doc)
+        rate = self._s_now * info.samples  # per-sample-mean scale (module doc)
+        if self.penalty == "polar":
+            add_polar_subgradient(self._bns, rate, self.t)
+        else:
+            add_l1_subgradient(self._bns, rate)
         self.steps += 1
         self._clips.append(info.clip_factor)
         if info.ema is not None and info.ema is not self._ema:

@@ -110,6 +110,17 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
     assert [s for s in STAGES if again[s] != after[s]] == ["unstructured"]
     assert len(rank_shortcuts(model_from_checkpoint(run / "layer.pt"))) == 7 - 1
     assert "After layers" in classic_table(pd.read_csv(run / "prune_results.csv"))
+    # no finetune: its row is the layer stage's model as it is
+    assert pipeline.main(args(root, data, "--shortcuts", "1", "--unstructured", "0.5", "--finetune-epochs", "0")) == 0
+    layer_sd = model_from_checkpoint(run / "layer.pt").state_dict()
+    assert all(torch.equal(v, layer_sd[k]) for k, v in model_from_checkpoint(run / "finetune.pt").state_dict().items())
+    # the penalty is a sparse-stage option: sparse and every chain stage after it are redone
+    before = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    assert pipeline.main(args(root, data, "--shortcuts", "1", "--unstructured", "0.5", "--finetune-epochs", "0",
+                              "--penalty", "l1")) == 0
+    redone = [s for s in STAGES if (run / f"{s}.pt").stat().st_mtime_ns != before[s]]
+    assert redone == STAGES[1:]
+    assert json.loads((run / "sparse.json").read_text())["options"]["sparse"]["penalty"] == "l1"
 
 
 @pytest.mark.parametrize("flag,value,message", [

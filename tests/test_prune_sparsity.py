@@ -7,7 +7,7 @@ import torch
 
 from core.callbacks import Callbacks, StepInfo
 from core.model.yolo import Model
-from prune.sparsity import SparsityTrainer, add_l1_subgradient, gamma_stats, prunable_bns, s_at
+from prune.sparsity import SparsityTrainer, add_l1_subgradient, add_polar_subgradient, gamma_stats, prunable_bns, s_at
 from test_prune_surgery import MODELS
 
 
@@ -66,6 +66,45 @@ def test_add_l1_subgradient_without_grad():
         bn.weight.copy_(torch.tensor([-2.0, -0.1, 0.3, 1.0]))
     add_l1_subgradient([bn], 0.5)
     assert bn.weight.grad.tolist() == [-0.5, -0.5, 0.5, 0.5]
+
+
+def test_polar_subgradient_is_the_regularizer_s_gradient():
+    """Against autograd of s*(t*sum|g| - sum| |g| - mean|g| |) over two layers (the mean is over both)."""
+    torch.manual_seed(0)
+    bns = [torch.nn.BatchNorm2d(5).double(), torch.nn.BatchNorm2d(7).double()]
+    with torch.no_grad():
+        for bn in bns:
+            bn.weight.copy_(torch.randn(bn.num_features, dtype=torch.float64))
+    s, t = 0.3, 1.2
+    g = torch.cat([bn.weight for bn in bns])
+    reference = torch.autograd.grad(s * (t * g.abs().sum() - (g.abs() - g.abs().mean()).abs().sum()),
+                                    [bn.weight for bn in bns])
+    add_polar_subgradient(bns, s, t)
+    for bn, ref in zip(bns, reference):
+        assert torch.allclose(bn.weight.grad, ref, atol=1e-12)
+
+
+def test_polar_splits_gammas_where_l1_shrinks_them_alike():
+    """Gradient steps on the penalty alone: L1 moves every gamma by the same amount; polarization sends the
+    gammas below the mean to zero and leaves those above it large (the bimodal histogram)."""
+    start = torch.linspace(0.5, 1.5, 11)
+    ends = {}
+    for name in ("l1", "polar"):
+        bn = torch.nn.BatchNorm2d(11)
+        with torch.no_grad():
+            bn.weight.copy_(start)
+        for _ in range(200):
+            bn.weight.grad = None
+            if name == "l1":
+                add_l1_subgradient([bn], 2e-3)
+            else:
+                add_polar_subgradient([bn], 2e-3, 1.2)
+            with torch.no_grad():
+                bn.weight -= bn.weight.grad
+        ends[name] = bn.weight.detach().abs()
+    assert torch.allclose(start - ends["l1"], torch.full((11,), 0.4), atol=1e-5)  # a shift: no gamma separates
+    low, high = ends["polar"][:5], ends["polar"][6:]  # below / above the mean 1.0
+    assert low.max() < 1e-2 and high.min() > 0.9  # the upper group lost ~0.12, the lower all of it
 
 
 def test_gamma_stats_histogram():
