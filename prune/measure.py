@@ -23,12 +23,15 @@ def prunable_channels(model: nn.Module) -> dict[str, int]:
 
 def _interleaved_ms(calls: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
     """Median wall time (ms) of each call, the calls timed interleaved (one of each, repeated), so a change
-    in machine load during the measurement affects them all alike and the ratios stay fair."""
+    in machine load during the measurement affects them all alike and the ratios stay fair. Each round starts
+    one call later, so no call always runs right after the same other one (an onnxruntime session, say)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     for r in range(warmup + runs):
-        for name, call in calls.items():
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
             t = time.perf_counter()
-            call()
+            calls[name]()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t)
     return {name: 1000.0 * statistics.median(t) for name, t in times.items()}

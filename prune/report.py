@@ -91,23 +91,24 @@ def plot_gamma(rows: list[dict], path: Path) -> None:
     x = np.concatenate([[lo], edges[1:]])
     used = np.nonzero(np.sum([r["counts"] for r in rows], axis=0))[0]
     cmap = plt.get_cmap("viridis")
-    for k, r in enumerate(rows):
+    drawn = [rows[i] for i in sorted({round(j * (len(rows) - 1) / 7) for j in range(8)})]  # <= 8 curves stay readable
+    for k, r in enumerate(drawn):
         share = np.array(r["counts"], dtype=float) / max(r["n"], 1)
         label = "before" if r["epoch"] < 0 else f"epoch {r['epoch']}"
-        ax.stairs(share, x, color=cmap(k / max(len(rows) - 1, 1)), lw=1.6, label=label)
+        ax.stairs(share, x, color=cmap(k / max(len(drawn) - 1, 1)), lw=1.6, label=label)
     ax.set_xscale("log")
     ax.set_xlim(min(x[used[0]], 3e-3) / 1.5, x[used[-1] + 1] * 1.5)  # occupied bins and the 1e-2 line
     ax.axvline(1e-2, color="gray", ls="--", lw=1)
     ax.set_xlabel("|gamma| of prunable BNs (bin left of 1e-5: below 1e-5)")
     ax.set_ylabel("share of channels")
     ax.set_title("|gamma| distribution during sparse training", fontsize=10)
-    ax.legend(fontsize=7, ncol=2 if len(rows) > 8 else 1, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     ep = [r["epoch"] for r in rows]
     ax2.plot(ep, [100 * r["share_small"] for r in rows], "o-", label="% |gamma| < 1e-2")
     ax2.set_xlabel("epoch (-1 = before)")
     ax2.set_ylabel("% of channels below 1e-2", color="tab:blue")
     ax2.set_ylim(0, max(5.0, 110 * max(r["share_small"] for r in rows)))
-    ax2.set_xticks(ep)
+    ax2.set_xticks(ep[:: -(-len(ep) // 12)])  # at most ~12 labels
     ax3 = ax2.twinx()
     ax3.plot(ep, [r["median"] for r in rows], "s--", color="tab:red", label="median |gamma|")
     ax3.set_ylim(0, 1.1 * max(r["median"] for r in rows))

@@ -197,3 +197,15 @@ def test_iterative_reaches_the_one_shot_target(tiny, capsys):
     one = pd.read_csv(root / "one" / "prune_results.csv").set_index("stage")
     it = pd.read_csv(root / "iter" / "prune_results.csv").set_index("stage")
     assert it.loc["channel", "channels_kept"] == pytest.approx(one.loc["channel", "channels_kept"], rel=0.1)
+
+
+def test_interleaved_timing_rotates_which_call_goes_first():
+    from prune.measure import _interleaved_ms
+
+    order = []
+    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
+    ms = _interleaved_ms(calls, warmup=1, runs=3)
+    assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
+    rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a"]  # each call leads a round in turn
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # every call once per round
