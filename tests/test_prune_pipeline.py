@@ -199,13 +199,16 @@ def test_iterative_reaches_the_one_shot_target(tiny, capsys):
     assert it.loc["channel", "channels_kept"] == pytest.approx(one.loc["channel", "channels_kept"], rel=0.1)
 
 
-def test_interleaved_timing_rotates_which_call_goes_first():
+def test_interleaved_timing_shuffles_which_call_follows_which():
+    """Each round runs every call once, in a new order: no call always follows the same one."""
     from prune.measure import _interleaved_ms
 
     order = []
-    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    ms = _interleaved_ms(calls, warmup=1, runs=3)
-    assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
-    rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
-    assert [r[0] for r in rounds] == ["a", "b", "c", "a"]  # each call leads a round in turn
-    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # every call once per round
+    calls = {name: (lambda n=name: order.append(n)) for name in "abcd"}
+    ms = _interleaved_ms(calls, warmup=2, runs=30)
+    assert set(ms) == set("abcd") and all(v >= 0 for v in ms.values())
+    rounds = [order[i:i + 4] for i in range(0, len(order), 4)]
+    assert len(rounds) == 32 and all(sorted(r) == list("abcd") for r in rounds)
+    followers_of_d = {r[r.index("d") + 1] for r in rounds if r[-1] != "d"}
+    assert len(followers_of_d) >= 2  # in a fixed cyclic order "d" would always be followed by "a"
+    assert _interleaved_ms(calls, warmup=2, runs=30) and order[:128] == order[128:]  # seeded: repeatable
