@@ -8,7 +8,7 @@ from pathlib import Path
 from core import argtypes as t
 from core.yaml_file import load_yaml
 from prune.masks import MaskOptions, PruneOptionError, check_options
-from prune.sparsity import PENALTIES, SCHEDULES
+from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
@@ -27,7 +27,7 @@ class PruneOptions:
     sr: bool = False
     s: float = 1e-4
     s_schedule: str = "const"
-    penalty: str = "polar"  # polar (polarization: bimodal gammas) or l1 (network slimming: shrinks all alike)
+    penalty: str = DEFAULT_PENALTY  # polar (polarization: bimodal gammas) or l1 (network slimming: shrinks all alike)
     polar_t: float = 1.2
     sparse_epochs: int = 10
     finetune_epochs: int = 10
@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--layer-keep", type=t.fraction, default=d.layer_keep, help="per-layer floor share (0 = strict)")
     p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
     p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
-    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="L1 rate on BN gammas")
+    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate on BN gammas (per-sample scale: README, Prune)")
     p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)
     p.add_argument("--penalty", default=d.penalty, choices=PENALTIES,
                    help="sparsity penalty on BN gammas: l1 (network slimming) or polar (polarization, Zhuang et al. 2020)")

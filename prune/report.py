@@ -60,7 +60,7 @@ def _onnx_summary(df: pd.DataFrame) -> str:
 def plot_stages(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    labels = [LABELS.get(s, s).replace("After ", "After\n").replace(" (", "\n(") for s in df["stage"]]
+    labels = [LABELS.get(s, s) for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("mAP50-95", "mAP50-95", "{:.4g}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
               "{:.3f}", "tab:orange"), ("latency_ms", "CPU latency, ms (batch 1, %dpx, fused)" % df.get("latency_imgsz", df["imgsz"]).iloc[0],
@@ -71,7 +71,7 @@ def plot_stages(df: pd.DataFrame, path: Path) -> None:
         if key == "mAP50-95" and df[key].iloc[0] > 0.01:  # the tolerance line only when it is on the chart
             ax.axhline(df[key].iloc[0] - 0.01, color="gray", ls=":", lw=1, label="Before - 0.01")
             ax.legend(fontsize=7, loc="upper left")
-        ax.set_xticks(range(len(df)), labels, fontsize=8)
+        ax.set_xticks(range(len(df)), labels, fontsize=8, rotation=35, ha="right", rotation_mode="anchor")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, max(df[key].max() * 1.18, 1e-6))
         ax.grid(axis="y", alpha=0.3)

@@ -12,7 +12,7 @@ at the same rate, so in a short stage all gammas shrink alike and none separate 
 sum | |gamma| - mean|gamma| |), the mean over all prunable gammas of the model: a gamma below the mean
 is pushed down at (t + 1) s, one above it at (t - 1) s, so the histogram splits into a group at zero
 and a group that stays large (the bimodal histogram pruning wants). t > 1 keeps the penalty a
-shrinkage everywhere; the paper uses t of about 1 to 1.4.
+shrinkage everywhere.
 
 The trainer calls `after_clip` once per optimizer step, after AMP unscaling and after gradient
 clipping, so the penalty's rate is s whatever the loss gradient's norm (added before clipping, it
@@ -33,6 +33,7 @@ from prune.graph import trace
 
 SCHEDULES = ("const", "linear", "step")
 PENALTIES = ("l1", "polar")
+DEFAULT_PENALTY = "polar"  # L1 does not select in short stages (README, "L1 vs polarization")
 HIST_EDGES = [0.0] + [10 ** (e / 20) for e in range(-100, 31)]  # |gamma| bins: 0, 1e-5 ... 10^1.5, 1/20 decade
 SMALL = 1e-2  # the "near zero" level reported per epoch
 
@@ -57,11 +58,14 @@ def prunable_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
 def add_l1_subgradient(bns: list[nn.BatchNorm2d], s: float) -> None:
     """grad(gamma) += s * sign(gamma), in place (a missing grad counts as zero)."""
     for bn in bns:
-        g = s * torch.sign(bn.weight.detach())
-        if bn.weight.grad is None:
-            bn.weight.grad = g.clone()
-        else:
-            bn.weight.grad.add_(g)
+        _add_grad(bn, s * torch.sign(bn.weight.detach()))
+
+
+def _add_grad(bn: nn.BatchNorm2d, g: torch.Tensor) -> None:
+    if bn.weight.grad is None:
+        bn.weight.grad = g.clone()
+    else:
+        bn.weight.grad.add_(g)
 
 
 @torch.no_grad()
@@ -72,11 +76,7 @@ def add_polar_subgradient(bns: list[nn.BatchNorm2d], s: float, t: float) -> None
     mean_sign = torch.sign(absg - mean).mean()  # the mean's own dependence on each |gamma|
     for bn in bns:
         w = bn.weight.detach()
-        g = s * torch.sign(w) * (t - torch.sign(w.abs() - mean) + mean_sign)
-        if bn.weight.grad is None:
-            bn.weight.grad = g.clone()
-        else:
-            bn.weight.grad.add_(g)
+        _add_grad(bn, s * torch.sign(w) * (t - torch.sign(w.abs() - mean) + mean_sign))
 
 
 def gamma_stats(bns: list[nn.BatchNorm2d]) -> dict:
@@ -99,7 +99,7 @@ class SparsityTrainer:
     s: float = 1e-4
     schedule: str = "const"
     epochs: int = 1
-    penalty: str = "l1"
+    penalty: str = DEFAULT_PENALTY
     t: float = 1.2  # polarization's t (penalty "polar")
     log_path: Path | None = None
     steps: int = 0  # optimizer steps seen (penalty applications)

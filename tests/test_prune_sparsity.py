@@ -29,7 +29,7 @@ def test_penalty_once_per_optimizer_step_with_accumulation(tmp_path):
     with torch.no_grad():
         bns[0].weight[:3] = torch.tensor([-0.5, 0.0, 0.5])  # a negative, a zero and a positive gamma
     s = 0.01
-    sparse = SparsityTrainer(s=s, schedule="const", epochs=1, log_path=tmp_path / "gamma.jsonl")
+    sparse = SparsityTrainer(s=s, schedule="const", epochs=1, penalty="l1", log_path=tmp_path / "gamma.jsonl")
     cb = sparse.callbacks()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights stay put, gradients are inspected
     ema = copy.deepcopy(model)
