@@ -121,24 +121,36 @@ def _cpu_threads(requested: int, workers: int) -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))  # never more than the caller set
 
 
-class _TermAsInterrupt:
-    """Inside the block SIGTERM raises KeyboardInterrupt, so a killed run cleans up like Ctrl-C."""
+class _Interrupts:
+    """Inside the block SIGINT and SIGTERM raise one KeyboardInterrupt, so a killed run cleans up like Ctrl-C;
+    signals after the first are recorded, not raised, so the cleanup that saves resume.pt runs to its end.
+
+    Under torchrun a Ctrl-C reaches each rank twice (from the terminal, then forwarded by torchrun), and the
+    second one used to land inside the cleanup and cut it short (no resume.pt). `received` also tells a
+    signal from a crash when the first thing to surface is another error (a peer rank that died of the same
+    Ctrl-C breaks this rank's all-reduce)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.previous = None
+        self.received: int | None = None
+        self.previous = {}
         try:
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not in the main thread: leave signals alone
             pass
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def _handle(self, signum, frame):
+        first = self.received is None
+        self.received = signum
+        if first:
+            raise KeyboardInterrupt(f"signal {signum}")
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
         return False
 
 
@@ -530,9 +542,9 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
     s = setup(data, model, hyp, opts, callbacks or Callbacks())
     s.callbacks.call("on_train_start", s.net)
     t_start = time.time()
-    stop_reason, ended, interrupted = "completed", False, False
-    try:
-        with _TermAsInterrupt():
+    stop_reason, ended = "completed", False
+    with _Interrupts() as signals:
+        try:
             for epoch in range(s.start_epoch, s.opts.epochs):
                 s.callbacks.call("on_epoch_start", epoch)
                 _close_mosaic_if_due(s, epoch)
@@ -558,15 +570,19 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
                 if stop:
                     stop_reason = stop
                     break
-        ended = True
-    except KeyboardInterrupt:
-        interrupted, stop_reason = True, "interrupted"
-        LOG.warning("training interrupted: stripping checkpoints (full state kept in resume.pt)")
-        raise
-    finally:
-        s.saver.finish(ended, interrupted)
-        if s.ctx.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            ended = True
+        except BaseException as e:
+            if signals.received is None:
+                raise  # a crash: last.pt keeps the full state (finish says so)
+            stop_reason = "interrupted"
+            LOG.warning("training interrupted: stripping checkpoints (full state kept in resume.pt)")
+            if not isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"signal {signals.received}") from e
+            raise
+        finally:
+            s.saver.finish(ended, interrupted=signals.received is not None and not ended)
+            if s.ctx.distributed and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
     saved = s.opts.save
     result = FitResult(

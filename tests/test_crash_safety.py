@@ -62,6 +62,57 @@ def test_crash_keeps_a_full_last_pt_and_resume_runs_each_epoch_once(tiny_data, t
     assert again.best_fitness == pytest.approx(res.best_fitness) and _epochs(run) == [0, 1, 2, 3]
 
 
+
+def _interrupt_opts(tmp_path, name):
+    return TrainOptions(epochs=4, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
+                        name=name, close_mosaic=0)
+
+
+def test_a_second_signal_during_cleanup_does_not_cut_it_short(tiny_data, tmp_path, monkeypatch):
+    """Under torchrun each rank gets a Ctrl-C twice (the terminal's, then torchrun's). The second one must
+    not interrupt the cleanup that keeps the full state in resume.pt (it did: CI lost resume.pt)."""
+    from core.checkpoint_saver import CheckpointSaver
+    torch.set_num_threads(1)
+    real_finish = CheckpointSaver.finish
+
+    def finish_with_a_second_signal(self, ended, interrupted):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered while the cleanup runs
+        return real_finish(self, ended, interrupted)
+
+    monkeypatch.setattr(CheckpointSaver, "finish", finish_with_a_second_signal)
+
+    def ctrl_c(epoch, metrics):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_data, MODEL, None, _interrupt_opts(tmp_path, "twice"), Callbacks(on_epoch_end=ctrl_c))
+    run = tmp_path / "twice"
+    assert load_checkpoint(run / "resume.pt")["optimizer"] is not None
+    assert load_checkpoint(run / "last.pt")["optimizer"] is None  # stripped: the cleanup ran to its end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_peer_error_after_a_signal_counts_as_the_interrupt(tiny_data, tmp_path):
+    """A DDP rank blocked in an all-reduce when Ctrl-C comes sees its peer's death (a RuntimeError) first.
+    The run was interrupted, not crashed: resume.pt is written and the error surfaces as KeyboardInterrupt."""
+    torch.set_num_threads(1)
+
+    def signal_then_peer_error(epoch, metrics):
+        if epoch == 1:
+            try:  # the KeyboardInterrupt is lost inside the C++ collective; the signal was still received
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+            raise RuntimeError("[gloo] Connection closed by peer")
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(tiny_data, MODEL, None, _interrupt_opts(tmp_path, "peer"), Callbacks(on_epoch_end=signal_then_peer_error))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    run = tmp_path / "peer"
+    assert load_checkpoint(run / "resume.pt")["optimizer"] is not None and _epochs(run) == [0, 1]
+
+
 KILLER = """
 import io, os, signal, sys, torch
 n, calls, real = int(os.environ.get("KILL_AT_SAVE", "0")), [0], torch.save
