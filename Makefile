@@ -94,7 +94,7 @@ evolve: install
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
-	  --epochs 30 --sr --penalty polar --s 2e-3 --s-schedule step --sparse-lr-scale 1.0 --sparse-epochs 30 \
+	  --epochs 30 --sr --penalty polar --s 2e-3 --s-schedule step --sparse-epochs 30 \
 	  --finetune-epochs 20 --global-percent 0.65 --round-to auto --shortcuts 5 --unstructured 0.3 --latency-imgsz 640
 
 study: install

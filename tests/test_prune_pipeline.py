@@ -212,3 +212,12 @@ def test_interleaved_timing_shuffles_which_call_follows_which():
     followers_of_d = {r[r.index("d") + 1] for r in rounds if r[-1] != "d"}
     assert len(followers_of_d) >= 2  # in a fixed cyclic order "d" would always be followed by "a"
     assert _interleaved_ms(calls, warmup=2, runs=30) and order[:128] == order[128:]  # seeded: repeatable
+
+
+def test_later_stages_close_mosaic_for_their_last_third():
+    from core.train import TrainOptions
+    from prune.pipeline import stage_close_mosaic
+
+    assert stage_close_mosaic("baseline", 30) == TrainOptions.close_mosaic == 10
+    assert [stage_close_mosaic("sparse", e) for e in (30, 45, 20, 10, 2, 0)] == [10, 10, 6, 3, 0, 0]
+    assert stage_close_mosaic("finetune", 20) == 6 and stage_close_mosaic("channel_step1", 9) == 3
