@@ -84,3 +84,30 @@ def select_device(device: str | int | None = "cpu", batch_size: int = 0,
         gpu = ids[0]
     torch.cuda.set_device(gpu)
     return torch.device("cuda", gpu)
+
+
+BF16_MODES = ("auto", "on", "off")
+
+
+def cpu_bf16_native() -> tuple[bool, str]:
+    """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16), and why, in words."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    native = [k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)]
+    if native:
+        return True, f"this CPU has {' and '.join(native)}"
+    return False, "this CPU has neither amx_bf16 nor avx512_bf16, so bf16 would be emulated (slower than fp32)"
+
+
+def resolve_bf16(mode: str, device: torch.device) -> tuple[bool, str]:
+    """CPU bf16 autocast for `mode` (auto: where the CPU has it in hardware; on; off), and the reason."""
+    if mode not in BF16_MODES:
+        raise DeviceError(f"--bf16 {mode!r}: choose one of {', '.join(BF16_MODES)}")
+    if device.type != "cpu":
+        return False, "bf16 autocast is a CPU option (CUDA trains in fp16 AMP)"
+    if mode == "off":
+        return False, "--bf16 off"
+    native, why = cpu_bf16_native()
+    if mode == "on":
+        return True, f"--bf16 on ({why})"
+    return native, f"--bf16 auto: {why}"
+

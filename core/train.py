@@ -22,7 +22,7 @@ from torch import nn
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
 from core.checkpoint_saver import CheckpointSaver
-from core.device import DeviceError, DistContext, dist_context, select_device
+from core.device import DeviceError, DistContext, dist_context, resolve_bf16, select_device
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.nonfinite import NonFiniteGuard
@@ -60,6 +60,8 @@ class TrainOptions:
     fitness_weights: tuple = (0.0, 0.0, 0.1, 0.9)
     progress: bool = True
     amp: bool = True                   # mixed precision on CUDA (ignored on CPU)
+    bf16: str = "off"                  # CPU: the network in bfloat16 autocast (auto = where the CPU has it in
+                                       # hardware, AMX / AVX512-BF16; on; off); loss, optimizer and weights fp32
     sync_bn: bool = False              # DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
@@ -173,6 +175,7 @@ class TrainState:
     lf: Callable[[int], float]     # lr multiplier per epoch
     scaler: torch.amp.GradScaler
     amp: bool
+    bf16: bool                     # CPU bfloat16 autocast of the network (training and validation)
     compute_loss: Callable
     train_loader: Any
     val_loader: Any                # rank 0 only
@@ -333,11 +336,14 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     ema = ModelEMA(net) if ctx.is_main else None
 
     amp = bool(opts.amp and device.type == "cuda")
+    bf16, why = resolve_bf16(opts.bf16, device)
+    if ctx.is_main and (bf16 or opts.bf16 != "off"):
+        LOG.info(f"bf16 autocast {'on' if bf16 else 'off'}: {why}")
     batches = len(train_loader)
     s = TrainState(
         opts=opts, callbacks=callbacks, ctx=ctx, device=device, hyp=hyp, plan=plan, data_cfg=data_cfg, net=net,
         train_model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf,
-        scaler=torch.amp.GradScaler("cuda", enabled=amp), amp=amp, compute_loss=compute_loss,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp), amp=amp, bf16=bf16, compute_loss=compute_loss,
         train_loader=train_loader, val_loader=val_loader, close_epoch=close_epoch,
         mosaic_closed=close_epoch <= 0, batches=batches,
         warmup_iters=round(hyp["warmup_epochs"] * batches),  # exact: a small data set gets the warmup it asks for
@@ -398,6 +404,17 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
+def _forward_loss(s: TrainState, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's loss: CUDA AMP runs model and loss under fp16 autocast (as YOLOv5); CPU bf16 runs only
+    the network in bf16 and the loss in fp32 (bf16 keeps 8 bits of mantissa: too few for the loss sums)."""
+    if s.bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            preds = s.train_model(imgs)
+        return s.compute_loss([p.float() for p in preds], targets)
+    with torch.autocast(device_type=s.device.type, enabled=s.amp):
+        return s.compute_loss(s.train_model(imgs), targets)
+
+
 def _optimizer_step(s: TrainState) -> None:
     """Unscale, hooks, clip, step, EMA: once per `accumulate` batches with finite losses."""
     s.scaler.unscale_(s.optimizer)  # hooks and clipping see true gradients
@@ -449,8 +466,7 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
         if s.warmup_iters and ni <= s.warmup_iters:
             s.accumulate = warmup(s.optimizer, ni, s.warmup_iters, epoch, s.plan.hyp, s.lf, s.plan.nbs,
                                   s.opts.batch_size)
-        with torch.autocast(device_type=s.device.type, enabled=s.amp):
-            loss, loss_items = s.compute_loss(s.train_model(imgs), targets.to(s.device))
+        loss, loss_items = _forward_loss(s, imgs, targets.to(s.device))
         finite = s.guard.observe(loss, loss_items)  # on the device: no sync per batch
         if s.ctx.distributed:
             loss = loss * s.ctx.world_size  # DDP averages gradients across processes
@@ -484,7 +500,8 @@ def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dic
     from core.val import validate
 
     t0 = time.time()
-    vm = validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names, half=s.amp, progress=False)
+    vm = validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names, half=s.amp, bf16=s.bf16,
+                  progress=False)
     return {"epoch": epoch, "train_box": train["train_box"], "train_obj": train["train_obj"],
             "train_cls": train["train_cls"], "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
             "mAP50-95": vm["mAP50-95"], "fitness": float(weighted_fitness(vm, s.opts.fitness_weights)),

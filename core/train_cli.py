@@ -5,6 +5,7 @@ import logging
 
 from core import argtypes as t
 from core.cli import main_guard
+from core.device import BF16_MODES
 from core.train import TrainOptions, fit
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None):
                         "NCHW either way")
     layout.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="the standard NCHW memory format (the default)")
+    p.add_argument("--bf16", choices=BF16_MODES, default=d.bf16,
+                   help="CPU: run the network in bfloat16 autocast (loss, optimizer, weights fp32); auto = on where "
+                   "the CPU computes bf16 in hardware (AMX, AVX512-BF16), where it was ~1.5x faster per step")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest (or given) interrupted run")
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
-                        channels_last=args.channels_last)
+                        channels_last=args.channels_last, bf16=args.bf16)
     fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     return 0
 

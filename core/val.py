@@ -82,11 +82,12 @@ def _json_rows(pred: torch.Tensor, input_hw: tuple[int, int], shape, image_id: i
 def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: float = 0.6,
              compute_loss: Callable | None = None, save_json: str | Path | None = None, names=None,
              half: bool = False, max_det: int = 300, progress: bool = True, multi_label: bool = False,
-             ap_method: str = "coco") -> dict[str, Any]:
+             ap_method: str = "coco", bf16: bool = False) -> dict[str, Any]:
     """Score `model` on `loader` (the documented batches: uint8 imgs, normalised targets, paths, shapes).
 
     Runs in eval mode on the model's device (the model's train/eval mode is restored after).
     `half` runs inference under fp16 autocast on CUDA (weights untouched); ignored on CPU.
+    `bf16` runs it under bfloat16 autocast on CPU (as `core.train --bf16` trains); ignored on CUDA.
     Predictions are matched to labels in network-input pixels at IoU 0.50:0.05:0.95.
     `save_json`: path of a COCO results file [{image_id, category_id, bbox [x, y, w, h] in original
     image pixels, score}]; ids as in the module docstring (score it against `coco_ground_truth`).
@@ -126,7 +127,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
             imgs = (imgs.half() if use_half else imgs.float()) / 255
             targets = targets.to(device)
             t1 = _sync(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_half):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_half), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"):
                 pred, raw = model(imgs)
             t2 = _sync(device)
             if compute_loss is not None:
