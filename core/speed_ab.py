@@ -7,6 +7,8 @@ on the same batch from the same initial weights and reports both medians and the
   train channels_last   one training step (forward, loss, backward, AdamW step) NCHW vs channels_last
   val channels_last     one inference batch (eval mode, 2x the training batch) NCHW vs channels_last
   SPPF pools            inference of an NCHW model, SPPF pooling in NCHW vs in channels_last (core/model/common.py)
+  train bf16            one training step, fp32 vs the network under bfloat16 autocast (`core.train --bf16`)
+  val bf16              one inference batch, fp32 vs bfloat16 autocast
   threads               training steps fed by the live loader (its workers running), 1 vs 2 torch threads
   fit channels_last     with --fit-rounds N: N one-epoch `core.train.fit` runs per side, alternating
                         (train and validation seconds of the trainer itself, loader workers included)
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 
 from core.bench import write_report
+from core.device import cpu_bf16_native
 
 
 def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> dict:
@@ -76,19 +79,23 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     out: dict = {"model": model_yaml, "imgsz": imgsz, "batch": batch, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     # training step, NCHW vs channels_last: same weights, same batch, each with its own AdamW
-    def trainer(fmt: torch.memory_format) -> Callable[[], None]:
+    def trainer(fmt: torch.memory_format, bf16: bool = False) -> Callable[[], None]:
         net = copy.deepcopy(base).to(memory_format=fmt).train()
         loss_fn = ComputeLoss(net, hyp)
         opt = build_optimizer(net, "AdamW", 0.001, 0.9, 0.0005)
         x = imgs.contiguous(memory_format=fmt)
 
         def step() -> None:
-            loss, _ = loss_fn(net(x), targets)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as core.train._forward_loss
+                preds = net(x)
+            loss, _ = loss_fn([p.float() for p in preds], targets)
             loss.backward()
             opt.step()
             opt.zero_grad()
         return step
     out["train channels_last"] = interleave(trainer(torch.contiguous_format), trainer(torch.channels_last), steps)
+    out["train bf16"] = interleave(trainer(torch.contiguous_format), trainer(torch.contiguous_format, True), steps)
+    out["bf16 in hardware"] = cpu_bf16_native()[1]
 
     # inference, NCHW vs channels_last, and NCHW with SPPF pooling in NCHW vs in channels_last
     vimgs = torch.cat((imgs, imgs.flip(3)))  # the validation batch is twice the training batch
@@ -99,6 +106,11 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     with torch.no_grad():
         out["val channels_last"] = interleave(lambda: nchw(vimgs), lambda: cl(vimgs_cl), steps)
         out["SPPF pools"] = interleave(lambda: plain(vimgs), lambda: nchw(vimgs), steps)
+
+        def bf16_inference() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                nchw(vimgs)
+        out["val bf16"] = interleave(lambda: nchw(vimgs), bf16_inference, steps)
         out["max_abs_diff channels_last vs NCHW (inference)"] = float((nchw(vimgs)[0] - cl(vimgs_cl)[0]).abs().max())
         out["SPPF pools bit-identical"] = bool(torch.equal(plain(vimgs)[0], nchw(vimgs)[0]))
 
@@ -167,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A/B interleaved, {args.steps} steps each, {r['model']} imgsz {r['imgsz']} batch {r['batch']}, "
           f"CPU capability {r['cpu_capability']}")
     print(f"{'lever':22s} {'A ms':>9s} {'B ms':>9s} {'A / B':>7s}")
-    for k in ("train channels_last", "val channels_last", "SPPF pools", "threads"):
+    for k in ("train channels_last", "val channels_last", "SPPF pools", "train bf16", "val bf16", "threads"):
         if k in r:
             print(f"{k:22s} {r[k]['a_ms']:9.1f} {r[k]['b_ms']:9.1f} {r[k]['ratio']:7.2f}")
     if "fit channels_last" in r:
         f = r["fit channels_last"]
         for k in ("train", "val"):
             print(f"{'fit ' + k + ' epoch (s)':22s} {f[k]['a_s']:9.1f} {f[k]['b_s']:9.1f} {f[k]['ratio']:7.2f}")
+    print(f"bf16: {r['bf16 in hardware']}")
     print(f"inference max |NCHW - channels_last| {r['max_abs_diff channels_last vs NCHW (inference)']:.2e}; "
           f"SPPF pools bit-identical: {r['SPPF pools bit-identical']}")
     write_report(r, args.out)

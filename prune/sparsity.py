@@ -14,6 +14,12 @@ is pushed down at (t + 1) s, one above it at (t - 1) s, so the histogram splits 
 and a group that stays large (the bimodal histogram pruning wants). t > 1 keeps the penalty a
 shrinkage everywhere.
 
+Under Adam/AdamW (the sparse stage's default optimizer, `auto`) the sub-gradient is added to the gradient
+before Adam divides by its running RMS, so `s` is not the papers' rate there: a gamma whose penalty
+outweighs its loss gradient moves by about lr per step whatever `s` is, and `s` decides which gammas that
+is. Measured from one trained baseline: AdamW split the gammas as SGD did (60% vs 58% below 1e-2) and
+ended the stage above the baseline where SGD lost half of it (README, "Sparse stage optimizer").
+
 The trainer calls `after_clip` once per optimizer step, after AMP unscaling and after gradient
 clipping, so the penalty's rate is s whatever the loss gradient's norm (added before clipping, it
 was scaled down with the loss gradient on every clipped step). The clip factor is logged per epoch.
