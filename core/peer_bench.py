@@ -209,6 +209,13 @@ def machine() -> dict:
         info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     except (OSError, StopIteration):
         pass
+    import torch
+
+    from core.device import resolve_bf16
+    from core.train import TrainOptions
+
+    on, why = resolve_bf16(TrainOptions.bf16, torch.device("cpu"))
+    info["ours_bf16"] = f"{'on' if on else 'off'} ({why})"  # what `core.train` with default options chooses here
     return info
 
 
@@ -225,7 +232,8 @@ def report(rows: list[dict], meta: dict) -> str:
     lines = [f"peer benchmark {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('simd', '')}), "
              f"{meta.get('cpus')} CPUs, OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS') or 'unset'}; "
              f"conv peak {meta.get('conv_gflop_per_s', float('nan')):.1f} GFLOP/s; imgsz {meta.get('imgsz')}, "
-             f"batch {meta.get('batch')}, workers {meta.get('workers')}"]
+             f"batch {meta.get('batch')}, workers {meta.get('workers')}; ours bf16 autocast "
+             f"{meta.get('ours_bf16', 'off')}"]
     peak = meta.get("conv_gflop_per_s") or float("nan")
     for s in dict.fromkeys(r["set"] for r in rows):
         quick = {r["trainer"]: r for r in rows if r["set"] == s and r.get("run") == "quick"}

@@ -71,12 +71,12 @@ def _threads(requested: int, workers: int) -> int:
 
 def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: int, batches: int,
             warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench",
-            channels_last: bool = False) -> dict:
+            channels_last: bool = False, bf16: str | None = None) -> dict:
     from core.boxes import xywh2xyxy
     from core.checkpoint import save_checkpoint
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
-    from core.device import select_device
+    from core.device import resolve_bf16, select_device
     from core.ema import ModelEMA
     from core.hyp import load_hyp
     from core.loss import ComputeLoss, scaled_gains
@@ -88,6 +88,8 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
 
     torch.manual_seed(0)
     dev = select_device(device, batch)
+    from core.train import TrainOptions
+    use_bf16, bf16_why = resolve_bf16(bf16 or TrainOptions.bf16, dev)  # the trainer's default unless given
     if dev.type == "cpu":
         torch.set_num_threads(_threads(threads, workers))
     t_setup = time.perf_counter()
@@ -122,9 +124,10 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         rec = i >= warmup
         imgs, targets, _, _ = next(it)
         timer.lap("data wait", rec)
-        pred = net(imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):  # as core.train._forward_loss
+            pred = net(imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255)
         timer.lap("forward", rec)
-        loss, _ = compute_loss(pred, targets.to(dev))
+        loss, _ = compute_loss([p.float() for p in pred], targets.to(dev))
         timer.lap("loss", rec)
         loss.backward()
         timer.lap("backward", rec)
@@ -141,7 +144,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     # --- validation as the trainer runs it, then again split by phase (its workers now warm) ---------------
     model = ema.ema.eval()
     t0 = time.perf_counter()
-    vm = validate(model, val_loader, compute_loss=compute_loss, names=cfg["names"], progress=False)
+    vm = validate(model, val_loader, compute_loss=compute_loss, names=cfg["names"], progress=False, bf16=use_bf16)
     val_s = time.perf_counter() - t0
 
     vt = Timer(dev)
@@ -154,7 +157,8 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
             vt.lap("data wait")
             imgs = imgs.to(dev, memory_format=fmt).float() / 255
             targets = targets.to(dev)
-            pred, raw = model(imgs)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                pred, raw = model(imgs)
             vt.lap("inference")
             compute_loss([r.float() for r in raw], targets)
             vt.lap("val loss")
@@ -183,7 +187,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         ckpt_s = time.perf_counter() - t0
 
     step = {k: statistics.median(timer.steps[k]) * 1e3 if timer.steps[k] else float("nan") for k in TRAIN_PHASES}
-    return {"model": model_yaml, "channels_last": channels_last, "imgsz": imgsz, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
+    return {"model": model_yaml, "channels_last": channels_last, "bf16": f"{'on' if use_bf16 else 'off'} ({bf16_why})", "imgsz": imgsz, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
             "optimizer": name, "accumulate": accumulate, "train_batches": nb, "train_images": n,
             "setup_s": setup_s, "step_ms": step, "epoch_train_s": {k: timer.total[k] for k in TRAIN_PHASES},
             "train_s": train_s, "train_images_per_s": n / train_s, "val_images": len(val_set),
@@ -195,7 +199,7 @@ def format_profile(r: dict) -> str:
     step_total = sum(v for v in r["step_ms"].values() if v == v)
     epoch_total = r["train_s"] + r["val_split_total_s"] + r["checkpoint_s"]
     layout = "channels_last" if r.get("channels_last") else "NCHW"
-    lines = [f"profile: {r['model']} ({layout}) imgsz {r['imgsz']} batch {r['batch']}, {r['workers']} loader workers, "
+    lines = [f"profile: {r['model']} ({layout}, bf16 autocast {r.get('bf16', 'off')}) imgsz {r['imgsz']} batch {r['batch']}, {r['workers']} loader workers, "
              f"{r['threads']} torch threads, {r['optimizer']} (accumulate {r['accumulate']}); "
              f"{r['train_batches']} batches, {r['train_images_per_s']:.1f} train img/s; setup {r['setup_s']:.1f} s",
              f"{'phase':24s} {'step ms':>8s} {'% step':>7s} {'epoch s':>8s} {'% epoch':>8s}"]
@@ -226,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = the trainer's rule)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true", help="model and batches NHWC (the trainer's flag)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default=None, help="the trainer's flag (default: its default)")
     p.add_argument("--out", default="runs/bench/profile.json")
     args = p.parse_args(argv)
     r = profile(args.data, args.model, args.imgsz, args.batch_size, args.workers, args.batches, args.warmup,
-                args.threads, args.device, Path(args.out).parent, args.channels_last)
+                args.threads, args.device, Path(args.out).parent, args.channels_last, args.bf16)
     print(format_profile(r))
     write_report(r, args.out)
     return 0
