@@ -89,7 +89,10 @@ def make_storage(url: str | None, run_dir: Path | str, heartbeat: float | None =
     3 heartbeats is failed and retried (at most `max_retries` times) by whichever worker looks first.
     """
     if not is_url(url):
-        path = Path(url) if url else Path(run_dir) / JOURNAL_NAME
+        # absolute: Optuna's lock is a symlink to this path, and its stale-lock check stats the link's target.
+        # A relative target resolves against the link's own folder, never exists, and a lock left by a
+        # worker killed while appending was then never released: every later worker waited forever.
+        path = (Path(url) if url else Path(run_dir) / JOURNAL_NAME).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))

@@ -329,6 +329,38 @@ def test_a_journal_cut_mid_append_opens_and_resumes(tmp_path):
     assert [t.state.name for t in again.trials] == ["COMPLETE"] * 5
 
 
+
+def test_a_lock_left_by_a_worker_killed_mid_append_is_released(tmp_path, monkeypatch):
+    """A worker SIGKILLed while it holds the journal lock leaves Optuna's lock symlink behind. Optuna breaks a
+    lock older than its grace period, but only if it can stat the link's target: with the relative run
+    folders `make evolve` uses (runs/evolve/NAME) the target resolved against the link's own folder, never
+    existed, and every later worker waited forever (seen in a test run under load)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import optuna.storages.journal._file as journal_file
+
+    monkeypatch.chdir(tmp_path)
+    killed = subprocess.run([sys.executable, "-c",
+                             "import os, signal; from evolve.storage import make_storage; "
+                             "s = make_storage(None, 'runs/evolve/k'); s._backend._lock.acquire(); "
+                             "os.kill(os.getpid(), signal.SIGKILL)"], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -signal.SIGKILL and (tmp_path / "runs/evolve/k/journal.log.lock").is_symlink()
+    monkeypatch.setattr(journal_file.JournalFileSymlinkLock.__init__, "__defaults__", (3,))  # grace 3 s, not 30
+    opened = {}
+
+    def open_study():
+        opened["study"] = optuna.create_study(study_name="k", storage=make_storage(None, "runs/evolve/k"))
+
+    thread = threading.Thread(target=open_study, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert "study" in opened, "still waiting for the lock of a worker that is dead"
+
+
 def test_non_numeric_fitness_weights_name_the_key():
     with pytest.raises(StudyError, match="'fitness_weights' must be 4 numbers"):
         load_study(QUICK, {"fitness_weights": ["a", 0, 0.1, 0.9]})
