@@ -76,6 +76,7 @@ def _train_cmd(root: Path, project: Path, name: str, epochs: int, *extra: str) -
     return ["-m", "core.train", "--data", str(root / "data.yaml"), "--model", MODEL, "--hyp", str(root / "hyp.yaml"),
             "--epochs", str(epochs), "--batch-size", "8", "--imgsz", "64", "--workers", "0", "--device", "cpu",
             "--optimizer", "SGD", "--nbs", "8", "--close-mosaic", "0", "--seed", "0", "--threads", "1",
+            "--bf16", "off",  # fp32 on every host: bf16's 8-bit mantissa is far coarser than the tolerance below
             "--project", str(project), "--name", name, "--no-progress", *extra]
 
 
