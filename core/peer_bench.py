@@ -118,6 +118,7 @@ class RunSpec:
     batch: int
     workers: int
     out: Path  # run folder
+    ours_args: tuple[str, ...] = ()  # extra flags of our command (e.g. --bf16 on)
 
 
 def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
@@ -126,7 +127,7 @@ def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
         return [sys.executable, "-m", "core.train", "--data", str(spec.data), "--model", OUR_MODEL,
                 "--epochs", str(spec.epochs), "--imgsz", str(spec.imgsz), "--batch-size", str(spec.batch),
                 "--workers", str(spec.workers), "--project", str(spec.out.parent), "--name", spec.out.name,
-                "--exist-ok", "--no-progress"], {}
+                "--exist-ok", "--no-progress", *spec.ours_args], {}
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(spec.out.parent / "ultralytics-config")}
     return [peer_python, str(REPO / "core" / "peer_ultralytics.py"), "--timing", str(spec.out / "timing.json"),
             "train", f"model={spec.trainer}.yaml", f"data={spec.data}", f"epochs={spec.epochs}",
@@ -232,8 +233,8 @@ def report(rows: list[dict], meta: dict) -> str:
     lines = [f"peer benchmark {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('simd', '')}), "
              f"{meta.get('cpus')} CPUs, OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS') or 'unset'}; "
              f"conv peak {meta.get('conv_gflop_per_s', float('nan')):.1f} GFLOP/s; imgsz {meta.get('imgsz')}, "
-             f"batch {meta.get('batch')}, workers {meta.get('workers')}; ours bf16 autocast "
-             f"{meta.get('ours_bf16', 'off')}"]
+             f"batch {meta.get('batch')}, workers {meta.get('workers')}; ours bf16 autocast by default "
+             f"{meta.get('ours_bf16', 'off')}; ours extra flags: {meta.get('ours_args') or 'none'}"]
     peak = meta.get("conv_gflop_per_s") or float("nan")
     for s in dict.fromkeys(r["set"] for r in rows):
         quick = {r["trainer"]: r for r in rows if r["set"] == s and r.get("run") == "quick"}
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                    "or datasets/heldout-v1-<n-train>-<n-val> for other sizes)")
     p.add_argument("--peer-python", default=str(REPO / ".venv-peer" / "bin" / "python"),
                    help="python of the venv with Ultralytics (make bench-peer builds .venv-peer)")
+    p.add_argument("--ours-args", default="", help="extra flags of our trainer's command, e.g. '--bf16 on'")
     p.add_argument("--out", default=None, help="default runs/peer/<date-time>")
     p.add_argument("--report-only", default=None, help="print the tables of an earlier run folder and exit")
     args = p.parse_args(argv)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.bench import conv_throughput
     meta = {**machine(), "conv_gflop_per_s": conv_throughput(), "imgsz": args.imgsz, "batch": args.batch,
             "workers": args.workers, "n_train": args.n_train, "n_val": args.n_val, "python": sys.executable,
-            "peer_python": args.peer_python}
+            "peer_python": args.peer_python, "ours_args": args.ours_args}
     print(report([], meta), flush=True)
     warm_up(trainers, args.peer_python)
     rows: list[dict] = []
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for t in trainers:
                 spec = RunSpec(s, t, epochs, yamls[s].resolve(), args.imgsz, args.batch, args.workers,
-                               out / s / f"{t}-{run}-e{epochs}")
+                               out / s / f"{t}-{run}-e{epochs}", tuple(args.ours_args.split()))
                 print(f"{s} {t} {run} ({epochs} epochs) ...", flush=True)
                 row = {"run": run, **measure(spec, args.peer_python)}
                 rows.append(row)

@@ -70,3 +70,16 @@ def test_speed_ab_interleaves_and_ratios():
     r = interleave(a, b, steps=4, warmup=1)
     assert calls == ["a", "b"] * 5  # alternating, warm-up steps included
     assert r["steps"] == 4 and r["a_ms"] >= 6 and r["b_ms"] >= 1 and r["ratio"] == r["a_ms"] / r["b_ms"] > 1.5
+
+
+def test_peer_bench_passes_our_extra_flags_only_to_ours(tmp_path):
+    from pathlib import Path
+
+    from core.peer_bench import RunSpec, command
+
+    def argv(trainer):
+        return command(RunSpec("glyphs", trainer, 3, Path("d.yaml"), 160, 16, 2, tmp_path / trainer,
+                               ("--bf16", "on")), "peer-python")[0]
+    ours, peer = argv("ours"), argv("yolov5n")
+    assert ours[-2:] == ["--bf16", "on"] and "core.train" in ours
+    assert "--bf16" not in peer and "model=yolov5n.yaml" in peer
