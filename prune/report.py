@@ -62,7 +62,7 @@ def plot_stages(df: pd.DataFrame, path: Path) -> None:
 
     labels = [LABELS.get(s, s) for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = [("mAP50-95", "mAP50-95", "{:.4g}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
+    panels = [("mAP50-95", "mAP50-95", "{:.4f}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
               "{:.3f}", "tab:orange"), ("latency_ms", "CPU latency, ms (batch 1, %dpx, fused)" % df.get("latency_imgsz", df["imgsz"]).iloc[0],
               "{:.1f}", "tab:green")]
     for ax, (key, title, fmt, color) in zip(axes, panels):
