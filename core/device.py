@@ -111,3 +111,17 @@ def resolve_bf16(mode: str, device: torch.device) -> tuple[bool, str]:
         return True, f"--bf16 on ({why})"
     return native, f"--bf16 auto: {why}"
 
+
+def bf16_autocast(enabled: bool = True) -> torch.autocast:
+    """CPU bfloat16 autocast (a no-op context when not `enabled`)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_forward(model: torch.nn.Module, imgs: torch.Tensor, bf16: bool) -> list[torch.Tensor]:
+    """The network's training outputs: under CPU bf16 autocast when `bf16`, handed back in fp32, because the
+    loss sums need more than bf16's 8 mantissa bits. One place for `core.train` and the benchmarks."""
+    if not bf16:
+        return model(imgs)
+    with bf16_autocast():
+        return [p.float() for p in model(imgs)]
+

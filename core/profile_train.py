@@ -76,7 +76,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     from core.checkpoint import save_checkpoint
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
-    from core.device import resolve_bf16, select_device
+    from core.device import bf16_autocast, resolve_bf16, select_device, train_forward
     from core.ema import ModelEMA
     from core.hyp import load_hyp
     from core.loss import ComputeLoss, scaled_gains
@@ -84,11 +84,11 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     from core.model.yolo import Model
     from core.nms import non_max_suppression
     from core.optim import build_optimizer, resolve_auto
+    from core.train import TrainOptions
     from core.val import validate
 
     torch.manual_seed(0)
     dev = select_device(device, batch)
-    from core.train import TrainOptions
     use_bf16, bf16_why = resolve_bf16(bf16 or TrainOptions.bf16, dev)  # the trainer's default unless given
     if dev.type == "cpu":
         torch.set_num_threads(_threads(threads, workers))
@@ -124,10 +124,9 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
         rec = i >= warmup
         imgs, targets, _, _ = next(it)
         timer.lap("data wait", rec)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):  # as core.train._forward_loss
-            pred = net(imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255)
+        pred = train_forward(net, imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255, use_bf16)
         timer.lap("forward", rec)
-        loss, _ = compute_loss([p.float() for p in pred], targets.to(dev))
+        loss, _ = compute_loss(pred, targets.to(dev))
         timer.lap("loss", rec)
         loss.backward()
         timer.lap("backward", rec)
@@ -157,7 +156,7 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
             vt.lap("data wait")
             imgs = imgs.to(dev, memory_format=fmt).float() / 255
             targets = targets.to(dev)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with bf16_autocast(use_bf16):
                 pred, raw = model(imgs)
             vt.lap("inference")
             compute_loss([r.float() for r in raw], targets)

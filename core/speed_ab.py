@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from core.bench import write_report
-from core.device import cpu_bf16_native
+from core.device import bf16_autocast, cpu_bf16_native, train_forward
 
 
 def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> dict:
@@ -86,9 +86,7 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
         x = imgs.contiguous(memory_format=fmt)
 
         def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as core.train._forward_loss
-                preds = net(x)
-            loss, _ = loss_fn([p.float() for p in preds], targets)
+            loss, _ = loss_fn(train_forward(net, x, bf16), targets)
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -108,7 +106,7 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
         out["SPPF pools"] = interleave(lambda: plain(vimgs), lambda: nchw(vimgs), steps)
 
         def bf16_inference() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with bf16_autocast():
                 nchw(vimgs)
         out["val bf16"] = interleave(lambda: nchw(vimgs), bf16_inference, steps)
         out["max_abs_diff channels_last vs NCHW (inference)"] = float((nchw(vimgs)[0] - cl(vimgs_cl)[0]).abs().max())

@@ -22,7 +22,7 @@ from torch import nn
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
 from core.checkpoint_saver import CheckpointSaver
-from core.device import DeviceError, DistContext, dist_context, resolve_bf16, select_device
+from core.device import DeviceError, DistContext, dist_context, resolve_bf16, select_device, train_forward
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.nonfinite import NonFiniteGuard
@@ -408,9 +408,7 @@ def _forward_loss(s: TrainState, imgs: torch.Tensor, targets: torch.Tensor) -> t
     """The batch's loss: CUDA AMP runs model and loss under fp16 autocast (as YOLOv5); CPU bf16 runs only
     the network in bf16 and the loss in fp32 (bf16 keeps 8 bits of mantissa: too few for the loss sums)."""
     if s.bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            preds = s.train_model(imgs)
-        return s.compute_loss([p.float() for p in preds], targets)
+        return s.compute_loss(train_forward(s.train_model, imgs, bf16=True), targets)
     with torch.autocast(device_type=s.device.type, enabled=s.amp):
         return s.compute_loss(s.train_model(imgs), targets)
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 from core import argtypes as t
 from core.atomic import atomic_write
 from core.boxes import scale_boxes, xywh2xyxy
+from core.device import bf16_autocast
 from core.cli import main_guard
 from core.metrics import IOU_THRESHOLDS, ap_per_class, fitness, match_predictions, summarize
 from core.nms import non_max_suppression
@@ -128,7 +129,7 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
             targets = targets.to(device)
             t1 = _sync(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_half), \
-                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"):
+                    bf16_autocast(bf16 and device.type == "cpu"):
                 pred, raw = model(imgs)
             t2 = _sync(device)
             if compute_loss is not None:
