@@ -31,8 +31,12 @@ class ModelEMA:
         self.updates += 1
         d = self.decay_at(self.updates)
         current = unwrap(model).state_dict()
+        floats, targets = [], []
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
-                v.mul_(d).add_(current[k].detach(), alpha=1 - d)
+                floats.append(v)
+                targets.append(current[k].detach())
             else:  # e.g. BN num_batches_tracked
                 v.copy_(current[k])
+        # ema += (1 - d) * (model - ema): one multi-tensor kernel instead of two ops per tensor
+        torch._foreach_lerp_(floats, targets, 1 - d)

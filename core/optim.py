@@ -28,17 +28,26 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, dec
             else:
                 conv_w.append(p)
     name = name.lower()
+    fused = _fused_supported(conv_w + norm_w + biases)
     if name == "sgd":
-        opt = torch.optim.SGD(norm_w, lr=lr, momentum=momentum, nesterov=True)
+        opt = torch.optim.SGD(norm_w, lr=lr, momentum=momentum, nesterov=True, fused=fused)
     elif name == "adam":
-        opt = torch.optim.Adam(norm_w, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.Adam(norm_w, lr=lr, betas=(momentum, 0.999), fused=fused)
     elif name == "adamw":
-        opt = torch.optim.AdamW(norm_w, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+        opt = torch.optim.AdamW(norm_w, lr=lr, betas=(momentum, 0.999), weight_decay=0.0, fused=fused)
     else:
         raise ValueError(f"--optimizer '{name}' is not one of SGD, Adam, AdamW, auto")
     opt.add_param_group({"params": conv_w, "weight_decay": decay})
     opt.add_param_group({"params": biases, "weight_decay": 0.0})
     return opt
+
+
+def _fused_supported(params: list[torch.Tensor]) -> bool | None:
+    """PyTorch's fused (one-kernel) SGD/Adam/AdamW where every parameter is a float tensor on CPU or CUDA: on a
+    CPU yolov5n step AdamW's update took 1.6 ms instead of 7.1 (README, Speed levers). Elsewhere (e.g. MPS)
+    None leaves PyTorch its default implementation. Fused and per-tensor updates differ by float rounding."""
+    ok = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    return True if ok and params else None
 
 
 # Above this many optimizer steps, `auto` picks SGD: momentum SGD generalises better on long schedules,

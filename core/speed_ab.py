@@ -8,6 +8,9 @@ on the same batch from the same initial weights and reports both medians and the
   val channels_last     one inference batch (eval mode, 2x the training batch) NCHW vs channels_last
   SPPF pools            inference of an NCHW model, SPPF pooling in NCHW vs in channels_last (core/model/common.py)
   train bf16            one training step, fp32 vs the network under bfloat16 autocast (`core.train --bf16`)
+  train SiLU            one training step, in-place SiLU (the code before 2026-12-05) vs out-of-place (the default)
+  train fused optimizer one training step, per-tensor AdamW and EMA loops vs fused AdamW and foreach EMA (the default)
+  val SiLU              one inference batch, in-place vs out-of-place SiLU
   val bf16              one inference batch, fp32 vs bfloat16 autocast
   threads               training steps fed by the live loader (its workers running), 1 vs 2 torch threads
   fit channels_last     with --fit-rounds N: N one-epoch `core.train.fit` runs per side, alternating
@@ -59,12 +62,33 @@ def _plain_sppf(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _with_silu_inplace(model: torch.nn.Module, inplace: bool) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, torch.nn.SiLU):
+            m.inplace = inplace
+    return model
+
+
+@torch.no_grad()
+def _ema_update_per_tensor(self, model: torch.nn.Module) -> None:
+    """ModelEMA.update as it was before 2026-12-05: two ops per tensor instead of one foreach lerp."""
+    self.updates += 1
+    d = self.decay_at(self.updates)
+    current = model.state_dict()
+    for k, v in self.ema.state_dict().items():
+        if v.dtype.is_floating_point:
+            v.mul_(d).add_(current[k].detach(), alpha=1 - d)
+        else:
+            v.copy_(current[k])
+
+
 def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threads_ab: bool) -> dict:
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
     from core.loss import ComputeLoss
     from core.model.yolo import Model
+    from core.ema import ModelEMA
     from core.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -78,21 +102,32 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     base.initialize_biases()
     out: dict = {"model": model_yaml, "imgsz": imgsz, "batch": batch, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
-    # training step, NCHW vs channels_last: same weights, same batch, each with its own AdamW
-    def trainer(fmt: torch.memory_format, bf16: bool = False) -> Callable[[], None]:
-        net = copy.deepcopy(base).to(memory_format=fmt).train()
+    # a training step as the trainer's (forward, loss, backward, clip, AdamW, EMA): same weights, same batch,
+    # each side with its own model, optimizer and EMA
+    def trainer(fmt: torch.memory_format = torch.contiguous_format, bf16: bool = False, silu_inplace: bool = False,
+                fused: bool = True) -> Callable[[], None]:
+        net = _with_silu_inplace(copy.deepcopy(base), silu_inplace).to(memory_format=fmt).train()
         loss_fn = ComputeLoss(net, hyp)
         opt = build_optimizer(net, "AdamW", 0.001, 0.9, 0.0005)
+        ema = ModelEMA(net)
+        if not fused:
+            for group in opt.param_groups:
+                group["fused"] = group["foreach"] = False
+            ema.update = types.MethodType(_ema_update_per_tensor, ema)
         x = imgs.contiguous(memory_format=fmt)
 
         def step() -> None:
             loss, _ = loss_fn(train_forward(net, x, bf16), targets)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
             opt.step()
             opt.zero_grad()
+            ema.update(net)
         return step
-    out["train channels_last"] = interleave(trainer(torch.contiguous_format), trainer(torch.channels_last), steps)
-    out["train bf16"] = interleave(trainer(torch.contiguous_format), trainer(torch.contiguous_format, True), steps)
+    out["train channels_last"] = interleave(trainer(), trainer(torch.channels_last), steps)
+    out["train bf16"] = interleave(trainer(), trainer(bf16=True), steps)
+    out["train SiLU"] = interleave(trainer(silu_inplace=True), trainer(), steps)
+    out["train fused optimizer"] = interleave(trainer(fused=False), trainer(), steps)
     out["bf16 in hardware"] = cpu_bf16_native()[1]
 
     # inference, NCHW vs channels_last, and NCHW with SPPF pooling in NCHW vs in channels_last
@@ -104,6 +139,8 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     with torch.no_grad():
         out["val channels_last"] = interleave(lambda: nchw(vimgs), lambda: cl(vimgs_cl), steps)
         out["SPPF pools"] = interleave(lambda: plain(vimgs), lambda: nchw(vimgs), steps)
+        inplace = _with_silu_inplace(copy.deepcopy(nchw), True)
+        out["val SiLU"] = interleave(lambda: inplace(vimgs), lambda: nchw(vimgs), steps)
 
         def bf16_inference() -> None:
             with bf16_autocast():
@@ -177,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A/B interleaved, {args.steps} steps each, {r['model']} imgsz {r['imgsz']} batch {r['batch']}, "
           f"CPU capability {r['cpu_capability']}")
     print(f"{'lever':22s} {'A ms':>9s} {'B ms':>9s} {'A / B':>7s}")
-    for k in ("train channels_last", "val channels_last", "SPPF pools", "train bf16", "val bf16", "threads"):
+    for k in ("train channels_last", "val channels_last", "SPPF pools", "train bf16", "val bf16", "train SiLU",
+              "train fused optimizer", "val SiLU", "threads"):
         if k in r:
             print(f"{k:22s} {r[k]['a_ms']:9.1f} {r[k]['b_ms']:9.1f} {r[k]['ratio']:7.2f}")
     if "fit channels_last" in r:

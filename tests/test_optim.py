@@ -1,4 +1,6 @@
 """Optimizer choice: `auto` resolution and the three parameter groups."""
+import math
+
 import torch
 
 from core.hyp import load_hyp
@@ -67,3 +69,52 @@ def test_plan_auto_judges_length_by_unaccumulated_steps():
     # a given nbs is kept and also sets the steps auto judges
     given = plan_optimizer("auto", hyp, nc=6, images=16 * 625, batch_size=16, epochs=1, nbs=32)
     assert (given.name, given.nbs, given.accumulate, given.steps) == ("AdamW", 32, 2, 313)
+
+
+def _step_twice(model, opt):
+    for _ in range(2):
+        model.train()
+        sum(o.float().pow(2).mean() for o in model(torch.rand(2, 3, 64, 64, dtype=torch.float64,
+                                                              generator=torch.Generator().manual_seed(1)))).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_cpu_optimizers_are_fused_and_step_as_the_per_tensor_ones():
+    """The fused kernels are a speed lever only: in float64 two steps of each optimizer land where PyTorch's
+    per-tensor (for-loop) implementation does."""
+    for name in ("SGD", "Adam", "AdamW"):
+        torch.manual_seed(0)
+        fused_model = Model("studies/models/yolov5-cpu.yaml", nc=3).double()
+        loop_model = Model("studies/models/yolov5-cpu.yaml", nc=3).double()
+        loop_model.load_state_dict(fused_model.state_dict())
+        fused = build_optimizer(fused_model, name, 0.01, 0.9, 5e-4)
+        loop = build_optimizer(loop_model, name, 0.01, 0.9, 5e-4)
+        assert all(g["fused"] for g in fused.param_groups), name
+        for g in loop.param_groups:
+            g["fused"] = g["foreach"] = False
+        _step_twice(fused_model, fused)
+        _step_twice(loop_model, loop)
+        for (k, a), b in zip(fused_model.state_dict().items(), loop_model.state_dict().values()):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), (name, k)
+
+
+def test_ema_update_is_the_decayed_average():
+    from core.ema import ModelEMA
+
+    model = Model("studies/models/yolov5-cpu.yaml", nc=3).double()
+    ema = ModelEMA(model, decay=0.9, tau=1.0)
+    before = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model.train()
+        model(torch.rand(2, 3, 64, 64, dtype=torch.float64))  # moves BN running stats and num_batches_tracked
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-1.0))
+    current = model.state_dict()
+    for k, v in ema.ema.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, d * before[k] + (1 - d) * current[k], rtol=1e-12, atol=1e-12), k
+        else:
+            assert torch.equal(v, current[k]), k
