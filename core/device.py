@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,16 @@ def resolve_bf16(mode: str, device: torch.device) -> tuple[bool, str]:
 def bf16_autocast(enabled: bool = True) -> torch.autocast:
     """CPU bfloat16 autocast (a no-op context when not `enabled`)."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch.compile (inductor) of the training model, static shapes (a different last batch compiles once more).
+    The wrapper only runs the training steps: the bare model, its EMA and checkpoints stay eager and plain.
+    On CPU inductor builds C++ kernels, so a compiler must be on PATH: say so before a step fails."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        raise DeviceError("--compile on CPU needs a C++ compiler (torch.compile's inductor writes C++ kernels): "
+                          "install g++ (e.g. apt-get install g++) or set CXX, or train without --compile")
+    return torch.compile(model, dynamic=False)
 
 
 def train_forward(model: torch.nn.Module, imgs: torch.Tensor, bf16: bool) -> list[torch.Tensor]:

@@ -9,7 +9,8 @@ from torch import nn
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel."""
+    """The bare model inside torch.compile's wrapper and DataParallel / DistributedDataParallel."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 

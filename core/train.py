@@ -22,7 +22,8 @@ from torch import nn
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
 from core.checkpoint_saver import CheckpointSaver
-from core.device import DeviceError, DistContext, dist_context, resolve_bf16, select_device, train_forward
+from core.device import (DeviceError, DistContext, compile_for_training, dist_context, resolve_bf16, select_device,
+                         train_forward)
 from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.nonfinite import NonFiniteGuard
@@ -66,6 +67,8 @@ class TrainOptions:
     deterministic: bool = True
     threads: int = 0                   # CPU torch threads; 0 = auto: cores left over by the loader workers
     channels_last: bool = False        # model and batches NHWC: ~1.2x faster on CPU, but less accurate there (README)
+    compile: bool = False              # torch.compile the training model: faster steps after a compile that takes
+                                       # ~1 min on a 2-core CPU the first time (inductor caches it on disk) (README)
     autoanchor: bool = True            # check anchors against the labels before training; refit a fresh head's
 
 
@@ -168,7 +171,7 @@ class TrainState:
     plan: OptimizerPlan            # optimizer, nominal batch, accumulation (plan.hyp drives the optimizer)
     data_cfg: dict
     net: nn.Module                 # the bare model
-    train_model: nn.Module         # net, or its DDP wrapper
+    train_model: nn.Module         # net, or its DDP and / or torch.compile wrappers
     ema: ModelEMA | None           # rank 0 only: validated and saved
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -357,6 +360,11 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         if opts.sync_bn:  # after the EMA copy: the EMA and the checkpoints keep plain BatchNorm2d
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         s.train_model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if opts.compile:
+        s.train_model = compile_for_training(s.train_model, device)
+        if ctx.is_main:
+            LOG.info("torch.compile: the first training step compiles the model (about a minute on a 2-core CPU "
+                     "the first time; inductor's on-disk cache makes later runs of the same shapes start in seconds)")
     return s
 
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from core.device import DeviceError, DistContext, parse_device_ids, select_device
@@ -40,3 +41,14 @@ def test_device_parsing_and_errors():
     with pytest.raises(DeviceError, match="not divisible"):
         select_device("cpu", 15, DistContext(rank=0, local_rank=0, world_size=2))
     assert select_device("cpu", 16).type == "cpu"
+
+
+def test_compile_on_cpu_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
+    import shutil
+
+    from core.device import DeviceError, compile_for_training
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(DeviceError, match="needs a C.. compiler"):
+        compile_for_training(torch.nn.Linear(2, 2), torch.device("cpu"))
