@@ -56,7 +56,7 @@ def test_batched_nms_keeps_overlapping_boxes_of_other_classes():
     assert nms(boxes, scores, 0.5).tolist() == [0]
 
 
-def test_batched_nms_per_class_path_equals_reference():
+def test_batched_nms_per_class_path_equals_reference(monkeypatch):
     import core.nms as nms_mod
     boxes, scores = random_boxes(400, seed=4)
     classes = (torch.arange(400) % 3).float()
@@ -66,12 +66,8 @@ def test_batched_nms_per_class_path_equals_reference():
         expected += [int(idx[k]) for k in reference_nms(boxes[idx], scores[idx], 0.5)]
     expected.sort(key=lambda i: -float(scores[i]))
     assert batched_nms(boxes, scores, classes, 0.5).tolist() == expected  # offset path
-    old = nms_mod.BLOCK
-    try:
-        nms_mod.BLOCK = 100  # n > BLOCK -> one NMS per class
-        assert nms_mod.batched_nms(boxes, scores, classes, 0.5).tolist() == expected
-    finally:
-        nms_mod.BLOCK = old
+    monkeypatch.setattr(nms_mod, "OFFSET_MAX", 100)  # n > OFFSET_MAX -> one NMS per class
+    assert nms_mod.batched_nms(boxes, scores, classes, 0.5).tolist() == expected
 
 
 def test_non_max_suppression_output():
