@@ -296,6 +296,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     # data: the training loader (rebuilt without mosaic for the last close_mosaic epochs), validation on rank 0
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
     train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, close_epoch, epoch=0)
+    _start_workers(train_loader)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
     # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
     # few % of it) and two persistent val workers, idle through training, would cost ~600 MB of RSS.
@@ -525,6 +526,16 @@ def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
         s.train_loader = None  # the old workers exit before the new ones fork
         _release_free_heap()
         s.train_loader, _ = _train_loader(s.opts, s.data_cfg, s.hyp, s.ctx, s.close_epoch, epoch, prefix="")
+
+
+def _start_workers(loader) -> None:
+    """Fork the loader's persistent workers now, while the parent is small: a forked worker maps every
+    resident page of its parent, and the model, the optimizer (whose first construction imports
+    torch._dynamo, ~70 MB) and the EMA come later. The batches they prefetch meanwhile are dropped when the
+    first epoch starts its own pass (persistent workers finish their queue first, so the augmentation
+    streams stay seeded and repeatable)."""
+    if loader.num_workers > 0:
+        iter(loader)
 
 
 def _release_free_heap() -> None:
