@@ -8,10 +8,10 @@ on the same batch from the same initial weights and reports both medians and the
   val channels_last     one inference batch (eval mode, 2x the training batch) NCHW vs channels_last
   SPPF pools            inference of an NCHW model, SPPF pooling in NCHW vs in channels_last (core/model/common.py)
   train bf16            one training step, fp32 vs the network under bfloat16 autocast (`core.train --bf16`)
+  val bf16              one inference batch, fp32 vs bfloat16 autocast
   train SiLU            one training step, in-place SiLU (the code before 2026-12-05) vs out-of-place (the default)
   train fused optimizer one training step, per-tensor AdamW and EMA loops vs fused AdamW and foreach EMA (the default)
   val SiLU              one inference batch, in-place vs out-of-place SiLU
-  val bf16              one inference batch, fp32 vs bfloat16 autocast
   threads               training steps fed by the live loader (its workers running), 1 vs 2 torch threads
   fit channels_last     with --fit-rounds N: N one-epoch `core.train.fit` runs per side, alternating
                         (train and validation seconds of the trainer itself, loader workers included)
@@ -85,10 +85,10 @@ def _ema_update_per_tensor(self, model: torch.nn.Module) -> None:
 def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threads_ab: bool) -> dict:
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
+    from core.ema import ModelEMA
     from core.hyp import load_hyp
     from core.loss import ComputeLoss
     from core.model.yolo import Model
-    from core.ema import ModelEMA
     from core.optim import build_optimizer
 
     torch.manual_seed(0)
