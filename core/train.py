@@ -183,7 +183,7 @@ class TrainState:
     train_loader: Any
     val_loader: Any                # rank 0 only
     close_epoch: int               # first epoch without mosaic/mixup/copy-paste
-    mosaic_closed: bool            # the current training loader is the closed one
+    mosaic_closed: bool            # the training set has turned mosaic, mixup and copy-paste off
     batches: int                   # per epoch
     warmup_iters: int
     saver: CheckpointSaver
@@ -239,17 +239,14 @@ def _resume_inputs(opts: TrainOptions) -> tuple[dict, Path, Any, Any]:
     return ckpt, path, saved.get("data"), ckpt["hyp"]
 
 
-def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, close_epoch: int,
-                  epoch: int, prefix: str = "train: "):
-    """The training loader of `epoch`: from close_epoch on without mosaic/mixup/copy-paste (new workers see
-    the new hyp; the RAM cache is process-wide, so nothing is decoded again)."""
+def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, prefix: str = "train: "):
+    """The training loader, built once: at close_epoch its dataset turns mosaic/mixup/copy-paste off in the
+    running workers (YoloDataset.close_mosaic), so no second set of workers forks from a grown trainer."""
     from core.data.loader import create_dataloader
 
-    closed = epoch >= close_epoch
-    epoch_hyp = {**hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if closed else hyp
     return create_dataloader(
-        data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, epoch_hyp, augment=True, cache=opts.cache,
-        workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed + closed,
+        data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, hyp, augment=True, cache=opts.cache,
+        workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed,
         nc=int(data_cfg["nc"]), prefix=prefix)
 
 
@@ -293,9 +290,9 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     if opts.imgsz % gs:
         raise ValueError(f"--imgsz {opts.imgsz} must be a multiple of the max stride {gs}")
 
-    # data: the training loader (rebuilt without mosaic for the last close_mosaic epochs), validation on rank 0
+    # data: the training loader (without mosaic for the last close_mosaic epochs), validation on rank 0
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
-    train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, close_epoch, epoch=0)
+    train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx)
     _start_workers(train_loader)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
     # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
@@ -349,7 +346,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         train_model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf,
         scaler=torch.amp.GradScaler("cuda", enabled=amp), amp=amp, bf16=bf16, compute_loss=compute_loss,
         train_loader=train_loader, val_loader=val_loader, close_epoch=close_epoch,
-        mosaic_closed=close_epoch <= 0, batches=batches,
+        mosaic_closed=False, batches=batches,
         warmup_iters=round(hyp["warmup_epochs"] * batches),  # exact: a small data set gets the warmup it asks for
         saver=saver, guard=NonFiniteGuard(device, ctx.distributed), accumulate=plan.accumulate)
 
@@ -517,15 +514,13 @@ def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dic
 
 
 def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
-    """From close_epoch on (also when a resumed run starts past it): the loader without mosaic."""
+    """From close_epoch on (also when a resumed run starts past it): no mosaic, mixup or copy-paste."""
     if epoch >= s.close_epoch and not s.mosaic_closed:
         s.mosaic_closed = True
         if s.ctx.is_main:
             LOG.info(f"epoch {epoch}: mosaic and mixup off for the last {s.opts.epochs - epoch} epochs "
                      f"(--close-mosaic {s.opts.close_mosaic})")
-        s.train_loader = None  # the old workers exit before the new ones fork
-        _release_free_heap()
-        s.train_loader, _ = _train_loader(s.opts, s.data_cfg, s.hyp, s.ctx, s.close_epoch, epoch, prefix="")
+        s.train_loader.dataset.close_mosaic()  # before this epoch's pass sends its first index to the workers
 
 
 def _start_workers(loader) -> None:
@@ -536,21 +531,6 @@ def _start_workers(loader) -> None:
     streams stay seeded and repeatable)."""
     if loader.num_workers > 0:
         iter(loader)
-
-
-def _release_free_heap() -> None:
-    """Give freed heap pages back to the OS (glibc's malloc_trim) before loader workers fork: a forked worker
-    maps every resident page of its parent, so the parent's freed-but-kept training buffers would otherwise
-    count again in each worker's RSS. A no-op where there is no glibc."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _stop_reason(s: TrainState, epoch: int, metrics: dict) -> str | None:

@@ -9,11 +9,14 @@ An item is `(img, labels, path, shapes)`:
 
 Training (augment=True): with probability hyp['mosaic'] a 4-image mosaic on a 2*imgsz canvas warped
 back to imgsz, otherwise one letterboxed image warped in place; copy_paste before the warp; mixup
-with a second sample built the same way; then HSV, flip up-down, flip left-right.
+with a second sample built the same way; then HSV, flip up-down, flip left-right. `close_mosaic()`
+turns mosaic, mixup and copy-paste off for good, in the loader's running workers too.
 Validation (augment=False): letterbox to a square imgsz, no augmentation.
 """
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -50,12 +53,27 @@ class YoloDataset(Dataset):
         self.augment = augment
         self.cache = cache
         self.rng = np.random.default_rng(seed)  # replaced per worker by loader.seed_worker
+        # In shared memory, so persistent loader workers (forked or spawned with the dataset) see the switch
+        # without being rebuilt: a rebuilt loader forks new workers from a trainer that has grown by then.
+        self._mosaic_closed = multiprocessing.RawValue(ctypes.c_bool, False)
+        self._closed_hyp = {**self.hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0}
         self.ims: list[CachedImage] | None = None
         if cache == "ram":
             self.ims = preload_images(self.im_files, self.imgsz, "ram")
 
     def __len__(self) -> int:
         return len(self.im_files)
+
+    def close_mosaic(self) -> None:
+        """From the next item on: no mosaic, mixup or copy-paste (whole, undistorted images)."""
+        self._mosaic_closed.value = True
+
+    @property
+    def mosaic_closed(self) -> bool:
+        return bool(self._mosaic_closed.value)
+
+    def _item_hyp(self) -> Mapping[str, float]:
+        return self._closed_hyp if self._mosaic_closed.value else self.hyp
 
     def load_image(self, i: int) -> CachedImage:
         """(BGR image resized so its long side = imgsz, (h0, w0))."""
@@ -77,7 +95,7 @@ class YoloDataset(Dataset):
         return A.mosaic4(images, [self.labels[k] for k in idx], self.imgsz, self.rng)
 
     def _augmented(self, i: int) -> tuple[np.ndarray, np.ndarray, Shapes]:
-        hyp, s = self.hyp, self.imgsz
+        hyp, s = self._item_hyp(), self.imgsz
         if self.rng.random() < hyp["mosaic"]:
             img, boxes = self._mosaic(i)
             shapes = None
@@ -91,7 +109,7 @@ class YoloDataset(Dataset):
         return img, boxes, shapes
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Shapes]:
-        hyp, rng = self.hyp, self.rng
+        hyp, rng = self._item_hyp(), self.rng
         if self.augment:
             img, boxes, shapes = self._augmented(index)
             if rng.random() < hyp["mixup"]:
