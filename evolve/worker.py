@@ -139,11 +139,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except KeyboardInterrupt:
-            frozen = study._storage.get_trial(trial._trial_id)
-            fail_and_retry(study, frozen, f"interrupted (worker {worker})", max_retries=10**6)
+            _fail_interrupted(study, trial, worker)
             raise
-        except Exception as e:  # recorded by the objective as fail_reason; the study goes on
-            log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")
+        except Exception as e:
+            if _caused_by_interrupt(e, interrupts):
+                _fail_interrupted(study, trial, worker)
+                raise KeyboardInterrupt(f"{type(e).__name__} while interrupted") from e
+            log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")  # the study goes on
     try:
         if study._storage.get_trial(trial._trial_id).state.is_finished():
             raise UpdateFinishedTrialError("failed as stale by another worker")
@@ -159,6 +161,28 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
             number = keep_result(study, trial._trial_id, value, recorded.recorded_attrs, recorded.intermediate)
         log(f"worker {worker}: trial {trial.number} was failed as stale while this worker ran it; "
             f"its result is kept as trial {number}")
+
+
+def _caused_by_interrupt(e: BaseException, interrupts: Interrupts | None) -> bool:
+    """An error raised after a stop signal, or while a KeyboardInterrupt was being handled, is the interrupt:
+    e.g. Optuna's journal lock release, cut by the signal between its rename and unlink, then fails to
+    unlink in its own cleanup with FileNotFoundError. Recorded as such a trial's reason, it would be
+    a failure of the hyps rather than a trial to re-run."""
+    if interrupts is not None and interrupts.stop_requested:
+        return True
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _fail_interrupted(study: optuna.Study, trial: optuna.Trial, worker: int) -> None:
+    """Fail the trial in hand as interrupted and re-enqueue its params (a re-run trains it again)."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    fail_and_retry(study, frozen, f"interrupted (worker {worker})", max_retries=10**6)
 
 
 def main(argv: list[str] | None = None) -> int:

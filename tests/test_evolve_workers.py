@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import pandas as pd
 import yaml
 from optuna.trial import TrialState
@@ -127,6 +128,31 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(cfg_for):
     df = pd.read_csv(run_dir / "evolve.csv")
     assert df.state.tolist() == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
     assert df.fail_reason.fillna("").str.len().gt(0).tolist() == [False, True, True, False]
+
+
+def test_an_error_raised_by_an_interrupt_fails_the_trial_as_interrupted(cfg_for):
+    """Optuna's journal lock, cut by SIGINT between its rename and unlink, fails its own cleanup with
+    FileNotFoundError: that trial was interrupted (re-enqueued, the worker stops), not failed by its hyps."""
+    cfg = cfg_for("cut", trials=3, epochs=2, workers=1)
+    run_dir = Path("runs/evolve/cut")
+    prepare_study(cfg, None, run_dir)
+    calls = []
+
+    def interrupted_fit(data, model, hyp, opts, callbacks=None):
+        calls.append(hyp["lr0"])
+        if len(calls) == 2:
+            try:
+                raise KeyboardInterrupt("signal 2")
+            except KeyboardInterrupt:
+                os.unlink("journal.log.lock-gone.rename")  # FileNotFoundError, its context the interrupt
+        return fake_fit(data, model, hyp, opts, callbacks)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(cfg, run_dir, fit=interrupted_fit, log=lambda m: None)
+    trials = _study(cfg, run_dir).get_trials()
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["fail_reason"].startswith("interrupted (worker 0)")
+    assert trials[2].state == TrialState.WAITING and trials[2].params == trials[1].params  # re-enqueued
 
 
 def test_median_pruner_stops_bad_trials_early(cfg_for):
