@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from core.hyp import load_hyp
@@ -47,7 +49,14 @@ def load_callable(spec: str) -> Callable[..., Any]:
 
 class Interrupts:
     """SIGTERM/SIGINT: always ask the loop to stop; raise KeyboardInterrupt only while a trial trains, so
-    the trial in hand is failed and re-enqueued, and no signal lands between 'ask' and 'run'."""
+    the trial in hand is failed and re-enqueued, and no signal lands between 'ask' and 'run'.
+
+    Never inside Optuna's journal file lock: its acquire() answers an exception while it waits by
+    releasing the lock, which another process holds (two writers then append at once), and its release()
+    cut between rename and unlink fails its own cleanup. A signal arriving there is sent again shortly,
+    until it finds the process outside the lock."""
+
+    RETRY_S = 0.05
 
     def __init__(self) -> None:
         self.stop_requested = False
@@ -60,9 +69,24 @@ class Interrupts:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
-        if self.interruptible:
-            self.interruptible = False  # one interrupt is enough: let the cleanup run
-            raise KeyboardInterrupt(f"signal {signum}")
+        if not self.interruptible:
+            return
+        if _in_journal_lock(frame):
+            threading.Timer(self.RETRY_S, os.kill, (os.getpid(), signum)).start()
+            return
+        self.interruptible = False  # one interrupt is enough: let the cleanup run
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _in_journal_lock(frame: Any) -> bool:
+    """Is `frame` (or a caller) inside the acquire or release of one of Optuna's journal file locks?"""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("acquire", "release") and isinstance(frame.f_locals.get("self"),
+                                                                         (JournalFileSymlinkLock, JournalFileOpenLock)):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = None, worker: int = 0,

@@ -155,6 +155,43 @@ def test_an_error_raised_by_an_interrupt_fails_the_trial_as_interrupted(cfg_for)
     assert trials[2].state == TrialState.WAITING and trials[2].params == trials[1].params  # re-enqueued
 
 
+def test_an_interrupt_waits_until_the_journal_lock_is_out_of_hand(tmp_path, monkeypatch):
+    """SIGINT landing inside Optuna's lock release, after its unlink: the release's own cleanup unlinks
+    again and fails with FileNotFoundError (the CI failure of 2026-12-05, a trial recorded as failed by its
+    hyps). The worker's handler defers such a signal and sends it again, so the release completes and the
+    interrupt lands after it."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from evolve.worker import Interrupts
+
+    target = tmp_path / "journal.log"
+    target.touch()
+    lock = JournalFileSymlinkLock(str(target))
+    assert lock.acquire()
+    real_unlink, sent = os.unlink, []
+
+    def unlink_then_signal(path, *args, **kwargs):
+        real_unlink(path, *args, **kwargs)
+        if not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # handled before release() leaves its try block
+
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    interrupts = Interrupts().install()
+    interrupts.interruptible = True
+    monkeypatch.setattr(os, "unlink", unlink_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lock.release()
+            released = True
+            time.sleep(5)  # the deferred signal comes again within Interrupts.RETRY_S
+        assert released and interrupts.stop_requested and sent
+        assert not os.path.lexists(target.with_name("journal.log.lock"))
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
 def test_median_pruner_stops_bad_trials_early(cfg_for):
     cfg = cfg_for("prune", trials=8, epochs=4, workers=1, pruner="median", sampler="random")
     run_dir = Path("runs/evolve/prune")
