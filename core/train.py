@@ -239,7 +239,7 @@ def _resume_inputs(opts: TrainOptions) -> tuple[dict, Path, Any, Any]:
     return ckpt, path, saved.get("data"), ckpt["hyp"]
 
 
-def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, prefix: str = "train: "):
+def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext):
     """The training loader, built once: at close_epoch its dataset turns mosaic/mixup/copy-paste off in the
     running workers (YoloDataset.close_mosaic), so no second set of workers forks from a grown trainer."""
     from core.data.loader import create_dataloader
@@ -247,7 +247,7 @@ def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistCon
     return create_dataloader(
         data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, hyp, augment=True, cache=opts.cache,
         workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed,
-        nc=int(data_cfg["nc"]), prefix=prefix)
+        nc=int(data_cfg["nc"]), prefix="train: ")
 
 
 def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opts: TrainOptions,
@@ -293,8 +293,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     # data: the training loader (without mosaic for the last close_mosaic epochs), validation on rank 0
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
     train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx)
-    _start_workers(train_loader)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
+    _start_workers(train_loader)
     # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
     # few % of it) and two persistent val workers, idle through training, would cost ~600 MB of RSS.
     val_loader = None
