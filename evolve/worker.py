@@ -51,10 +51,10 @@ class Interrupts:
     """SIGTERM/SIGINT: always ask the loop to stop; raise KeyboardInterrupt only while a trial trains, so
     the trial in hand is failed and re-enqueued, and no signal lands between 'ask' and 'run'.
 
-    Never inside Optuna's journal file lock: its acquire() answers an exception while it waits by
-    releasing the lock, which another process holds (two writers then append at once), and its release()
-    cut between rename and unlink fails its own cleanup. A signal arriving there is sent again shortly,
-    until it finds the process outside the lock."""
+    Never inside Optuna's journal file lock: an exception inside acquire()'s try releases the lock, which
+    may be another process's (two writers then append at once), and release() cut just after its unlink
+    unlinks again in its own cleanup and fails with FileNotFoundError. A signal arriving there is sent
+    again shortly, until it finds the process outside the lock."""
 
     RETRY_S = 0.05
 
@@ -189,8 +189,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
 
 def _caused_by_interrupt(e: BaseException, interrupts: Interrupts | None) -> bool:
     """An error raised after a stop signal, or while a KeyboardInterrupt was being handled, is the interrupt:
-    e.g. Optuna's journal lock release, cut by the signal between its rename and unlink, then fails to
-    unlink in its own cleanup with FileNotFoundError. Recorded as such a trial's reason, it would be
+    e.g. Optuna's journal lock release, cut by the signal just after its unlink, then fails to unlink
+    again in its own cleanup with FileNotFoundError. Recorded as such a trial's reason, it would be
     a failure of the hyps rather than a trial to re-run."""
     if interrupts is not None and interrupts.stop_requested:
         return True

@@ -104,20 +104,35 @@ def test_sigkilled_worker_loses_nothing_finished_and_study_completes(cfg_for):
     assert len(trials) == 6                                                     # 5 counted + the stale one
 
 
-def test_failing_trial_is_recorded_and_the_study_goes_on(cfg_for):
-    cfg = cfg_for("fail", trials=4, epochs=2, workers=1)
-    run_dir = Path("runs/evolve/fail")
+def _one_worker_study(cfg_for, name, trials):
+    cfg = cfg_for(name, trials=trials, epochs=2, workers=1)
+    run_dir = Path(f"runs/evolve/{name}")
     prepare_study(cfg, None, run_dir)
+    return cfg, run_dir
+
+
+def _fit_with_faults(faults):
+    """fake_fit, except that call n (1-based) first runs faults[n], which raises."""
     calls = []
 
-    def flaky_fit(data, model, hyp, opts, callbacks=None):
+    def fit(data, model, hyp, opts, callbacks=None):
         calls.append(hyp["lr0"])
-        if len(calls) == 2:
-            raise FloatingPointError("training loss is nan at epoch 0")
-        if len(calls) == 3:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(calls) in faults:
+            faults[len(calls)]()
         return fake_fit(data, model, hyp, opts, callbacks)
+    return fit
 
+
+def _raise(error):
+    def fault():
+        raise error
+    return fault
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(cfg_for):
+    cfg, run_dir = _one_worker_study(cfg_for, "fail", trials=4)
+    flaky_fit = _fit_with_faults({2: _raise(FloatingPointError("training loss is nan at epoch 0")),
+                                  3: _raise(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))})
     assert run_worker(cfg, run_dir, fit=flaky_fit, log=lambda m: None) == 4
     trials = _study(cfg, run_dir).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
@@ -131,22 +146,17 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(cfg_for):
 
 
 def test_an_error_raised_by_an_interrupt_fails_the_trial_as_interrupted(cfg_for):
-    """Optuna's journal lock, cut by SIGINT between its rename and unlink, fails its own cleanup with
+    """Optuna's journal lock, cut by SIGINT just after its unlink, fails its own cleanup with
     FileNotFoundError: that trial was interrupted (re-enqueued, the worker stops), not failed by its hyps."""
-    cfg = cfg_for("cut", trials=3, epochs=2, workers=1)
-    run_dir = Path("runs/evolve/cut")
-    prepare_study(cfg, None, run_dir)
-    calls = []
+    cfg, run_dir = _one_worker_study(cfg_for, "cut", trials=3)
 
-    def interrupted_fit(data, model, hyp, opts, callbacks=None):
-        calls.append(hyp["lr0"])
-        if len(calls) == 2:
-            try:
-                raise KeyboardInterrupt("signal 2")
-            except KeyboardInterrupt:
-                os.unlink("journal.log.lock-gone.rename")  # FileNotFoundError, its context the interrupt
-        return fake_fit(data, model, hyp, opts, callbacks)
+    def cut_lock_release():
+        try:
+            raise KeyboardInterrupt("signal 2")
+        except KeyboardInterrupt:
+            os.unlink("journal.log.lock-gone.rename")  # FileNotFoundError, its context the interrupt
 
+    interrupted_fit = _fit_with_faults({2: cut_lock_release})
     with pytest.raises(KeyboardInterrupt):
         run_worker(cfg, run_dir, fit=interrupted_fit, log=lambda m: None)
     trials = _study(cfg, run_dir).get_trials()
