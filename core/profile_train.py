@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -59,21 +58,12 @@ class Timer:
         self.t = now
 
 
-def _threads(requested: int, workers: int) -> int:
-    """CPU torch threads, the trainer's rule (core/train.py): as set by OMP_NUM_THREADS, else the cores
-    the loader workers leave, at least 1."""
-    if requested > 0:
-        return requested
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))
-
-
 def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: int, batches: int,
             warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench",
             channels_last: bool = False, bf16: str | None = None) -> dict:
     from core.boxes import xywh2xyxy
     from core.checkpoint import save_checkpoint
+    from core.cpu import training_threads, workers_yield
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.device import bf16_autocast, resolve_bf16, select_device, train_forward
@@ -90,14 +80,17 @@ def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: 
     torch.manual_seed(0)
     dev = select_device(device, batch)
     use_bf16, bf16_why = resolve_bf16(bf16 or TrainOptions.bf16, dev)  # the trainer's default unless given
-    if dev.type == "cpu":
-        torch.set_num_threads(_threads(threads, workers))
+    low_priority = False
+    if dev.type == "cpu":  # the trainer's rule (core/cpu.py)
+        plan = training_threads(threads, workers)
+        torch.set_num_threads(plan.threads)
+        low_priority = workers_yield(plan, workers)
     t_setup = time.perf_counter()
     cfg = load_data_config(data)
     nc = cfg["nc"]
     hyp = load_hyp(None)
     train_loader, train_set = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=workers,
-                                                shuffle=True, nc=nc)
+                                                shuffle=True, nc=nc, low_priority=low_priority)
     val_loader, val_set = create_dataloader(cfg["val"], imgsz, batch * 2, hyp, augment=False, workers=workers, nc=nc)
     net = Model(model_yaml, nc=nc)
     net.initialize_biases()

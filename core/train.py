@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +21,7 @@ from torch import nn
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
 from core.checkpoint_saver import CheckpointSaver
+from core.cpu import AdaptiveThreads, training_threads, workers_yield
 from core.device import (DeviceError, DistContext, compile_for_training, dist_context, resolve_bf16, select_device,
                          train_forward)
 from core.ema import ModelEMA, unwrap
@@ -116,16 +116,6 @@ def _build_model(model: Any, nc: int, names: list[str], weights: str | None = No
     return net, ckpt, fresh
 
 
-def _cpu_threads(requested: int, workers: int) -> int:
-    """Torch threads for CPU training. Auto leaves the loader workers their cores: OpenMP threads that
-    spin-wait for a busy core make a step several times slower than fewer threads would."""
-    if requested > 0:
-        return requested
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))  # never more than the caller set
-
-
 class _Interrupts:
     """Inside the block SIGINT and SIGTERM raise one KeyboardInterrupt, so a killed run cleans up like Ctrl-C;
     signals after the first are recorded, not raised, so the cleanup that saves resume.pt runs to its end.
@@ -188,6 +178,7 @@ class TrainState:
     warmup_iters: int
     saver: CheckpointSaver
     guard: NonFiniteGuard          # skips steps with a non-finite loss, fails the run when they persist
+    threads: AdaptiveThreads | None  # CPU auto threads: every core, or fewer while other processes load the CPU
     accumulate: int = 1            # batches per optimizer step now (ramps up during warmup)
     last_opt_step: int = -1        # batch index (since the start) of the last optimizer step
     opt_steps: int = 0             # optimizer steps decided in this process (taken or skipped)
@@ -239,7 +230,7 @@ def _resume_inputs(opts: TrainOptions) -> tuple[dict, Path, Any, Any]:
     return ckpt, path, saved.get("data"), ckpt["hyp"]
 
 
-def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext):
+def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, low_priority: bool):
     """The training loader, built once: at close_epoch its dataset turns mosaic/mixup/copy-paste off in the
     running workers (YoloDataset.close_mosaic), so no second set of workers forks from a grown trainer."""
     from core.data.loader import create_dataloader
@@ -247,7 +238,7 @@ def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistCon
     return create_dataloader(
         data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, hyp, augment=True, cache=opts.cache,
         workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed,
-        nc=int(data_cfg["nc"]), prefix="train: ")
+        nc=int(data_cfg["nc"]), prefix="train: ", low_priority=low_priority)
 
 
 def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opts: TrainOptions,
@@ -270,8 +261,12 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     ctx = dist_context()
     init_seeds(opts.seed + 1 + max(ctx.rank, 0), opts.deterministic)
     device = select_device(opts.device, opts.batch_size, ctx)
+    threads = None  # CPU: how torch's threads and the loader workers share the cores (core/cpu.py)
     if device.type == "cpu":
-        torch.set_num_threads(_cpu_threads(opts.threads, opts.workers))
+        threads = training_threads(opts.threads, opts.workers, ctx.world_size)
+        torch.set_num_threads(threads.threads)
+        if ctx.is_main:
+            LOG.info(f"CPU: {threads.threads} torch thread(s): {threads.why}")
     _check_sync_bn(opts.sync_bn, ctx, device)
     if ctx.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -292,7 +287,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
 
     # data: the training loader (without mosaic for the last close_mosaic epochs), validation on rank 0
     close_epoch = opts.epochs - opts.close_mosaic if opts.close_mosaic > 0 else opts.epochs
-    train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx)
+    yield_cpu = threads is not None and workers_yield(threads, opts.workers)
+    train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, low_priority=yield_cpu)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
     _start_workers(train_loader)
     # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
@@ -348,7 +344,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         train_loader=train_loader, val_loader=val_loader, close_epoch=close_epoch,
         mosaic_closed=False, batches=batches,
         warmup_iters=round(hyp["warmup_epochs"] * batches),  # exact: a small data set gets the warmup it asks for
-        saver=saver, guard=NonFiniteGuard(device, ctx.distributed), accumulate=plan.accumulate)
+        saver=saver, guard=NonFiniteGuard(device, ctx.distributed), accumulate=plan.accumulate,
+        threads=AdaptiveThreads(*threads.between) if threads is not None and threads.between else None)
 
     # resume: weights, EMA, optimizer, epoch, best fitness and the rows of finished epochs
     if resume_ckpt is not None:
@@ -513,6 +510,13 @@ def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dic
             "train_seconds": train["train_seconds"], "val_seconds": time.time() - t0}
 
 
+def _adapt_threads(s: TrainState, epoch: int) -> None:
+    """Auto threads on CPU: before each later epoch, re-decide from the load other processes put on the CPU
+    during the last one (a rounding-level change of the numerics, logged)."""
+    if s.threads is not None and epoch > s.start_epoch and (change := s.threads.update()):
+        LOG.warning(f"epoch {epoch}: {change}")
+
+
 def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
     """From close_epoch on (also when a resumed run starts past it): no mosaic, mixup or copy-paste."""
     if epoch >= s.close_epoch and not s.mosaic_closed:
@@ -561,6 +565,7 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         try:
             for epoch in range(s.start_epoch, s.opts.epochs):
                 s.callbacks.call("on_epoch_start", epoch)
+                _adapt_threads(s, epoch)
                 _close_mosaic_if_due(s, epoch)
                 t_epoch = time.time()
                 train = train_one_epoch(s, epoch)
