@@ -1,12 +1,12 @@
 """How CPU training shares the cores between torch's threads and the loader workers.
 
 Auto (`--threads 0`): the trainer takes every core and its loader workers run at the lowest priority
-(nice 19), so they fill the gaps between the trainer's ops instead of taking a core from its OpenMP threads.
-On 2 cores with 2 workers that trained 1.3x faster than leaving the workers a core of their own (README,
-"Speed levers, third pass"). It holds only while nothing else runs: an OpenMP thread waiting for a core that
-another process holds stalls every op (2x slower with one busy process beside it). So auto takes every core
-only when the CPU is idle at start, and the trainer drops back to the cores the workers leave when another
-process takes CPU during the run (`OtherLoad`, read once per epoch).
+(nice 19), so they fill the gaps between the trainer's ops instead of taking a core from its OpenMP threads:
+on 2 cores with 2 workers, 1.3x the images/s of leaving each worker a core (README, "Speed levers, third
+pass: threads"). That holds only while nothing else runs: an OpenMP thread that waits for a core another
+process holds stalls every op (2x slower beside one busy process). So auto takes every core only when the
+CPU is idle at start (`training_threads`), and re-decides before every epoch from what other processes used
+of the CPU during the last one (`AdaptiveThreads`).
 """
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
     from core.optim import build_optimizer
 
     torch.manual_seed(0)
-    torch.set_num_threads(1)  # the trainer's rule with 2 loader workers on 2 cores
+    torch.set_num_threads(1)  # levers compared at one fixed thread count (threads themselves: core.profile_train --threads)
     cfg = load_data_config(None)
     hyp = load_hyp(None)
     loader, _ = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=0, shuffle=True, nc=cfg["nc"])

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--patience", type=t.non_negative_int, default=d.patience, help="early-stop after N epochs without improvement (0=off)")
     p.add_argument("--freeze", type=t.non_negative_int, default=0, help="freeze the first N layers")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=t.non_negative_int, default=0, help="CPU torch threads (0 = cores minus loader workers)")
+    p.add_argument("--threads", type=t.non_negative_int, default=0, help="CPU torch threads (0 = auto: every core with the loader workers niced while the CPU is otherwise idle, re-decided each epoch; else the cores the workers leave)")
     p.add_argument("--label-smoothing", type=t.fraction, default=0.0)
     p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch: gradients accumulate up to it "
                    "(0 = 64 as YOLOv5, or the batch size when --optimizer auto picks AdamW)")

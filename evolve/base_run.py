@@ -8,13 +8,13 @@ model that already detects. The run is cached: it is redone only when its inputs
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from core.atomic import atomic_write
+from core.cpu import cpu_cores
 from evolve.study_config import StudyConfig
 from evolve.train_setup import BASE_DIR, base_weights_path, search_train_options
 
@@ -75,7 +75,7 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     t0 = time.time()
     # The only run at this point: every core. One loader process augments while the other cores compute
     # (on 2 cores: 7 s/epoch instead of 12 s with loading in the training process).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     loader = 1 if cores > 1 else 0
     opts = search_train_options(cfg, epochs=epochs, seed=cfg.seed, device=device, project=out.parent, name=out.name,
                                 save=True, close_mosaic=close, progress=True, workers=loader,

@@ -7,9 +7,9 @@ trials per GPU raise throughput; memory is the limit). A GPU slot's process sees
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from core.cpu import cpu_cores
 from evolve.preflight import visible_gpu_ids
 from evolve.study_config import StudyConfig
 
@@ -20,10 +20,6 @@ class Slot:
     label: str                  # what the records say: 'cpu' or 'cuda:<physical id>'
     threads: int                # torch / OpenCV threads of the slot's process
     env: dict = field(default_factory=dict)  # set before the process starts (or before it touches CUDA)
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def device_slots(cfg: StudyConfig, threads: int | None = None) -> list[Slot]:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from core.atomic import atomic_write
+from core.cpu import cpu_cores
 from core.hyp import HYP_KEYS
 from evolve.devices import device_slots
 from evolve.noise import paired_gain, summarize
@@ -376,7 +377,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         prune_error = f"{type(e).__name__}: {e}"
     device = _device(cfg)
     # Half the cores by default: on a shared CPU, more torch threads than free cores stalls every op on barriers.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     threads = threads or max(1, cores // 2)
     torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 """DataLoader factory: persistent workers, seeded shuffling and augmentation, DDP sampling."""
 from __future__ import annotations
 
-import os
 import random
 from functools import partial
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from core.cpu import lower_priority
+from core.cpu import cpu_cores, lower_priority
 
 from .dataset import YoloDataset
 
@@ -50,7 +49,7 @@ def create_dataloader(
         seed=seed + max(rank, 0),
     )
     batch_size = min(batch_size, len(dataset))
-    per_process = (os.cpu_count() or 1) // max(world_size, 1)
+    per_process = cpu_cores() // max(world_size, 1)
     nw = max(0, min(per_process, batch_size if batch_size > 1 else 0, workers))
     sampler = None
     if ddp:
