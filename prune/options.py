@@ -46,7 +46,7 @@ class PruneOptions:
     nbs: int = 0  # nominal batch size (0 = the engine's default: 64, or the batch under auto's AdamW)
     device: str = "cpu"
     workers: int = 2
-    threads: int = 0  # torch threads for training (0 = torch default)
+    threads: int = 0  # torch threads for training (0 = core.train's auto rule, core/cpu.py)
     latency_threads: int = 1
     latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
     latency_runs: int = 30
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch size (gradient accumulation)")
     p.add_argument("--device", type=t.device, default=d.device)
     p.add_argument("--workers", type=t.non_negative_int, default=d.workers)
-    p.add_argument("--threads", type=t.non_negative_int, default=d.threads, help="torch threads for training (0 = default)")
+    p.add_argument("--threads", type=t.non_negative_int, default=d.threads, help="torch threads for training (0 = auto, as core.train)")
     p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
     p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
     p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")

@@ -167,7 +167,7 @@ class Pipeline:
         topts = TrainOptions(epochs=epochs, batch_size=o.batch_size, imgsz=o.imgsz, device=o.device,
                              workers=o.workers, cache="ram", seed=o.seed, nbs=o.nbs, project=str(self.run_dir / "train"),
                              name=stage, exist_ok=True, progress=o.progress,
-                             optimizer=optimizer, close_mosaic=close_mosaic)
+                             optimizer=optimizer, close_mosaic=close_mosaic, threads=o.threads)
         result = fit(self.data, model, hyp, topts, callbacks)
         if stage == "sparse" or result.best_path is None:
             return copy.deepcopy(result.model).float().eval()  # sparse: the last (most sparse) weights
