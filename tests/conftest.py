@@ -1,4 +1,4 @@
-"""Shared fixtures: a study config factory for the orchestration tests, and a real PostgreSQL server
+"""Shared fixtures: a tiny generated dataset, a study config factory for the orchestration tests, and a real PostgreSQL server
 for the storage tests (started once per session)."""
 from __future__ import annotations
 
@@ -43,3 +43,14 @@ def pg_server():
 @pytest.fixture(scope="session")
 def postgres_url(pg_server) -> str:
     return pg_server.url
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A generated 6-class shapes set of 32 train / 8 val images, one per test module."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(
+        "path: shapes\ntrain: images/train\nval: images/val\n"
+        "names: [circle, square, triangle, star, cross, ring]\n"
+        "synthetic: {seed: 1, n_train: 32, n_val: 8, imgsz: 96}\n")
+    return str(root / "tiny.yaml")

@@ -19,16 +19,6 @@ BUSY = "import time\nt = time.time()\nwhile time.time() - t < 20: pass\n"
 MODEL = str(Path(__file__).resolve().parent.parent / "studies" / "models" / "yolov5-cpu.yaml")
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\n"
-        "names: [circle, square, triangle, star, cross, ring]\n"
-        "synthetic: {seed: 1, n_train: 16, n_val: 4, imgsz: 64}\n")
-    return str(root / "tiny.yaml")
-
-
 @pytest.fixture
 def four_cores(monkeypatch):
     """A 4-core machine whose torch starts with 4 threads; torch's real count is restored afterwards."""

@@ -17,16 +17,6 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = str(REPO / "studies" / "models" / "yolov5-cpu.yaml")
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\n"
-        "names: [circle, square, triangle, star, cross, ring]\n"
-        "synthetic: {seed: 1, n_train: 32, n_val: 8, imgsz: 96}\n")
-    return str(root / "tiny.yaml")
-
-
 def _opts(tmp_path, **kw):
     base = dict(epochs=2, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
                 name="run", seed=0)
