@@ -14,7 +14,7 @@ from core.data.dataset import YoloDataset
 from core.model import Model, anchor_metrics, check_anchors, label_wh, load_arch, model_anchor_pixels
 from core.train import TrainOptions, fit
 
-from test_train import MODEL, tiny_data  # noqa: F401 - the tiny generated dataset fixture
+from test_train import MODEL
 
 BAD = [[200, 8, 210, 9, 220, 10]] * 3  # long thin boxes: no shape in the data is within 4x of them
 

@@ -9,7 +9,7 @@ from core.callbacks import Callbacks
 from core.device import DeviceError, resolve_bf16
 from core.train import fit
 
-from test_train import MODEL, _opts, tiny_data  # noqa: F401 - the tiny generated dataset fixture
+from test_train import MODEL, _opts
 
 
 @pytest.mark.parametrize("caps,auto", [({"amx_bf16": True}, True), ({"avx512_bf16": True}, True),

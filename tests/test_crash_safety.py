@@ -17,7 +17,7 @@ from core.callbacks import Callbacks
 from core.checkpoint import load_checkpoint
 from core.train import TrainOptions, fit
 
-from test_train import MODEL, REPO, tiny_data  # noqa: F401 - the tiny generated dataset fixture
+from test_train import MODEL, REPO
 
 
 def _epochs(run: Path) -> list[int]:

@@ -11,7 +11,7 @@ from core.callbacks import Callbacks
 from core.nonfinite import MAX_NONFINITE_STEPS, NonFiniteGuard
 from core.train import TrainOptions, fit
 
-from test_train import MODEL, tiny_data  # noqa: F401 - the tiny generated dataset fixture
+from test_train import MODEL
 
 
 def _nan_at(monkeypatch, bad_calls: set[int]) -> None:
