@@ -5,8 +5,9 @@ For each held-out set (core/data/heldout.py) and each trainer, back to back on t
    validation every epoch and the trainer's own end-of-run work included), training images/s
    (epochs after the first, training part only: ours from results.csv `train_seconds`, Ultralytics'
    from on_train_epoch_start/end callbacks, core/peer_ultralytics.py), effective training GFLOP/s
-   (images/s x forward GFLOPs at imgsz x 3) against this machine's conv peak (core.bench.conv_throughput),
-   and peak memory of the process tree (main + loader workers), sampled from /proc every 0.2 s: the
+   (images/s x forward GFLOPs at imgsz x 3) against this machine's conv peak (core.bench.conv_throughput)
+   and against our model's forward+backward on a fixed batch (core.bench.training_ceiling: what training
+   could reach if data, loss and optimizer cost nothing), and peak memory of the process tree (main + loader workers), sampled from /proc every 0.2 s: the
    sum of RSS (counts pages shared by forked workers once per process) and the sum of PSS (shares them);
 2. a full run (--epochs, default 30; 0 skips it): mAP50-95 of the last epoch and the best epoch, read
    from each trainer's results.csv (ours `mAP50-95`, Ultralytics `metrics/mAP50-95(B)`).
@@ -232,7 +233,10 @@ def report(rows: list[dict], meta: dict) -> str:
     """The tables: per set, one line per trainer for the quick and the full run, then ours / each peer."""
     lines = [f"peer benchmark {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('simd', '')}), "
              f"{meta.get('cpus')} CPUs, OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS') or 'unset'}; "
-             f"conv peak {meta.get('conv_gflop_per_s', float('nan')):.1f} GFLOP/s; imgsz {meta.get('imgsz')}, "
+             f"conv peak {meta.get('conv_gflop_per_s', float('nan')):.1f} GFLOP/s (our model's forward+backward "
+             f"alone, no data, loss or optimizer: {meta.get('ceiling_gflop_per_s', float('nan')):.1f}, "
+             f"{meta.get('ceiling_gflop_per_s', float('nan')) / (meta.get('conv_gflop_per_s') or float('nan')):.2f}"
+             f" of peak); imgsz {meta.get('imgsz')}, "
              f"batch {meta.get('batch')}, workers {meta.get('workers')}; ours bf16 autocast by default "
              f"{meta.get('ours_bf16', 'off')}; ours extra flags: {meta.get('ours_args') or 'none'}"]
     peak = meta.get("conv_gflop_per_s") or float("nan")
@@ -320,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/peer/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    from core.bench import conv_throughput
-    meta = {**machine(), "conv_gflop_per_s": conv_throughput(), "imgsz": args.imgsz, "batch": args.batch,
+    from core.bench import conv_throughput, training_ceiling
+    ceiling = training_ceiling(str(REPO / OUR_MODEL), args.imgsz, args.batch)["ceiling_eager_gflop_per_s"]
+    meta = {**machine(), "conv_gflop_per_s": conv_throughput(), "ceiling_gflop_per_s": ceiling,
+            "imgsz": args.imgsz, "batch": args.batch,
             "workers": args.workers, "n_train": args.n_train, "n_val": args.n_val, "python": sys.executable,
             "peer_python": args.peer_python, "ours_args": args.ours_args}
     print(report([], meta), flush=True)

@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from core.peer_bench import PeakMemory, report, tree_memory
 
@@ -83,3 +84,25 @@ def test_peer_bench_passes_our_extra_flags_only_to_ours(tmp_path):
     ours, peer = argv("ours"), argv("yolov5n")
     assert ours[-2:] == ["--bf16", "on"] and "core.train" in ours
     assert "--bf16" not in peer and "model=yolov5n.yaml" in peer
+
+
+def test_training_ceiling_counts_the_model_convs_flops():
+    from torch import nn
+
+    from core.bench import model_convs, training_ceiling
+    from core.model.yolo import Model
+
+    model = Model("studies/models/yolov5n.yaml", nc=10)
+    x = torch.zeros(2, 3, 64, 64)
+    convs = model_convs(model, x)
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert convs[0][1] == (2, 3, 64, 64)  # the stem sees the image
+    f = training_ceiling("studies/models/yolov5n.yaml", 64, 2, seconds=0.02)
+    # our per-conv count and thop's whole-model count agree: convs are nearly all of a YOLO's FLOPs
+    assert 0.9 < f["ceiling_convs_share_of_model_flops"] <= 1.0
+    assert f["ceiling_convs_gflop_per_s"] > 0 and f["ceiling_eager_gflop_per_s"] > 0
+
+
+def test_report_header_shows_the_models_compute_ceiling():
+    meta = {"conv_gflop_per_s": 200.0, "ceiling_gflop_per_s": 70.0, "imgsz": 160}
+    assert "no data, loss or optimizer: 70.0, 0.35 of peak" in report([], meta)
