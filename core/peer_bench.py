@@ -7,8 +7,9 @@ For each held-out set (core/data/heldout.py) and each trainer, back to back on t
    from on_train_epoch_start/end callbacks, core/peer_ultralytics.py), effective training GFLOP/s
    (images/s x forward GFLOPs at imgsz x 3) against this machine's conv peak (core.bench.conv_throughput)
    and against our model's forward+backward on a fixed batch (core.bench.training_ceiling: what training
-   could reach if data, loss and optimizer cost nothing), and peak memory of the process tree (main + loader workers), sampled from /proc every 0.2 s: the
-   sum of RSS (counts pages shared by forked workers once per process) and the sum of PSS (shares them);
+   could reach if data, loss and optimizer cost nothing), and peak memory of the process tree (main +
+   loader workers), sampled from /proc every 0.2 s: the sum of RSS (counts pages shared by forked
+   workers once per process) and the sum of PSS (shares them);
 2. a full run (--epochs, default 30; 0 skips it): mAP50-95 of the last epoch and the best epoch, read
    from each trainer's results.csv (ours `mAP50-95`, Ultralytics `metrics/mAP50-95(B)`).
 
