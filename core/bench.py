@@ -31,16 +31,11 @@ def conv_throughput(seconds: float = 3.0) -> float:
     conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
     x = torch.randn(8, 128, 64, 64, requires_grad=True)
     flops = 2 * 128 * 128 * 9 * 64 * 64 * 8 * 3  # forward MACs*2, backward ~2x forward
-    for _ in range(2):
-        conv(x).sum().backward()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        conv(x).sum().backward()
-        n += 1
-    return flops * n / (time.perf_counter() - t0) / 1e9
+    return flops / _seconds_per_call(lambda: conv(x).sum().backward(), seconds, warmup=2) / 1e9
 
 
 def _seconds_per_call(fn, seconds: float, warmup: int = 3) -> float:
+    """Mean wall time of fn() over `seconds`, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     n, t0 = 0, time.perf_counter()
