@@ -70,6 +70,9 @@ class TrainOptions:
     compile: bool = False              # torch.compile the training model: faster steps after a compile that takes
                                        # ~1 min on a 2-core CPU the first time (inductor caches it on disk) (README)
     autoanchor: bool = True            # check anchors against the labels before training; refit a fresh head's
+                                       # anchors when they fit badly (core/model/anchors.py)
+    automosaic: bool = True            # lower the hyp's mosaic probability where mosaics cut the dataset's objects
+                                       # to fragments (core/data/automosaic.py)
 
 
 @dataclass
@@ -244,6 +247,7 @@ def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistCon
 def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opts: TrainOptions,
           callbacks: Callbacks) -> TrainState:
     """Resolve options, devices, data, model, loss, optimizer and run folder into one TrainState."""
+    from core.data.automosaic import check_mosaic
     from core.data.config import load_data_config
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
@@ -290,6 +294,11 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     yield_cpu = threads is not None and workers_yield(threads, opts.workers)
     train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, low_priority=yield_cpu)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
+    if opts.automosaic and hyp["mosaic"] > 0:  # before the workers start: they copy the dataset
+        mosaic = check_mosaic(train_set.labels, train_set.shapes, opts.imgsz, hyp)
+        train_set.set_mosaic(mosaic.mosaic)
+        if ctx.is_main:
+            LOG.info(mosaic.message(hyp["mosaic"]))
     _start_workers(train_loader)
     # On CPU the validation loader runs in the main process: inference dominates there (letterboxing is a
     # few % of it) and two persistent val workers, idle through training, would cost ~600 MB of RSS.

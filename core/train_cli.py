@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--sync-bn", action="store_true", help="DDP on GPUs: SyncBatchNorm (BN statistics over all GPUs)")
     p.add_argument("--noautoanchor", action="store_true", help="do not check (and, for a model trained from "
                    "scratch, refit) the anchors against the labels before training")
+    p.add_argument("--no-automosaic", action="store_true", help="train with the hyp's mosaic probability as it "
+                   "is (default: lowered where mosaics cut the dataset's objects to fragments: README)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last,
                         help="train in the channels_last (NHWC) memory format: ~1.2x faster on CPU, but its CPU "
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
+                        automosaic=not args.no_automosaic,
                         channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
     fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     return 0

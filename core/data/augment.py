@@ -121,25 +121,30 @@ def warp(
             img = cv2.warpPerspective(img, M, dsize=(w, h), borderValue=PAD_COLOR)
         else:
             img = cv2.warpAffine(img, M[:2], dsize=(w, h), borderValue=PAD_COLOR)
-    n = len(labels)
-    if not n:
+    if not len(labels):
         return img, labels.reshape(0, 5)
-    # cv2 maps pixel centres (index space); continuous coordinates are index + 0.5
-    shift, unshift = np.eye(3), np.eye(3)
-    shift[:2, 2], unshift[:2, 2] = 0.5, -0.5
-    Mc = shift @ M @ unshift
-    xy = np.ones((n * 4, 3))
-    xy[:, :2] = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
-    xy = xy @ Mc.T
-    xy = xy[:, :2] / xy[:, 2:3]
-    xy = xy.reshape(n, 8)
-    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
-    new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
+    new = transform_boxes(labels[:, 1:5], M)
     new[:, [0, 2]] = new[:, [0, 2]].clip(0, w)
     new[:, [1, 3]] = new[:, [1, 3]].clip(0, h)
     keep = box_candidates(labels[:, 1:5] * scale, new)
     out = np.concatenate((labels[keep, :1], new[keep]), 1)
     return img, out
+
+
+def transform_boxes(xyxy: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Pixel boxes (n, 4) moved by the 3x3 image warp M: the bounding box of the 4 moved corners, unclipped."""
+    n = len(xyxy)
+    # cv2 maps pixel centres (index space); continuous coordinates are index + 0.5
+    shift, unshift = np.eye(3), np.eye(3)
+    shift[:2, 2], unshift[:2, 2] = 0.5, -0.5
+    Mc = shift @ M @ unshift
+    xy = np.ones((n * 4, 3))
+    xy[:, :2] = xyxy[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
+    xy = xy @ Mc.T
+    xy = xy[:, :2] / xy[:, 2:3]
+    xy = xy.reshape(n, 8)
+    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
+    return np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
 
 
 def random_perspective(
@@ -151,15 +156,25 @@ def random_perspective(
     The input centre lands at the output centre +/- translate * size; out_shape defaults to the input's.
     """
     out_shape = out_shape or (img.shape[0], img.shape[1])
+    M, s = random_perspective_matrix((img.shape[0], img.shape[1]), out_shape, rng, degrees, translate, scale,
+                                     shear, perspective)
+    return warp(img, labels, M, out_shape, scale=s)
+
+
+def random_perspective_matrix(
+    in_shape: tuple[int, int], out_shape: tuple[int, int], rng: np.random.Generator, degrees: float = 0.0,
+    translate: float = 0.0, scale: float = 0.0, shear: float = 0.0, perspective: float = 0.0,
+) -> tuple[np.ndarray, float]:
+    """The random warp of random_perspective, drawn from rng: (3x3 matrix, its scale)."""
     s = rng.uniform(1 - scale, 1 + scale)
     M = perspective_matrix(
-        (img.shape[0], img.shape[1]), out_shape,
+        in_shape, out_shape,
         angle=rng.uniform(-degrees, degrees), scale=s,
         shear=(rng.uniform(-shear, shear), rng.uniform(-shear, shear)),
         translate=(rng.uniform(0.5 - translate, 0.5 + translate), rng.uniform(0.5 - translate, 0.5 + translate)),
         perspective=(rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)),
     )
-    return warp(img, labels, M, out_shape, scale=s)
+    return M, s
 
 
 def mosaic4(
@@ -175,22 +190,29 @@ def mosaic4(
     out = []
     for k, (img, lab) in enumerate(zip(images, labels)):
         h, w = img.shape[:2]
-        if k == 0:  # top left: the tile's bottom-right corner at the centre
-            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
-        elif k == 1:  # top right
-            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
-        elif k == 2:  # bottom left
-            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(yc + h, 2 * s)
-        else:  # bottom right
-            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(yc + h, 2 * s)
-        # source window: the part of the tile nearest the centre
-        x1b = w - (x2a - x1a) if k in (0, 2) else 0
-        y1b = h - (y2a - y1a) if k in (0, 1) else 0
+        (x1a, y1a, x2a, y2a), (x1b, y1b) = mosaic_tile(k, w, h, xc, yc, s)
         canvas[y1a:y2a, x1a:x2a] = img[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
         out.append(xywhn_to_xyxy(lab, w, h, x1a - x1b, y1a - y1b))
     boxes = np.concatenate(out, 0) if out else np.zeros((0, 5))
     boxes[:, 1:] = boxes[:, 1:].clip(0, 2 * s)
     return canvas, boxes
+
+
+def mosaic_tile(k: int, w: int, h: int, xc: int, yc: int, s: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Where tile k (0 top left, 1 top right, 2 bottom left, 3 bottom right) of a w x h image goes on the
+    2s x 2s canvas around the centre (xc, yc): its canvas window (x1, y1, x2, y2), and the top-left corner
+    of the part of the image shown there (the part nearest the centre)."""
+    if k == 0:  # the tile's bottom-right corner at the centre
+        x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+    elif k == 1:
+        x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+    elif k == 2:
+        x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(yc + h, 2 * s)
+    else:
+        x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(yc + h, 2 * s)
+    x1b = w - (x2a - x1a) if k in (0, 2) else 0
+    y1b = h - (y2a - y1a) if k in (0, 1) else 0
+    return (x1a, y1a, x2a, y2a), (x1b, y1b)
 
 
 def mixup(

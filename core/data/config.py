@@ -4,7 +4,8 @@
 `path: ../datasets/coco128` works from where it always worked). No `path` -> the yaml's folder.
 train/val/test: a source or a list of sources (folders, .txt list files, images), relative to
 `path`. `names`: a list, or a dict {index: name} with indexes 0..nc-1. A `synthetic:` section
-(seed, n_train, n_val, imgsz) generates the built-in dataset under `path` when it is missing.
+(seed, n_train, n_val, imgsz, min_size, max_size, max_objects) generates the built-in dataset under
+`path` when it is missing.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .synthetic import generate_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT / "studies" / "data" / "shapes.yaml"
-SYNTHETIC_KEYS = {"seed", "n_train", "n_val", "n_test", "imgsz", "min_size"}
+SYNTHETIC_KEYS = {"seed", "n_train", "n_val", "n_test", "imgsz", "min_size", "max_size", "max_objects"}
 
 
 class DataConfigError(ValueError):

@@ -68,6 +68,10 @@ class YoloDataset(Dataset):
         """From the next item on: no mosaic, mixup or copy-paste (whole, undistorted images)."""
         self._mosaic_closed.value = True
 
+    def set_mosaic(self, probability: float) -> None:
+        """The mosaic probability of augmented items (AutoMosaic sets it before the loader's workers start)."""
+        self.hyp = {**self.hyp, "mosaic": float(probability)}
+
     @property
     def mosaic_closed(self) -> bool:
         return bool(self._mosaic_closed.value)

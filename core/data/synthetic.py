@@ -152,16 +152,18 @@ def _fill(rng: np.random.Generator, imgsz: int):
     return _random_color(rng), _random_color(rng), rng.uniform(0, 2 * math.pi), imgsz / rng.uniform(1, 4)
 
 
-def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str],
-                  min_size: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
-    """One image (BGR uint8, imgsz x imgsz) and its labels (n, 5) [cls, cx, cy, w, h] normalised."""
+def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str], min_size: float = 16.0,
+                  max_size: float = 0.0, max_objects: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One image (BGR uint8, imgsz x imgsz) and its labels (n, 5) [cls, cx, cy, w, h] normalised.
+
+    Class shapes: 1 to max_objects, min_size to max_size px (0: min(120, 0.47 imgsz)), log-uniform."""
     hw = (imgsz, imgsz)
     img = _background(rng, hw)
     layers: list[tuple[np.ndarray, int | None]] = []  # (mask, class or None) in drawing order
     for _ in range(rng.integers(0, 4)):
         layers.append((_distractor_mask(rng, hw), None))
-    smax = min(120.0, imgsz * 0.47)
-    for _ in range(rng.integers(1, 9)):
+    smax = min(float(max_size), imgsz * 0.98) if max_size else min(120.0, imgsz * 0.47)
+    for _ in range(rng.integers(1, max_objects + 1)):
         c = int(rng.integers(len(names)))
         size = math.exp(rng.uniform(math.log(min_size), math.log(smax)))
         cx, cy = rng.uniform(size / 2, imgsz - size / 2), rng.uniform(size / 2, imgsz - size / 2)
@@ -187,13 +189,13 @@ def render_sample(rng: np.random.Generator, imgsz: int, names: Sequence[str],
 
 
 def _write_split(root: Path, split: str, n: int, seed: int, imgsz: int, names: Sequence[str],
-                 min_size: float) -> None:
+                 shape_args: dict) -> None:
     im_dir, lb_dir = root / "images" / split, root / "labels" / split
     im_dir.mkdir(parents=True, exist_ok=True)
     lb_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-        img, labels = render_sample(rng, imgsz, names, min_size)
+        img, labels = render_sample(rng, imgsz, names, **shape_args)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
         rows = "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in labels)
@@ -202,7 +204,7 @@ def _write_split(root: Path, split: str, n: int, seed: int, imgsz: int, names: S
 
 def generate_shapes(
     root: str | Path, names: Sequence[str] = SHAPES, seed: int = 0, n_train: int = 800, n_val: int = 200,
-    imgsz: int = 256, n_test: int = 0, min_size: float = 16.0,
+    imgsz: int = 256, n_test: int = 0, min_size: float = 16.0, max_size: float = 0.0, max_objects: int = 8,
 ) -> Path:
     """Generate the dataset under `root` unless it already exists; returns root.
 
@@ -212,6 +214,9 @@ def generate_shapes(
     root = Path(root)
     params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "imgsz": imgsz, "names": list(names),
               "min_size": min_size}
+    shape_args = {"min_size": min_size, "max_size": max_size, "max_objects": max_objects}
+    if (max_size, max_objects) != (0.0, 8):  # recorded only when set, so older datasets' markers still match
+        params.update(max_size=max_size, max_objects=max_objects)
     if root.exists():
         _check_params(root, params)
         return root
@@ -225,7 +230,7 @@ def generate_shapes(
     try:
         for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
             if n:
-                _write_split(tmp, split, n, seed, imgsz, names, min_size)
+                _write_split(tmp, split, n, seed, imgsz, names, shape_args)
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=1))
         os.rename(tmp, root)
     except OSError:
