@@ -7,7 +7,10 @@ Prints, for one trained checkpoint on one dataset:
   overlapping it at IoU >= 0.5 (conf >= --conf), by predicted class, plus the objects nothing found;
 - how training assigns targets (ComputeLoss.build_targets on --batches augmented training batches): the
   share of objects given at least one anchor on each level and on none, and the loss gains after the
-  YOLOv5 scaling by class count, image size and level count (what the trainer uses).
+  YOLOv5 scaling by class count, image size and level count (what the trainer uses);
+- what a mosaic does to the training objects (core/data/automosaic.py): the share of kept labels that show
+  less than half of their object, and the mosaic probability the trainer derives from it (the assignment
+  batches above use it, as training did unless it ran with --no-automosaic).
 A diagnostic for people, not a test.
 """
 from __future__ import annotations
@@ -118,6 +121,7 @@ def main_args(argv=None) -> argparse.Namespace:
 @main_guard("core.diagnose")
 def main(argv=None) -> int:
     from core.checkpoint import load_checkpoint
+    from core.data.automosaic import check_mosaic
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
@@ -148,7 +152,11 @@ def main(argv=None) -> int:
     for c in range(nc):
         print(f"{names[c][:5]:>5s} " + " ".join(f"{v:5d}" for v in counts[c]))
     loss_hyp = scaled_gains(hyp, int(net.model[-1].nl), nc, args.imgsz)
-    train_loader, _ = create_dataloader(cfg["train"], args.imgsz, 16, hyp, augment=True, workers=0, shuffle=True, nc=nc)
+    train_loader, train_set = create_dataloader(cfg["train"], args.imgsz, 16, hyp, augment=True, workers=0,
+                                                shuffle=True, nc=nc)
+    mosaic = check_mosaic(train_set.labels, train_set.shapes, args.imgsz, hyp)
+    train_set.set_mosaic(mosaic.mosaic)
+    print(mosaic.message(hyp["mosaic"]))
     a = assignment(net, train_loader, loss_hyp, args.batches)
     print(f"assignment over {a['objects']} augmented training objects: on level " +
           ", ".join(f"P{3 + i} {s:.0%}" for i, s in enumerate(a["per_level"])) + f"; on none {a['none']:.1%}")
