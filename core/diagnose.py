@@ -121,7 +121,7 @@ def main_args(argv=None) -> argparse.Namespace:
 @main_guard("core.diagnose")
 def main(argv=None) -> int:
     from core.checkpoint import load_checkpoint
-    from core.data.automosaic import check_mosaic
+    from core.data.automosaic import apply_automosaic
     from core.data.config import load_data_config
     from core.data.loader import create_dataloader
     from core.hyp import load_hyp
@@ -154,8 +154,7 @@ def main(argv=None) -> int:
     loss_hyp = scaled_gains(hyp, int(net.model[-1].nl), nc, args.imgsz)
     train_loader, train_set = create_dataloader(cfg["train"], args.imgsz, 16, hyp, augment=True, workers=0,
                                                 shuffle=True, nc=nc)
-    mosaic = check_mosaic(train_set.labels, train_set.shapes, args.imgsz, hyp)
-    train_set.set_mosaic(mosaic.mosaic)
+    mosaic = apply_automosaic(train_set, args.imgsz, hyp)
     print(mosaic.message(hyp["mosaic"]))
     a = assignment(net, train_loader, loss_hyp, args.batches)
     print(f"assignment over {a['objects']} augmented training objects: on level " +

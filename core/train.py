@@ -247,7 +247,7 @@ def _train_loader(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistCon
 def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opts: TrainOptions,
           callbacks: Callbacks) -> TrainState:
     """Resolve options, devices, data, model, loss, optimizer and run folder into one TrainState."""
-    from core.data.automosaic import check_mosaic
+    from core.data.automosaic import apply_automosaic
     from core.data.config import load_data_config
     from core.data.labels import require_boxes
     from core.data.loader import create_dataloader
@@ -295,8 +295,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     train_loader, train_set = _train_loader(opts, data_cfg, hyp, ctx, low_priority=yield_cpu)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
     if opts.automosaic and hyp["mosaic"] > 0:  # before the workers start: they copy the dataset
-        mosaic = check_mosaic(train_set.labels, train_set.shapes, opts.imgsz, hyp)
-        train_set.set_mosaic(mosaic.mosaic)
+        mosaic = apply_automosaic(train_set, opts.imgsz, hyp)
         if ctx.is_main:
             LOG.info(mosaic.message(hyp["mosaic"]))
     _start_workers(train_loader)

@@ -45,12 +45,18 @@ def postgres_url(pg_server) -> str:
     return pg_server.url
 
 
+SHAPE_NAMES = "[circle, square, triangle, star, cross, ring]"
+
+
+def synthetic_yaml(root: Path, name: str, names: str, synthetic: str) -> str:
+    """Write root/<name>.yaml for a built-in shapes set generated under root/shapes on first use; its path."""
+    (root / f"{name}.yaml").write_text(
+        f"path: shapes\ntrain: images/train\nval: images/val\nnames: {names}\nsynthetic: {{{synthetic}}}\n")
+    return str(root / f"{name}.yaml")
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A generated 6-class shapes set of 32 train / 8 val images, one per test module."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tiny.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\n"
-        "names: [circle, square, triangle, star, cross, ring]\n"
-        "synthetic: {seed: 1, n_train: 32, n_val: 8, imgsz: 96}\n")
-    return str(root / "tiny.yaml")
+    return synthetic_yaml(tmp_path_factory.mktemp("tiny"), "tiny", SHAPE_NAMES,
+                          "seed: 1, n_train: 32, n_val: 8, imgsz: 96")

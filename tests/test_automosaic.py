@@ -7,6 +7,7 @@ import pytest
 
 from core.data.automosaic import F_OFF, F_ON, FRAGMENT, check_mosaic, fragment_share, mosaic_factor
 from core.hyp import default_hyp
+from tests.conftest import SHAPE_NAMES, synthetic_yaml
 
 MODEL = str(Path(__file__).resolve().parent.parent / "studies" / "models" / "yolov5-cpu.yaml")
 STILL = {"degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0}
@@ -71,11 +72,8 @@ def test_no_labels_keep_mosaic():
 
 @pytest.fixture(scope="module")
 def large_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("large")
-    (root / "large.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star, cross, ring]\n"
-        "synthetic: {seed: 3, n_train: 16, n_val: 4, imgsz: 96, min_size: 60, max_size: 94, max_objects: 2}\n")
-    return str(root / "large.yaml")
+    return synthetic_yaml(tmp_path_factory.mktemp("large"), "large", SHAPE_NAMES,
+                          "seed: 3, n_train: 16, n_val: 4, imgsz: 96, min_size: 60, max_size: 94, max_objects: 2")
 
 
 @pytest.mark.parametrize("automosaic", [True, False])

@@ -12,6 +12,7 @@ import torch
 from core.callbacks import Callbacks, StopTraining
 from core.checkpoint import load_checkpoint, model_from_checkpoint
 from core.train import TrainOptions, fit
+from tests.conftest import synthetic_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = str(REPO / "studies" / "models" / "yolov5-cpu.yaml")
@@ -148,11 +149,7 @@ def test_closing_mosaic_reaches_persistent_workers(tiny_data):
 
 @pytest.fixture(scope="module")
 def one_class_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("one")
-    (root / "one.yaml").write_text(
-        "path: shapes\ntrain: images/train\nval: images/val\nnames: [square]\n"
-        "synthetic: {seed: 2, n_train: 32, n_val: 8, imgsz: 96}\n")
-    return str(root / "one.yaml")
+    return synthetic_yaml(tmp_path_factory.mktemp("one"), "one", "[square]", "seed: 2, n_train: 32, n_val: 8, imgsz: 96")
 
 
 def test_one_class_training_scores_by_objectness(one_class_data, tmp_path):

@@ -62,6 +62,10 @@ def _tile_sizes(shapes_hw: np.ndarray, imgsz: int) -> np.ndarray:
     return np.maximum(np.round(shapes_hw * r), 1).astype(int)
 
 
+def _area(xyxy: np.ndarray) -> np.ndarray:
+    return (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+
+
 def fragment_share(labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int, hyp: Mapping[str, float],
                    samples: int = SAMPLES, seed: int = 0) -> tuple[float, int]:
     """(share of fragments among the labels kept, labels kept) over `samples` simulated mosaics.
@@ -93,8 +97,7 @@ def fragment_share(labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: i
         full = A.transform_boxes(whole, M)
         seen = A.transform_boxes(on_canvas, M).clip(0, s)
         keep = A.box_candidates(on_canvas * scale, seen)
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-        visible = area(seen[keep]) / np.maximum(area(full[keep]), 1e-9)
+        visible = _area(seen[keep]) / np.maximum(_area(full[keep]), 1e-9)
         fragments += int((visible < FRAGMENT).sum())
         kept += int(keep.sum())
     return (fragments / kept if kept else 0.0), kept
@@ -109,3 +112,10 @@ def check_mosaic(labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int
     share, kept = fragment_share(labels, shapes_hw, imgsz, hyp, seed=seed)
     factor = mosaic_factor(share)
     return MosaicCheck(share, kept, factor, float(hyp["mosaic"]) * factor)
+
+
+def apply_automosaic(dataset, imgsz: int, hyp: Mapping[str, float]) -> MosaicCheck:
+    """Check a training YoloDataset's labels and set its mosaic probability (before its loader's workers start)."""
+    check = check_mosaic(dataset.labels, dataset.shapes, imgsz, hyp)
+    dataset.set_mosaic(check.mosaic)
+    return check
