@@ -39,10 +39,10 @@ val: install
 	$(PY) -m core.val --weights $(WEIGHTS) --imgsz $(IMGSZ) --device $(DEVICE)
 
 bench: install
-	$(PY) -m core.bench
-	$(PY) -m core.profile_train  # time per phase of one step and one epoch (data wait ... checkpoints)
-	$(PY) -m core.speed_ab  # speed levers as interleaved A/B ratios (channels_last, SPPF pools, threads)
-	$(PY) -m evolve.bench --trials 8 --search-trials 16
+	$(PY) -m bench.engine  # train images/s against what the kernels allow
+	$(PY) -m bench.train_profile  # time per phase of one step and one epoch (data wait ... checkpoints)
+	$(PY) -m bench.speed_ab  # speed levers as interleaved A/B ratios (channels_last, SPPF pools, threads)
+	$(PY) -m bench.evolve_speed --trials 8 --search-trials 16  # trials/hour, 1 vs 2 workers
 
 # Peer benchmark (issues 11, 15): Ultralytics in its own venv (it needs torchvision, which must never enter
 # .venv). torch and torchvision are pinned together so that installing ultralytics cannot replace them.
@@ -58,10 +58,10 @@ $(PEER_VENV)/.installed:
 	touch $@
 
 heldout: install  # the held-out dataset suite (datasets/heldout-v1), seeded, used by bench-peer
-	$(PY) -m core.data.heldout --root datasets/heldout-v1
+	$(PY) -m bench.heldout --root datasets/heldout-v1
 
 bench-peer: install $(PEER_VENV)/.installed  # ours vs Ultralytics yolov5n/yolov8n on the held-out suite
-	$(PY) -m core.peer_bench --peer-python $(PEER_VENV)/bin/python $(PEER_ARGS)
+	$(PY) -m bench.peers --peer-python $(PEER_VENV)/bin/python $(PEER_ARGS)
 
 # Torch-Pruning side by side: torch-pruning in its own venv so it never enters .venv. The venv reads torch,
 # numpy, thop, ... from .venv's site-packages through a .pth file (same interpreter: .venv's base python),
@@ -81,13 +81,13 @@ $(TP_VENV)/.installed: | $(VENV)/.installed
 	touch $@
 
 bench-tp: install $(TP_VENV)/.installed  # ours vs Torch-Pruning (BN-scale, L1) at equal GFLOPs, same finetune
-	$(TP_VENV)/bin/python -m prune.tp_bench $(TP_ARGS)
+	$(TP_VENV)/bin/python -m bench.torch_pruning $(TP_ARGS)
 
 bench-use: install  # export, ONNX validation and latency, TTA, ensembles, transfer, detect: the README's figures
-	$(PY) -m core.use_bench $(USE_ARGS)
+	$(PY) -m bench.use $(USE_ARGS)
 
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
-	$(PY) -m evolve.search_bench --trials 16 --seeds 3
+	$(PY) -m bench.search --trials 16 --seeds 3
 
 evolve: install
 	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE))

@@ -339,13 +339,13 @@ def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str 
         write_outputs(study, run_dir / "evolve", plots=plots)
     if plots and (run_dir / "prune" / "prune_results.csv").is_file():
         try:
-            from prune.report import write_report
-            write_report(run_dir / "prune", show=False)
+            from prune.report import write_prune_report
+            write_prune_report(run_dir / "prune", show=False)
         except Exception as e:  # a broken plot must not cost the whole report
             print(f"prune plots not redrawn: {type(e).__name__}: {e}")
 
 
-def write_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
+def write_study_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
     """summary.json and report.html (with its PNGs and CSVs), from the run dir's files and the storage."""
     from evolve.detections import draw_detections
     from evolve.html_report import build_report
@@ -392,7 +392,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     code = launch_fn(cfg, cfg.storage, run_dir=evolve_dir)
     if code != 0:
         print(f"evolution stopped (exit {code}); writing a partial report")
-        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return code
     phase_done(run_dir, "evolve", {"config": cfg.as_record()}, [evolve_dir / "evolve.csv"], time.time() - t0)
     refresh_outputs(run_dir, evolve_dir, cfg.storage, plots=False)  # evolve.csv + best_hyp.yaml beside the report
@@ -403,7 +403,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         plan = retrain_plan(run_dir / "evolve" / "evolve.csv", cfg, ropts)
     except StudyError as e:  # e.g. every trial failed: report what there is
         print(f"retrain: {e}; writing a partial report")
-        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
     start = start_weights(cfg, evolve_dir)
     inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts, start)} for r in plan]}
@@ -428,7 +428,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     # prune
     if prune_error:
         print(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
-        print(f"report: {write_report(run_dir, evolve_dir, cfg.storage)}")
+        print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
     popts = prune_options(cfg, weights, run_dir / "best_hyp.yaml", run_dir, device, threads, force)
     inputs = {"options": {k: v for k, v in asdict(popts).items() if k not in ("force", "progress", "threads")},
@@ -442,7 +442,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     else:
         print(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
 
-    report = write_report(run_dir, evolve_dir, cfg.storage)
+    report = write_study_report(run_dir, evolve_dir, cfg.storage)
     print(f"report: {report}\nsummary: {run_dir / SUMMARY_JSON}")
     return 0
 
@@ -470,7 +470,7 @@ def report_only(run_dir: Path, storage: str | None) -> Path:
         raise FileNotFoundError(f"--report-only {run_dir}: no such run dir (expected runs/study/NAME)")
     rec = json.loads((run_dir / STUDY_JSON).read_text()) if (run_dir / STUDY_JSON).is_file() else {}
     evolve_dir = Path(rec["evolve_dir"]) if rec.get("evolve_dir") else None
-    return write_report(run_dir, evolve_dir, storage)
+    return write_study_report(run_dir, evolve_dir, storage)
 
 
 @main_guard("evolve.study")

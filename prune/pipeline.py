@@ -372,14 +372,14 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
 
 def run(opts: PruneOptions) -> list[dict]:
     """Run (or resume) the pipeline; writes the results table, channels.csv and the plots."""
-    from prune.report import write_report
+    from prune.report import write_prune_report
 
     _check(opts)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     pipe = Pipeline(opts)
     rows = pipe.run()
-    write_report(pipe.run_dir)
+    write_prune_report(pipe.run_dir)
     return rows
 
 

@@ -145,7 +145,7 @@ def plot_channels(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run_dir: str | Path, show: bool = True) -> dict[str, Path]:
+def write_prune_report(run_dir: str | Path, show: bool = True) -> dict[str, Path]:
     """Print the table and write the plots that the run's files allow; returns the written paths."""
     import matplotlib
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m prune.report RUN_DIR", file=sys.stderr)
         return 2
     try:
-        write_report(argv[0])
+        write_prune_report(argv[0])
     except FileNotFoundError as e:
         print(f"prune.report: error: {e}", file=sys.stderr)
         return 2

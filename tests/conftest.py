@@ -2,19 +2,16 @@
 for the storage tests (started once per session)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import REPO, SHAPE_NAMES, synthetic_yaml
 from tests.pg_server import PgServer
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def cfg_for(tmp_path, monkeypatch):
     """cfg_for(name, **overrides): the quick study's orchestration without its base run and noise seeds
-    (those are tested in test_evolve_signal.py), on a data yaml that preflight only checks exists."""
+    (those are tested in tests/evolve/test_signal.py), on a data yaml that preflight only checks exists."""
     from evolve.study_config import load_study
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -45,14 +42,6 @@ def postgres_url(pg_server) -> str:
     return pg_server.url
 
 
-SHAPE_NAMES = "[circle, square, triangle, star, cross, ring]"
-
-
-def synthetic_yaml(root: Path, name: str, names: str, synthetic: str) -> str:
-    """Write root/<name>.yaml for a built-in shapes set generated under root/shapes on first use; its path."""
-    (root / f"{name}.yaml").write_text(
-        f"path: shapes\ntrain: images/train\nval: images/val\nnames: {names}\nsynthetic: {{{synthetic}}}\n")
-    return str(root / f"{name}.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """YAML-defined YOLOv5-style detector (see core/README.md, "Model")."""
 from .anchors import anchor_metrics, check_anchors, fit_anchor_count, kmean_anchors, label_wh, model_anchor_pixels, set_anchors
 from .common import C3, SPPF, Bottleneck, Concat, Conv, autopad
-from .detect import Detect
+from .head import Detect
 from .info import layer_table, model_info
 from .yolo import MODULES, Model, load_arch, make_divisible, parse_model
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .detect import Detect
+from .head import Detect
 
 MIN_BOX_PX = 2.0  # boxes smaller than this carry no shape information (YOLOv5 drops them too)
 MAX_BOXES = 20000  # the fit subsamples larger sets; anchors need shape statistics, not every box

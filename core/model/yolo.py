@@ -16,7 +16,7 @@ from core.yaml_file import load_yaml
 from torch import nn
 
 from .common import C3, SPPF, Bottleneck, Concat, Conv, DWConv
-from .detect import Detect
+from .head import Detect
 
 MODULES: dict[str, type[nn.Module]] = {
     'Conv': Conv, 'DWConv': DWConv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'Concat': Concat,

@@ -1,0 +1,125 @@
+"""What several test modules share: repository paths, training options for tiny runs, data yamls, random
+models for the pruning tests, and a fake fit for the orchestration tests. Fixtures live in conftest.py.
+
+`fake_fit` is also imported by worker subprocesses through `--fit tests.helpers:fake_fit`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from core.callbacks import Callbacks, StopTraining
+from core.model.yolo import Model
+from core.train import TrainOptions
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "studies" / "models"
+MODEL = str(MODELS / "yolov5-cpu.yaml")
+FAKE_FIT = "tests.helpers:fake_fit"
+SHAPE_NAMES = "[circle, square, triangle, star, cross, ring]"
+
+
+# --- training and data ------------------------------------------------------------------------------
+
+def train_opts(tmp_path, **kw) -> TrainOptions:
+    """Options for a tiny, quiet, seeded CPU training under tmp_path/run (keywords override)."""
+    base = dict(epochs=2, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
+                name="run", seed=0)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def synthetic_yaml(root: Path, name: str, names: str, synthetic: str) -> str:
+    """Write root/<name>.yaml for a built-in shapes set generated under root/shapes on first use; its path."""
+    (root / f"{name}.yaml").write_text(
+        f"path: shapes\ntrain: images/train\nval: images/val\nnames: {names}\nsynthetic: {{{synthetic}}}\n")
+    return str(root / f"{name}.yaml")
+
+
+# --- random models for the pruning tests --------------------------------------------------------------
+
+def random_model(yaml_name: str, seed: int = 0, ch: int = 3) -> Model:
+    """A model with random BN gammas (some near zero) and betas, running statistics calibrated on
+    random images then perturbed (so signals neither vanish nor explode), in eval mode."""
+    torch.manual_seed(seed)
+    model = Model(str(MODELS / yaml_name), nc=3, ch=ch)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        c = m.num_features
+        m.weight.data = torch.rand(c) * 1.5 - 0.2
+        m.bias.data = torch.randn(c) * 0.5
+        m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.rand(4, ch, 64, 64))
+    for m in bns:
+        m.momentum = 0.03
+        m.running_mean += 0.1 * torch.randn_like(m.running_mean) * m.running_var.sqrt()
+        m.running_var *= 0.8 + 0.4 * torch.rand_like(m.running_var)
+    return model.eval()
+
+
+def raw_maps(model, x):
+    with torch.no_grad():
+        return model(x)[1]
+
+
+def max_diff(a, b):
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+def replicate_padding(model):
+    """Pad every conv by edge replication: a constant channel then stays constant at the borders too."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0):
+            m.padding_mode = "replicate"
+    return model
+
+
+# --- a fake fit for the orchestration tests -----------------------------------------------------------
+
+def score(hyp: dict) -> float:
+    """A smooth function of the hyp with its optimum inside the space (lr0 = 0.003, mosaic = 0.7, ...)."""
+    d = (math.log10(hyp["lr0"]) - math.log10(0.003)) ** 2 + (hyp["mosaic"] - 0.7) ** 2 \
+        + (hyp["momentum"] - 0.9) ** 2 * 4 + (hyp["mixup"] - 0.2) ** 2 + (hyp["anchors"] - 4) ** 2 * 0.01
+    return math.exp(-d)
+
+
+def fake_fit(data, model, hyp, opts, callbacks: Callbacks | None = None):
+    """Per epoch: metrics scaled from score(hyp); sleeps FAKE_FIT_SLEEP seconds (default 0.01) per epoch.
+    Raises FloatingPointError when hyp['lr0'] > FAKE_FIT_FAIL_LR0 (default: never)."""
+    callbacks = callbacks or Callbacks()
+    if hyp["lr0"] > float(os.environ.get("FAKE_FIT_FAIL_LR0", "inf")):
+        raise FloatingPointError(f"training loss is nan at epoch 0 (lr0={hyp['lr0']})")
+    pause = float(os.environ.get("FAKE_FIT_SLEEP", "0.01"))
+    s = score(hyp) * (1 + 0.005 * (opts.seed % 7))  # seed noise of 0-3% (none at seed 0)
+    history, best, stop = [], {}, "completed"
+    for epoch in range(opts.epochs):
+        t0 = time.time()
+        time.sleep(pause)
+        k = (epoch + 1) / opts.epochs
+        m = {"epoch": epoch, "P": 0.9 * s * k, "R": 0.8 * s * k, "mAP50": s * k, "mAP50-95": 0.6 * s * k,
+             "val_box": 0.1 / (s + 0.1), "val_obj": 0.05, "val_cls": 0.01}
+        w = opts.fitness_weights
+        m["fitness"] = w[0] * m["P"] + w[1] * m["R"] + w[2] * m["mAP50"] + w[3] * m["mAP50-95"]
+        m["seconds"] = time.time() - t0
+        history.append(m)
+        if not best or m["fitness"] > best["fitness"]:
+            best = m
+        try:
+            if callbacks.on_epoch_end:
+                callbacks.on_epoch_end(epoch, m)
+        except StopTraining as e:
+            stop = f"callback: {e.reason}"
+            break
+    best_path = None
+    if opts.save:  # a stand-in checkpoint, so callers that need best.pt (base run, retrain) find one
+        best_path = Path(opts.project) / opts.name / "best.pt"
+        best_path.parent.mkdir(parents=True, exist_ok=True)
+        best_path.write_text(f"fake {hyp['lr0']} {opts.seed}")
+    return SimpleNamespace(history=history, best=best, best_fitness=best.get("fitness", float("-inf")),
+                           stop_reason=stop, model=None, save_dir=None, best_path=best_path, last_path=None)
