@@ -197,7 +197,7 @@ def run(o: BenchOptions) -> dict:
     from core.model.info import model_gflops
     from core.val import validate
     from prune.measure import cpu_latency_ms, measure
-    from prune.options import PruneOptions, _check
+    from prune.options import PruneOptions, check_prune_options
     from prune.pipeline import Pipeline, load_weights
 
     _torch_pruning()  # fail before any work
@@ -205,7 +205,7 @@ def run(o: BenchOptions) -> dict:
                          round_to=o.round_to, finetune_epochs=o.finetune_epochs, imgsz=o.imgsz,
                          batch_size=o.batch_size, seed=o.seed, workers=o.workers, project=o.project,
                          name=o.name, progress=o.progress, latency_threads=o.latency_threads)
-    _check(popts)
+    check_prune_options(popts)
     clock = Clock()
     t0 = time.perf_counter()
     pipe = Pipeline(popts)

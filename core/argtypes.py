@@ -5,6 +5,10 @@ import argparse
 from pathlib import Path
 
 
+__all__ = ["positive_int", "non_negative_int", "fraction", "unit_interval", "non_negative_float", "device",
+           "existing_file", "existing_dir"]
+
+
 def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:

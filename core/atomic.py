@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Callable, IO
 
 
+__all__ = ["atomic_write", "remove_stale_temps"]
+
+
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> Path:
     """Write `data` (text, bytes, or a function that writes to a binary file object) to `path` atomically."""
     path = Path(path)

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+__all__ = ["xywh2xyxy", "xyxy2xywh", "box_area", "box_iou", "bbox_iou", "clip_boxes", "scale_boxes"]
+
 Array = torch.Tensor | np.ndarray
 
 

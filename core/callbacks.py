@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
+__all__ = ["Callbacks", "StepInfo", "StopTraining"]
+
+
 class StopTraining(Exception):
     """Raise from `on_epoch_end` to end training cleanly after the current epoch (checkpoints are kept)."""
 

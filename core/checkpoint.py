@@ -21,6 +21,9 @@ from core.argtypes import existing_file
 from core.atomic import atomic_write
 from core.cli import main_guard
 
+__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
+           "strip_checkpoint"]
+
 FORMAT = "yolo-ep-1"
 
 

@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import yaml
 
+__all__ = ["DEBUG_ENV", "main_guard"]
+
 DEBUG_ENV = "YEP_DEBUG"
 # Expected errors: what a user can fix by changing an input. Our error types all derive from ValueError.
 INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,

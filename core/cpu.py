@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["cpu_cores", "ThreadPlan", "training_threads", "workers_yield"]
+
 WORKER_NICE = 19     # loader workers' priority when the trainer's threads take every core
 BUSY_CORES = 0.25    # CPU used by other processes (in cores) that makes all-core threads a bad bet (idle: ~0.01)
 

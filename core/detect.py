@@ -19,6 +19,8 @@ import torch
 from core import argtypes as t
 from core.cli import main_guard
 
+__all__ = ["detect", "read_letterboxed", "run"]
+
 LOG = logging.getLogger("core.detect")
 
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import torch
 
 
+__all__ = ["DeviceError", "parse_device_ids", "select_device", "BF16_MODES", "cpu_bf16_native", "resolve_bf16",
+           "bf16_autocast", "train_forward"]
+
+
 class DeviceError(ValueError):
     """The requested device cannot be used."""
 

@@ -5,6 +5,9 @@ import hashlib
 from pathlib import Path
 
 
+__all__ = ["sha256_file"]
+
+
 def sha256_file(path: str | Path | None) -> str | None:
     """sha256 hex digest of a file's bytes; None when there is no such file."""
     if path is None or not Path(path).is_file():

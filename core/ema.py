@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 
+__all__ = ["ModelEMA"]
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside torch.compile's wrapper and DataParallel / DistributedDataParallel."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule

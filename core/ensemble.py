@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+__all__ = ["Ensemble", "load_for_inference", "input_size"]
+
 LOG = logging.getLogger(__name__)
 
 

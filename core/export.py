@@ -44,6 +44,9 @@ from core.onnx_model import INPUT, OUTPUT, OnnxModel, metadata
 from core import argtypes as t
 from core.cli import main_guard
 
+__all__ = ["TOLERANCE", "TOLERANCE_HALF", "FLOOR_FACTOR", "ExportError", "export_onnx", "check_onnx", "sample_image",
+           "run"]
+
 TOLERANCE = 1e-4       # fp32 onnxruntime vs PyTorch: probabilities, and boxes in units of the input size
 TOLERANCE_HALF = 1e-2  # the same for an fp16 file (against the float32 PyTorch model)
 FLOOR_FACTOR = 10      # the tolerance is at least this times PyTorch's own error against float64 (module docstring)

@@ -8,6 +8,8 @@ import yaml
 
 from core.yaml_file import load_yaml
 
+__all__ = ["DEFAULT_HYP_FILE", "HYP_KEYS", "HYP_RANGES", "HypError", "default_hyp", "load_hyp"]
+
 DEFAULT_HYP_FILE = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "scratch.yaml"
 
 # Allowed closed ranges for every key. A value outside is an error naming the key.

@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from core.boxes import bbox_iou
 
+__all__ = ["ComputeLoss", "scaled_gains"]
+
 # Per-level objectness weights (P3 finest first): small objects are rarer per cell, weigh them up.
 BALANCE = {3: [4.0, 1.0, 0.4]}
 BALANCE_DEFAULT = [4.0, 1.0, 0.25, 0.06, 0.02]

@@ -17,6 +17,9 @@ import torch
 
 from core.boxes import box_iou
 
+__all__ = ["METRIC_KEYS", "FITNESS_WEIGHTS", "AP_METHODS", "fitness", "ap_per_class", "compute_ap",
+           "match_predictions", "summarize"]
+
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP50-95 thresholds
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
 AP_METHODS = ("coco", "yolov5")

@@ -9,6 +9,8 @@ import torch
 
 from core.boxes import box_area, xywh2xyxy
 
+__all__ = ["nms", "batched_nms", "non_max_suppression"]
+
 BLOCK = 2048  # boxes per tile: bounds the IoU matrices to BLOCK x BLOCK (and kept x BLOCK)
 # Above this many boxes batched_nms runs one NMS per class: its IoU matrices shrink from n^2 to the sum of the
 # per-class counts squared, which outweighs the per-class overhead (~0.1 ms each) from ~500 boxes on (1575

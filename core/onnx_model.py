@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = ["OnnxModel", "metadata"]
+
 INPUT, OUTPUT = "images", "output0"
 
 

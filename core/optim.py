@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 
+__all__ = ["build_optimizer", "resolve_auto", "OptimizerPlan", "plan_optimizer"]
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
     """Three groups, in YOLOv5's order: 0 = norm weights (no decay), 1 = conv/linear weights (decay),
     2 = biases (no decay; the group warmup starts at warmup_bias_lr).

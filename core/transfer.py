@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 
+__all__ = ["transfer_weights"]
+
+
 def transfer_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     """Load the matching tensors of `state` into `model` (cast to its dtypes); returns (copied, total)."""
     own = model.state_dict()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["TTA", "scale_image", "descale", "level_mask"]
+
 SCALES = (1.0, 0.83, 0.67)
 FLIPS = (False, True, False)  # left-right flip on the middle scale only
 PAD_VALUE = 0.447  # grey (ImageNet mean), as YOLOv5's scale_img

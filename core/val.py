@@ -32,6 +32,9 @@ from core.metrics import IOU_THRESHOLDS, ap_per_class, fitness, match_prediction
 from core.nms import non_max_suppression
 
 
+__all__ = ["validate", "coco_ground_truth", "image_ids", "run"]
+
+
 def image_ids(im_files: Sequence[str | Path]) -> list[int]:
     """COCO image ids for a dataset's files (see the module docstring for the rule)."""
     stems = [Path(f).stem for f in im_files]

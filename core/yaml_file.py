@@ -7,6 +7,9 @@ from typing import Any
 import yaml
 
 
+__all__ = ["YamlFileError", "load_yaml"]
+
+
 class YamlFileError(ValueError):
     """A yaml file is missing, not valid YAML, or does not hold what the caller expects."""
 

@@ -18,6 +18,8 @@ from core.cpu import cpu_cores
 from evolve.study_config import StudyConfig
 from evolve.train_setup import BASE_DIR, base_weights_path, search_train_options
 
+__all__ = ["base_record", "cached_base_run", "ensure_base_run"]
+
 RECORD = "run.json"
 
 

@@ -29,6 +29,8 @@ from evolve.study_config import REPO, StudyConfig, StudyError
 from evolve.train_setup import start_weights
 from evolve.worker import STUDY_FILE, load_callable
 
+__all__ = ["launch"]
+
 # Fields that change what a trial measures: resuming with other values mixes incomparable trials.
 COMPARABLE = ("data", "model", "hyp", "space", "imgsz", "batch", "epochs", "fitness_weights", "train", "seed",
               "weights", "base", "objective")

@@ -19,6 +19,8 @@ from typing import Iterable, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+__all__ = ["NoiseFloor", "noise_floor", "is_noise_trial", "summarize", "paired_gain"]
+
 NOISE_ATTR = "noise_seed"  # user attr of a base-hyp trial that measures seed noise (trial 0 has `base` only)
 
 

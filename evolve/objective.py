@@ -26,6 +26,8 @@ from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights
 
+__all__ = ["Objective", "objective_value"]
+
 FitFn = Callable[..., Any]
 METRIC_ATTRS = ("P", "R", "mAP50", "mAP50-95", "fitness", "val_box", "val_obj", "val_cls")
 

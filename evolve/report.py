@@ -17,6 +17,9 @@ from evolve.storage import mask_url, open_target
 from core.cli import main_guard
 
 
+__all__ = ["write_outputs"]
+
+
 def write_outputs(study: optuna.Study, out_dir: Path | str, plots: bool = True) -> dict[str, Path]:
     """All tables (and plots) of `study` into `out_dir`; returns {kind: path} of what was written."""
     out = Path(out_dir)

@@ -14,6 +14,8 @@ from core.atomic import atomic_write
 from core.hyp import HYP_KEYS, default_hyp
 from evolve.noise import is_noise_trial, noise_floor
 
+__all__ = ["best_searched", "best_trial", "trials_frame", "write_tables"]
+
 METRICS = ("P", "R", "mAP50", "mAP50-95")
 
 

@@ -21,6 +21,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file  # the lock Optuna's own appends take
 
+__all__ = ["make_storage", "run_dir_for", "open_target", "mask_url"]
+
 JOURNAL_NAME = "journal.log"
 RUNS = Path("runs") / "evolve"
 _SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key", re.I)

@@ -43,6 +43,8 @@ from evolve.study_config import REPO, StudyConfig, StudyError, load_study
 from evolve.train_setup import search_train_options, start_weights
 from core.cli import main_guard
 
+__all__ = ["RetrainOptions", "retrain_plan", "run_retrain", "run_study", "write_study_report"]
+
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
 CHOICE_JSON = "choice.json"  # retrain/choice.json: the hyp chosen by seed mean, every candidate's spread

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from evolve.samplers import SAMPLERS
 from evolve.yaml_mapping import read_mapping
 
+__all__ = ["StudyConfig", "StudyError", "load_study"]
+
 REPO = Path(__file__).resolve().parent.parent
 PRUNERS = ("none", "median", "hyperband")
 GA_KEYS = ("parents", "selection", "mp", "sigma", "init")

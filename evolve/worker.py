@@ -32,6 +32,8 @@ from evolve.space import check_base, load_space
 from evolve.storage import make_storage, study_lock
 from evolve.study_config import StudyConfig, load_study
 
+__all__ = ["load_callable", "run_worker"]
+
 STUDY_FILE = "study.yaml"  # the resolved study the launcher wrote into the run dir
 
 

@@ -17,6 +17,9 @@ import torch.nn as nn
 from prune.graph import trace
 
 
+__all__ = ["cpu_latency_ms", "measure", "prunable_channels"]
+
+
 def prunable_channels(model: nn.Module) -> dict[str, int]:
     """Output channels of every prunable conv, by name."""
     return {name: m.conv.out_channels for name, m in trace(model).convs.items()}

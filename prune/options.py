@@ -10,6 +10,8 @@ from core.yaml_file import load_yaml
 from prune.masks import MaskOptions, PruneOptionError, check_options
 from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 
+__all__ = ["PruneOptions", "check_prune_options", "parse_args"]
+
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
 
@@ -72,7 +74,8 @@ def _round_to(value: str) -> str | int:
     return value if value == "auto" else t.positive_int(value)  # else: an integer >= 1
 
 
-def _check(opts: PruneOptions) -> None:
+def check_prune_options(opts: PruneOptions) -> None:
+    """PruneOptionError for a value out of range or a missing --weights file (options built in Python skip argparse)."""
     check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to)))
     if not 0.0 <= opts.unstructured < 1.0:
         raise PruneOptionError(f"--unstructured {opts.unstructured} is outside [0, 1)")

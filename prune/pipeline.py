@@ -30,12 +30,15 @@ from core.cli import main_guard
 from prune.graph import GraphError, trace
 from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
-from prune.options import DEFAULT_MODEL, PruneOptions, _check, parse_args
+from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
 from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
 from prune.rounding import resolve_round_to
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
 from prune.unstructured import prune_unstructured, sparsity
+
+__all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
+
 
 def _arch_key(arch: dict) -> dict:
     return {k: arch.get(k) for k in ("backbone", "head", "depth_multiple", "width_multiple", "channels", "repeats")}
@@ -374,7 +377,7 @@ def run(opts: PruneOptions) -> list[dict]:
     """Run (or resume) the pipeline; writes the results table, channels.csv and the plots."""
     from prune.report import write_prune_report
 
-    _check(opts)
+    check_prune_options(opts)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     pipe = Pipeline(opts)

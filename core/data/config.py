@@ -16,6 +16,8 @@ from core.yaml_file import load_yaml
 
 from .synthetic import generate_shapes
 
+__all__ = ["DEFAULT_DATA", "DataConfigError", "load_data_config"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT / "studies" / "data" / "shapes.yaml"
 SYNTHETIC_KEYS = {"seed", "n_train", "n_val", "n_test", "imgsz", "min_size", "max_size", "max_objects"}

@@ -29,6 +29,8 @@ from . import augment as A
 from .cache import CachedImage, load_image, preload_images
 from .labels import verify_dataset
 
+__all__ = ["YoloDataset"]
+
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
 
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+__all__ = ["IMG_FORMATS", "img2label_path", "list_image_files"]
+
 CACHE_SUFFIX = ".yep.cache"  # label verification cache (labels.py)
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 

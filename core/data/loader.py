@@ -15,6 +15,9 @@ from core.cpu import cpu_cores, lower_priority
 from .dataset import YoloDataset
 
 
+__all__ = ["create_dataloader"]
+
+
 def seed_worker(worker_id: int, low_priority: bool = False) -> None:
     """Seed numpy, random and the dataset's augmentation RNG of one worker from torch's worker seed;
     with `low_priority`, nice the worker (core/cpu.py: the trainer's threads take every core).

@@ -1,4 +1,4 @@
-"""YAML-defined YOLOv5-style detector (see core/README.md, "Model")."""
+"""YAML-defined YOLOv5-style detector (see docs/core-api.md, "Model")."""
 from .anchors import anchor_metrics, check_anchors, fit_anchor_count, kmean_anchors, label_wh, model_anchor_pixels, set_anchors
 from .common import C3, SPPF, Bottleneck, Concat, Conv, autopad
 from .head import Detect

@@ -16,6 +16,9 @@ import torch
 
 from .head import Detect
 
+__all__ = ["label_wh", "anchor_metrics", "kmean_anchors", "model_anchor_pixels", "set_anchors", "fit_anchor_count",
+           "check_anchors"]
+
 MIN_BOX_PX = 2.0  # boxes smaller than this carry no shape information (YOLOv5 drops them too)
 MAX_BOXES = 20000  # the fit subsamples larger sets; anchors need shape statistics, not every box
 MIN_BPR = 0.98  # AutoAnchor refits below this best possible recall (YOLOv5's threshold)

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+__all__ = ["autopad", "Conv", "DWConv", "Bottleneck", "C3", "SPPF", "Concat"]
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 

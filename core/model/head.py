@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+__all__ = ["Detect"]
+
 LOGGER = logging.getLogger(__name__)
 
 

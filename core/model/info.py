@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 
+__all__ = ["model_info", "model_gflops", "layer_table"]
+
+
 def model_gflops(model: nn.Module, imgsz: int = 640) -> float:
     """GFLOPs (2 x MACs / 1e9) of one forward pass on a 1 x ch x imgsz x imgsz image.
 

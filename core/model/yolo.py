@@ -18,6 +18,8 @@ from torch import nn
 from .common import C3, SPPF, Bottleneck, Concat, Conv, DWConv
 from .head import Detect
 
+__all__ = ["Model", "MODULES", "load_arch", "make_divisible", "parse_model"]
+
 MODULES: dict[str, type[nn.Module]] = {
     'Conv': Conv, 'DWConv': DWConv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'Concat': Concat,
     'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'Detect': Detect,
