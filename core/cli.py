@@ -7,17 +7,23 @@
   rerun with `--debug` (or YEP_DEBUG=1) for the traceback, exit 1.
 
 `--debug` is taken out of argv here, so no parser has to know it.
+
+Logging: library modules log (`LOGGER = logging.getLogger(__name__)`) and never print; the command
+prints its final summary. `setup_logging` is the one place that configures logging, and main_guard
+calls it before every command's main (INFO unless the command asks for another level), so no command
+configures logging itself.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Callable, Sequence
 
 import yaml
 
-__all__ = ["DEBUG_ENV", "main_guard"]
+__all__ = ["DEBUG_ENV", "main_guard", "setup_logging"]
 
 DEBUG_ENV = "YEP_DEBUG"
 # Expected errors: what a user can fix by changing an input. Our error types all derive from ValueError.
@@ -30,11 +36,23 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def main_guard(prog: str, interrupted: str = "interrupted") -> Callable:
-    """Decorate a `main(argv) -> int` with the policy above; `interrupted` says what a Ctrl-C keeps."""
+def setup_logging(level: int = logging.INFO) -> None:
+    """A command's logging, configured once per process: every record at `level` or above, its message
+    alone ("%(message)s", so a logged line reads as a printed one did), on stderr.
+
+    A root logger that already has handlers (a second command run in the same process, an application
+    or pytest that configured its own) is left as it is.
+    """
+    logging.basicConfig(level=level, format="%(message)s")
+
+
+def main_guard(prog: str, interrupted: str = "interrupted", log_level: int = logging.INFO) -> Callable:
+    """Decorate a `main(argv) -> int` with the policy above; `interrupted` says what a Ctrl-C keeps,
+    `log_level` which records the command shows (setup_logging)."""
     def wrap(main: Callable[[list[str]], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(main)
         def guarded(argv: Sequence[str] | None = None) -> int:
+            setup_logging(log_level)
             argv = list(sys.argv[1:] if argv is None else argv)
             debug = debug_requested(argv)
             try:
