@@ -8,6 +8,8 @@ from pathlib import Path
 
 from core.atomic import atomic_write
 
+__all__ = ["RESULT_COLUMNS", "read_history"]
+
 RESULT_COLUMNS = ["epoch", "train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness",
                   "val_box", "val_obj", "val_cls", "lr", "seconds", "train_seconds", "val_seconds"]
 
@@ -52,6 +54,7 @@ def write_results(path: Path, history: list[dict]) -> None:
 
 
 def read_history(path: Path) -> list[dict]:
+    """A run's results.csv as per-epoch metric dicts (empty cells left out); [] when there is none yet."""
     if not path.exists():
         return []
     with open(path) as f:

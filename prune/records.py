@@ -20,6 +20,8 @@ import pandas as pd
 from core.atomic import atomic_write
 from core.digest import sha256_file as file_digest
 
+__all__ = ["COLUMNS", "SIDE_STAGES", "STAGES"]
+
 STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
 SIDE_STAGES = ("keep_size", "unstructured")
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",

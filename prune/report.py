@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from core.cli import main_guard
 
-__all__ = ["write_prune_report"]
+__all__ = ["LABELS", "TABLE_ROWS", "classic_table", "summary", "write_prune_report"]
 
 LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
           "unstructured": "Unstructured L1", "channel": "After channels",
