@@ -118,7 +118,7 @@ def test_the_check_catches_drift():
                .replace("Public: `nms`, ", "Public: `nms`, `fast_nms`, ")
                .replace("`bf16`='off'", "bf16='off'")
                .replace("### core.digest\n", "### digest\n"))
-    assert sorted(api_problems(drifted)) == sorted([
+    assert sorted(set(api_problems(drifted)) - set(api_problems(doc))) == sorted([
         "core.hyp.__all__ has load_hyp, missing from its Public: line in docs/core-api.md",
         "docs/core-api.md lists core.nms.fast_nms, which is not in core.nms.__all__",
         "TrainOptions.bf16 is not named (as `bf16`) where docs/core-api.md lists TrainOptions",
