@@ -89,6 +89,25 @@ bench-use: install  # export, ONNX validation and latency, TTA, ensembles, trans
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
 	$(PY) -m bench.search --trials 16 --seeds 3
 
+# Every bench command appends its table to bench/results/<bench>.md (--no-record: not). Runs of make prune,
+# make study and core.train are recorded after the fact: their run folder's table goes to prune.md, study.md,
+# train.md; make prune's and the quick study's figures also to the README's headline table (bench.headline).
+PRUNE_NAME ?= shapes
+RUN ?= runs/train/exp
+.PHONY: record-prune record-study record-train headline
+
+record-prune: install  # after make prune: runs/prune/$(PRUNE_NAME)'s stages table -> bench/results/prune.md
+	$(PY) -m bench.prune_table runs/prune/$(PRUNE_NAME) $(if $(filter shapes,$(PRUNE_NAME)),--headline)
+
+record-study: install  # after make study: runs/study/$(NAME)/summary.json -> bench/results/study.md
+	$(PY) -m bench.study_table runs/study/$(NAME) $(if $(filter quick,$(NAME)),--headline)
+
+record-train: install  # after a core.train run: $(RUN)'s per-epoch table -> bench/results/train.md
+	$(PY) -m bench.train_table $(RUN)
+
+headline: install  # README.md's headline table, rendered from bench/results/headline.json
+	$(PY) -m bench.headline
+
 evolve: install
 	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE))
 

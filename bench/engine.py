@@ -1,4 +1,5 @@
-"""Engine benchmark: `python -m bench.engine` (make bench). Prints figures and writes them to JSON.
+"""Engine benchmark: `python -m bench.engine` (make bench). Prints a table of figures, writes them to JSON and
+appends the table to bench/results/engine.md (`--no-record`: not).
 
 Train throughput is measured in steady state (after warm-up batches) with data loading included:
 the timer spans loader iteration, forward, loss, backward and the optimizer step. Beside it, the
@@ -14,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from bench.record import write_json
+from bench.record import command_line, machine, markdown_table, record, write_json
 
 
 def conv_throughput(seconds: float = 3.0) -> float:
@@ -141,6 +142,12 @@ def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warm
             "train_gflop_per_s": achieved}
 
 
+def table(figures: dict) -> str:
+    """The figures as a markdown table (floats to 4 significant digits)."""
+    return markdown_table(["figure", "value"], [(k, f"{v:.4g}" if isinstance(v, float) else v)
+                                               for k, v in figures.items()])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__)
     p.add_argument("--model", default="studies/models/yolov5n.yaml")
@@ -153,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-ceiling", action="store_true",
                    help="also time the model's forward+backward under torch.compile (about a minute to compile)")
     p.add_argument("--out", default="runs/bench/core.json")
+    p.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/engine.md")
     args = p.parse_args(argv)
+    meta = machine()
     figures = train_throughput(args.model, args.imgsz, args.batch_size, args.batches, args.warmup, args.workers,
                                args.channels_last)
     figures["torch_threads"] = torch.get_num_threads()
@@ -165,9 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         figures[k.replace("_gflop_per_s", "_vs_conv_ratio")] = ceiling[k] / figures["conv_gflop_per_s"]
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest loader worker
-    for k, v in figures.items():
-        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    text = table(figures)
+    print(text)
     write_json(figures, args.out)
+    if not args.no_record:
+        record("engine", text, meta, command_line("bench.engine", argv))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Measures on the quick study (CPU), every bench study finetuning one cached base 
 - per-trial overhead outside training steps: trial wall time minus the train + val time of its
   epochs (fit's history 'seconds'), as a fraction of the trial's wall time;
 - best fitness after --search-trials trials for the GA and for TPE (2 workers each).
-Prints a summary and writes JSON (default runs/evolve/bench.json). Bench studies live in
-runs/evolve/bench-*/ and are recreated on every run.
+Prints a markdown table, writes JSON (default runs/evolve/bench.json) and appends the table to
+bench/results/evolve_speed.md (`--no-record`: not). Bench studies live in runs/evolve/bench-*/ and are
+recreated on every run.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bench.record import command_line, machine, markdown_table, record
 from evolve.launcher import launch
 from evolve.storage import make_storage, run_dir_for
 from evolve.study_config import StudyConfig, load_study
@@ -90,6 +92,22 @@ def bench(study_file: str, trials: int, epochs: int | None, search_trials: int, 
     return out
 
 
+def table(res: dict[str, Any]) -> str:
+    """The figures as markdown: a line naming the setting, then one row per figure."""
+    w1, w2 = res["workers_1"], res["workers_2"]
+    rows = [("trials/hour, 1 worker", f"{w1['trials_per_hour']:.1f}"),
+            ("trials/hour, 2 workers", f"{w2['trials_per_hour']:.1f}"),
+            ("scaling 2 vs 1 (target >= 1.8)", f"{res['scaling_2_vs_1']:.2f}x"),
+            ("per-trial time outside training steps and validation, 1 / 2 workers (target < 5%)",
+             f"{100 * w1['overhead_fraction']:.1f}% / {100 * w2['overhead_fraction']:.1f}% "
+             f"(mean {w1['mean_overhead_s']:.2f} s of {w1['mean_trial_s']:.1f} s with 1 worker)")]
+    if res["search_trials"]:
+        rows.append((f"best fitness after {res['search_trials']} trials, ga / tpe (2 workers)",
+                     f"{res['best_fitness_ga']:.4f} / {res['best_fitness_tpe']:.4f}"))
+    return (f"evolve bench ({res['study']}, {res['epochs']} epoch(s)/trial, imgsz {res['imgsz']}, CPU, "
+            f"1 thread/worker, {res['trials']} trials per throughput run)\n\n" + markdown_table(["figure", "value"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="studies/quick.yaml")
@@ -98,22 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the study's)")
     ap.add_argument("--imgsz", type=int, default=None)
     ap.add_argument("--json", default="runs/evolve/bench.json")
+    ap.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/evolve_speed.md")
     ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)  # a fake fit, to smoke-test the bench
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    meta = machine()
     res = bench(args.study, args.trials, args.epochs, args.search_trials, args.imgsz, args.fit)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
-    w1, w2 = res["workers_1"], res["workers_2"]
-    print(f"evolve bench ({res['study']}, {res['epochs']} epoch(s)/trial, imgsz {res['imgsz']}, CPU, 1 thread/worker)")
-    print(f"  trials/hour   1 worker {w1['trials_per_hour']:8.1f}   2 workers {w2['trials_per_hour']:8.1f}   "
-          f"scaling {res['scaling_2_vs_1']:.2f}x (target >= 1.8)")
-    print(f"  overhead outside train+val: {100 * res['overhead_fraction']:.1f}% of trial time "
-          f"(mean {w1['mean_overhead_s']:.2f} s of {w1['mean_trial_s']:.1f} s; target < 5%)")
-    if res["search_trials"]:
-        print(f"  best fitness after {res['search_trials']} trials: ga {res['best_fitness_ga']:.4f}   "
-              f"tpe {res['best_fitness_tpe']:.4f}")
-    print(f"  written {args.json}")
+    text = table(res)
+    print(text)
+    print(f"\nwritten {args.json}")
+    if not args.no_record:
+        record("evolve_speed", text, meta, command_line("bench.evolve_speed", argv))
     return 0
 
 

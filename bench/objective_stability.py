@@ -6,7 +6,8 @@ trials are). For each objective (best epoch, last epoch, mean of the last K epoc
   order the same way (1 = the seed never changes the ranking, 0.5 = a coin);
 - separation: the variance of the hyps' seed means over the mean within-hyp (seed) variance (an F-like
   ratio: how far apart hyps are in units of seed noise).
-The objective with the highest concordance (then separation) is the one a study should optimise.
+The objective with the highest concordance (then separation) is the one a study should optimise. The table
+is appended to bench/results/objective_stability.md (`--no-record`: not).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.record import command_line, markdown_table, record
 from evolve.objective import objective_value
 
 OBJECTIVES = ("best", "last", "mean_last_2", "mean_last_3")
@@ -50,20 +52,31 @@ def stability(runs: dict[str, dict[int, list[dict]]], objective: str) -> dict[st
             "hyps": len(values), "seeds": len(seeds)}
 
 
+def table(root: Path, runs: dict[str, dict[int, list[dict]]]) -> str:
+    """Concordance and separation of every objective, as markdown under a line naming the runs."""
+    rows = []
+    for objective in OBJECTIVES:
+        st = stability(runs, objective)
+        rows.append((objective, f"{st['concordance']:.3f}", f"{st['separation']:.2f}"))
+    return (f"{root}: {len(runs)} hyps, seeds per hyp {sorted(len(s) for s in runs.values())}\n\n"
+            + markdown_table(["objective", "concordance", "separation"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path, help="folder of <hyp>_s<seed>/results.csv runs")
+    ap.add_argument("--no-record", action="store_true",
+                    help="do not append the table to bench/results/objective_stability.md")
     args = ap.parse_args(argv)
     runs = load_runs(args.dir)
     runs = {h: s for h, s in runs.items() if len(s) >= 2}
     if len(runs) < 2:
         print(f"{args.dir}: need at least 2 hyps with 2 or more seeds each (<hyp>_s<seed>/results.csv)", file=sys.stderr)
         return 2
-    print(f"{args.dir}: {len(runs)} hyps, seeds per hyp {sorted(len(s) for s in runs.values())}")
-    print(f"  {'objective':12s} {'concordance':>11s} {'separation':>10s}")
-    for objective in OBJECTIVES:
-        st = stability(runs, objective)
-        print(f"  {objective:12s} {st['concordance']:11.3f} {st['separation']:10.2f}")
+    text = table(args.dir, runs)
+    print(text)
+    if not args.no_record:
+        record("objective_stability", text, command=command_line("bench.objective_stability", argv))
     return 0
 
 

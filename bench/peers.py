@@ -23,7 +23,9 @@ plots=False, device=cpu, its settings under the run folder. Note: on CPU Ultraly
 workers=0 whatever is asked (its trainer: "time dominated by inference"), so its RSS has no workers.
 
 Results: one row per (set, trainer, run) in <out>/peer.csv and peer.json; the printed tables are a
-pure function of that file (`--report-only <out>` prints them again). Nothing is downloaded.
+pure function of that file (`--report-only <out>` prints them again) and are appended to
+bench/results/peers.md (`--no-record`: not), the speed and mAP ratios to the README's headline (`headline`).
+Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.record import machine
+from bench.heldout import SETS, generate_heldout
+from bench.record import command_line, machine, markdown_table, record
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = ("ours", "yolov5n", "yolov8n")
@@ -204,15 +207,15 @@ def warm_up(trainers: list[str], peer_python: str) -> None:
 # --- machine, suite, report ---------------------------------------------------------------------------
 
 def _fmt(v, spec: str) -> str:
-    """format(v, spec), or '-' in the same width for a missing value."""
+    """format(v, spec), or '-' for a missing value."""
     if v is None or v != v:
-        width = spec.split(".")[0].rstrip("dfs")
-        return "-".rjust(int(width) if width.isdigit() else 1)
+        return "-"
     return format(v, spec)
 
 
 def report(rows: list[dict], meta: dict) -> str:
-    """The tables: per set, one line per trainer for the quick and the full run, then ours / each peer."""
+    """The markdown tables: per set, one row per trainer for the quick and the full run, then ours / each peer;
+    last, mAP50-95 of every set and trainer side by side."""
     lines = [f"peer benchmark {meta.get('date', '')} on {meta.get('cpu', '?')} ({meta.get('simd', '')}), "
              f"{meta.get('cpus')} CPUs, OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS') or 'unset'}; "
              f"conv peak {meta.get('conv_gflop_per_s', float('nan')):.1f} GFLOP/s (our model's forward+backward "
@@ -225,41 +228,65 @@ def report(rows: list[dict], meta: dict) -> str:
     for s in dict.fromkeys(r["set"] for r in rows):
         quick = {r["trainer"]: r for r in rows if r["set"] == s and r.get("run") == "quick"}
         full = {r["trainer"]: r for r in rows if r["set"] == s and r.get("run") == "full"}
-        lines += ["", f"== {s} ==",
-                  f"{'trainer':9s} {'wall s':>8s} {'img/s':>7s} {'GFLOP/s':>8s} {'of peak':>7s} {'RSS MB':>7s} "
-                  f"{'PSS MB':>7s} {'procs':>5s} {'mAP@q':>7s} | {'mAP last':>8s} {'mAP best':>8s} {'wall s':>7s}"]
+        table = []
         for t in dict.fromkeys([*quick, *full]):
             q, f = quick.get(t, {}), full.get(t, {})
-            lines.append(
-                f"{t:9s} {_fmt(q.get('wall_s'), '8.1f')} {_fmt(q.get('train_images_per_s'), '7.1f')} "
-                f"{_fmt(q.get('train_gflop_per_s'), '8.2f')} {_fmt(q.get('train_gflop_per_s', float('nan')) / peak, '7.2f')} "
-                f"{_fmt(q.get('peak_rss_mb'), '7.0f')} {_fmt(q.get('peak_pss_mb'), '7.0f')} {_fmt(q.get('processes'), '5d')} "
-                f"{_fmt(q.get('mAP50-95_last'), '7.4f')} | {_fmt(f.get('mAP50-95_last'), '8.4f')} "
-                f"{_fmt(f.get('mAP50-95_best'), '8.4f')} {_fmt(f.get('wall_s'), '7.0f')}")
+            table.append((t, _fmt(q.get("wall_s"), ".1f"), _fmt(q.get("train_images_per_s"), ".1f"),
+                          _fmt(q.get("train_gflop_per_s"), ".2f"),
+                          _fmt(q.get("train_gflop_per_s", float("nan")) / peak, ".2f"),
+                          _fmt(q.get("peak_rss_mb"), ".0f"), _fmt(q.get("peak_pss_mb"), ".0f"),
+                          _fmt(q.get("processes"), "d"), _fmt(q.get("mAP50-95_last"), ".4f"),
+                          _fmt(f.get("mAP50-95_last"), ".4f"), _fmt(f.get("mAP50-95_best"), ".4f"),
+                          _fmt(f.get("wall_s"), ".0f")))
+        lines += ["", f"**{s}**", "", markdown_table(
+            ["trainer", "wall s", "img/s", "GFLOP/s", "of peak", "RSS MB", "PSS MB", "procs", "mAP@q",
+             "full: mAP last", "mAP best", "wall s"], table)]
         if "ours" in quick or "ours" in full:
+            lines.append("")
             for t in [t for t in dict.fromkeys([*quick, *full]) if t != "ours"]:
-                def ratio(run, key, inverse=False):
+                def ratio(run, key):
                     a, b = run.get("ours", {}).get(key), run.get(t, {}).get(key)
-                    if a is None or b is None or a != a or b != b or (b if not inverse else a) == 0:
-                        return "-"
-                    return f"{(b / a if inverse else a / b):.2f}"
-                lines.append(f"ours/{t}: wall {ratio(quick, 'wall_s')} (target <= 0.67), img/s {ratio(quick, 'train_images_per_s')}"
-                             f" (>= 1.5), RSS {ratio(quick, 'peak_rss_mb')} PSS {ratio(quick, 'peak_pss_mb')} (<= 1),"
-                             f" mAP50-95 last {ratio(full, 'mAP50-95_last')} best {ratio(full, 'mAP50-95_best')} (>= 1)")
+                    return "-" if a is None or b is None or a != a or b != b or b == 0 else f"{a / b:.2f}"
+                lines.append(f"- ours/{t}: wall {ratio(quick, 'wall_s')} (target <= 0.67), img/s "
+                             f"{ratio(quick, 'train_images_per_s')} (>= 1.5), RSS {ratio(quick, 'peak_rss_mb')} "
+                             f"PSS {ratio(quick, 'peak_pss_mb')} (<= 1), mAP50-95 last {ratio(full, 'mAP50-95_last')} "
+                             f"best {ratio(full, 'mAP50-95_best')} (>= 1)")
     full = [r for r in rows if r.get("run") == "full" and r.get("rc") == 0]
     if full:
         trainers = list(dict.fromkeys(r["trainer"] for r in full))
-        sets = list(dict.fromkeys(r["set"] for r in full))
-        lines += ["", f"mAP50-95 (last epoch) after {full[0]['epochs']} epochs",
-                  f"{'set':8s} " + " ".join(f"{t:>8s}" for t in trainers)
-                  + "".join(f" {'ours/' + t:>13s}" for t in trainers if t != "ours")]
-        for s in sets:
+        peers = [t for t in trainers if t != "ours"]
+        table = []
+        for s in dict.fromkeys(r["set"] for r in full):
             v = {r["trainer"]: r["mAP50-95_last"] for r in full if r["set"] == s}
-            cells = " ".join(_fmt(v.get(t), "8.4f") for t in trainers)
-            rat = "".join(f" {_fmt(v['ours'] / v[t], '13.2f') if 'ours' in v and v.get(t) else '-':>13s}"
-                          for t in trainers if t != "ours")
-            lines.append(f"{s:8s} {cells}{rat}")
+            table.append((s, *(_fmt(v.get(t), ".4f") for t in trainers),
+                          *(_fmt(v["ours"] / v[t], ".2f") if "ours" in v and v.get(t) else "-" for t in peers)))
+        lines += ["", f"mAP50-95 (last epoch) after {full[0]['epochs']} epochs", "",
+                  markdown_table(["set", *trainers, *(f"ours/{t}" for t in peers)], table)]
     return "\n".join(lines)
+
+
+SPEED = "Training images/s, ours / Ultralytics yolov5n ({set}, {epochs} epochs)"
+ACCURACY = "mAP50-95 after {epochs} epochs, ours / Ultralytics {peer} (held-out suite)"
+
+
+def headline(rows: list[dict]) -> dict[str, str]:
+    """The README's headline figures of a run: the images/s ratio per set timed against yolov5n, and the
+    mAP50-95 ratios against each peer when the run trained every set of the suite."""
+    ok = [r for r in rows if r.get("rc") == 0]
+    out = {}
+    for s in dict.fromkeys(r["set"] for r in ok):
+        quick = {r["trainer"]: r for r in ok if r["set"] == s and r.get("run") == "quick"}
+        if "ours" in quick and "yolov5n" in quick:
+            o, y = quick["ours"], quick["yolov5n"]
+            out[SPEED.format(set=s, epochs=o["epochs"])] = (
+                f"{o['train_images_per_s'] / y['train_images_per_s']:.2f}x (wall {o['wall_s'] / y['wall_s']:.2f})")
+    full = [r for r in ok if r.get("run") == "full"]
+    maps = {(r["set"], r["trainer"]): r["mAP50-95_last"] for r in full}
+    for peer in (t for t in TRAINERS if t != "ours"):
+        if all((s, t) in maps for s in SETS for t in ("ours", peer)):
+            out[ACCURACY.format(epochs=full[0]["epochs"], peer=peer)] = ", ".join(
+                f"{s} {maps[s, 'ours'] / maps[s, peer]:.2f}" for s in SETS) + " (one seed each)"
+    return out
 
 
 def _write(out: Path, rows: list[dict], meta: dict) -> None:
@@ -269,8 +296,6 @@ def _write(out: Path, rows: list[dict], meta: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.heldout import SETS, generate_heldout
-
     p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sets", default=",".join(SETS), help=f"held-out sets, of: {', '.join(SETS)}")
@@ -289,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours-args", default="", help="extra flags of our trainer's command, e.g. '--bf16 on'")
     p.add_argument("--out", default=None, help="default runs/peer/<date-time>")
     p.add_argument("--report-only", default=None, help="print the tables of an earlier run folder and exit")
+    p.add_argument("--no-record", action="store_true", help="do not append the tables to bench/results/peers.md")
     args = p.parse_args(argv)
     if args.report_only:
         saved = json.loads((Path(args.report_only) / "peer.json").read_text())
@@ -330,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {row['wall_s']:.1f} s, {row.get('train_images_per_s', float('nan')):.1f} img/s, "
                       f"RSS {row['peak_rss_mb']:.0f} MB, mAP50-95 {row.get('mAP50-95_last', float('nan')):.4f}", flush=True)
     print()
-    print(report(rows, meta))
+    text = report(rows, meta)
+    print(text)
     print(f"\nwritten to {out}/peer.csv and peer.json")
+    if not args.no_record:
+        record("peers", text, meta, command_line("bench.peers", argv), headline=headline(rows))
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 
 

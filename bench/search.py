@@ -8,7 +8,8 @@ finds them? On the quick study (built-in data, CPU):
    the study's `retrain: epochs` (paired by seed);
 4. a table: best fitness found, the winner's retrain mean and sd, its paired gain over the base hyp, and
    whether it meets the target: gain >= 0.02 and (winner mean - winner sd) > base mean.
-Prints the table and writes JSON (default runs/bench/search.json). Bench studies live in
+Prints the table, writes JSON (default runs/bench/search.json) and appends the table to
+bench/results/search.md (`--no-record`: not), its gains to the README's headline. Bench studies live in
 runs/evolve/search-*/ and runs/bench/search/ and are recreated on every run (the base run is reused).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import optuna
 import pandas as pd
 
 from bench.evolve_speed import shared_start
+from bench.record import command_line, machine, markdown_table, record
 from evolve.launcher import launch
 from evolve.noise import paired_gain, summarize
 from evolve.report import write_outputs
@@ -102,6 +104,35 @@ def score_retrain(retrain: pd.DataFrame, samplers: list[str], objective: str) ->
     return out
 
 
+HEADLINE = "Search gain over the base hyp at equal budget: each sampler's winner retrained, paired by seed (± se)"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The result as markdown: a line naming the setting, the base hyp's and each sampler's row, the target."""
+    b = res["base"]
+    rows = [("base hyp", "-", f"{b['mean']:.4f} ± {b['sd']:.4f}", "-", "-", "-")]
+    for name, s in res["samplers"].items():
+        r, p = s["retrain"], s["paired"]
+        rows.append((name, f"{s['best_fitness']:.4f} (trial {s['best_trial']})", f"{r['mean']:.4f} ± {r['sd']:.4f}",
+                     f"{p['diff_mean']:+.4f} ± {p['diff_se']:.4f}", "met" if s["target_met"] else "not met",
+                     f"{s['evolve_s'] / 60:.1f}"))
+    return "\n".join([
+        f"search bench ({res['study']}, {res['trials']} trials per sampler, {res['seeds']} retrain seeds, "
+        f"retrains scored by {res['retrain_value']}; {res['wall_s'] / 60:.1f} min)", "",
+        markdown_table(["sampler", "best searched trial", "winner retrained (mean ± sd)",
+                        "paired gain over the base hyp (± se)", "target", "evolve min"], rows), "",
+        f"target: gain >= {TARGET_GAIN} and winner mean - sd > base mean"])
+
+
+def headline(res: dict[str, Any]) -> dict[str, str]:
+    """The README's headline figure: every sampler's paired gain, beside the base hyp's own seed spread."""
+    gains = ", ".join(f"{name} {s['paired']['diff_mean']:+.4f} ± {s['paired']['diff_se']:.4f}"
+                      for name, s in res["samplers"].items())
+    met = any(s["target_met"] for s in res["samplers"].values())
+    return {HEADLINE: f"{gains} (target +{TARGET_GAIN}: {'met' if met else 'not met'}); "
+                      f"base hyp {res['base']['mean']:.4f} ± {res['base']['sd']:.4f}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="studies/quick.yaml")
@@ -110,24 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samplers", default="ga,tpe,random")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the study's retrain epochs")
     ap.add_argument("--json", default="runs/bench/search.json")
+    ap.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/search.md")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    meta = machine()
     t0 = time.time()
     res = bench(args.study, args.trials, args.seeds, args.samplers.split(","), args.retrain_epochs)
     res["wall_s"] = round(time.time() - t0, 1)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1, default=float))
-    b = res["base"]
-    print(f"search bench ({res['study']}, {res['trials']} trials per sampler, {res['seeds']} retrain seeds; "
-          f"{res['wall_s'] / 60:.1f} min)")
-    print(f"  base hyp retrained: {b['mean']:.4f} ± {b['sd']:.4f} (retrains scored by {res['retrain_value']})")
-    print(f"  {'sampler':8s} {'best searched':>13s} {'winner retrain':>18s} {'paired gain':>16s}  target")
-    for name, s in res["samplers"].items():
-        r, p = s["retrain"], s["paired"]
-        print(f"  {name:8s} {s['best_fitness']:13.4f} {r['mean']:9.4f} ± {r['sd']:.4f} {p['diff_mean']:+9.4f} "
-              f"± {p['diff_se']:.4f}  {'met' if s['target_met'] else 'not met'} (trial {s['best_trial']}, "
-              f"{s['evolve_s'] / 60:.1f} min)")
-    print(f"  target: gain >= {TARGET_GAIN} and winner mean - sd > base mean; written {args.json}")
+    text = table(res)
+    print(text)
+    print(f"\nwritten {args.json}")
+    if not args.no_record:
+        record("search", text, meta, command_line("bench.search", argv), headline=headline(res))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Interleaved A/B timings of the speed levers: `python -m bench.speed_ab` (part of `make bench`).
+"""Interleaved A/B timings of the speed levers: `python -m bench.speed_ab` (part of `make bench`); the table is
+appended to bench/results/speed_ab.md (`--no-record`: not).
 
 Shared CPU hosts drift by tens of percent within minutes, so a lever is never judged by absolute
 times from two runs. Each comparison here runs A and B alternately in one process (A, B, A, B, ...)
@@ -27,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from bench.record import write_json
+from bench.record import command_line, machine, markdown_table, record, write_json
 from core.device import bf16_autocast, cpu_bf16_native, train_forward
 
 
@@ -196,6 +197,26 @@ def _forever(loader):
         yield from loader
 
 
+LEVERS = ("train channels_last", "val channels_last", "SPPF pools", "train bf16", "val bf16", "train SiLU",
+          "train fused optimizer", "val SiLU", "threads")
+
+
+def table(r: dict, steps: int) -> str:
+    """The A/B results as markdown: a line naming the setting, the levers' table, the two correctness checks."""
+    rows = [(k, f"{r[k]['a_ms']:.1f}", f"{r[k]['b_ms']:.1f}", f"{r[k]['ratio']:.2f}") for k in LEVERS if k in r]
+    if "fit channels_last" in r:
+        f = r["fit channels_last"]
+        rows += [(f"fit {k} epoch (s)", f"{f[k]['a_s']:.1f}", f"{f[k]['b_s']:.1f}", f"{f[k]['ratio']:.2f}")
+                 for k in ("train", "val")]
+    return "\n".join([
+        f"A/B interleaved, {steps} steps each, {r['model']} imgsz {r['imgsz']} batch {r['batch']}, "
+        f"CPU capability {r['cpu_capability']}", "",
+        markdown_table(["lever", "A ms", "B ms", "A / B"], rows), "",
+        f"bf16: {r['bf16 in hardware']}; inference max |NCHW - channels_last| "
+        f"{r['max_abs_diff channels_last vs NCHW (inference)']:.2e}; "
+        f"SPPF pools bit-identical: {r['SPPF pools bit-identical']}"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.speed_ab", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -207,25 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-threads", action="store_true", help="skip the threads comparison")
     p.add_argument("--fit-rounds", type=int, default=0, help="one-epoch fits per side, NCHW vs channels_last (0 = none)")
     p.add_argument("--out", default="runs/bench/speed_ab.json")
+    p.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/speed_ab.md")
     args = p.parse_args(argv)
+    meta = machine()
     r = run(args.model, args.imgsz, args.batch_size, args.steps, args.workers, not args.no_threads)
     if args.fit_rounds:
         r["fit channels_last"] = fit_ab(args.model, args.imgsz, args.batch_size, args.workers, args.fit_rounds)
-    print(f"A/B interleaved, {args.steps} steps each, {r['model']} imgsz {r['imgsz']} batch {r['batch']}, "
-          f"CPU capability {r['cpu_capability']}")
-    print(f"{'lever':22s} {'A ms':>9s} {'B ms':>9s} {'A / B':>7s}")
-    for k in ("train channels_last", "val channels_last", "SPPF pools", "train bf16", "val bf16", "train SiLU",
-              "train fused optimizer", "val SiLU", "threads"):
-        if k in r:
-            print(f"{k:22s} {r[k]['a_ms']:9.1f} {r[k]['b_ms']:9.1f} {r[k]['ratio']:7.2f}")
-    if "fit channels_last" in r:
-        f = r["fit channels_last"]
-        for k in ("train", "val"):
-            print(f"{'fit ' + k + ' epoch (s)':22s} {f[k]['a_s']:9.1f} {f[k]['b_s']:9.1f} {f[k]['ratio']:7.2f}")
-    print(f"bf16: {r['bf16 in hardware']}")
-    print(f"inference max |NCHW - channels_last| {r['max_abs_diff channels_last vs NCHW (inference)']:.2e}; "
-          f"SPPF pools bit-identical: {r['SPPF pools bit-identical']}")
+    text = table(r, args.steps)
+    print(text)
     write_json(r, args.out)
+    if not args.no_record:
+        record("speed_ab", text, meta, command_line("bench.speed_ab", argv))
     return 0
 
 

@@ -13,6 +13,8 @@ exactly the same weights:
 Every pruned model is then finetuned the same way: the pipeline's finetune (`core.train.fit`, its finetune
 hyp, optimizer, `--finetune-epochs`, imgsz, batch, seed, built-in data unless `--data`), and the best
 checkpoint of each run is validated. Latency: all models timed interleaved in one loop (prune.measure).
+The table is appended to bench/results/torch_pruning.md (`--no-record`: not), its mAP figures to the
+README's headline.
 
 A Torch-Pruning model is changed in place, so its `arch` dict still describes the unpruned widths. It is
 turned back into a plain `Model` the way our own pruned checkpoints are described: explicit per-conv output
@@ -36,6 +38,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+from bench.record import command_line, machine, record, write_json
 from core.cli import main_guard
 
 M = TypeVar("M")
@@ -175,6 +178,7 @@ class BenchOptions:
     name: str = "tp"
     out: str = "runs/bench/tp_bench.json"
     progress: bool = True
+    record: bool = True  # append the table to bench/results/torch_pruning.md
 
 
 class Clock:
@@ -193,7 +197,6 @@ class Clock:
 
 def run(o: BenchOptions) -> dict:
     """Prune, finetune, measure; returns {'meta', 'rows', 'search', 'seconds'} (also written to o.out)."""
-    from bench.record import machine, write_json
     from core.model.info import model_gflops
     from core.val import validate
     from prune.measure import cpu_latency_ms, measure
@@ -324,6 +327,20 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+HEADLINE = "mAP50-95 at equal GFLOPs after the same finetune: ours / Torch-Pruning BN-scale / L1"
+
+
+def headline(report: dict) -> dict[str, str]:
+    """The README's headline figure: the three finetuned mAP50-95 and the GFLOPs cut they share."""
+    rows = {r["model"]: r for r in report["rows"]}
+    if not all(k in rows for k in ("baseline", "ours_ft", "tp_bn_ft", "tp_l1_ft")):
+        return {}
+    cut = rows["ours_ft"]["GFLOPs"] / rows["baseline"]["GFLOPs"] - 1
+    return {HEADLINE: f"{rows['ours_ft']['mAP50-95']:.4f} / {rows['tp_bn_ft']['mAP50-95']:.4f} / "
+                      f"{rows['tp_l1_ft']['mAP50-95']:.4f} (GFLOPs {cut:+.0%}, "
+                      f"{report['meta']['options']['finetune_epochs']} finetune epochs)"}
+
+
 def parse_args(argv: list[str] | None = None) -> BenchOptions:
     d = BenchOptions()
     p = argparse.ArgumentParser(prog="python -m bench.torch_pruning", description=__doc__.split("\n")[0],
@@ -350,6 +367,8 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
     p.add_argument("--out", default=d.out, help="the report (json)")
     p.add_argument("--report-only", default=None, metavar="JSON", help="print the table of an earlier report and exit")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not append the table to bench/results/torch_pruning.md")
     args = p.parse_args(argv)
     if args.report_only:
         return args
@@ -378,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.evolve_speed import shared_start
 
         opts.weights = shared_start("studies/quick.yaml", {"gpus": "cpu"})["weights"]
-    run(opts)
+    report = run(opts)
+    if opts.record:
+        record("torch_pruning", table(report), report["meta"], command_line("bench.torch_pruning", argv),
+               headline=headline(report))
     print(f"\nfinetune runs (results.csv, best.pt per model) under {Path(opts.project) / opts.name / 'train'}; "
           f"report {opts.out}; {datetime.timedelta(seconds=round(time.perf_counter() - t))} in all")
     return 0

@@ -18,7 +18,9 @@ What it does, all on data generated for it and used for nothing else:
 - detect: `core.detect` with the fp32 .onnx over the held-out val images, `--save-txt`.
 
 Each phase's result is stored in OUT/use.json as soon as it is measured; a rerun (after an interruption)
-skips what is stored and resumes an unfinished training from its last.pt. `--fresh` starts over.
+skips what is stored and resumes an unfinished training from its last.pt. `--fresh` starts over. The tables
+are appended to bench/results/use.md (`--no-record`: not), the export and latency figures to the README's
+headline.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from bench.record import command_line, machine, record
 from core import argtypes as t
 from core.atomic import atomic_write
 from core.cli import main_guard
@@ -63,6 +66,7 @@ class UseBenchOptions:
     latency_runs: int = 60
     fresh: bool = False
     progress: bool = True
+    record: bool = True  # append the tables to bench/results/use.md
 
 
 class Phases:
@@ -226,8 +230,6 @@ def detect_files(o: UseBenchOptions, weights: str, data: Path) -> dict:
 
 def run(o: UseBenchOptions) -> dict:
     """All phases; returns the stored results (OUT/use.json)."""
-    from bench.record import machine
-
     if o.fresh:
         shutil.rmtree(o.out, ignore_errors=True)  # trainings, exports and detections too (datasets/ stays)
     o.out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +305,20 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+EXPORT = "Export parity: core.val mAP50-95 of best.pt / its .onnx / its fp16 .onnx ({imgsz} px)"
+LATENCY = "CPU latency, PyTorch (fused) -> onnxruntime, batch 1, 1 thread"
+
+
+def headline(r: dict) -> dict[str, str]:
+    """The README's headline figures: the .pt and .onnx files' mAP50-95, and onnxruntime's latency gain."""
+    v = r["val pt vs onnx"]
+    lat = "; ".join(f"{size} px: {ms['pytorch']:.1f} -> {ms['onnxruntime']:.1f} ms ({ms['pytorch'] / ms['onnxruntime']:.1f}x)"
+                    for size, ms in r["latency"].items())
+    return {EXPORT.format(imgsz=r["meta"]["options"]["imgsz"]):
+            " / ".join(f"{v[k]['mAP50-95']:.4f}" for k in ("pt", "onnx", "onnx fp16") if k in v),
+            LATENCY: lat}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> UseBenchOptions:
     d = UseBenchOptions()
     p = argparse.ArgumentParser(prog="python -m bench.use", description=__doc__.split("\n")[0])
@@ -320,11 +336,12 @@ def parse_args(argv: Sequence[str] | None = None) -> UseBenchOptions:
     p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs)
     p.add_argument("--fresh", action="store_true", help="delete OUT (stored results, trainings, exports) and start over")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-record", action="store_true", help="do not append the tables to bench/results/use.md")
     a = p.parse_args(argv)
     return UseBenchOptions(out=a.out, model=a.model, epochs=a.epochs, transfer_epochs=a.transfer_epochs, imgsz=a.imgsz,
                            large_imgsz=a.large_imgsz, export_imgsz=a.export_imgsz, batch=a.batch, workers=a.workers,
                            check_images=a.check_images, time_images=a.time_images, latency_runs=a.latency_runs,
-                           fresh=a.fresh, progress=not a.no_progress)
+                           fresh=a.fresh, progress=not a.no_progress, record=not a.no_record)
 
 
 @main_guard("bench.use")
@@ -336,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(result)
     atomic_write(o.out / "use.md", text + "\n")
     print(text)
+    if o.record:
+        record("use", text, result["meta"], command_line("bench.use", argv), headline=headline(result))
     print(f"\n{time.perf_counter() - t0:.0f} s; results: {o.out / 'use.json'}, tables: {o.out / 'use.md'}")
     return 0
 

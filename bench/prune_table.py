@@ -1,0 +1,86 @@
+"""`python -m bench.prune_table runs/prune/NAME [--headline]`: a pruning run's table into bench/results/prune.md.
+
+prune.pipeline writes one row per stage to RUN/prune_results.csv (prune/records.py) and the options of each
+stage to RUN/<stage>.json. This command renders the csv as the pipeline's classic table in markdown (metrics
+down, stages across, as prune.report prints it), under the recipe read from the last stage's json and above
+prune.report's summary line (GFLOPs cut, CPU latency speedup against the FLOPs ratio, mAP50-95 change), and
+appends it to bench/results/prune.md (`--no-record`: print only). `--headline` also puts the summary figures
+in the README's headline table: `make record-prune` does, for `make prune`'s run (NAME=shapes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.record import command_line, markdown_table, record
+from prune.records import SIDE_STAGES, STAGES
+from prune.report import LABELS, TABLE_ROWS, summary
+
+HEADLINE = "Pruning pipeline (make prune, built-in data): GFLOPs, mAP50-95 before -> after finetune, CPU latency"
+
+
+def table(run_dir: Path) -> str:
+    """The recipe line, the stages table and the summary line of one pipeline run folder."""
+    df = pd.read_csv(run_dir / "prune_results.csv")
+    rows = [(key, *("-" if _missing(v) else fmt.format(v) for v in df[key])) for key, fmt in TABLE_ROWS if key in df]
+    return "\n".join([f"{run_dir}: {recipe(run_dir)}", "",
+                      markdown_table(["", *(LABELS.get(s, s) for s in df["stage"])], rows), "", summary(df)])
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def recipe(run_dir: Path) -> str:
+    """The chain's options as recorded by its last stage ('-' where the run folder holds no stage json)."""
+    chain = [s for s in STAGES if s not in SIDE_STAGES and (run_dir / f"{s}.json").is_file()]
+    if not chain:
+        return "-"
+    opts = json.loads((run_dir / f"{chain[-1]}.json").read_text()).get("options", {})
+    parts = []
+    for stage, keys in (("baseline", ("epochs", "optimizer", "imgsz", "batch_size", "seed")),
+                        ("sparse", ("penalty", "s", "s_schedule", "sparse_epochs", "optimizer")),
+                        ("channel", ("global_percent", "round_to", "iterative")), ("layer", ("shortcuts",)),
+                        ("finetune", ("finetune_epochs", "optimizer"))):
+        o = opts.get(stage) or {}
+        if stage == "sparse" and not o.get("sr"):
+            continue
+        shown = ", ".join(f"{k} {o[k]}" for k in keys if o.get(k) is not None)
+        if shown:
+            parts.append(f"{stage} ({shown})")
+    return "; ".join(parts) or "-"
+
+
+def headline(run_dir: Path) -> dict[str, str]:
+    """GFLOPs cut, mAP50-95 of the first and the last stage, and the latency speedup against the FLOPs ratio."""
+    df = pd.read_csv(run_dir / "prune_results.csv")
+    base, last = df.iloc[0], df.iloc[-1]
+    flops_ratio, speedup = base["GFLOPs"] / last["GFLOPs"], base["latency_ms"] / last["latency_ms"]
+    return {HEADLINE: f"GFLOPs -{100 * (1 - 1 / flops_ratio):.1f}%, mAP50-95 {base['mAP50-95']:.4f} -> "
+                      f"{last['mAP50-95']:.4f}, latency {speedup:.2f}x ({speedup / flops_ratio:.2f} of the FLOPs ratio)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.prune_table", description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a prune.pipeline run folder (runs/prune/NAME)")
+    p.add_argument("--headline", action="store_true", help="also file the summary in the README's headline table")
+    p.add_argument("--no-record", action="store_true", help="print the table only")
+    args = p.parse_args(argv)
+    if not (args.run / "prune_results.csv").is_file():
+        print(f"{args.run / 'prune_results.csv'}: not found (run python -m prune.pipeline first)", file=sys.stderr)
+        return 2
+    text = table(args.run)
+    print(text)
+    if not args.no_record:
+        record("prune", text, command=command_line("bench.prune_table", argv),
+               headline=headline(args.run) if args.headline else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
