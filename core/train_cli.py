@@ -1,19 +1,18 @@
 """`python -m core.train`: the command line over core.train.fit."""
 from __future__ import annotations
 
+import argparse
 import logging
 
 from core import argtypes as t
 from core.cli import main_guard
-from core.device import BF16_MODES
-from core.train import TrainOptions, fit
+from core.device import BF16_MODES, dist_context
+from core.train import FitResult, TrainOptions, fit
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
 
 def parse_args(argv: list[str] | None = None):
-    import argparse
-
     d = TrainOptions()
     p = argparse.ArgumentParser(prog="python -m core.train", description="Train a YOLOv5-style detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -81,8 +80,19 @@ def main(argv: list[str] | None = None) -> int:
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
                         automosaic=not args.no_automosaic,
                         channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
-    fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
+    result = fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
+    # a run resumed after its end trained nothing: fit has said so
+    if opts.progress and dist_context().is_main and result.stop_reason != "already finished":
+        print(summary(result))
     return 0
+
+
+def summary(result: FitResult) -> str:
+    """The command's last line: epochs trained, time, why it stopped, the best epoch, where the files are."""
+    where = f" Results saved to {result.save_dir}/ (results.csv, best.pt, last.pt)" if result.save_dir else ""
+    return (f"{len(result.history) - result.start_epoch} epochs in {result.seconds / 3600:.3f} h, "
+            f"stop: {result.stop_reason}; best fitness {result.best_fitness:.4f} at epoch "
+            f"{int(result.best.get('epoch', -1))}.{where}")
 
 
 if __name__ == "__main__":
