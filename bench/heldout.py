@@ -24,11 +24,14 @@ Every image uses its own RNG seeded by (seed, set, split, index), so a set is th
 else is generated. Layout per set: <root>/<set>/{images,labels}/{train,val}/000000.{jpg,txt} and
 <root>/<set>/data.yaml (absolute `path`, so ultralytics reads it as we do).
 
-`python -m bench.heldout --root datasets/heldout-v1` writes all four (800 train, 200 val each).
+`python -m bench.heldout --root datasets/heldout-v1` writes all four (800 train, 200 val each) and appends
+their sizes and a checksum of their labels to bench/results/heldout.md (`--no-record`: not), so that a
+result can be tied to the exact data it was measured on.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +46,7 @@ import cv2
 import numpy as np
 
 from bench import sources
+from bench.record import command_line, markdown_table, record
 
 LOG = logging.getLogger("core.data")
 HELDOUT_SEED = 271828  # used for the held-out suite and nothing else
@@ -351,6 +355,27 @@ def generate_heldout(root: str | Path, sets: Sequence[str] | None = None, seed: 
     return out
 
 
+def fingerprint(data_yaml: Path) -> tuple[int, int, int, str]:
+    """(train images, val images, labelled objects, sha256 of all label files in order, 12 hex) of one set."""
+    root, digest, objects = data_yaml.parent, hashlib.sha256(), 0
+    counts = []
+    for split in SPLITS:
+        files = sorted((root / "labels" / split).glob("*.txt"))
+        counts.append(len(files))
+        for f in files:
+            text = f.read_bytes()
+            digest.update(f"{split}/{f.name}\n".encode() + text)
+            objects += text.count(b"\n")
+    return counts[0], counts[1], objects, digest.hexdigest()[:12]
+
+
+def table(yamls: dict[str, Path], seed: int) -> str:
+    """One row per set: its size and a checksum of its labels, so results can be tied to the data they used."""
+    rows = [(name, *fingerprint(path), SETS[name].summary) for name, path in yamls.items()]
+    return (f"held-out suite, seed {seed}\n\n"
+            + markdown_table(["set", "train images", "val images", "objects", "labels sha256", "what"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.heldout", description="Write the held-out dataset suite.")
     p.add_argument("--root", default="datasets/heldout-v1")
@@ -358,10 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=800)
     p.add_argument("--n-val", type=int, default=200)
     p.add_argument("--seed", type=int, default=HELDOUT_SEED, help="change only to make a different suite")
+    p.add_argument("--no-record", action="store_true", help="do not append the suite's checksums to "
+                   "bench/results/heldout.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name, yaml_path in generate_heldout(args.root, args.sets.split(","), args.seed, args.n_train, args.n_val).items():
-        print(f"{name:8s} {yaml_path}  ({SETS[name].summary})")
+    yamls = generate_heldout(args.root, args.sets.split(","), args.seed, args.n_train, args.n_val)
+    for name, yaml_path in yamls.items():
+        print(f"{name:8s} {yaml_path}")
+    text = table(yamls, args.seed)
+    print(text)
+    if not args.no_record:
+        record("heldout", text, command=command_line("bench.heldout", argv))
     return 0
 
 

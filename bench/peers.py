@@ -239,7 +239,7 @@ def report(rows: list[dict], meta: dict) -> str:
                           _fmt(f.get("mAP50-95_last"), ".4f"), _fmt(f.get("mAP50-95_best"), ".4f"),
                           _fmt(f.get("wall_s"), ".0f")))
         lines += ["", f"**{s}**", "", markdown_table(
-            ["trainer", "wall s", "img/s", "GFLOP/s", "of peak", "RSS MB", "PSS MB", "procs", "mAP@q",
+            ["trainer", "quick: wall s", "img/s", "GFLOP/s", "of peak", "RSS MB", "PSS MB", "procs", "mAP",
              "full: mAP last", "mAP best", "wall s"], table)]
         if "ours" in quick or "ours" in full:
             lines.append("")

@@ -62,7 +62,8 @@ def headline(run_dir: Path) -> dict[str, str]:
     base, last = df.iloc[0], df.iloc[-1]
     flops_ratio, speedup = base["GFLOPs"] / last["GFLOPs"], base["latency_ms"] / last["latency_ms"]
     return {HEADLINE: f"GFLOPs -{100 * (1 - 1 / flops_ratio):.1f}%, mAP50-95 {base['mAP50-95']:.4f} -> "
-                      f"{last['mAP50-95']:.4f}, latency {speedup:.2f}x ({speedup / flops_ratio:.2f} of the FLOPs ratio)"}
+                      f"{last['mAP50-95']:.4f}, latency {speedup:.2f}x "
+                      f"({speedup / flops_ratio:.2f} of the FLOPs ratio)"}
 
 
 def main(argv: list[str] | None = None) -> int:

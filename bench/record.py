@@ -131,7 +131,7 @@ def section(table: str, meta: dict, command: str = "") -> str:
 def _refresh_readme() -> None:
     """Re-render the README's headline table; a README without its markers is left alone (logged)."""
     try:
-        if headline_file.write_readme():
+        if headline_file.write_readme(headline_file.README, headline_file.HEADLINE_JSON):
             LOGGER.info("README.md's headline table rewritten (bench.headline)")
     except (OSError, headline_file.HeadlineError) as e:
         LOGGER.warning("README.md's headline table not rewritten: %s", e)

@@ -35,7 +35,8 @@ def rows(s: dict) -> list[tuple[str, str]]:
         for key, label in (("best_searched_trial", "best searched trial"), ("best_trial", "best trial overall")):
             if e.get(key):
                 t = e[key]
-                out.append((label, f"trial {t['number']}, fitness {t['fitness']:.4f} ({_f(t.get('gain_sd'), '+.1f')} sd)"
+                out.append((label, f"trial {t['number']}, fitness {t['fitness']:.4f} "
+                                   f"({_f(t.get('gain_sd'), '+.1f')} sd)"
                                    + (", a seed of the base hyp" if t.get("base") else "")))
     if s.get("retrain"):
         r = s["retrain"]

@@ -17,9 +17,9 @@ from bench.record import command_line, markdown_table, record
 from core.run_dir import read_history
 
 OPTIONS = ("model", "data", "epochs", "imgsz", "batch_size", "optimizer", "close_mosaic", "seed", "workers")
-COLUMNS = (("epoch", "epoch", "{:d}"), ("train_box", "train box loss", "{:.4f}"), ("train_cls", "train cls loss", "{:.4f}"),
-           ("P", "P", "{:.3f}"), ("R", "R", "{:.3f}"), ("mAP50", "mAP50", "{:.4f}"), ("mAP50-95", "mAP50-95", "{:.4f}"),
-           ("seconds", "s/epoch", "{:.1f}"))
+COLUMNS = (("epoch", "epoch", "{:d}"), ("train_box", "train box loss", "{:.4f}"),  # results.csv key, header, format
+           ("train_cls", "train cls loss", "{:.4f}"), ("P", "P", "{:.3f}"), ("R", "R", "{:.3f}"),
+           ("mAP50", "mAP50", "{:.4f}"), ("mAP50-95", "mAP50-95", "{:.4f}"), ("seconds", "s/epoch", "{:.1f}"))
 
 
 def table(run_dir: Path) -> str:

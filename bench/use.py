@@ -310,13 +310,17 @@ LATENCY = "CPU latency, PyTorch (fused) -> onnxruntime, batch 1, 1 thread"
 
 
 def headline(r: dict) -> dict[str, str]:
-    """The README's headline figures: the .pt and .onnx files' mAP50-95, and onnxruntime's latency gain."""
-    v = r["val pt vs onnx"]
-    lat = "; ".join(f"{size} px: {ms['pytorch']:.1f} -> {ms['onnxruntime']:.1f} ms ({ms['pytorch'] / ms['onnxruntime']:.1f}x)"
-                    for size, ms in r["latency"].items())
-    return {EXPORT.format(imgsz=r["meta"]["options"]["imgsz"]):
-            " / ".join(f"{v[k]['mAP50-95']:.4f}" for k in ("pt", "onnx", "onnx fp16") if k in v),
-            LATENCY: lat}
+    """The README's headline figures: the .pt and .onnx files' mAP50-95, and onnxruntime's latency gain
+    (each only where its phase measured it)."""
+    v, out = r["val pt vs onnx"], {}
+    if "pt" in v and "onnx" in v:
+        out[EXPORT.format(imgsz=r["meta"]["options"]["imgsz"])] = " / ".join(
+            f"{v[k]['mAP50-95']:.4f}" for k in ("pt", "onnx", "onnx fp16") if k in v)
+    lat = [f"{size} px: {ms['pytorch']:.1f} -> {ms['onnxruntime']:.1f} ms ({ms['pytorch'] / ms['onnxruntime']:.1f}x)"
+           for size, ms in r["latency"].items() if "pytorch" in ms and "onnxruntime" in ms]
+    if lat:
+        out[LATENCY] = "; ".join(lat)
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> UseBenchOptions:

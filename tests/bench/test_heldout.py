@@ -68,3 +68,19 @@ def test_generate_writes_yolo_sets_we_can_load(tmp_path):
     assert len(list((tmp_path / "suite" / "single" / "images" / "train").glob("*.jpg"))) == 4
     with pytest.raises(ValueError, match="unknown held-out set"):
         generate_heldout(tmp_path / "suite", sets=["nope"])
+
+
+def test_main_records_each_sets_size_and_label_checksum(tmp_path, results_in_tmp):
+    from bench.heldout import main
+
+    args = ["--root", str(tmp_path / "suite"), "--sets", "single,aerial", "--n-train", "3", "--n-val", "2"]
+    assert main([*args, "--no-record"]) == 0 and not results_in_tmp.exists()
+    assert main(args) == 0 and main(args) == 0
+    text = (results_in_tmp / "heldout.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| single ")]
+    assert len(rows) == 2 and rows[0] == rows[1]  # the same suite, the same checksum
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1:3] == ["3", "2"] and len(cells[4]) == 12
+    assert main([*args[:-4], "--n-train", "4", "--n-val", "2"]) == 0  # another suite: another checksum
+    last = [line for line in (results_in_tmp / "heldout.md").read_text().splitlines() if line.startswith("| single ")]
+    assert last[-1].split("|")[5] != rows[0].split("|")[5]

@@ -6,6 +6,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 import torch
 
 from bench import record as rec
@@ -65,15 +66,26 @@ def test_record_defaults_to_the_results_folder_and_this_machine(results_in_tmp):
     assert not (results_in_tmp / "headline.json").exists()
 
 
-def test_record_files_headline_figures_beside_the_results(tmp_path):
-    readme_before = (rec.REPO / "README.md").read_text()
+def test_record_files_headline_figures_beside_the_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(rec.headline_file, "write_readme", lambda *a, **k: pytest.fail("README rewritten"))
     record("thing", "t", META, command="python -m bench.thing", results=tmp_path, headline={"speed": "1.91x"})
     record("thing", "t", {**META, "date": "2026-12-09T00:00:00"}, results=tmp_path, headline={"mAP": "0.25"})
     data = json.loads((tmp_path / "headline.json").read_text())
     assert data["thing"]["speed"] == {"figure": "1.91x", "date": "2026-12-07", "command": "python -m bench.thing",
                                       "machine": "Test CPU 9000, 2 cores, avx2 avx512f, torch 2.13.0+cpu"}
     assert data["thing"]["mAP"]["date"] == "2026-12-09"  # a label the second run did not produce is kept
-    assert (rec.REPO / "README.md").read_text() == readme_before  # only the committed folder drives the README
+
+
+def test_recording_into_the_committed_folder_rewrites_the_readme_table(tmp_path, monkeypatch):
+    committed, readme = tmp_path / "results", tmp_path / "README.md"
+    monkeypatch.setattr(rec.headline_file, "HEADLINE_JSON", committed / "headline.json")
+    monkeypatch.setattr(rec.headline_file, "README", readme)
+    readme.write_text(f"# r\n{rec.headline_file.START}\n{rec.headline_file.END}\n")
+    record("thing", "t", META, results=committed, headline={"speed": "1.91x"})
+    assert "| speed | 1.91x | 2026-12-07, Test CPU 9000, 2 cores" in readme.read_text()
+    readme.write_text("# a README without the markers\n")  # logged, not raised: the results are kept
+    record("thing", "t2", META, results=committed, headline={"speed": "2.00x"})
+    assert "t2" in (committed / "thing.md").read_text() and "2.00x" in (committed / "headline.json").read_text()
 
 
 def test_machine_names_cpu_torch_and_date():
@@ -127,7 +139,8 @@ def _search_result() -> dict:
         return {"best_fitness": 0.23, "best_trial": 10, "evolve_s": 390.0, "target_met": met,
                 "retrain": {"mean": 0.232, "sd": 0.0076}, "paired": {"diff_mean": gain, "diff_se": 0.0041}}
     return {"study": "q.yaml", "trials": 16, "seeds": 3, "retrain_value": "objective (mean_last_3)", "wall_s": 1517.0,
-            "base": {"mean": 0.2328, "sd": 0.0018}, "samplers": {"ga": sampler(-0.0008, False), "tpe": sampler(0.03, True)}}
+            "base": {"mean": 0.2328, "sd": 0.0018},
+            "samplers": {"ga": sampler(-0.0008, False), "tpe": sampler(0.03, True)}}
 
 
 def test_search_table_and_headline():
@@ -178,7 +191,8 @@ def test_torch_pruning_headline_names_the_three_finetuned_models():
     from bench.torch_pruning import HEADLINE, headline
 
     rows = [{"model": m, "mAP50-95": v, "GFLOPs": g} for m, v, g in
-            (("baseline", 0.2272, 1.185), ("ours_ft", 0.2469, 0.817), ("tp_bn_ft", 0.2115, 0.81), ("tp_l1_ft", 0.2146, 0.806))]
+            (("baseline", 0.2272, 1.185), ("ours_ft", 0.2469, 0.817), ("tp_bn_ft", 0.2115, 0.81),
+             ("tp_l1_ft", 0.2146, 0.806))]
     report = {"rows": rows, "meta": {"options": {"finetune_epochs": 10}}}
     assert headline(report) == {HEADLINE: "0.2469 / 0.2115 / 0.2146 (GFLOPs -31%, 10 finetune epochs)"}
     assert headline({**report, "rows": rows[:2]}) == {}
@@ -193,6 +207,7 @@ def test_use_headline_reads_the_val_and_latency_phases():
                      "640": {"pytorch": 34.1, "onnxruntime": 20.8}}}
     assert headline(r) == {EXPORT.format(imgsz=160): "0.0284 / 0.0284 / 0.0284",
                            LATENCY: "160 px: 6.3 -> 1.8 ms (3.5x); 640 px: 34.1 -> 20.8 ms (1.6x)"}
+    assert headline({**r, "val pt vs onnx": {"pt": m}, "latency": {"160": {"pytorch": 6.3}}}) == {}
 
 
 # --- the run-folder commands -------------------------------------------------------------------------------
