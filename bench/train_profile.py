@@ -1,212 +1,197 @@
-"""Where a training step and an epoch spend their time: `python -m bench.train_profile` (part of `make bench`).
+"""Where a training epoch spends its time: `python -m bench.train_profile` (part of `make bench`).
 
-Builds the trainer's pieces from core's public functions (model, loss with the trainer's gain scaling,
-optimizer as `--optimizer auto` resolves it, EMA, train and val loaders, checkpoint writer) and runs one
-epoch of them with a timer around each phase:
-  data wait       next(loader): what the loader workers did not hide
-  forward         model(imgs) in training mode (uint8 -> float included)
+Runs the real trainer, `core.train.fit`, with a timer in its phase hook (`core.callbacks.Callbacks.around_phase`),
+which the trainer enters around each phase of its own work, and reports the last epoch:
+  data wait       the wait for the next batch from the loader: what the loader workers did not hide
+  forward         the batch to float on the device, the model's forward in training mode
   loss            ComputeLoss (target assignment included)
-  backward        loss.backward()
-  optimizer+EMA   grad-norm clip, optimizer.step, zero_grad, EMA update
-then one validation pass split into data wait, inference, val loss, NMS, matching and AP, then the
-two checkpoint writes of an improved epoch (best.pt, last.pt with optimizer state).
-`core.val.validate` runs first, timed whole (its loader workers start then, once per run as in the trainer);
-the split pass follows with the workers running, as in every later epoch.
-Not the trainer itself (core/train.py): the same work in the same order, without its logging,
-warm-up lr ramp or progress bar. Step figures are medians over the steps after `--warmup`.
+  backward        the (scaled) loss's backward
+  optimizer+EMA   once per optimizer step: unscale, gradient-norm clip, step, zero_grad, EMA update
+  validation      core.val.validate of the EMA model, split by the validator's own clocks (`speed_ms`) into
+                  pre-process, inference and loss+NMS; the rest is its data wait, matching and AP
+  checkpoints     results.csv, best.pt (an improved epoch) and last.pt with the optimizer state
+  other           the epoch's wall time outside those phases (lr warmup, loss sums, scheduler, logging)
+Step figures are medians over the batches after `--warmup` (a batch without an optimizer step counts 0 for
+that phase); epoch figures are the phase's whole time in the epoch. On CUDA the timer synchronises the
+device at each phase boundary. The trainer's numbers do not change under the hooks (tests/bench).
+`--no-record`: print and write the JSON only; otherwise the table is appended to bench/results/train_profile.md.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
-from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bench.record import write_json
+from bench.record import command_line, markdown_table, record, write_json
+from core.callbacks import Callbacks
+from core.data.config import load_data_config
+from core.data.files import list_image_files
+from core.device import parse_device_ids, resolve_bf16
+from core.train import TrainOptions, fit
 
-TRAIN_PHASES = ("data wait", "forward", "loss", "backward", "optimizer+EMA")
-VAL_PHASES = ("data wait", "inference", "val loss", "NMS", "matching", "AP")
+__all__ = ["PhaseTimer", "TRAIN_PHASES", "format_profile", "main", "profile", "train_options"]
+
+TRAIN_PHASES = ("data", "forward", "loss", "backward", "optimizer")  # core.callbacks.PHASES of a batch
+LABELS = {"data": "data wait", "forward": "forward", "loss": "loss", "backward": "backward",
+          "optimizer": "optimizer+EMA"}
+VAL_SPLIT = (("pre", "pre-process"), ("inference", "inference"), ("nms", "loss+NMS"))  # core.val speed_ms keys
 
 
-class Timer:
-    """Accumulates wall time per phase; `lap(name)` charges the time since the previous lap to name."""
+@dataclass
+class EpochTimes:
+    """One epoch's clock: seconds per phase, per batch (train phases) and in all, and its wall time."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.total: dict[str, float] = defaultdict(float)
-        self.steps: dict[str, list[float]] = defaultdict(list)
-        self.t = time.perf_counter()
+    epoch: int
+    start: float
+    total: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    batches: list[dict[str, float]] = field(default_factory=list)
+    optimizer_steps: int = 0
+    wall: float = float("nan")
+    val: dict[str, Any] = field(default_factory=dict)  # core.val.validate's speed_ms and image count
 
-    def start(self) -> None:
+
+class PhaseTimer:
+    """Wall time of each phase of the trainer's own work, per epoch and per batch, read through the trainer's
+    hooks (`callbacks()`); it only reads clocks (and, on CUDA, synchronises), so training runs unchanged."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+        self.epochs: list[EpochTimes] = []
+        self.train_start = float("nan")
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(on_train_start=self._train_start, on_epoch_start=self._epoch_start,
+                         on_val_end=self._val_end, on_epoch_end=self._epoch_end, around_phase=self.phase)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = self._now()
+        try:
+            yield
+        finally:
+            dt = self._now() - t0
+            ep = self.epochs[-1]
+            ep.total[name] += dt
+            if name == "data":  # each batch starts with its wait for the loader
+                ep.batches.append({})
+            if name in TRAIN_PHASES:
+                ep.batches[-1][name] = ep.batches[-1].get(name, 0.0) + dt
+
+    def count_step(self, *_: Any) -> None:
+        """A torch optimizer-step post hook: the optimizer steps actually taken."""
+        if self.epochs:
+            self.epochs[-1].optimizer_steps += 1
+
+    def _now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        self.t = time.perf_counter()
+        return time.perf_counter()
 
-    def lap(self, name: str, record_step: bool = False) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.total[name] += now - self.t
-        if record_step:
-            self.steps[name].append(now - self.t)
-        self.t = now
+    def _train_start(self, model: Any) -> None:
+        self.train_start = time.perf_counter()
+
+    def _epoch_start(self, epoch: int) -> None:
+        self.epochs.append(EpochTimes(epoch, self._now()))
+
+    def _val_end(self, epoch: int, val_metrics: dict) -> None:
+        self.epochs[-1].val = {"speed_ms": dict(val_metrics["speed_ms"]), "images": int(val_metrics["images"])}
+
+    def _epoch_end(self, epoch: int, metrics: dict) -> None:
+        ep = self.epochs[-1]
+        ep.wall = self._now() - ep.start
+
+
+def train_options(imgsz: int, batch: int, workers: int, threads: int, device: str = "cpu",
+                  channels_last: bool = False, bf16: str | None = None, epochs: int = 1, close_mosaic: int = 0,
+                  seed: int = 0, project: str | Path = "runs/bench") -> TrainOptions:
+    """The trainer's options for a profile: its defaults but for these; no progress bar."""
+    return TrainOptions(epochs=epochs, batch_size=batch, imgsz=imgsz, device=device, workers=workers,
+                        threads=threads, channels_last=channels_last, bf16=bf16 or TrainOptions.bf16,
+                        close_mosaic=close_mosaic, seed=seed, project=str(project), name="profile", exist_ok=True,
+                        progress=False)
 
 
 def profile(data: str | None, model_yaml: str, imgsz: int, batch: int, workers: int, batches: int,
             warmup: int, threads: int, device: str = "cpu", ckpt_dir: str | Path = "runs/bench",
-            channels_last: bool = False, bf16: str | None = None) -> dict:
-    from core.boxes import xywh2xyxy
-    from core.checkpoint import save_checkpoint
-    from core.cpu import training_threads, workers_yield
-    from core.data.config import load_data_config
-    from core.data.loader import create_dataloader
-    from core.device import bf16_autocast, resolve_bf16, select_device, train_forward
-    from core.ema import ModelEMA
-    from core.hyp import load_hyp
-    from core.loss import ComputeLoss, scaled_gains
-    from core.metrics import ap_per_class, match_predictions
-    from core.model.yolo import Model
-    from core.nms import non_max_suppression
-    from core.optim import build_optimizer, resolve_auto
-    from core.train import TrainOptions
-    from core.val import validate
-
-    torch.manual_seed(0)
-    dev = select_device(device, batch)
-    use_bf16, bf16_why = resolve_bf16(bf16 or TrainOptions.bf16, dev)  # the trainer's default unless given
-    low_priority = False
-    if dev.type == "cpu":  # the trainer's rule (core/cpu.py)
-        plan = training_threads(threads, workers)
-        torch.set_num_threads(plan.threads)
-        low_priority = workers_yield(plan, workers)
-    t_setup = time.perf_counter()
+            channels_last: bool = False, bf16: str | None = None, epochs: int = 1, close_mosaic: int = 0,
+            seed: int = 0) -> dict:
+    """Train `epochs` epochs with the trainer's phases timed; the figures of the last one (and the run's
+    per-epoch history). `batches` > 0 trains on the first batches x batch images of the training set."""
     cfg = load_data_config(data)
-    nc = cfg["nc"]
-    hyp = load_hyp(None)
-    train_loader, train_set = create_dataloader(cfg["train"], imgsz, batch, hyp, augment=True, workers=workers,
-                                                shuffle=True, nc=nc, low_priority=low_priority)
-    val_loader, val_set = create_dataloader(cfg["val"], imgsz, batch * 2, hyp, augment=False, workers=workers, nc=nc)
-    net = Model(model_yaml, nc=nc)
-    net.initialize_biases()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format  # the trainer's --channels-last
-    net = net.to(dev, memory_format=fmt)
-    compute_loss = ComputeLoss(net, scaled_gains(hyp, net.model[-1].nl, nc, imgsz))  # the trainer's gains
-    steps = math.ceil(len(train_set) / batch) * 30  # as for a 30-epoch run
-    name, hyp_run = resolve_auto("auto", hyp, nc, steps)
-    nbs = batch if name == "AdamW" else 64
-    accumulate = max(round(nbs / batch), 1)
-    optimizer = build_optimizer(net, name, hyp_run["lr0"], hyp_run["momentum"], hyp["weight_decay"] * batch * accumulate / nbs)
-    ema = ModelEMA(net)
-    setup_s = time.perf_counter() - t_setup
-
-    # --- one training epoch -------------------------------------------------------------------------
-    timer = Timer(dev)
-    net.train()
-    n = 0
-    it = iter(train_loader)
-    nb = len(train_loader) if batches <= 0 else min(batches, len(train_loader))
-    t_epoch = time.perf_counter()
-    timer.start()
-    for i in range(nb):
-        rec = i >= warmup
-        imgs, targets, _, _ = next(it)
-        timer.lap("data wait", rec)
-        pred = train_forward(net, imgs.to(dev, non_blocking=True, memory_format=fmt).float() / 255, use_bf16)
-        timer.lap("forward", rec)
-        loss, _ = compute_loss(pred, targets.to(dev))
-        timer.lap("loss", rec)
-        loss.backward()
-        timer.lap("backward", rec)
-        if (i + 1) % accumulate == 0:
-            nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
-            optimizer.step()
-            optimizer.zero_grad()
-            ema.update(net)
-        timer.lap("optimizer+EMA", rec)
-        n += imgs.shape[0]
-    del it
-    train_s = time.perf_counter() - t_epoch
-
-    # --- validation as the trainer runs it, then again split by phase (its workers now warm) ---------------
-    model = ema.ema.eval()
-    t0 = time.perf_counter()
-    vm = validate(model, val_loader, compute_loss=compute_loss, names=cfg["names"], progress=False, bf16=use_bf16)
-    val_s = time.perf_counter() - t0
-
-    vt = Timer(dev)
-    iouv = torch.linspace(0.5, 0.95, 10, device=dev)
-    stats = []
-    t_val = time.perf_counter()
-    with torch.no_grad():
-        vt.start()
-        for imgs, targets, _, _ in val_loader:
-            vt.lap("data wait")
-            imgs = imgs.to(dev, memory_format=fmt).float() / 255
-            targets = targets.to(dev)
-            with bf16_autocast(use_bf16):
-                pred, raw = model(imgs)
-            vt.lap("inference")
-            compute_loss([r.float() for r in raw], targets)
-            vt.lap("val loss")
-            out = non_max_suppression(pred.float(), 0.001, 0.6, max_det=300)
-            vt.lap("NMS")
-            h, w = imgs.shape[2:]
-            scale = torch.tensor([w, h, w, h], device=dev, dtype=torch.float32)
-            for si, det in enumerate(out):
-                lab = targets[targets[:, 0] == si, 1:].float()
-                labels = torch.cat((lab[:, :1], xywh2xyxy(lab[:, 1:5]) * scale), 1)
-                stats.append((match_predictions(det, labels, iouv).cpu(), det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].cpu()))
-            vt.lap("matching")
-        tp, conf, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats))
-        ap_per_class(tp, conf, pcls, tcls)
-        vt.lap("AP")
-    val_split_s = time.perf_counter() - t_val
-
-    # --- checkpoint writes of an improved epoch -------------------------------------------------------
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)  # on the disk runs/ is on, as the trainer's (not /tmp)
     with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
+        images = list_image_files(cfg["train"])
+        if batches > 0:  # a list file of the first images: the trainer's own way to train on a subset
+            images = images[:batches * batch]
+            (Path(tmp) / "train.txt").write_text("\n".join(images) + "\n")
+            cfg = {**cfg, "train": [str(Path(tmp) / "train.txt")]}
+        opts = train_options(imgsz, batch, workers, threads, device, channels_last, bf16, epochs, close_mosaic,
+                             seed, tmp)
+        timer = PhaseTimer(cuda=parse_device_ids(device) is not None)
+        handle = register_optimizer_step_post_hook(timer.count_step)
         t0 = time.perf_counter()
-        common = dict(ema=ema.ema, updates=ema.updates, hyp=hyp, metrics={"mAP50-95": vm["mAP50-95"]}, epoch=0,
-                      best_fitness=vm["fitness"])
-        save_checkpoint(Path(tmp) / "best.pt", net, **common)
-        save_checkpoint(Path(tmp) / "last.pt", net, optimizer=optimizer, **common)
-        ckpt_s = time.perf_counter() - t0
+        try:
+            result = fit(cfg, model_yaml, None, opts, timer.callbacks())
+        finally:
+            handle.remove()
+    return figures(timer, result.history, opts, model_yaml, len(images), warmup, timer.train_start - t0)
 
-    step = {k: statistics.median(timer.steps[k]) * 1e3 if timer.steps[k] else float("nan") for k in TRAIN_PHASES}
-    return {"model": model_yaml, "channels_last": channels_last, "bf16": f"{'on' if use_bf16 else 'off'} ({bf16_why})", "imgsz": imgsz, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
-            "optimizer": name, "accumulate": accumulate, "train_batches": nb, "train_images": n,
-            "setup_s": setup_s, "step_ms": step, "epoch_train_s": {k: timer.total[k] for k in TRAIN_PHASES},
-            "train_s": train_s, "train_images_per_s": n / train_s, "val_images": len(val_set),
-            "val_split_s": {k: vt.total[k] for k in VAL_PHASES}, "val_split_total_s": val_split_s,
-            "validate_s": val_s, "validate_speed_ms": vm["speed_ms"], "checkpoint_s": ckpt_s}
+
+def figures(timer: PhaseTimer, history: list[dict], opts: TrainOptions, model_yaml: str, train_images: int,
+            warmup: int, setup_s: float) -> dict:
+    """The last epoch's figures from the timer and the trainer's results row."""
+    ep, row = timer.epochs[-1], history[-1]
+    steps = [b for b in ep.batches if "forward" in b]  # the pass's final wait (the loader's end) is no batch
+    counted = steps[warmup:] or steps
+    step_ms = {k: statistics.median(b.get(k, 0.0) for b in counted) * 1e3 for k in TRAIN_PHASES}
+    val_s = ep.total["validation"]
+    speed, val_images = ep.val.get("speed_ms", {}), ep.val.get("images", 0)
+    val_split = {label: speed.get(key, 0.0) * val_images / 1e3 for key, label in VAL_SPLIT}
+    val_split["data wait, matching, AP"] = val_s - sum(val_split.values())
+    phases_s = sum(ep.total.values())
+    on, why = resolve_bf16(opts.bf16, torch.device("cuda" if timer.cuda else "cpu"))
+    return {"model": model_yaml, "channels_last": opts.channels_last, "bf16": f"{'on' if on else 'off'} ({why})",
+            "imgsz": opts.imgsz, "batch": opts.batch_size, "workers": opts.workers,
+            "threads": torch.get_num_threads(), "epochs": opts.epochs, "epoch": ep.epoch,
+            "optimizer_steps": ep.optimizer_steps, "train_batches": len(steps), "train_images": train_images,
+            "setup_s": setup_s, "step_ms": step_ms, "epoch_train_s": {k: ep.total[k] for k in TRAIN_PHASES},
+            "train_s": row["train_seconds"], "train_images_per_s": train_images / row["train_seconds"],
+            "val_images": val_images, "validate_s": val_s, "validate_speed_ms": speed, "val_split_s": val_split,
+            "checkpoint_s": ep.total["checkpoint"], "epoch_s": ep.wall, "phases_s": phases_s,
+            "other_s": ep.wall - phases_s, "history": history}
 
 
 def format_profile(r: dict) -> str:
-    step_total = sum(v for v in r["step_ms"].values() if v == v)
-    epoch_total = r["train_s"] + r["val_split_total_s"] + r["checkpoint_s"]
-    layout = "channels_last" if r.get("channels_last") else "NCHW"
-    lines = [f"profile: {r['model']} ({layout}, bf16 autocast {r.get('bf16', 'off')}) imgsz {r['imgsz']} batch {r['batch']}, {r['workers']} loader workers, "
-             f"{r['threads']} torch threads, {r['optimizer']} (accumulate {r['accumulate']}); "
-             f"{r['train_batches']} batches, {r['train_images_per_s']:.1f} train img/s; setup {r['setup_s']:.1f} s",
-             f"{'phase':24s} {'step ms':>8s} {'% step':>7s} {'epoch s':>8s} {'% epoch':>8s}"]
-    for k in TRAIN_PHASES:
-        s = r["epoch_train_s"][k]
-        lines.append(f"{'train ' + k:24s} {r['step_ms'][k]:8.1f} {100 * r['step_ms'][k] / step_total:7.1f} "
-                     f"{s:8.2f} {100 * s / epoch_total:8.1f}")
-    for k in VAL_PHASES:
-        s = r["val_split_s"][k]
-        lines.append(f"{'val ' + k:24s} {'':8s} {'':7s} {s:8.2f} {100 * s / epoch_total:8.1f}")
-    lines.append(f"{'checkpoints (best+last)':24s} {'':8s} {'':7s} {r['checkpoint_s']:8.2f} {100 * r['checkpoint_s'] / epoch_total:8.1f}")
-    lines.append(f"{'total':24s} {step_total:8.1f} {100.0:7.1f} {epoch_total:8.2f} {100.0:8.1f}")
-    lines.append(f"(val: {r['val_images']} images; the split pass {r['val_split_total_s']:.2f} s with its loader workers "
-                 f"running, core.val.validate before it {r['validate_s']:.2f} s including their start, which a run pays once)")
-    return "\n".join(lines)
+    """The header line and the markdown table of phases (step medians and the epoch's seconds)."""
+    step_total = sum(r["step_ms"].values())
+    epoch = r["epoch_s"]
+    layout = "channels_last" if r["channels_last"] else "NCHW"
+    head = (f"{r['model']} ({layout}, bf16 autocast {r['bf16']}), imgsz {r['imgsz']}, batch {r['batch']}, "
+            f"{r['workers']} loader workers, {r['threads']} torch threads; epoch {r['epoch'] + 1} of {r['epochs']}: "
+            f"{r['train_batches']} batches, {r['optimizer_steps']} optimizer steps, "
+            f"{r['train_images_per_s']:.1f} train img/s; setup {r['setup_s']:.1f} s")
+
+    def row(name: str, seconds: float, ms: float | None = None) -> list[str]:
+        step = [f"{ms:.1f}", f"{100 * ms / step_total:.1f}"] if ms is not None else ["", ""]
+        return [name, *step, f"{seconds:.2f}", f"{100 * seconds / epoch:.1f}"]
+
+    rows = [row(f"train {LABELS[k]}", r["epoch_train_s"][k], r["step_ms"][k]) for k in TRAIN_PHASES]
+    rows += [row(f"val {k}", s) for k, s in r["val_split_s"].items()]
+    rows += [row("checkpoints (results.csv, best, last)", r["checkpoint_s"]),
+             row("other (lr warmup, loss sums, scheduler, logging)", r["other_s"])]
+    rows.append(["total", f"{step_total:.1f}", "100.0", f"{epoch:.2f}", "100.0"])
+    note = (f"(val: {r['val_images']} images, {r['validate_s']:.2f} s; the trainer's own clocks: train "
+            f"{r['train_s']:.2f} s of the epoch's {epoch:.2f} s)")
+    return "\n".join([head, "", markdown_table(["phase", "step ms", "% step", "epoch s", "% epoch"], rows), "", note])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,18 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batches", type=int, default=0, help="training batches (0 = one whole epoch)")
-    p.add_argument("--warmup", type=int, default=3, help="steps left out of the per-step medians")
+    p.add_argument("--batches", type=int, default=0, help="train on the first N x batch images (0 = all)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs to train; the last one is reported")
+    p.add_argument("--close-mosaic", type=int, default=0, help="the trainer's flag (0: mosaic on, as in most "
+                   "epochs of a run)")
+    p.add_argument("--warmup", type=int, default=3, help="batches left out of the per-step medians")
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = the trainer's rule)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true", help="model and batches NHWC (the trainer's flag)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default=None, help="the trainer's flag (default: its default)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/profile.json")
+    p.add_argument("--results", type=Path, default=None, help="folder of the results file (default bench/results)")
+    p.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/train_profile.md")
     args = p.parse_args(argv)
     r = profile(args.data, args.model, args.imgsz, args.batch_size, args.workers, args.batches, args.warmup,
-                args.threads, args.device, Path(args.out).parent, args.channels_last, args.bf16)
-    print(format_profile(r))
+                args.threads, args.device, Path(args.out).parent, args.channels_last, args.bf16, args.epochs,
+                args.close_mosaic, args.seed)
+    text = format_profile(r)
+    print(text)
     write_json(r, args.out)
+    if not args.no_record:
+        record("train_profile", text, command=command_line("bench.train_profile", argv), results=args.results)
     return 0
 
 

@@ -10,6 +10,10 @@ Read it top to bottom:
 - the per-epoch code: `run_epoch`, `train_one_epoch` (one optimizer step per `accumulate` batches),
   `validate_epoch`.
 - helpers.
+
+Timing hooks: the trainer runs each phase of its own work (core.callbacks.PHASES: data, forward, loss,
+backward, optimizer, validation, checkpoint) inside `callbacks.phase(name)`, a shared no-op unless
+`Callbacks.around_phase` is set; `python -m bench.train_profile` times training that way.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import copy
 import logging
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -450,7 +455,7 @@ def run_epoch(s: TrainState, epoch: int) -> str | None:
 
 def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
     """One pass over the training data: {train_box, train_obj, train_cls (means), lr, train_seconds}."""
-    cfg, n = s.cfg, s.counters
+    cfg, n, phase = s.cfg, s.counters, s.callbacks.phase
     t0 = time.time()
     s.train_model.train()
     if hasattr(s.train_loader.sampler, "set_epoch"):
@@ -460,7 +465,7 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
     skipped_before, scaler_skips_before = s.guard.skipped, n.scaler_skips
     s.optimizer.zero_grad()
     show = cfg.ctx.is_main and cfg.opts.progress
-    batches = enumerate(s.train_loader)
+    batches = enumerate(_fetch(s.train_loader, phase))
     if show:
         batches = tqdm(batches, total=cfg.batches, desc=f"epoch {epoch + 1}/{cfg.opts.epochs}", leave=False,
                        bar_format="{l_bar}{bar:20}{r_bar}")
@@ -471,11 +476,13 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
                                   cfg.opts.batch_size)
         loss, loss_items = _forward_loss(s, imgs, targets)
         finite = s.guard.observe(loss, loss_items)  # on the device: no sync per batch
-        if cfg.ctx.distributed:
-            loss = loss * cfg.ctx.world_size  # DDP averages gradients across processes
-        s.scaler.scale(loss).backward()
+        with phase("backward"):
+            if cfg.ctx.distributed:
+                loss = loss * cfg.ctx.world_size  # DDP averages gradients across processes
+            s.scaler.scale(loss).backward()
         if ni - n.last_opt_step >= n.accumulate:
-            _step_or_skip(s, epoch, i)
+            with phase("optimizer"):
+                _step_or_skip(s, epoch, i)
             n.last_opt_step = ni
         mloss = torch.where(finite, (mloss * finite_batches + loss_items) / (finite_batches + 1), mloss)
         finite_batches = finite_batches + finite
@@ -491,8 +498,10 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
 def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dict[str, Any]:
     """Validate the EMA model (rank 0): the epoch's row of results.csv, without its total seconds."""
     t0 = time.time()
-    vm = core.val.validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names,
-                           half=s.cfg.amp, bf16=s.cfg.bf16, progress=False)
+    with s.callbacks.phase("validation"):
+        vm = core.val.validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names,
+                               half=s.cfg.amp, bf16=s.cfg.bf16, progress=False)
+    s.callbacks.call("on_val_end", epoch, vm)
     return {"epoch": epoch, "train_box": train["train_box"], "train_obj": train["train_obj"],
             "train_cls": train["train_cls"], "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
             "mAP50-95": vm["mAP50-95"], "fitness": float(weighted_fitness(vm, s.cfg.opts.fitness_weights)),
@@ -509,21 +518,35 @@ def _end_epoch(s: TrainState, epoch: int, train: Mapping[str, float], t_epoch: f
     improved = metrics["fitness"] >= n.best_fitness  # YOLOv5: equal to the best is not worse
     if improved:
         n.best_fitness, n.best_epoch, n.best = metrics["fitness"], epoch, metrics
-    s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness)
+    with s.callbacks.phase("checkpoint"):
+        s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness)
     LOGGER.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                 f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
     return _stop_reason(s, epoch, metrics)
 
 
+def _fetch(loader: Any, phase: Callable[[str], Any]) -> Iterator:
+    """The loader's batches, each wait for the next one (the pass's start included) in phase 'data'."""
+    with phase("data"):
+        batches = iter(loader)
+        batch = next(batches, None)
+    while batch is not None:
+        yield batch
+        with phase("data"):
+            batch = next(batches, None)
+
+
 def _forward_loss(s: TrainState, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's loss: CUDA AMP runs model and loss under fp16 autocast (as YOLOv5); CPU bf16 runs only
-    the network in bf16 and the loss in fp32 (bf16 keeps 8 bits of mantissa: too few for the loss sums)."""
-    cfg = s.cfg
-    imgs = imgs.to(cfg.device, non_blocking=True, memory_format=_memory_format(cfg.opts)).float() / 255
-    if cfg.bf16:
-        return s.compute_loss(train_forward(s.train_model, imgs, bf16=True), targets.to(cfg.device))
-    with torch.autocast(device_type=cfg.device.type, enabled=cfg.amp):
-        return s.compute_loss(s.train_model(imgs), targets.to(cfg.device))
+    """The batch's loss (phases forward and loss): CUDA AMP runs model and loss under one fp16 autocast (as
+    YOLOv5); CPU bf16 runs only the network in bf16 and the loss in fp32 (bf16 keeps 8 bits of mantissa: too
+    few for the loss sums)."""
+    cfg, phase = s.cfg, s.callbacks.phase
+    with nullcontext() if cfg.bf16 else torch.autocast(device_type=cfg.device.type, enabled=cfg.amp):
+        with phase("forward"):
+            imgs = imgs.to(cfg.device, non_blocking=True, memory_format=_memory_format(cfg.opts)).float() / 255
+            preds = train_forward(s.train_model, imgs, bf16=cfg.bf16)
+        with phase("loss"):
+            return s.compute_loss(preds, targets.to(cfg.device))
 
 
 def _step_or_skip(s: TrainState, epoch: int, i: int) -> None:
