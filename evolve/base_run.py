@@ -8,6 +8,7 @@ model that already detects. The run is cached: it is redone only when its inputs
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -15,10 +16,15 @@ from typing import Any, Callable, Mapping
 
 from core.atomic import atomic_write
 from core.cpu import cpu_cores
+from core.digest import sha256_file
+from core.hyp import load_hyp
+from core.train import fit as train_fit
 from evolve.study_config import StudyConfig
 from evolve.train_setup import BASE_DIR, base_weights_path, search_train_options
 
 __all__ = ["base_record", "cached_base_run", "ensure_base_run"]
+
+LOGGER = logging.getLogger(__name__)
 
 RECORD = "run.json"
 
@@ -26,14 +32,12 @@ RECORD = "run.json"
 def base_run_hyp(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, float]:
     """The base run's hyp: `base: hyp:` (a from-scratch recipe) or else the study's base hyp."""
     if cfg.base.get("hyp"):
-        from core.hyp import load_hyp
         return load_hyp(cfg.resolved_path(cfg.base["hyp"]))
     return dict(base_hyp)
 
 
 def base_inputs(cfg: StudyConfig, base_hyp: Mapping[str, float]) -> dict[str, Any]:
     """Everything that changes what the base run produces (files by content, not path)."""
-    from core.digest import sha256_file
     return {"hyp": {k: float(v) for k, v in base_run_hyp(cfg, base_hyp).items()},
             "base": {k: v for k, v in cfg.base.items() if k != "hyp"}, "seed": cfg.seed,
             "imgsz": cfg.imgsz, "batch": cfg.batch, "train": dict(cfg.train),
@@ -58,7 +62,7 @@ def cached_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
 
 
 def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir: Path | str, device: str,
-                    fit: Callable[..., Any] | None = None, log: Callable[[str], None] = print) -> Path | None:
+                    fit: Callable[..., Any] | None = None, log: Callable[[str], None] = LOGGER.info) -> Path | None:
     """Train the base run unless a finished one with the same inputs exists; return its best.pt (None: no base)."""
     if not cfg.base:
         return None
@@ -68,8 +72,7 @@ def ensure_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], evolve_dir:
     if cached_base_run(cfg, base_hyp, evolve_dir):
         log(f"base run: reusing {weights} (fitness {base_record(evolve_dir)['fitness']:.4f}, same inputs)")
         return weights
-    if fit is None:
-        from core.train import fit
+    fit = fit or train_fit
     epochs = int(cfg.base["epochs"])
     close = int(cfg.base.get("close_mosaic", 0))
     log(f"base run: the base hyp for {epochs} epochs (close-mosaic {close}) -> {out}; trials finetune from it")

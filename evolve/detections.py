@@ -9,15 +9,17 @@ from (retrain/choice.json); the pruned one is the last stage of prune/prune_resu
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from core.atomic import atomic_write
+from core.data.config import load_data_config
+from core.data.files import list_image_files
+from core.detect import detect
+from core.ensemble import input_size, load_for_inference
 
-LOG = logging.getLogger(__name__)
 DETECT_JSON = "detect.json"
 BUILTIN = " (built-in synthetic)"  # how study.json marks the built-in dataset after its yaml path
 
@@ -42,9 +44,6 @@ def study_models(run_dir: Path) -> dict[str, Path]:
 
 def study_val_images(run_dir: Path, n: int) -> list[str]:
     """The first n val images (sorted) of the study's data (study.json), or of the built-in dataset."""
-    from core.data.config import load_data_config
-    from core.data.files import list_image_files
-
     rec = json.loads((run_dir / "study.json").read_text()) if (run_dir / "study.json").is_file() else {}
     data = rec.get("data")
     data = None if not data or data.endswith(BUILTIN) else data
@@ -65,9 +64,6 @@ def study_imgsz(run_dir: Path) -> int:
 def draw_detections(run_dir: Path | str, n: int = 4, conf: float = 0.25, iou: float = 0.45) -> dict[str, Any] | None:
     """Write detect/<model>/<image> for the best and pruned models and detect/detect.json; returns its
     record, or None when neither checkpoint exists yet."""
-    from core.detect import detect
-    from core.ensemble import input_size, load_for_inference
-
     run_dir = Path(run_dir)
     models = study_models(run_dir)
     if not models:

@@ -13,10 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from core.atomic import atomic_write
+from core.hyp import HYP_KEYS
+from evolve.detections import DETECT_JSON
+from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
 from evolve.results import best_searched, complete_ranked
+
+matplotlib.use("Agg")  # files only, never a window
 
 SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitness": "Fitness per trial",
             "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
@@ -129,7 +136,6 @@ class Run:
 
     def evolved_names(self) -> list[str]:
         """Hyp columns that vary across trials (the rest were fixed)."""
-        from core.hyp import HYP_KEYS
         df = self.evolve
         return [k for k in HYP_KEYS if k in df and df[k].nunique(dropna=True) > 1]
 
@@ -243,7 +249,6 @@ def importances(run: Run) -> str:
         return img
     if run.evolve is None:
         return missing("parameter importances", "No evolution results yet.")
-    from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
     return (f'<p class="missing">Missing: parameter importances. Only {len(run.complete)} complete trial(s): '
             f"importances need at least {MIN_TRIALS_FOR_IMPORTANCE} (and fitness that varies).</p>")
 
@@ -317,9 +322,6 @@ def retrain(run: Run) -> str:
 
 def draw_retrain(run: Run) -> Path:
     """retrain/retrain.png: mAP50-95 per epoch of every retrain run (from each run's results.csv)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     path = run.dir / "retrain" / "retrain.png"
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for _, r in run.retrain.iterrows():
@@ -367,7 +369,6 @@ def pruning(run: Run) -> str:
 
 def detections(run: Run) -> str:
     """The best and the pruned model's detections on the same val images, side by side (detect/detect.json)."""
-    from evolve.detections import DETECT_JSON
     rec = _read_json(run.dir / "detect" / DETECT_JSON)
     models = rec.get("models") or {}
     if not models:

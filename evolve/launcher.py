@@ -1,6 +1,7 @@
 """Start the worker processes of a study (one per GPU, or N on CPU), follow progress, stop them cleanly."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from evolve.train_setup import start_weights
 from evolve.worker import STUDY_FILE, load_callable
 
 __all__ = ["launch"]
+
+LOGGER = logging.getLogger(__name__)
 
 # Fields that change what a trial measures: resuming with other values mixes incomparable trials.
 COMPARABLE = ("data", "model", "hyp", "space", "imgsz", "batch", "epochs", "fitness_weights", "train", "seed",
@@ -66,9 +69,9 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
         else:
             changed = [k for k in COMPARABLE if old.get(k) != record.get(k)]
             if changed:
-                print(f"warning: resuming study '{cfg.name}' with changed " +
-                      ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
-                      ": old and new trials are not comparable (use --name for a new study)")
+                LOGGER.warning(f"warning: resuming study '{cfg.name}' with changed " +
+                               ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
+                               ": old and new trials are not comparable (use --name for a new study)")
         if not study.get_trials(deepcopy=False):
             for attrs in noise_trial_attrs(cfg):
                 study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
@@ -183,12 +186,13 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
     plan = device_slots(cfg, threads)
-    print(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
-          f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {', '.join(sorted({s.label for s in plan}))} "
-          f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
-          f"logs in {run_dir}/worker_*.log")
+    devices = ", ".join(sorted({s.label for s in plan}))
+    LOGGER.info(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
+                f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {devices} "
+                f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
+                f"logs in {run_dir}/worker_*.log")
     if done >= cfg.trials:
-        print(f"nothing to run: the study already has {done} finished trials (raise --trials to continue)")
+        LOGGER.info(f"nothing to run: the study already has {done} finished trials (raise --trials to continue)")
         write_outputs(study, run_dir)
         return 0
     stop = _Stop()
@@ -237,18 +241,18 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     paths = write_outputs(study, run_dir)
     trials = study.get_trials(deepcopy=False)
     done, best = count_finished(trials), _best(trials)
-    print(f"{done}/{cfg.trials} trials finished; best: " +
-          (f"trial {best.number}, fitness {best.value:.4g}" if best else "none") +
-          "\n  " + "\n  ".join(f"{k:16s} {p}" for k, p in paths.items()))
+    LOGGER.info(f"{done}/{cfg.trials} trials finished; best: " +
+                (f"trial {best.number}, fitness {best.value:.4g}" if best else "none") +
+                "\n  " + "\n  ".join(f"{k:16s} {p}" for k, p in paths.items()))
     if stop.signum is not None:
-        print("interrupted: run the same command again to resume")
+        LOGGER.info("interrupted: run the same command again to resume")
         return 130
     if done < cfg.trials:
         bad = [i for i, c in enumerate(codes) if c]
-        print("workers stopped early; see " + (", ".join(f"{run_dir}/worker_{i}.log (exit {codes[i]})" for i in bad)
-                                               or "their logs"))
+        LOGGER.warning("workers stopped early; see " + (", ".join(f"{run_dir}/worker_{i}.log (exit {codes[i]})"
+                                                                  for i in bad) or "their logs"))
         for i in bad[:1]:  # the reason, usually the same for every worker
             lines = (run_dir / f"worker_{i}.log").read_text(errors="replace").strip().splitlines()
-            print("  " + (lines[-1] if lines else "(empty log)"))
+            LOGGER.warning("  " + (lines[-1] if lines else "(empty log)"))
         return 2 if any(codes[i] == 2 for i in bad) else 1
     return 0

@@ -21,7 +21,11 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
+from core.callbacks import Callbacks, StopTraining
+from core.data.config import load_data_config
+from core.data.dataset import YoloDataset
 from core.digest import sha256_file
+from core.train import fit as train_fit
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights
@@ -62,8 +66,7 @@ class Objective:
 
     def fit(self) -> FitFn:
         if self._fit is None:
-            from core.train import fit
-            self._fit = fit
+            self._fit = train_fit
         return self._fit
 
     def data(self) -> Any:
@@ -73,7 +76,6 @@ class Objective:
                 self._data = self.cfg.resolved("data")
                 self._data_sha = sha256_file(self._data)
             else:
-                from core.data.config import load_data_config
                 self._data = load_data_config(None)
                 self._data_sha = sha256_file(self._data.get("yaml_file"))
         return self._data
@@ -89,8 +91,6 @@ class Objective:
         opts = self.train_options(-1)
         if self._fit is not None or opts.cache != "ram":  # an injected fit (tests) or no RAM cache: nothing to warm
             return 0.0
-        from core.data.config import load_data_config
-        from core.data.dataset import YoloDataset
         t0 = time.time()
         data = self.data()
         cfg = data if isinstance(data, Mapping) else load_data_config(data)
@@ -99,8 +99,6 @@ class Objective:
         return time.time() - t0
 
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, dict], None]:
-        from core.callbacks import StopTraining
-
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             f = float(metrics["fitness"])
             if not math.isfinite(f):
@@ -128,7 +126,6 @@ class Objective:
             if self.weights:
                 self._weights_sha = self._weights_sha or sha256_file(self.weights)
                 trial.set_user_attr("weights_sha256", self._weights_sha)
-            from core.callbacks import Callbacks
             result = self.fit()(data, self.weights or self.model, hyp, self.train_options(trial.number, seed),
                                 Callbacks(on_epoch_end=self._epoch_reporter(trial)))
             value = self._record(trial, result, t0)

@@ -1,6 +1,7 @@
 """Plots drawn from evolve.csv's frame (and the study, for importances): pure functions of stored results."""
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -15,6 +16,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from evolve.results import best_searched, searched_ranked  # noqa: E402
+
+LOGGER = logging.getLogger(__name__)
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.dpi": 100})
@@ -135,7 +138,7 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
             warnings.simplefilter("ignore")
             imp = optuna.importance.get_param_importances(study, params=params)
     except Exception as e:  # e.g. all values equal: importances are undefined
-        print(f"importances skipped: {type(e).__name__}: {e}")
+        LOGGER.warning(f"importances skipped: {type(e).__name__}: {e}")
         return None
     if not imp:
         return None

@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import torch
+
+from core.checkpoint import load_checkpoint, model_from_checkpoint
+from core.data.config import load_data_config
+from core.model.yolo import Model
 from evolve.space import Space, check_base
 from evolve.study_config import StudyConfig, StudyError
 
@@ -31,7 +36,6 @@ def check_gpus(gpus: str) -> None:
     """`--gpus 0,1,...` needs CUDA and that many visible devices."""
     if gpus == "cpu":
         return
-    import torch
     ids = [int(s) for s in str(gpus).split(",") if s]
     if not torch.cuda.is_available():
         raise StudyError(f"--gpus {gpus}: CUDA is not available on this machine (torch {torch.__version__}, "
@@ -47,8 +51,6 @@ def preflight(cfg: StudyConfig, space: Space, base_hyp: Mapping[str, float]) -> 
     """Devices, data, model and start weights: each loads once, or the study stops here."""
     check_base(space, base_hyp, cfg.hyp or "base hyp (studies/hyp/scratch.yaml)")
     check_gpus(cfg.gpus)
-    from core.data.config import load_data_config
-    from core.model.yolo import Model
     try:
         data = load_data_config(cfg.resolved("data"))
     except (OSError, ValueError) as e:
@@ -63,7 +65,6 @@ def preflight(cfg: StudyConfig, space: Space, base_hyp: Mapping[str, float]) -> 
             raise StudyError(f"study '{cfg.name}': trials start from weights, so 'anchors' (the Detect head's shape) "
                              f"cannot be searched: set its gain to 0 in {cfg.space or 'the space file'}")
     if cfg.weights:
-        from core.checkpoint import load_checkpoint, model_from_checkpoint
         try:
             model_from_checkpoint(load_checkpoint(cfg.resolved("weights")))
         except Exception as e:  # any reason the file cannot become a model

@@ -37,7 +37,7 @@ def make_sampler(name: str, space: Space, base_hyp: Mapping[str, float], seed: i
         return optuna.samplers.NSGAIISampler(seed=wseed)
     if name == "cmaes":
         try:
-            import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it)
+            import cmaes  # noqa: F401  optional package: only optuna's CmaEsSampler needs it
         except ImportError:
             raise ValueError("sampler 'cmaes' needs the `cmaes` package: pip install cmaes") from None
         return optuna.samplers.CmaEsSampler(x0=base_params(space, base_hyp), seed=wseed)

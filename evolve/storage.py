@@ -21,6 +21,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file  # the lock Optuna's own appends take
 
+from evolve.ledger import RetryStale
+
 __all__ = ["make_storage", "run_dir_for", "open_target", "mask_url"]
 
 JOURNAL_NAME = "journal.log"
@@ -103,7 +105,6 @@ def make_storage(url: str | None, run_dir: Path | str, heartbeat: float | None =
         engine_kwargs = {"connect_args": {"timeout": 60}}  # many writers: wait for the lock, don't fail
     live = {}
     if heartbeat:
-        from evolve.ledger import RetryStale
         interval = max(1, round(heartbeat))
         live = {"heartbeat_interval": interval, "grace_period": 3 * interval,
                 "heartbeat_stale_trial_callback": RetryStale(max_retry=max_retries)}
@@ -170,7 +171,7 @@ def study_lock(url: str | None, run_dir: Path | str, name: str) -> Iterator[None
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return
-    import sqlalchemy
+    import sqlalchemy  # heavy: only a database's lock needs it (Optuna too imports it only for an RDB)
     engine = _LOCK_ENGINES.get(url)
     if engine is None:
         engine = _LOCK_ENGINES[url] = sqlalchemy.create_engine(sqlalchemy_url(url), poolclass=sqlalchemy.pool.NullPool)

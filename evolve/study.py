@@ -18,32 +18,48 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
+import optuna
 import pandas as pd
+import torch
+import yaml
 
 from core.atomic import atomic_write
-from core.cpu import cpu_cores
-from core.hyp import HYP_KEYS
-from evolve.devices import device_slots
-from evolve.noise import paired_gain, summarize
-from core.digest import sha256_file
-from evolve.objective import objective_value
-from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
-from evolve.storage import describe
-from evolve.study_config import REPO, StudyConfig, StudyError, load_study
-from evolve.train_setup import search_train_options, start_weights
 from core.cli import main_guard
+from core.cpu import cpu_cores
+from core.digest import sha256_file
+from core.hyp import HYP_KEYS
+from core.train import fit as train_fit
+from evolve.detections import draw_detections
+from evolve.devices import device_slots
+from evolve.html_report import build_report
+from evolve.launcher import launch
+from evolve.noise import paired_gain, summarize
+from evolve.objective import objective_value
+from evolve.report import write_outputs
+from evolve.storage import describe, open_target
+from evolve.study_config import REPO, StudyConfig, StudyError, load_study
+from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
+from evolve.train_setup import search_train_options, start_weights
+
+# prune.* is imported where it is used: a pruning package that fails to import costs only the prune phase
+# (run_study reports it and still evolves, retrains and writes the report).
 
 __all__ = ["RetrainOptions", "retrain_plan", "run_retrain", "run_study", "write_study_report"]
+
+LOGGER = logging.getLogger(__name__)
 
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
@@ -75,7 +91,7 @@ def retrain_options(cfg: StudyConfig) -> RetrainOptions:
 
 def check_prune_section(cfg: StudyConfig) -> dict[str, Any]:
     """The study's `prune:` section: only prune.pipeline.PruneOptions fields the study does not set itself."""
-    from prune.pipeline import PruneOptions
+    from prune.pipeline import PruneOptions  # optional: see the note above the imports
     allowed = sorted({f.name for f in fields(PruneOptions)} - set(PRUNE_RESERVED))
     unknown = sorted(set(cfg.prune) - set(allowed))
     if unknown:
@@ -130,7 +146,6 @@ def git_version() -> dict[str, Any]:
 def write_provenance(run_dir: Path, cfg: StudyConfig, study_file: str | None, evolve_dir: Path, device: str,
                      threads: int) -> None:
     """study.json: the study record and where/what/when it ran (created kept from the first run)."""
-    import torch
     path = run_dir / STUDY_JSON
     old = json.loads(path.read_text()) if path.is_file() else {}
     data_file = cfg.resolved("data") or str(REPO / "studies" / "data" / "shapes.yaml") + " (built-in synthetic)"
@@ -183,8 +198,7 @@ def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str 
 def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, device: str, weights: str | None,
                  fit: Callable[..., Any] | None) -> dict[str, Any]:
     """Train one planned run (in this process or a pool process) and return its retrain.csv row."""
-    if fit is None:
-        from core.train import fit
+    fit = fit or train_fit
     run_dir = out / run["name"]
     shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
     t0 = time.time()
@@ -207,9 +221,7 @@ def _init_pool_process(slots: "Any") -> None:
     """A retrain process takes one device slot for its life: its GPU (masked before CUDA starts) and threads."""
     global _POOL_DEVICE
     slot = slots.get()
-    os.environ.update(slot.env)
-    import cv2
-    import torch
+    os.environ.update(slot.env)  # CUDA is not started yet: torch is imported but no device was touched
     _POOL_DEVICE = slot.device
     torch.set_num_threads(slot.threads)
     cv2.setNumThreads(slot.threads)
@@ -236,24 +248,22 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
         old = json.loads(record.read_text()) if record.is_file() else None
         inputs = _plain(run_inputs(cfg, run, ropts, weights))
         if not force and old and old.get("inputs") == inputs and (out / run["name"] / "best.pt").is_file():
-            print(f"retrain {run['name']}: reusing {out / run['name']} (same inputs)")
+            LOGGER.info(f"retrain {run['name']}: reusing {out / run['name']} (same inputs)")
             rows[run["name"]] = old["row"]
         else:
             todo.append(run)
     slots = device_slots(cfg)
-    print(f"retrain: {len(todo)} run(s) of {ropts.epochs} epochs" + (f" from {weights}" if weights else "") +
-          f", {min(len(slots), len(todo)) if parallel else 1} at a time")
+    LOGGER.info(f"retrain: {len(todo)} run(s) of {ropts.epochs} epochs" + (f" from {weights}" if weights else "") +
+                f", {min(len(slots), len(todo)) if parallel else 1} at a time")
 
     def done(run: dict, row: dict) -> None:
-        print(f"  {run['name']} ({run['role']}): best epoch {row['best_epoch']}, mAP50-95 {row['mAP50-95']:.4f}, "
-              f"fitness {row['fitness']:.4f} ({row['seconds']:.0f} s)")
+        LOGGER.info(f"  {run['name']} ({run['role']}): best epoch {row['best_epoch']}, mAP50-95 {row['mAP50-95']:.4f}, "
+                    f"fitness {row['fitness']:.4f} ({row['seconds']:.0f} s)")
         atomic_write(out / run["name"] / "run.json",
                      json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights), "row": row}), indent=1))
         rows[run["name"]] = row
 
     if parallel and len(slots) > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         queue = ctx.Manager().Queue()
         for slot in slots:
@@ -309,7 +319,7 @@ def verdict(chosen: dict, base: dict | None) -> str:
 
 def prune_options(cfg: StudyConfig, weights: Path, hyp: Path, run_dir: Path, device: str, threads: int,
                   force: bool) -> Any:
-    from prune.pipeline import PruneOptions
+    from prune.pipeline import PruneOptions  # optional: see the note above the imports
     given = check_prune_section(cfg)
     base = dict(data=cfg.resolved("data"), weights=str(weights), hyp=str(hyp), imgsz=cfg.imgsz, batch_size=cfg.batch,
                 device=device, workers=int(cfg.train.get("workers", 0)), threads=threads, seed=cfg.seed,
@@ -330,9 +340,6 @@ def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str 
 
     Without a reachable storage (an RDB URL not given again) the evolve files already beside the report are kept.
     """
-    import optuna
-    from evolve.report import write_outputs
-    from evolve.storage import open_target
     target = storage or (str(evolve_dir) if evolve_dir and (Path(evolve_dir) / "journal.log").is_file() else None)
     if target:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -341,36 +348,34 @@ def refresh_outputs(run_dir: Path, evolve_dir: Path | None = None, storage: str 
         write_outputs(study, run_dir / "evolve", plots=plots)
     if plots and (run_dir / "prune" / "prune_results.csv").is_file():
         try:
-            from prune.report import write_prune_report
+            from prune.report import write_prune_report  # optional: see above the imports
             write_prune_report(run_dir / "prune", show=False)
         except Exception as e:  # a broken plot must not cost the whole report
-            print(f"prune plots not redrawn: {type(e).__name__}: {e}")
+            LOGGER.warning(f"prune plots not redrawn: {type(e).__name__}: {e}")
 
 
 def write_study_report(run_dir: Path, evolve_dir: Path | None = None, storage: str | None = None) -> Path:
     """summary.json and report.html (with its PNGs and CSVs), from the run dir's files and the storage."""
-    from evolve.detections import draw_detections
-    from evolve.html_report import build_report
     refresh_outputs(run_dir, evolve_dir, storage)
     try:
         draw_detections(run_dir)
     except Exception as e:  # missing data or a broken checkpoint must not cost the whole report
-        print(f"detections not drawn: {type(e).__name__}: {e}")
+        LOGGER.warning(f"detections not drawn: {type(e).__name__}: {e}")
     write_json_atomic(run_dir / SUMMARY_JSON, build_summary(run_dir))
     return build_report(run_dir)
 
 
 def write_hyp(path: Path, hyp: dict, note: str) -> None:
     """The hyp the study prunes with, as a hyp file (`--hyp`), with a comment saying where it comes from."""
-    import yaml
     atomic_write(path, f"# {note}\n" + yaml.safe_dump({k: hyp[k] for k in HYP_KEYS}, sort_keys=False))
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str | None = None, force: bool = False,
               threads: int | None = None, launch_fn: Callable[..., int] | None = None,
               fit: Callable[..., Any] | None = None, prune_fn: Callable[[Any], Any] | None = None) -> int:
-    """All phases in order (launch_fn, fit and prune_fn are injectable for tests); returns an exit code."""
-    import torch
+    """All phases in order (launch_fn, fit and prune_fn are injectable for tests); returns an exit code.
+
+    Progress is logged; the report's path, the command's final summary, is printed."""
     ropts = retrain_options(cfg)
     try:
         check_prune_section(cfg)  # before hours of evolution: a typo in `prune:` fails now
@@ -388,12 +393,11 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     # evolve: the launcher resumes and returns at once when the study already has its trials
     t0 = time.time()
     if launch_fn is None:
-        import optuna
-        from evolve.launcher import launch as launch_fn
+        launch_fn = launch
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     code = launch_fn(cfg, cfg.storage, run_dir=evolve_dir)
     if code != 0:
-        print(f"evolution stopped (exit {code}); writing a partial report")
+        LOGGER.warning(f"evolution stopped (exit {code}); writing a partial report")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return code
     phase_done(run_dir, "evolve", {"config": cfg.as_record()}, [evolve_dir / "evolve.csv"], time.time() - t0)
@@ -404,7 +408,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     try:
         plan = retrain_plan(run_dir / "evolve" / "evolve.csv", cfg, ropts)
     except StudyError as e:  # e.g. every trial failed: report what there is
-        print(f"retrain: {e}; writing a partial report")
+        LOGGER.warning(f"retrain: {e}; writing a partial report")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
     start = start_weights(cfg, evolve_dir)
@@ -422,14 +426,14 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
                                                          f"over seeds; {choice['verdict']}")
         phase_done(run_dir, "retrain", inputs, [csv, choice_path, run_dir / "best_hyp.yaml"], time.time() - t0)
     else:
-        print(f"retrain: skipped, {len(plan)} run(s) in {out} match the study (--force to redo)")
+        LOGGER.info(f"retrain: skipped, {len(plan)} run(s) in {out} match the study (--force to redo)")
     choice = json.loads(choice_path.read_text())
-    print(f"retrain: pruning {choice['chosen_run']}; {choice['verdict']}")
+    LOGGER.info(f"retrain: pruning {choice['chosen_run']}; {choice['verdict']}")
     weights = out / choice["chosen_run"] / "best.pt"
 
     # prune
     if prune_error:
-        print(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
+        LOGGER.warning(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
     popts = prune_options(cfg, weights, run_dir / "best_hyp.yaml", run_dir, device, threads, force)
@@ -438,11 +442,11 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     if dirty or not phase_current(run_dir, "prune", inputs):
         dirty, t0 = True, time.time()
         if prune_fn is None:
-            from prune.pipeline import run as prune_fn
+            from prune.pipeline import run as prune_fn  # optional: see above the imports
         prune_fn(popts)
         phase_done(run_dir, "prune", inputs, [run_dir / "prune" / "prune_results.csv"], time.time() - t0)
     else:
-        print(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
+        LOGGER.info(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
 
     report = write_study_report(run_dir, evolve_dir, cfg.storage)
     print(f"report: {report}\nsummary: {run_dir / SUMMARY_JSON}")
@@ -478,7 +482,6 @@ def report_only(run_dir: Path, storage: str | None) -> Path:
 @main_guard("evolve.study")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
     try:
         if args.report_only:
             print(f"report: {report_only(Path(args.report_only), args.storage)}")

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from core.train import TrainOptions
 from evolve.study_config import StudyConfig, StudyError
 
 BASE_DIR = "base"  # runs/evolve/NAME/base/: the base hyp trained once, when the study has a `base:` section
@@ -19,7 +20,6 @@ BASE_DIR = "base"  # runs/evolve/NAME/base/: the base hyp trained once, when the
 def search_train_options(cfg: StudyConfig, *, epochs: int, seed: int, device: str, project: Path | str, name: str,
                          save: bool, **overrides: Any) -> Any:
     """core.train.TrainOptions for one run of the study (trial, noise seed, base run or retrain)."""
-    from core.train import TrainOptions
     known = {f.name for f in fields(TrainOptions)}
     unknown = sorted(set(cfg.train) - known)
     if unknown:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -18,11 +19,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import optuna
+import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
+from core.cli import setup_logging
 from core.hyp import load_hyp
 from evolve.ledger import (Heartbeat, RecordedTrial, claim_owner, count_finished, count_running, fail_and_retry,
                            fail_stale, keep_result)
@@ -33,6 +37,8 @@ from evolve.storage import make_storage, study_lock
 from evolve.study_config import StudyConfig, load_study
 
 __all__ = ["load_callable", "run_worker"]
+
+LOGGER = logging.getLogger(__name__)
 
 STUDY_FILE = "study.yaml"  # the resolved study the launcher wrote into the run dir
 
@@ -93,7 +99,8 @@ def _in_journal_lock(frame: Any) -> bool:
 
 def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = None, worker: int = 0,
                device: str = "cpu", device_label: str = "cpu", fit: Callable[..., Any] | None = None,
-               poll: float = 1.0, log: Callable[[str], None] = print, interrupts: Interrupts | None = None) -> int:
+               poll: float = 1.0, log: Callable[[str], None] = LOGGER.info,
+               interrupts: Interrupts | None = None) -> int:
     """Run trials until the study counts `cfg.trials` finished ones; returns how many this worker ran."""
     run_dir = Path(run_dir)
     space = load_space(cfg.resolved("space"))
@@ -220,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # The worker's own lines (`log` below, on stdout) are its log file, whose last line the launcher shows
+    # when a worker stops early; of the library's records only warnings and errors join them.
+    setup_logging(logging.WARNING)
     interrupts = Interrupts().install()
     if args.threads:
-        import cv2
-        import torch
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)  # OpenCV's own pool would otherwise take every core for decoding/warps
     cfg = load_study(Path(args.run_dir) / STUDY_FILE)
