@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from core.model.info import model_info
 from prune.graph import trace
 
 
@@ -45,7 +46,7 @@ def _interleaved_ms(calls: dict[str, Callable[[], object]], warmup: int, runs: i
 
 def ort_session(path: str | Path, threads: int):
     """An onnxruntime CPU session with the same thread budget as torch.set_num_threads(threads)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional package (the `export` extra): only the onnxruntime latency needs it
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -84,8 +85,6 @@ def cpu_latency_ms(models: dict[str, nn.Module], imgsz: int, threads: int = 1, w
 
 def measure(model: nn.Module, imgsz: int, ckpt: str | Path | None = None) -> dict:
     """`{'params', 'GFLOPs', 'ckpt_MB', 'channels'}` of one model (latency: see cpu_latency_ms)."""
-    from core.model.info import model_info
-
     info = model_info(model, imgsz)
     return {
         "params": int(info["params"]),

@@ -22,22 +22,36 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from core.atomic import atomic_write
+from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from core.cli import main_guard
+from core.data.config import load_data_config
+from core.data.files import list_image_files
+from core.data.loader import create_dataloader
+from core.export import ExportError, check_onnx, export_onnx, sample_image
+from core.hyp import load_hyp
+from core.model.yolo import Model, load_arch
+from core.train import TrainOptions, fit
+from core.val import validate
 
 from prune.graph import GraphError, trace
-from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts
+from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts, rename_key
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
+from prune.measure import cpu_latency_ms, measure, prunable_channels
 from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
 from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
+from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
 from prune.unstructured import prune_unstructured, sparsity
 
 __all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
+
+LOGGER = logging.getLogger(__name__)
 
 
 def _arch_key(arch: dict) -> dict:
@@ -46,9 +60,6 @@ def _arch_key(arch: dict) -> dict:
 
 def load_weights(opts: PruneOptions, nc: int):
     """The --weights model; its architecture must match --model (if given) and the data's class count."""
-    from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-    from core.model.yolo import load_arch
-
     ckpt = load_checkpoint(opts.weights)
     if opts.model:
         want, have = _arch_key(load_arch(opts.model)), _arch_key(ckpt["arch"])
@@ -69,8 +80,6 @@ def load_weights(opts: PruneOptions, nc: int):
 def stage_close_mosaic(stage: str, epochs: int) -> int:
     """Epochs at the end of a stage trained without mosaic: the engine's default for the baseline, a third of
     a later (shorter) stage, at most the engine's default."""
-    from core.train import TrainOptions
-
     return TrainOptions.close_mosaic if stage == "baseline" else min(TrainOptions.close_mosaic, epochs // 3)
 
 
@@ -78,10 +87,6 @@ class Pipeline:
     """Runs the stages in order; holds the data, hyps and the validation loader they share."""
 
     def __init__(self, opts: PruneOptions):
-        from core.data.config import load_data_config
-        from core.data.loader import create_dataloader
-        from core.hyp import load_hyp
-
         self.opts = opts
         self.run_dir = Path(opts.project) / opts.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,7 @@ class Pipeline:
                                                augment=False, cache="ram", workers=opts.workers,
                                                nc=self.data["nc"], prefix="val: ")
         self.round_to, why = resolve_round_to(opts.round_to, opts.device)
+        # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
         print(f"round-to: kept channels rounded up to a multiple of {self.round_to} ({why})")
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
@@ -106,14 +112,10 @@ class Pipeline:
 
     def continued_hyp(self, lr_scale: float) -> dict:
         """The hyp for a stage that continues a trained model: lr0 scaled, no warmup."""
-        from core.hyp import load_hyp
-
         return load_hyp({**self.hyp, "lr0": self.hyp["lr0"] * lr_scale, "warmup_epochs": 0.0})
 
     def check_prunable(self) -> None:
         """Refuse a model the pruner cannot handle before any stage trains (the untrained model has the same graph)."""
-        from core.model.yolo import Model
-
         o = self.opts
         source = f"--weights {o.weights}" if o.weights else f"--model {o.model or DEFAULT_MODEL}"
         model = load_weights(o, self.data["nc"]) if o.weights else Model(o.model or DEFAULT_MODEL, nc=self.data["nc"])
@@ -161,9 +163,6 @@ class Pipeline:
         return (o.iterative_epochs or o.finetune_epochs // o.iterative) if o.iterative > 1 else 0
 
     def _fit(self, stage: str, model, hyp: dict, epochs: int, optimizer: str, callbacks=None):
-        from core.checkpoint import model_from_checkpoint
-        from core.train import TrainOptions, fit
-
         o = self.opts
         shutil.rmtree(self.run_dir / "train" / stage, ignore_errors=True)  # no rows left from an older run
         close_mosaic = stage_close_mosaic(stage, epochs)
@@ -202,17 +201,14 @@ class Pipeline:
         amount = self.opts.unstructured
         pruned = prune_unstructured(model, amount)
         per, conv_share, all_share = sparsity(pruned)
-        import pandas as pd
         pd.DataFrame({"conv": list(per), "sparsity": list(per.values())}).to_csv(
             self.run_dir / "unstructured.csv", index=False)
-        print(f"unstructured: {amount:.0%} of each conv's smallest |w| zeroed; {conv_share:.3f} of conv weights "
-              f"and {all_share:.3f} of all parameters are zero (per layer: unstructured.csv); dense kernels "
-              f"skip no zeros, so FLOPs and latency do not change")
+        LOGGER.info(f"unstructured: {amount:.0%} of each conv's smallest |w| zeroed; {conv_share:.3f} of conv "
+                    f"weights and {all_share:.3f} of all parameters are zero (per layer: unstructured.csv); dense "
+                    f"kernels skip no zeros, so FLOPs and latency do not change")
         return pruned, {"conv_sparsity": conv_share, "global_sparsity": all_share}
 
     def channel(self, model):
-        from prune.measure import prunable_channels
-
         def count(m):
             return sum(prunable_channels(m).values())
 
@@ -231,16 +227,17 @@ class Pipeline:
         graph = trace(model)
         masks, thr = compute_masks(graph, MaskOptions(percent, o.layer_keep, self.round_to))
         kept = {n: int(k.sum()) for n, k in masks.items()}
+        # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
         print(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
               f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
               f"set by {thr.tightest})")
         floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
         if floored:
             more = f" and {len(floored) - 5} more" if len(floored) > 5 else ""
-            print(f"channel: the threshold would empty {', '.join(floored[:5])}{more}; they keep the "
-                  f"--layer-keep {o.layer_keep} floor (or their coupled convs' channels)")
+            LOGGER.info(f"channel: the threshold would empty {', '.join(floored[:5])}{more}; they keep the "
+                        f"--layer-keep {o.layer_keep} floor (or their coupled convs' channels)")
         total = sum(k.numel() for k in masks.values())
-        print(f"channel: keeping {sum(kept.values())}/{total} prunable channels")
+        LOGGER.info(f"channel: keeping {sum(kept.values())}/{total} prunable channels")
         extra = {"threshold": thr.value, "safe_threshold": thr.safe_value, "safe_percent": thr.safe_percent,
                  "tightest": thr.tightest}
         return prune_channels(model, masks), extra
@@ -248,7 +245,7 @@ class Pipeline:
     def layer(self, model):
         pruned, removed = remove_shortcuts(model, self.opts.shortcuts)
         for name, score in removed:
-            print(f"layer: removed {name} (mean |gamma| of cv2.bn {score:.4g})")
+            LOGGER.info(f"layer: removed {name} (mean |gamma| of cv2.bn {score:.4g})")
         renames = block_renames(model, [n for n, _ in removed])[1]
         return pruned, {"removed": removed, "renames": renames}
 
@@ -258,9 +255,6 @@ class Pipeline:
         return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer), {}
 
     def row(self, stage: str, model, ckpt: Path) -> dict:
-        from core.val import validate
-        from prune.measure import measure
-
         m = validate(model, self.val_loader, names=self.data["names"], progress=False)
         cost = measure(model, self.opts.imgsz, ckpt)
         if stage == "baseline":
@@ -274,8 +268,6 @@ class Pipeline:
     def add_latency(self, rows: list[dict]) -> None:
         """CPU latency of every stage's model, measured together at the end (interleaved, same load): PyTorch
         (fused), and onnxruntime on the stage exported to onnx/<stage>.onnx, with the same thread count."""
-        from prune.measure import cpu_latency_ms
-
         o = self.opts
         size = o.latency_imgsz or o.imgsz
         onnx = self.export_stages(size) if o.onnx_latency else {}
@@ -285,21 +277,18 @@ class Pipeline:
             row.update(latency_ms=ms[row["stage"]], latency_imgsz=size, threads=o.latency_threads)
             if onnx:
                 row["onnx_latency_ms"] = ms.get(f"onnx:{row['stage']}", float("nan"))
-        print(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, "
-              f"{o.latency_threads} thread(s), PyTorch fused" + (" and onnxruntime" if onnx else ""))
+        LOGGER.info(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, "
+                    f"{o.latency_threads} thread(s), PyTorch fused" + (" and onnxruntime" if onnx else ""))
 
     def export_stages(self, imgsz: int) -> dict[str, Path]:
         """Each stage's model as run_dir/onnx/<stage>.onnx (float32, batch 1, imgsz), checked by core.export
         against PyTorch on a val image; {} without onnxruntime. A stage whose check fails is left out."""
-        try:
-            from core.export import ExportError, check_onnx, export_onnx, sample_image
+        try:  # optional packages (the `export` extra): without them the PyTorch latency alone
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError as e:
-            print(f"onnxruntime latency: skipped ({e}; pip install -e '.[export]')")
+            LOGGER.warning(f"onnxruntime latency: skipped ({e}; pip install -e '.[export]')")
             return {}
-        from core.data.files import list_image_files
-
         out_dir = self.run_dir / "onnx"
         out_dir.mkdir(exist_ok=True)
         for old in out_dir.glob("*.onnx"):  # a stage of an earlier run that this run no longer has
@@ -312,14 +301,12 @@ class Pipeline:
             try:
                 check_onnx(path, model, image)
             except ExportError as e:
-                print(f"onnxruntime latency: {stage} left out: {e}")
+                LOGGER.warning(f"onnxruntime latency: {stage} left out: {e}")
                 continue
             files[stage] = path
         return files
 
     def run(self) -> list[dict]:
-        from core.checkpoint import model_from_checkpoint, save_checkpoint
-
         self.check_prunable()
         rows, dirty, chain = [], self.opts.force, None
         for stage in STAGES:
@@ -331,6 +318,7 @@ class Pipeline:
             options = self.stage_options(stage)
             old = None if dirty else rec.reusable(options)
             if old is not None:
+                # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
                 print(f"{stage}: reusing {rec.ckpt} (same options; --force to redo)")
                 model = model_from_checkpoint(rec.ckpt)
                 row, extra = old["row"], old["extra"]
@@ -338,7 +326,7 @@ class Pipeline:
                     self.base_channels = row["channels_kept"]
             else:
                 dirty = dirty or stage not in SIDE_STAGES  # a side row's redo changes nothing downstream
-                print(f"--- {stage} ---")
+                LOGGER.info(f"--- {stage} ---")
                 rec.invalidate()
                 model, extra = self.stage_fns[stage](chain)
                 save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,
@@ -357,11 +345,6 @@ class Pipeline:
 
 def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
     """channels.csv: per prunable conv, its output channels before and after each pruning stage (0 = removed)."""
-    import pandas as pd
-
-    from prune.layers import rename_key
-    from prune.measure import prunable_channels
-
     base = prunable_channels(models["baseline"])
     after_ch = prunable_channels(models["channel"]) if "channel" in models else base
     after_l = prunable_channels(models["layer"]) if "layer" in models else after_ch
@@ -375,8 +358,6 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
 
 def run(opts: PruneOptions) -> list[dict]:
     """Run (or resume) the pipeline; writes the results table, channels.csv and the plots."""
-    from prune.report import write_prune_report
-
     check_prune_options(opts)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
@@ -388,7 +369,6 @@ def run(opts: PruneOptions) -> list[dict]:
 
 @main_guard("prune.pipeline", interrupted="interrupted: finished stages are kept; the same command resumes")
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
     opts = parse_args(argv)
     run(opts)
     print(f"options: {asdict(opts)}")

@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from core.cli import main_guard
 
@@ -59,9 +60,17 @@ def _onnx_summary(df: pd.DataFrame) -> str:
             f"faster than PyTorch on the last stage)")
 
 
-def plot_stages(df: pd.DataFrame, path: Path) -> None:
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib  # heavy: only the plots need it; the tables (classic_table, summary) are imported without it
     import matplotlib.pyplot as plt
 
+    matplotlib.use("Agg")
+    return plt
+
+
+def plot_stages(df: pd.DataFrame, path: Path) -> None:
+    plt = _pyplot()
     labels = [LABELS.get(s, s) for s in df["stage"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = [("mAP50-95", "mAP50-95", "{:.4f}", "tab:blue"), ("GFLOPs", "GFLOPs (imgsz %d)" % df["imgsz"].iloc[0],
@@ -84,9 +93,7 @@ def plot_stages(df: pd.DataFrame, path: Path) -> None:
 
 
 def plot_gamma(rows: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = _pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     edges = np.array(rows[0]["edges"], dtype=float)
     lo = edges[1] / (edges[2] / edges[1])  # draw the [0, 1e-5) bin just left of 1e-5 on the log axis
@@ -123,9 +130,7 @@ def plot_gamma(rows: list[dict], path: Path) -> None:
 
 
 def plot_channels(df: pd.DataFrame, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = _pyplot()
     n = len(df)
     x = np.arange(n)
     fig, ax = plt.subplots(figsize=(max(10, 0.22 * n), 4.8))
@@ -148,10 +153,10 @@ def plot_channels(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_prune_report(run_dir: str | Path, show: bool = True) -> dict[str, Path]:
-    """Print the table and write the plots that the run's files allow; returns the written paths."""
-    import matplotlib
+    """Print the table and write the plots that the run's files allow; returns the written paths.
 
-    matplotlib.use("Agg")
+    The table (`show`) is the final summary of both prune commands (tests/prune/test_pipeline.py reads it
+    from stdout)."""
     run_dir = Path(run_dir)
     csv = run_dir / "prune_results.csv"
     if not csv.is_file():

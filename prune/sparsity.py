@@ -28,6 +28,7 @@ The logged |gamma| are the EMA model's: the weights that are validated, saved an
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from core.callbacks import Callbacks
 from prune.graph import trace
+
+LOGGER = logging.getLogger(__name__)
 
 SCHEDULES = ("const", "linear", "step")
 PENALTIES = ("l1", "polar")
@@ -165,13 +169,11 @@ class SparsityTrainer:
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        print(f"sparse epoch {epoch}: s={row['s']:.2e} {row['gammas_of']} |gamma| median {row['median']:.4f}, "
-              f"{100 * row['share_small']:.1f}% below {SMALL:g}; gradient clip factor mean {row['clip_mean']:.3f} "
-              f"(min {row['clip_min']:.3f})")
+        LOGGER.info(f"sparse epoch {epoch}: s={row['s']:.2e} {row['gammas_of']} |gamma| median {row['median']:.4f}, "
+                    f"{100 * row['share_small']:.1f}% below {SMALL:g}; gradient clip factor mean "
+                    f"{row['clip_mean']:.3f} (min {row['clip_min']:.3f})")
 
     def callbacks(self):
         """A core.callbacks.Callbacks bound to this trainer."""
-        from core.callbacks import Callbacks
-
         return Callbacks(on_train_start=self.on_train_start, on_epoch_start=self.on_epoch_start,
                          after_clip=self.after_clip, on_epoch_end=self.on_epoch_end)

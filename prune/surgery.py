@@ -13,6 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from core.model.yolo import Model
 from prune.graph import INPUT, Consumer, Layout, PruneGraph, is_depthwise, trace
 
 
@@ -116,8 +117,6 @@ def slice_state_dict(model: nn.Module, graph: PruneGraph, masks: dict[str, torch
 
 def build_model(arch: dict, state_dict: dict, like: nn.Module) -> nn.Module:
     """Build a Model from `arch`, load `state_dict` strictly, match `like`'s dtype, device and mode."""
-    from core.model.yolo import Model  # the engine's model; imported late to keep graph/masks torch-only
-
     p = next(like.parameters())
     new = Model(arch).to(device=p.device, dtype=p.dtype)  # before loading: no rounding through float32
     new.load_state_dict(state_dict, strict=True)
