@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.device import DeviceError, parse_device_ids
+
 
 __all__ = ["positive_int", "non_negative_int", "fraction", "unit_interval", "non_negative_float", "device",
            "existing_file", "existing_dir"]
@@ -48,8 +50,6 @@ def non_negative_float(text: str) -> float:
 
 def device(text: str) -> str:
     """'cpu', a CUDA index '0' or indexes '0,1,2,3' (whether they exist is checked when the run starts)."""
-    from core.device import DeviceError, parse_device_ids
-
     try:
         parse_device_ids(text)
     except DeviceError:

@@ -20,6 +20,8 @@ from torch import nn
 from core.argtypes import existing_file
 from core.atomic import atomic_write
 from core.cli import main_guard
+from core.ema import unwrap
+from core.model.yolo import Model
 
 __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
            "strip_checkpoint"]
@@ -69,8 +71,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None
                     best_fitness: float | None = None, optimizer: torch.optim.Optimizer | None = None,
                     train_opts: Mapping | None = None, half: bool = False) -> Path:
     """Write a checkpoint atomically (temp file + rename, so a crash never leaves a torn file)."""
-    from core.ema import unwrap
-
     model = unwrap(model)
     ckpt = {
         "format": FORMAT,
@@ -123,8 +123,6 @@ def _unreadable(path: Path) -> str:
 
 def model_from_checkpoint(source: str | Path | Mapping, use_ema: bool = True, nc: int | None = None) -> nn.Module:
     """Rebuild the model from the checkpoint's architecture dict and load its (EMA) weights, fp32, eval mode."""
-    from core.model.yolo import Model
-
     ckpt = load_checkpoint(source) if not isinstance(source, Mapping) else source
     model = Model(copy.deepcopy(ckpt["arch"]))
     state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]

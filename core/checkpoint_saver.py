@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+import yaml
 from torch import nn
 
 from core.atomic import atomic_write, remove_stale_temps
 from core.checkpoint import save_checkpoint, strip_checkpoint
 from core.run_dir import read_history, write_results
 
-LOG = logging.getLogger("core.train")
+LOGGER = logging.getLogger(__name__)
 
 
 class CheckpointSaver:
@@ -38,8 +39,6 @@ class CheckpointSaver:
         """Create the folder and write hyp.yaml and opt.yaml; a new run in a reused folder starts a new table."""
         if not self.enabled:
             return
-        import yaml
-
         self.save_dir.mkdir(parents=True, exist_ok=True)
         if not resumed:
             self.results.unlink(missing_ok=True)
@@ -83,5 +82,5 @@ class CheckpointSaver:
             if ended:
                 self.resume_path.unlink(missing_ok=True)  # a finished run has nothing left to resume
         elif self.last_path.exists():
-            LOG.error(f"training failed: {self.last_path} keeps the full state of the last finished epoch; "
+            LOGGER.error(f"training failed: {self.last_path} keeps the full state of the last finished epoch; "
                       f"resuming {self.save_dir} (--resume, TrainOptions.resume) continues from it")

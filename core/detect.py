@@ -17,11 +17,19 @@ import cv2
 import numpy as np
 import torch
 from core import argtypes as t
+from core.boxes import scale_boxes
 from core.cli import main_guard
+from core.data.augment import letterbox
+from core.data.cache import decode_image
+from core.data.files import list_image_files
+from core.device import select_device
+from core.ensemble import input_size, load_for_inference
+from core.nms import non_max_suppression
+from core.run_dir import next_run_dir
 
 __all__ = ["detect", "read_letterboxed", "run"]
 
-LOG = logging.getLogger("core.detect")
+LOGGER = logging.getLogger(__name__)
 
 
 def read_letterboxed(path: str | Path, imgsz: int) -> tuple[torch.Tensor, np.ndarray, tuple]:
@@ -29,9 +37,6 @@ def read_letterboxed(path: str | Path, imgsz: int) -> tuple[torch.Tensor, np.nda
 
     ratio_pad = ((gain_h, gain_w), (pad_w, pad_h)) as `core.boxes.scale_boxes` takes it.
     """
-    from core.data.augment import letterbox
-    from core.data.cache import decode_image
-
     img0 = decode_image(str(path))
     img, (rw, rh), pad = letterbox(img0, imgsz, auto=False)
     chw = np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
@@ -78,9 +83,6 @@ def detect(model: torch.nn.Module, files: Sequence[str], imgsz: int, out_dir: Pa
            iou_thres: float = 0.45, max_det: int = 1000, save_txt: bool = False, save_conf: bool = False) -> list[dict]:
     """Detect on each file; write drawn images (and labels) under out_dir. Returns per image
     {'image', 'detections' (n, 6) original pixels, 'saved'}."""
-    from core.boxes import scale_boxes
-    from core.nms import non_max_suppression
-
     out_dir.mkdir(parents=True, exist_ok=True)
     if save_txt:
         (out_dir / "labels").mkdir(exist_ok=True)
@@ -98,7 +100,7 @@ def detect(model: torch.nn.Module, files: Sequence[str], imgsz: int, out_dir: Pa
         if save_txt:
             (out_dir / "labels" / f"{Path(f).stem}.txt").write_text(yolo_rows(det, img0.shape[:2], save_conf))
         results.append({"image": f, "detections": det, "saved": saved})
-        LOG.info(f"{Path(f).name}: {len(det)} detections")
+        LOGGER.info(f"{Path(f).name}: {len(det)} detections")
     return results
 
 
@@ -119,13 +121,6 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--name", default="exp")
     ap.add_argument("--exist-ok", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    from core.data.files import list_image_files
-    from core.device import select_device
-    from core.ensemble import input_size, load_for_inference
-    from core.run_dir import next_run_dir
-
     model = load_for_inference(args.weights, select_device(args.device), augment=args.augment)
     files = list_image_files(args.source)
     if not files:

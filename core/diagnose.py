@@ -23,7 +23,16 @@ import torch
 from torch import nn
 
 from core.boxes import box_iou, xywh2xyxy
+from core.checkpoint import load_checkpoint
 from core.cli import main_guard
+from core.data.automosaic import apply_automosaic
+from core.data.config import load_data_config
+from core.data.loader import create_dataloader
+from core.hyp import load_hyp
+from core.loss import ComputeLoss, scaled_gains
+from core.nms import non_max_suppression
+from core.train import _build_model
+from core.val import validate
 
 
 class ClassAgnostic(nn.Module):
@@ -61,8 +70,6 @@ class OneClassLoader:
 def confusion(model: nn.Module, loader, nc: int, conf: float = 0.25) -> np.ndarray:
     """(nc, nc + 1) counts: row = true class, column = class of the most confident prediction overlapping
     the object at IoU >= 0.5 (conf >= `conf`), last column = nothing found."""
-    from core.nms import non_max_suppression
-
     counts = np.zeros((nc, nc + 1), np.int64)
     model.eval()
     for imgs, targets, *_ in loader:
@@ -87,8 +94,6 @@ def confusion(model: nn.Module, loader, nc: int, conf: float = 0.25) -> np.ndarr
 def assignment(model: nn.Module, loader, loss_hyp: dict, batches: int) -> dict:
     """Share of labelled objects given >= 1 (anchor, cell) on each level, and on none, over `batches`
     augmented training batches (build_targets run per object, so every count is that object's)."""
-    from core.loss import ComputeLoss
-
     compute = ComputeLoss(model, loss_hyp)
     per_level, none, total = np.zeros(compute.nl), 0, 0
     model.train()
@@ -118,18 +123,8 @@ def main_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-@main_guard("core.diagnose")
+@main_guard("core.diagnose", log_level=logging.WARNING)  # its printed findings only, not the loaders' lines
 def main(argv=None) -> int:
-    from core.checkpoint import load_checkpoint
-    from core.data.automosaic import apply_automosaic
-    from core.data.config import load_data_config
-    from core.data.loader import create_dataloader
-    from core.hyp import load_hyp
-    from core.loss import scaled_gains
-    from core.train import _build_model
-    from core.val import validate
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = main_args(argv)
     cfg = load_data_config(args.data)
     nc, names = int(cfg["nc"]), list(cfg["names"])

@@ -17,9 +17,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from core.checkpoint import model_from_checkpoint
+from core.onnx_model import OnnxModel
+from core.tta import TTA
+
 __all__ = ["Ensemble", "load_for_inference", "input_size"]
 
-LOG = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 
 class Ensemble(nn.ModuleList):
@@ -44,11 +48,7 @@ class Ensemble(nn.ModuleList):
 def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> nn.Module:
     """One weights file -> float eval model on `device` (BN folded when `fuse`), or an OnnxModel for .onnx."""
     if Path(path).suffix == ".onnx":
-        from core.onnx_model import OnnxModel
-
         return OnnxModel(path)
-    from core.checkpoint import model_from_checkpoint
-
     model = model_from_checkpoint(path)  # float, eval
     return (model.fuse() if fuse else model).to(device)
 
@@ -56,8 +56,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
 def load_for_inference(weights: str | Path | Sequence[str | Path], device: str | torch.device = "cpu",
                        augment: bool = False, fuse: bool = True) -> nn.Module:
     """One model, or an Ensemble of several; each wrapped in TTA when `augment`."""
-    from core.tta import TTA
-
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights)
     if not paths:
         raise ValueError("no weights given")
@@ -77,7 +75,7 @@ def input_size(model: nn.Module, imgsz: int) -> int:
     if fixed:
         size = fixed.pop()[0]
         if size != imgsz:
-            LOG.warning(f"imgsz {imgsz} -> {size}: the ONNX file was exported for {size}")
+            LOGGER.warning(f"imgsz {imgsz} -> {size}: the ONNX file was exported for {size}")
         return size
     stride = int(model.stride.max())
     return max(stride, math.ceil(imgsz / stride) * stride)

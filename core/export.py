@@ -42,7 +42,12 @@ from torch import nn
 
 from core.onnx_model import INPUT, OUTPUT, OnnxModel, metadata
 from core import argtypes as t
+from core.checkpoint import load_checkpoint, model_from_checkpoint
 from core.cli import main_guard
+from core.data.config import load_data_config
+from core.data.files import list_image_files
+from core.detect import read_letterboxed
+from core.device import select_device
 
 __all__ = ["TOLERANCE", "TOLERANCE_HALF", "FLOOR_FACTOR", "ExportError", "export_onnx", "check_onnx", "sample_image",
            "run"]
@@ -71,7 +76,7 @@ class _Predictions(nn.Module):
 def export_onnx(model: nn.Module, out: str | Path, imgsz: int = 640, batch: int = 1, dynamic: bool = False,
                 half: bool = False, simplify: bool = False, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` (a float eval Model) fused to `out`; its metadata records names, stride, imgsz."""
-    import onnx
+    import onnx  # optional package (the `export` extra): the rest of core imports without it
 
     device = next(model.parameters()).device
     stride = int(model.stride.max())
@@ -91,7 +96,7 @@ def export_onnx(model: nn.Module, out: str | Path, imgsz: int = 640, batch: int 
                           output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True)
     graph = onnx.load(str(out))
     if simplify:
-        import onnxslim
+        import onnxslim  # optional package (the `export` extra), for --simplify only
 
         graph = onnxslim.slim(graph)
     meta = metadata(list(model.names), model.stride.tolist(), (imgsz, imgsz), batch, dynamic, half)
@@ -143,7 +148,7 @@ def check_onnx(path: str | Path, reference: nn.Module, image: torch.Tensor) -> d
     size, 'boxes_px': the same in pixels}, 'floor': PyTorch's own error at the file's precision (see
     float_floor) and 'tolerance': {'scores', 'boxes'} applied; raises ExportError beyond it.
     """
-    import onnx
+    import onnx  # optional package (the `export` extra)
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -173,10 +178,6 @@ def check_onnx(path: str | Path, reference: nn.Module, image: torch.Tensor) -> d
 def sample_image(ckpt: dict, imgsz: int, source: str | None = None) -> torch.Tensor:
     """A real image to check the export on: `source`, else the first val image of the checkpoint's
     training data, else of the built-in dataset; letterboxed to imgsz, (1, 3, imgsz, imgsz) in [0, 1]."""
-    from core.data.config import load_data_config
-    from core.data.files import list_image_files
-    from core.detect import read_letterboxed
-
     if source is None:
         data = (ckpt.get("train_opts") or {}).get("data")
         data = data if data and Path(data).is_file() else None
@@ -201,10 +202,6 @@ def run(argv: Sequence[str] | None = None) -> Path:
                     "checkpoint's data, else of the built-in dataset)")
     ap.add_argument("--out", default=None, help="output path (default: the weights with .onnx)")
     args = ap.parse_args(argv)
-
-    from core.checkpoint import load_checkpoint, model_from_checkpoint
-    from core.device import select_device
-
     ckpt = load_checkpoint(args.weights)
     model = model_from_checkpoint(ckpt).to(select_device(args.device))
     out = Path(args.out or Path(args.weights).with_suffix(".onnx"))

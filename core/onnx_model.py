@@ -38,7 +38,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional package (the `export` extra): only .onnx files need it
 
         self.path = Path(path)
         self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])

@@ -22,12 +22,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
+from tqdm import tqdm
 
 from core import argtypes as t
 from core.atomic import atomic_write
 from core.boxes import scale_boxes, xywh2xyxy
-from core.device import bf16_autocast
+from core.device import bf16_autocast, select_device
 from core.cli import main_guard
+from core.data.config import load_data_config
+from core.data.loader import create_dataloader
+from core.ensemble import input_size, load_for_inference
+from core.hyp import load_hyp
 from core.metrics import IOU_THRESHOLDS, ap_per_class, fitness, match_predictions, summarize
 from core.nms import non_max_suppression
 
@@ -101,8 +107,6 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     speed_ms: {pre, inference, nms} per image, per_class: {name: {AP50, AP, P, R, Images,
     Instances}}, images, instances}.
     """
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     p = next(model.parameters(), None)  # an onnxruntime model (core.onnx_model) has none: CPU tensors
@@ -185,8 +189,6 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
 
 def _image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as the loader sees the image (EXIF rotation applied)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         w, h = im.size
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
@@ -256,13 +258,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--ap-method", choices=["coco", "yolov5"], default="coco", help="coco: COCOeval's 101-point "
                     "step AP; yolov5: YOLOv5's linear interpolation + trapezoids (with --multi-label: YOLOv5's numbers)")
     args = ap.parse_args(argv)
-
-    from core.data.config import load_data_config
-    from core.data.loader import create_dataloader
-    from core.device import select_device
-    from core.ensemble import input_size, load_for_inference
-    from core.hyp import load_hyp
-
     data = load_data_config(args.data)
     model = load_for_inference(args.weights, select_device(args.device), augment=args.augment)
     imgsz = input_size(model, args.imgsz)

@@ -32,7 +32,7 @@ from core.atomic import atomic_write
 
 from .files import as_source_list, img2label_path, label_cache_path, list_image_files
 
-LOGGER = logging.getLogger("core.data")
+LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
 COORD_EPS = 1e-4  # tolerance on normalised coordinates (rounding in label writers)
 MIN_IMAGE_SIZE = 10

@@ -27,7 +27,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-LOGGER = logging.getLogger("core.data")
+LOGGER = logging.getLogger(__name__)
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 MIN_VISIBLE = 0.4
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}

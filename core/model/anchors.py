@@ -22,7 +22,7 @@ __all__ = ["label_wh", "anchor_metrics", "kmean_anchors", "model_anchor_pixels",
 MIN_BOX_PX = 2.0  # boxes smaller than this carry no shape information (YOLOv5 drops them too)
 MAX_BOXES = 20000  # the fit subsamples larger sets; anchors need shape statistics, not every box
 MIN_BPR = 0.98  # AutoAnchor refits below this best possible recall (YOLOv5's threshold)
-LOG = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 
 def label_wh(labels: Sequence[np.ndarray], shapes_hw: np.ndarray, imgsz: int,
@@ -159,7 +159,7 @@ def fit_anchor_count(model, na: int, labels: Sequence[np.ndarray], shapes_hw: np
         return
     wh = label_wh(labels, shapes_hw, imgsz)
     if len(wh) < det.nl * na:
-        LOG.warning(f'hyp anchors={na}: too few labels to fit anchors, keeping {det.na}')
+        LOGGER.warning(f'hyp anchors={na}: too few labels to fit anchors, keeping {det.na}')
         return
     set_anchors(model, kmean_anchors(wh, det.nl * na, imgsz=imgsz, thr=thr, seed=seed))
 
@@ -174,28 +174,28 @@ def check_anchors(model, labels: Sequence[np.ndarray], shapes_hw: np.ndarray, im
     gain = rng.uniform(0.9, 1.1, size=len(labels))
     wh = label_wh(labels, shapes_hw, imgsz, gain)
     if len(wh) == 0:
-        LOG.warning('AutoAnchor: no labelled boxes: anchors not checked')
+        LOGGER.warning('AutoAnchor: no labelled boxes: anchors not checked')
         return {'bpr': float('nan'), 'aat': float('nan'), 'new_bpr': None, 'replaced': False}
     report = {**anchor_metrics(model_anchor_pixels(model), wh, thr), 'new_bpr': None, 'replaced': False}
     head = f"AutoAnchor: {report['aat']:.2f} anchors/target, best possible recall {report['bpr']:.4f}"
     if report['bpr'] >= MIN_BPR:
-        LOG.info(f'{head}: current anchors are a good fit')
+        LOGGER.info(f'{head}: current anchors are a good fit')
         return report
     if not refit:
-        LOG.warning(f'{head} (< {MIN_BPR}): kept, as the weights were trained with these anchors')
+        LOGGER.warning(f'{head} (< {MIN_BPR}): kept, as the weights were trained with these anchors')
         return report
     n = len(model_anchor_pixels(model))
     try:
         new = kmean_anchors(label_wh(labels, shapes_hw, imgsz), n, imgsz=imgsz, thr=thr, gen=gen, seed=seed)
     except ValueError as e:  # too few boxes to fit n anchors
-        LOG.warning(f'{head} (< {MIN_BPR}): no refit ({e})')
+        LOGGER.warning(f'{head} (< {MIN_BPR}): no refit ({e})')
         return report
     report['new_bpr'] = anchor_metrics(new, wh, thr)['bpr']
     if report['new_bpr'] > report['bpr']:
         set_anchors(model, new)
         report['replaced'] = True
-        LOG.info(f"{head} (< {MIN_BPR}): anchors refit by k-means + evolution, best possible recall "
+        LOGGER.info(f"{head} (< {MIN_BPR}): anchors refit by k-means + evolution, best possible recall "
                  f"{report['new_bpr']:.4f}: {np.round(new).astype(int).tolist()}")
     else:
-        LOG.info(f"{head} (< {MIN_BPR}): refit reached {report['new_bpr']:.4f}, no better: original anchors kept")
+        LOGGER.info(f"{head} (< {MIN_BPR}): refit reached {report['new_bpr']:.4f}, no better: original anchors kept")
     return report

@@ -18,7 +18,7 @@ def model_gflops(model: nn.Module, imgsz: int = 640) -> float:
     thop runs on a deep copy, so its hooks and counters never touch ``model``. NaN if thop is missing.
     """
     try:
-        import thop
+        import thop  # optional: without it GFLOPs are NaN
     except ImportError:
         warnings.warn('thop is not installed: GFLOPs reported as NaN')
         return math.nan

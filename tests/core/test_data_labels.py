@@ -36,7 +36,7 @@ def make_set(root: Path, label_texts: dict[str, str | None], split: str = "train
 
 
 def data_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "core.data" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("core.data") and r.levelno == logging.WARNING]
 
 
 BAD_ROWS = [
