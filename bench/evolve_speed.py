@@ -12,8 +12,6 @@ recreated on every run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -24,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bench.quiet import quiet_evolution
 from bench.record import command_line, machine, markdown_table, record
 from evolve.launcher import launch
 from evolve.storage import make_storage, run_dir_for
@@ -34,7 +33,7 @@ def _run(cfg: StudyConfig, fit_spec: str | None, threads: int | None) -> tuple[o
     run_dir = run_dir_for(cfg.name)
     shutil.rmtree(run_dir, ignore_errors=True)  # a bench study always starts empty
     t0 = time.time()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with quiet_evolution():
         code = launch(cfg, fit_spec=fit_spec, threads=threads, poll=0.5, plot_every=1e9)
     wall = time.time() - t0
     if code != 0:

@@ -47,8 +47,9 @@ import numpy as np
 
 from bench import sources
 from bench.record import command_line, markdown_table, record
+from core.cli import setup_logging
 
-LOG = logging.getLogger("core.data")
+LOGGER = logging.getLogger(__name__)
 HELDOUT_SEED = 271828  # used for the held-out suite and nothing else
 SPLITS = {"train": 0, "val": 1}
 MIN_VISIBLE = 0.4
@@ -350,7 +351,7 @@ def generate_heldout(root: str | Path, sets: Sequence[str] | None = None, seed: 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         (target / "data.yaml").write_text(_data_yaml(target, SETS[name].names))
-        LOG.info(f"held-out set {name}: {n_train} train, {n_val} val images in {target} ({time.time() - t0:.1f}s)")
+        LOGGER.info(f"held-out set {name}: {n_train} train, {n_val} val images in {target} ({time.time() - t0:.1f}s)")
         out[name] = target / "data.yaml"
     return out
 
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-record", action="store_true", help="do not append the suite's checksums to "
                    "bench/results/heldout.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     yamls = generate_heldout(args.root, args.sets.split(","), args.seed, args.n_train, args.n_val)
     for name, yaml_path in yamls.items():
         print(f"{name:8s} {yaml_path}")

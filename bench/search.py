@@ -15,8 +15,6 @@ runs/evolve/search-*/ and runs/bench/search/ and are recreated on every run (the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import time
@@ -27,6 +25,7 @@ import optuna
 import pandas as pd
 
 from bench.evolve_speed import shared_start
+from bench.quiet import quiet_evolution
 from bench.record import command_line, machine, markdown_table, record
 from evolve.launcher import launch
 from evolve.noise import paired_gain, summarize
@@ -45,7 +44,7 @@ def run_sampler(study_file: str, overrides: dict[str, Any], sampler: str, trials
     run_dir = run_dir_for(cfg.name)
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_evolution():
         code = launch(cfg, poll=1.0, plot_every=1e9)
     if code != 0:
         raise SystemExit(f"search bench: study {cfg.name} failed (exit {code}); see {run_dir}/worker_*.log")

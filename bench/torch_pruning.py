@@ -45,6 +45,8 @@ M = TypeVar("M")
 TP_IMPORTANCE = {"tp_bn": "BNScaleImportance", "tp_l1": "MagnitudeImportance(p=1)"}
 DEFAULT_WEIGHTS = ""  # the quick study's base run, trained once and cached (runs/evolve/bench-base)
 
+LOGGER = logging.getLogger(__name__)
+
 
 class TPBenchError(ValueError):
     """An input of the benchmark cannot be used (weights, ratio search, missing torch_pruning)."""
@@ -108,7 +110,7 @@ def match_gflops(prune_at: Callable[[float], M], gflops: Callable[[M], float], t
         g = gflops(model)
         trials.append((r, g))
         err = g / target - 1.0
-        logging.getLogger(__name__).info(f"  ratio {r:.4f}: {g:.4f} GFLOPs ({err:+.2%} of the target)")
+        LOGGER.info(f"  ratio {r:.4f}: {g:.4f} GFLOPs ({err:+.2%} of the target)")
         if best is None or abs(err) < abs(best[3]):
             best = (r, model, g, err)
         return err
@@ -387,7 +389,6 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's per-epoch lines
     opts = parse_args(argv)
     if isinstance(opts, argparse.Namespace):
         print(table(json.loads(Path(opts.report_only).read_text())))

@@ -41,7 +41,7 @@ from core import argtypes as t
 from core.atomic import atomic_write
 from core.cli import main_guard
 
-LOG = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = {"seed": 777, "n_train": 500, "n_val": 150, "imgsz": 256}  # used by this benchmark only
 TRANSFER = {"seed": 778, "n_train": 200, "n_val": 60, "imgsz": 256}
@@ -78,9 +78,9 @@ class Phases:
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         if name in self.data:
-            LOG.info(f"--- {name}: stored in {self.path}, skipped")
+            LOGGER.info(f"--- {name}: stored in {self.path}, skipped")
             return self.data[name]["result"]
-        LOG.info(f"--- {name}")
+        LOGGER.info(f"--- {name}")
         t0 = time.perf_counter()
         result = fn()
         self.data[name] = {"result": result, "seconds": time.perf_counter() - t0}
@@ -350,7 +350,6 @@ def parse_args(argv: Sequence[str] | None = None) -> UseBenchOptions:
 
 @main_guard("bench.use")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     o = parse_args(argv)
     t0 = time.perf_counter()
     result = run(o)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from core import argtypes as t
 from core.cli import main_guard
@@ -69,7 +68,6 @@ def parse_args(argv: list[str] | None = None):
 @main_guard("core.train", interrupted="interrupted: best.pt and last.pt are stripped and loadable; "
             "`--resume` continues from resume.pt")
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, imgsz=args.imgsz, device=args.device,
                         workers=args.workers, cache=args.cache, optimizer=args.optimizer, cos_lr=args.cos_lr,

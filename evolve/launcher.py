@@ -22,7 +22,7 @@ from evolve.base_run import cached_base_run, ensure_base_run
 from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
-from evolve.preflight import preflight, visible_gpu_ids
+from evolve.preflight import preflight
 from evolve.report import write_outputs
 from evolve.space import base_params, check_base, evolved, load_space
 from evolve.storage import describe, make_storage, study_lock
@@ -99,7 +99,7 @@ def check_shared_start(cfg: StudyConfig, base_hyp: dict, storage_url: str | None
     recorded = study.user_attrs.get(START_SHA)
     fix = (f"copy {run_dir / 'base'}/ from the machine that started the study to this one (the base run is "
            f"reused when its inputs match), or use --name for a new study" if cfg.base and not cfg.weights else
-           f"give every machine the same `weights:` file, or use --name for a new study")
+           "give every machine the same `weights:` file, or use --name for a new study")
     if before_base_run:
         if recorded and cfg.base and not cfg.weights and cached_base_run(cfg, base_hyp, run_dir) is None:
             raise StudyError(f"study '{cfg.name}' finetunes a base run this machine does not have "

@@ -15,7 +15,6 @@ import math
 import os
 import socket
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 

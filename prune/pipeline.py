@@ -101,8 +101,7 @@ class Pipeline:
                                                augment=False, cache="ram", workers=opts.workers,
                                                nc=self.data["nc"], prefix="val: ")
         self.round_to, why = resolve_round_to(opts.round_to, opts.device)
-        # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
-        print(f"round-to: kept channels rounded up to a multiple of {self.round_to} ({why})")
+        LOGGER.info(f"round-to: kept channels rounded up to a multiple of {self.round_to} ({why})")
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
@@ -227,8 +226,7 @@ class Pipeline:
         graph = trace(model)
         masks, thr = compute_masks(graph, MaskOptions(percent, o.layer_keep, self.round_to))
         kept = {n: int(k.sum()) for n, k in masks.items()}
-        # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
-        print(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
+        LOGGER.info(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
               f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
               f"set by {thr.tightest})")
         floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
@@ -318,8 +316,7 @@ class Pipeline:
             options = self.stage_options(stage)
             old = None if dirty else rec.reusable(options)
             if old is not None:
-                # stdout, not the log: tests/prune/test_pipeline.py reads this line from stdout
-                print(f"{stage}: reusing {rec.ckpt} (same options; --force to redo)")
+                LOGGER.info(f"{stage}: reusing {rec.ckpt} (same options; --force to redo)")
                 model = model_from_checkpoint(rec.ckpt)
                 row, extra = old["row"], old["extra"]
                 if stage == "baseline":

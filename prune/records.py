@@ -11,7 +11,6 @@ not passed on and they do not invalidate later stages.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """End to end on a tiny synthetic dataset: stages, rows, reusable plain checkpoints, skips, errors."""
 import importlib.util
 import json
+import logging
 import re
 
 import pandas as pd
@@ -36,7 +37,8 @@ def args(root, data, *extra):
             "--project", str(root), "--name", "run", "--no-progress", *extra]
 
 
-def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
+def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="prune")
     root, data = tiny
     steps, in_sparse = [], []
     original = pipeline.Pipeline.sparse
@@ -68,7 +70,7 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
         assert df["onnx_latency_ms"].gt(0).all()
         assert sorted(p.stem for p in (run / "onnx").glob("*.onnx")) == sorted(STAGES)
         assert re.search(r"onnxruntime [0-9.]+ -> [0-9.]+ ms \(speedup", out)
-    assert re.search(r"round-to: kept channels rounded up to a multiple of (8|16) \(CPU AVX", out)
+    assert re.search(r"round-to: kept channels rounded up to a multiple of (8|16) \(CPU AVX", caplog.text)
     # keep-size: full size, the pruned gammas zeroed; unstructured: full size, ~30% of conv weights zero
     rows = df.set_index("stage")
     assert rows.loc["keep_size", "params"] == base["params"] and rows.loc["unstructured", "params"] == base["params"]
@@ -98,8 +100,9 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, monkeypatch):
 
     # re-run: everything reused; then a changed layer option redoes only layer and finetune
     mtimes = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    caplog.clear()
     assert pipeline.main(args(root, data)) == 0
-    assert "reusing" in capsys.readouterr().out
+    assert "reusing" in caplog.text
     assert all((run / f"{s}.pt").stat().st_mtime_ns == mtimes[s] for s in STAGES)
     assert pipeline.main(args(root, data, "--shortcuts", "1")) == 0
     after = {s: (run / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
@@ -185,14 +188,14 @@ def test_unprunable_model_is_refused_before_training(tiny, tmp_path, capsys, mon
     assert "Traceback" not in err and not trained
 
 
-def test_iterative_reaches_the_one_shot_target(tiny, capsys):
+def test_iterative_reaches_the_one_shot_target(tiny, caplog):
+    caplog.set_level(logging.INFO, logger="prune")
     """--iterative 2: prune half-way, finetune, prune to the target; ends near the one-shot channel count."""
     root, data = tiny
     common = ("--shortcuts", "0", "--unstructured", "0", "--round-to", "1", "--finetune-epochs", "2")
     assert pipeline.main(args(root, data, *common, "--name", "one")) == 0
     assert pipeline.main(args(root, data, *common, "--name", "iter", "--iterative", "2")) == 0
-    out = capsys.readouterr().out
-    assert "channel (step 1/2)" in out and "channel (step 2/2)" in out
+    assert "channel (step 1/2)" in caplog.text and "channel (step 2/2)" in caplog.text
     assert (root / "iter" / "train" / "channel_step1" / "results.csv").is_file()
     one = pd.read_csv(root / "one" / "prune_results.csv").set_index("stage")
     it = pd.read_csv(root / "iter" / "prune_results.csv").set_index("stage")
