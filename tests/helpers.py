@@ -5,6 +5,7 @@ models for the pruning tests, and a fake fit for the orchestration tests. Fixtur
 """
 from __future__ import annotations
 
+import ast
 import math
 import os
 import time
@@ -22,6 +23,25 @@ MODELS = REPO / "studies" / "models"
 MODEL = str(MODELS / "yolov5-cpu.yaml")
 FAKE_FIT = "tests.helpers:fake_fit"
 SHAPE_NAMES = "[circle, square, triangle, star, cross, ring]"
+
+
+# --- reading our source (the layering and API tests run no module) ---------------------------------------
+
+def module_file(root: Path, module: str) -> Path | None:
+    """core.data.files -> core/data/files.py (a package -> its __init__.py); None when not ours or absent."""
+    base = root.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def public_names(path: Path) -> list[str] | None:
+    """The module's `__all__` (a literal list or tuple of strings), or None when it has none."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return None
 
 
 # --- training and data ------------------------------------------------------------------------------

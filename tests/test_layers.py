@@ -13,25 +13,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.helpers import module_file, public_names
+
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("core", "prune", "evolve", "bench")  # bottom to top
-
-
-def module_file(root: Path, module: str) -> Path | None:
-    """core.data.files -> core/data/files.py (a package -> its __init__.py); None when not ours or absent."""
-    base = root.joinpath(*module.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def public_names(path: Path) -> list[str] | None:
-    """The module's `__all__` (a literal list or tuple of strings), or None when it has none."""
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    return None
 
 
 def module_name(root: Path, path: Path) -> str:

@@ -10,25 +10,12 @@ import ast
 import re
 from pathlib import Path
 
+from tests.helpers import module_file, public_names
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "core-api.md"
 DATACLASSES = ("TrainOptions", "FitResult", "Callbacks", "StepInfo")
 NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
-
-
-def module_file(root: Path, module: str) -> Path | None:
-    base = root.joinpath(*module.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def module_all(path: Path) -> list[str] | None:
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    return None
 
 
 def defined_names(path: Path) -> set[str]:
@@ -74,11 +61,11 @@ def api_problems(doc: str, root: Path = REPO) -> list[str]:
     documented = sections(doc)
     for path in sorted((root / "core").rglob("*.py")):
         module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-        if module_all(path) is not None and module not in documented:
+        if public_names(path) is not None and module not in documented:
             problems.append(f"{module} has __all__ but no `### {module}` section in docs/core-api.md")
     for module, text in documented.items():
         path = module_file(root, module)
-        public = module_all(path) if path else None
+        public = public_names(path) if path else None
         names = listed(text)
         if path is None or public is None:
             why = "has no __all__" if path else "does not exist"
