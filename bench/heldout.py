@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from bench import sources
-from bench.record import command_line, markdown_table, record
+from bench.record import markdown_table, publish
 from core.cli import setup_logging
 
 LOGGER = logging.getLogger(__name__)
@@ -392,9 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, yaml_path in yamls.items():
         print(f"{name:8s} {yaml_path}")
     text = table(yamls, args.seed)
-    print(text)
-    if not args.no_record:
-        record("heldout", text, command=command_line("bench.heldout", argv))
+    publish("heldout", text, "bench.heldout", argv, keep=not args.no_record)
     return 0
 
 

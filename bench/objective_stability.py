@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.record import command_line, markdown_table, record
+from bench.record import markdown_table, publish
 from evolve.objective import objective_value
 
 OBJECTIVES = ("best", "last", "mean_last_2", "mean_last_3")
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.dir}: need at least 2 hyps with 2 or more seeds each (<hyp>_s<seed>/results.csv)", file=sys.stderr)
         return 2
     text = table(args.dir, runs)
-    print(text)
-    if not args.no_record:
-        record("objective_stability", text, command=command_line("bench.objective_stability", argv))
+    publish("objective_stability", text, "bench.objective_stability", argv, keep=not args.no_record)
     return 0
 
 

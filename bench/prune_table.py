@@ -9,15 +9,15 @@ in the README's headline table: `make record-prune` does, for `make prune`'s run
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from bench.record import command_line, markdown_table, record
+from bench.record import markdown_table
+from bench.run_table import run_table_main
 from prune.records import SIDE_STAGES, STAGES
 from prune.report import LABELS, TABLE_ROWS, summary
 
@@ -66,21 +66,7 @@ def headline(run_dir: Path) -> dict[str, str]:
                       f"({speedup / flops_ratio:.2f} of the FLOPs ratio)"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.prune_table", description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="a prune.pipeline run folder (runs/prune/NAME)")
-    p.add_argument("--headline", action="store_true", help="also file the summary in the README's headline table")
-    p.add_argument("--no-record", action="store_true", help="print the table only")
-    args = p.parse_args(argv)
-    if not (args.run / "prune_results.csv").is_file():
-        print(f"{args.run / 'prune_results.csv'}: not found (run python -m prune.pipeline first)", file=sys.stderr)
-        return 2
-    text = table(args.run)
-    print(text)
-    if not args.no_record:
-        record("prune", text, command=command_line("bench.prune_table", argv),
-               headline=headline(args.run) if args.headline else None)
-    return 0
+main = functools.partial(run_table_main, "prune", "bench.prune_table", table, headline)
 
 
 if __name__ == "__main__":

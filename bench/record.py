@@ -34,7 +34,7 @@ from bench import headline as headline_file
 from core.device import resolve_bf16
 from core.train import TrainOptions
 
-__all__ = ["RESULTS", "command_line", "machine", "machine_line", "markdown_table", "record", "section", "write_json"]
+__all__ = ["publish", "RESULTS", "command_line", "machine", "machine_line", "markdown_table", "record", "section", "write_json"]
 
 LOGGER = logging.getLogger(__name__)
 RESULTS = Path(__file__).resolve().parent / "results"  # where record() writes by default (tests point it elsewhere)
@@ -79,6 +79,14 @@ def machine_line(meta: dict) -> str:
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command as a user would type it: 'python -m bench.engine --batches 20' (argv None: this process's)."""
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def publish(name: str, text: str, module: str, argv: Sequence[str] | None, keep: bool = True,
+            headline: dict[str, str] | None = None) -> None:
+    """Print a bench command's table and, unless `keep` is False (its --no-record), record it as `module argv`."""
+    print(text)
+    if keep:
+        record(name, text, command=command_line(module, argv), headline=headline)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:

@@ -8,12 +8,12 @@ the README's headline table: `make record-study` does, for the quick study (NAME
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import json
-import sys
 from pathlib import Path
 
-from bench.record import command_line, markdown_table, record
+from bench.record import markdown_table
+from bench.run_table import run_table_main
 
 HEADLINE = "Study noise floor: the base hyp over its noise seeds (fitness mean ± sd)"
 
@@ -73,21 +73,7 @@ def headline(run_dir: Path) -> dict[str, str]:
     return {HEADLINE: f"{n['mean']:.4f} ± {n['sd']:.4f} (sd, {n['n']} seeds)"} if n else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.study_table", description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="an evolve.study run folder (runs/study/NAME)")
-    p.add_argument("--headline", action="store_true", help="also file the noise floor in the README's headline table")
-    p.add_argument("--no-record", action="store_true", help="print the table only")
-    args = p.parse_args(argv)
-    if not (args.run / "summary.json").is_file():
-        print(f"{args.run / 'summary.json'}: not found (run python -m evolve.study first)", file=sys.stderr)
-        return 2
-    text = table(args.run)
-    print(text)
-    if not args.no_record:
-        record("study", text, command=command_line("bench.study_table", argv),
-               headline=headline(args.run) if args.headline else None)
-    return 0
+main = functools.partial(run_table_main, "study", "bench.study_table", table, headline)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ the total time below, and appends it to bench/results/train.md (`--no-record`: p
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import functools
 from pathlib import Path
 
 import yaml
 
-from bench.record import command_line, markdown_table, record
+from bench.record import markdown_table
+from bench.run_table import run_table_main
 from core.run_dir import read_history
 
 OPTIONS = ("model", "data", "epochs", "imgsz", "batch_size", "optimizer", "close_mosaic", "seed", "workers")
@@ -35,20 +35,7 @@ def table(run_dir: Path) -> str:
                       f"{total:.0f} s of epochs in all"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train_table", description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="a core.train run folder (runs/train/NAME)")
-    p.add_argument("--no-record", action="store_true", help="print the table only")
-    args = p.parse_args(argv)
-    if not read_history(args.run / "results.csv"):
-        print(f"{args.run / 'results.csv'}: not found or empty (train with python -m core.train first)",
-              file=sys.stderr)
-        return 2
-    text = table(args.run)
-    print(text)
-    if not args.no_record:
-        record("train", text, command=command_line("bench.train_table", argv))
-    return 0
+main = functools.partial(run_table_main, "train", "bench.train_table", table, None)
 
 
 if __name__ == "__main__":
