@@ -3,7 +3,8 @@
 While training, last.pt holds the full state (optimizer included) after every epoch, and best.pt is
 written before last.pt, so whenever last.pt has epoch N, best.pt covers epochs <= N. Every write is
 atomic. At a normal end or on a signal both are stripped (EMA weights, FP16, no optimizer); a signal
-first copies the full state to resume.pt. After a crash nothing is stripped: last.pt resumes.
+first copies a full last.pt to resume.pt (a resumed run stopped before it saved an epoch keeps the resume.pt
+it started from). After a crash nothing is stripped: last.pt resumes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from core.atomic import atomic_write, remove_stale_temps
 from core.checkpoint import save_checkpoint, strip_checkpoint
-from core.run_dir import read_history, write_results
+from core.run_dir import holds_full_state, read_history, write_results
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class CheckpointSaver:
         if not self.enabled:
             return
         if ended or interrupted:
-            if interrupted and self.last_path.exists():
+            # only a full last.pt is newer than resume.pt: a resumed run interrupted before it saved an epoch
+            # has the stripped one of the first interrupt, and resume.pt is still the state to keep
+            if interrupted and holds_full_state(self.last_path):
                 atomic_write(self.resume_path, self.last_path.read_bytes())
             for path in (self.best_path, self.last_path):  # last.pt last: killed in between, it still resumes
                 if path.exists():

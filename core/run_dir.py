@@ -6,6 +6,8 @@ import io
 import os
 from pathlib import Path
 
+import torch
+
 from core.atomic import atomic_write
 
 __all__ = ["RESULT_COLUMNS", "read_history"]
@@ -41,6 +43,16 @@ def resolve_resume(resume: bool | str, project: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} not found")
     return path
+
+
+def holds_full_state(path: Path) -> bool:
+    """True when `path` is a checkpoint with optimizer state (a run can resume from it); False for a stripped,
+    unreadable or missing one. Memory-mapped: the tensors are not read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: not a state to resume
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("optimizer") is not None
 
 
 def write_results(path: Path, history: list[dict]) -> None:

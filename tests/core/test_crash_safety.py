@@ -162,3 +162,25 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(tiny_data, tmp_path)
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert last["epoch"] == epochs - 1 and last["optimizer"] is None and best["optimizer"] is None
     assert not (run / "resume.pt").exists() and not list(run.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_after_a_resume_keeps_the_saved_state(tiny_data, tmp_path):
+    """Ctrl-C, --resume, Ctrl-C again before the resumed run finishes an epoch: resume.pt must still hold the
+    full state (the second cleanup used to copy the stripped last.pt over it: 'has no optimizer state')."""
+    torch.set_num_threads(1)
+
+    def ctrl_c_at(when):
+        def hook(epoch, *_):
+            if epoch == when:
+                os.kill(os.getpid(), signal.SIGINT)
+        return hook
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_data, MODEL, None, _interrupt_opts(tmp_path, "again"), Callbacks(on_epoch_end=ctrl_c_at(1)))
+    run = tmp_path / "again"
+    resume = TrainOptions(resume=str(run), workers=0, progress=False, project=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):  # the resumed run starts epoch 2 and is interrupted at once
+        fit(tiny_data, MODEL, None, resume, Callbacks(on_epoch_start=ctrl_c_at(2)))
+    assert load_checkpoint(run / "resume.pt")["optimizer"] is not None
+    res = fit(tiny_data, MODEL, None, resume)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3] and _epochs(run) == [0, 1, 2, 3]
