@@ -412,7 +412,9 @@ def _restore(s: TrainState, ckpt: dict) -> None:
     saved_best = ckpt.get("best_fitness")
     n.best_fitness = float("-inf") if saved_best is None else float(saved_best)  # 0.0 is a fitness, not "none"
     n.history = s.saver.resumed_history(n.start_epoch)
-    s.scheduler.last_epoch = n.start_epoch - 1  # the next scheduler.step() sets the lr of start_epoch
+    # the optimizer holds start_epoch's lr (set by the step that ended the saved epoch): the scheduler is at
+    # start_epoch, so the step that ends it sets the lr of start_epoch + 1
+    s.scheduler.last_epoch = n.start_epoch
     for row in n.history:
         if row.get("fitness", float("-inf")) >= n.best_fitness:
             n.best_epoch, n.best = int(row["epoch"]), row

@@ -184,3 +184,26 @@ def test_a_second_ctrl_c_after_a_resume_keeps_the_saved_state(tiny_data, tmp_pat
     assert load_checkpoint(run / "resume.pt")["optimizer"] is not None
     res = fit(tiny_data, MODEL, None, resume)
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3] and _epochs(run) == [0, 1, 2, 3]
+
+
+def _column(run: Path, key: str) -> list[str]:
+    with open(run / "results.csv") as f:
+        return [r[key] for r in csv.DictReader(f)]
+
+
+def test_a_resumed_run_keeps_the_lr_schedule(tiny_data, tmp_path):
+    """The lr of every epoch after a resume is the uninterrupted run's (it ran one epoch late: the scheduler
+    was set to the epoch before the one the checkpoint's optimizer already holds)."""
+    torch.set_num_threads(1)
+    hyp = {"warmup_epochs": 0.0}
+    opts = dict(epochs=5, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
+                close_mosaic=0, threads=1)
+    whole = fit(tiny_data, MODEL, hyp, TrainOptions(name="whole", **opts))
+
+    def crash(epoch, metrics):
+        if epoch == 1:
+            raise MemoryError("simulated")
+    with pytest.raises(MemoryError):
+        fit(tiny_data, MODEL, hyp, TrainOptions(name="cut", **opts), Callbacks(on_epoch_end=crash))
+    fit(tiny_data, MODEL, None, TrainOptions(resume=str(tmp_path / "cut"), workers=0, progress=False))
+    assert _column(tmp_path / "cut", "lr") == _column(whole.save_dir, "lr")
