@@ -69,8 +69,11 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None = None, updates: int = 0,
                     hyp: Mapping | None = None, metrics: Mapping | None = None, epoch: int = -1,
                     best_fitness: float | None = None, optimizer: torch.optim.Optimizer | None = None,
-                    train_opts: Mapping | None = None, half: bool = False) -> Path:
-    """Write a checkpoint atomically (temp file + rename, so a crash never leaves a torn file)."""
+                    train_opts: Mapping | None = None, half: bool = False, train_state: Mapping | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename, so a crash never leaves a torn file).
+
+    `train_state` (a full checkpoint of a running training): what a resume needs beyond weights and optimizer
+    to continue exactly (core.train: exact history, best epoch, counters, RNG states as tensors)."""
     model = unwrap(model)
     ckpt = {
         "format": FORMAT,
@@ -85,6 +88,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, ema: nn.Module | None
         "best_fitness": None if best_fitness is None else float(best_fitness),
         "optimizer": _optimizer_state(optimizer) if optimizer is not None else None,
         "train_opts": _plain(dict(train_opts or {})),
+        "train_state": _plain(dict(train_state)) if train_state is not None else None,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
     return atomic_write(path, lambda f: torch.save(ckpt, f))
@@ -144,6 +148,7 @@ def strip_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
     ckpt["state_dict"] = {k: v.half() if v.dtype.is_floating_point else v for k, v in weights.items()}
     ckpt["ema"] = None
     ckpt["optimizer"] = None
+    ckpt["train_state"] = None
     ckpt["updates"] = 0
     return atomic_write(Path(dst) if dst else src, lambda f: torch.save(ckpt, f))
 

@@ -47,18 +47,21 @@ class CheckpointSaver:
         atomic_write(self.save_dir / "opt.yaml", yaml.safe_dump(
             {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.train_opts.items()}, sort_keys=False))
 
-    def resumed_history(self, start_epoch: int) -> list[dict]:
-        """The rows of the epochs before `start_epoch`; later rows (written before a kill could save the
-        checkpoint) are dropped from results.csv, their epochs run again. Clears temp files of cut writes."""
+    def resumed_history(self, start_epoch: int, saved: list[dict] | None = None) -> list[dict]:
+        """The rows of the epochs before `start_epoch`: the checkpoint's exact ones (`saved`), else results.csv's
+        (6 digits); later rows (written before a kill could save the checkpoint) are dropped from results.csv,
+        their epochs run again. Clears temp files of cut writes."""
         remove_stale_temps(self.save_dir)
-        history = [h for h in read_history(self.results) if h["epoch"] < start_epoch]
+        rows = [dict(h) for h in saved] if saved is not None else read_history(self.results)
+        history = [h for h in rows if h["epoch"] < start_epoch]
         if self.enabled:
             write_results(self.results, history)
         return history
 
     def save_epoch(self, model: nn.Module, ema, optimizer: torch.optim.Optimizer, history: list[dict],
-                   improved: bool, best_fitness: float) -> None:
-        """results.csv, then best.pt (when improved), then the full last.pt; a stale resume.pt goes."""
+                   improved: bool, best_fitness: float, train_state: Mapping | None = None) -> None:
+        """results.csv, then best.pt (when improved), then the full last.pt (with `train_state`, what resumes
+        the run exactly); a stale resume.pt goes."""
         if not self.enabled:
             return
         write_results(self.results, history)
@@ -66,7 +69,7 @@ class CheckpointSaver:
                       best_fitness=best_fitness, train_opts=self.train_opts)
         if improved:
             save_checkpoint(self.best_path, model, **common)
-        save_checkpoint(self.last_path, model, optimizer=optimizer, **common)
+        save_checkpoint(self.last_path, model, optimizer=optimizer, train_state=train_state, **common)
         self.resume_path.unlink(missing_ok=True)  # last.pt now holds a newer full state
 
     def finish(self, ended: bool, interrupted: bool) -> None:

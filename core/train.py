@@ -411,13 +411,26 @@ def _restore(s: TrainState, ckpt: dict) -> None:
     n.start_epoch = ckpt["epoch"] + 1
     saved_best = ckpt.get("best_fitness")
     n.best_fitness = float("-inf") if saved_best is None else float(saved_best)  # 0.0 is a fitness, not "none"
-    n.history = s.saver.resumed_history(n.start_epoch)
+    state = ckpt.get("train_state") or {}  # None in checkpoints written before it existed
+    n.history = s.saver.resumed_history(n.start_epoch, state.get("history"))
     # the optimizer holds start_epoch's lr (set by the step that ended the saved epoch): the scheduler is at
     # start_epoch, so the step that ends it sets the lr of start_epoch + 1
     s.scheduler.last_epoch = n.start_epoch
-    for row in n.history:
-        if row.get("fitness", float("-inf")) >= n.best_fitness:
-            n.best_epoch, n.best = int(row["epoch"]), row
+    if "best_epoch" in state:
+        n.best_epoch = int(state["best_epoch"])
+        n.best = next((row for row in n.history if row["epoch"] == n.best_epoch), {})
+    else:  # an older checkpoint: the best epoch from results.csv, whose fitness has 6 digits
+        rounded_best = float(f"{n.best_fitness:.6g}")
+        for row in n.history:
+            if row.get("fitness", float("-inf")) >= rounded_best:
+                n.best_epoch, n.best = int(row["epoch"]), row
+
+
+def _resume_state(s: TrainState) -> dict[str, Any]:
+    """What last.pt keeps, besides weights, EMA and optimizer, for `_restore` to continue exactly: the exact
+    rows of results.csv (it has 6 digits) and the best epoch (patience counts from it)."""
+    n = s.counters
+    return {"history": n.history, "best_epoch": n.best_epoch}
 
 
 def _wrap(net: nn.Module, opts: TrainOptions, ctx: DistContext, device: torch.device) -> nn.Module:
@@ -521,7 +534,7 @@ def _end_epoch(s: TrainState, epoch: int, train: Mapping[str, float], t_epoch: f
     if improved:
         n.best_fitness, n.best_epoch, n.best = metrics["fitness"], epoch, metrics
     with s.callbacks.phase("checkpoint"):
-        s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness)
+        s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness, _resume_state(s))
     LOGGER.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                 f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
     return _stop_reason(s, epoch, metrics)

@@ -207,3 +207,29 @@ def test_a_resumed_run_keeps_the_lr_schedule(tiny_data, tmp_path):
         fit(tiny_data, MODEL, hyp, TrainOptions(name="cut", **opts), Callbacks(on_epoch_end=crash))
     fit(tiny_data, MODEL, None, TrainOptions(resume=str(tmp_path / "cut"), workers=0, progress=False))
     assert _column(tmp_path / "cut", "lr") == _column(whole.save_dir, "lr")
+
+
+def test_a_resumed_run_keeps_its_best_epoch(tiny_data, tmp_path, monkeypatch):
+    """results.csv rounds fitness to 6 digits, the checkpoint keeps it exact: a resume that looked for the best
+    epoch in the csv missed it whenever the rounding went down (about half of all values), so best was empty
+    and patience counted from epoch -1."""
+    import core.val as val_mod
+    epoch_now = [0]
+    fitness = {0: 0.1234564, 1: 0.1234564, 2: 0.05, 3: 0.05, 4: 0.05}  # '0.123456' in the csv: rounded down
+
+    def fake_validate(model, loader, **kw):
+        f = fitness[epoch_now[0]]
+        return {"P": f, "R": f, "mAP50": f, "mAP50-95": f, "val_box": 0.0, "val_obj": 0.0, "val_cls": 0.0}
+    monkeypatch.setattr(val_mod, "validate", fake_validate)
+
+    def crash(epoch, metrics):
+        if epoch == 1:
+            raise MemoryError("simulated")
+    start = Callbacks(on_epoch_start=lambda e: epoch_now.__setitem__(0, e))
+    opts = TrainOptions(epochs=5, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
+                        name="best", close_mosaic=0, patience=2, threads=1)
+    with pytest.raises(MemoryError):
+        fit(tiny_data, MODEL, None, opts, Callbacks(on_epoch_start=start.on_epoch_start, on_epoch_end=crash))
+    res = fit(tiny_data, MODEL, None, TrainOptions(resume=str(tmp_path / "best"), workers=0, progress=False), start)
+    assert res.best.get("epoch") == 1 and res.best_fitness == res.best["fitness"]
+    assert res.stop_reason == "early_stop" and [h["epoch"] for h in res.history] == [0, 1, 2, 3]  # patience from 1
