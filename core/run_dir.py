@@ -27,22 +27,31 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
 
 
 def resolve_resume(resume: bool | str, project: str) -> Path:
-    """Find the full-state checkpoint to resume from: resume.pt (written on interrupt) or an unstripped last.pt.
-
-    A resumed run deletes resume.pt once its own last.pt holds a newer full state, so resume.pt wins when both exist."""
+    """Find the full-state checkpoint to resume from: `resume` True = the newest run under `project` (by its
+    newest checkpoint file), else the run folder or checkpoint given. In a run folder: resume.pt (written on
+    interrupt, beside a stripped last.pt), unless last.pt holds a full state: then last.pt is at least as new
+    (killed after saving an epoch but before deleting resume.pt, or in the cleanup before the strip)."""
     if resume is True:
-        # the newest interrupted run (resume.pt) wins; otherwise the newest last.pt
-        candidates = list(Path(project).glob("*/resume.pt")) or list(Path(project).glob("*/last.pt"))
-        if not candidates:
+        runs = {p.parent for name in ("resume.pt", "last.pt") for p in Path(project).glob(f"*/{name}")}
+        if not runs:
             raise FileNotFoundError(f"--resume: no resume.pt or last.pt found under {project}/")
-        path = max(candidates, key=os.path.getmtime)
+        path = _resume_file(max(runs, key=_last_saved))
     else:
         path = Path(resume)
         if path.is_dir():
-            path = path / "resume.pt" if (path / "resume.pt").exists() else path / "last.pt"
+            path = _resume_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} not found")
     return path
+
+
+def _resume_file(run: Path) -> Path:
+    resume = run / "resume.pt"
+    return resume if resume.exists() and not holds_full_state(run / "last.pt") else run / "last.pt"
+
+
+def _last_saved(run: Path) -> float:
+    return max(p.stat().st_mtime for p in (run / "resume.pt", run / "last.pt") if p.exists())
 
 
 def holds_full_state(path: Path) -> bool:

@@ -233,3 +233,30 @@ def test_a_resumed_run_keeps_its_best_epoch(tiny_data, tmp_path, monkeypatch):
     res = fit(tiny_data, MODEL, None, TrainOptions(resume=str(tmp_path / "best"), workers=0, progress=False), start)
     assert res.best.get("epoch") == 1 and res.best_fitness == res.best["fitness"]
     assert res.stop_reason == "early_stop" and [h["epoch"] for h in res.history] == [0, 1, 2, 3]  # patience from 1
+
+
+def test_resume_picks_the_newest_run_and_its_newest_full_state(tmp_path):
+    """--resume alone: the newest run under the project, not any older run's resume.pt. In a run folder:
+    resume.pt, unless last.pt beside it is full (a kill between saving an epoch and deleting resume.pt)."""
+    from core.checkpoint import save_checkpoint, strip_checkpoint
+    from core.model.yolo import Model
+    from core.run_dir import resolve_resume
+
+    model = Model(MODEL, nc=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def full(path, epoch, age):
+        save_checkpoint(path, model, optimizer=opt, epoch=epoch)
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+        return path
+
+    interrupted, crashed = tmp_path / "interrupted", tmp_path / "crashed"
+    full(interrupted / "resume.pt", 3, age=100)
+    strip_checkpoint(full(interrupted / "last.pt", 3, age=100))
+    os.utime(interrupted / "last.pt", (0, (interrupted / "resume.pt").stat().st_mtime))
+    full(crashed / "last.pt", 1, age=10)  # newer: crashed after the other run was interrupted
+    assert resolve_resume(True, str(tmp_path)) == crashed / "last.pt"
+    assert resolve_resume(str(interrupted), str(tmp_path)) == interrupted / "resume.pt"
+    full(interrupted / "last.pt", 4, age=0)  # epoch 4 saved, killed before resume.pt went
+    assert resolve_resume(str(interrupted), str(tmp_path)) == interrupted / "last.pt"
+    assert resolve_resume(True, str(tmp_path)) == interrupted / "last.pt"
