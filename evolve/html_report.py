@@ -21,7 +21,7 @@ from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.detections import DETECT_JSON
 from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
-from evolve.results import best_searched, complete_ranked
+from evolve.results import best_searched, complete_ranked, searched_ranked
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -48,7 +48,7 @@ margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th
 padding:.25em .6em;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.changed td{background:#fff6d6}
 .missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}.note{color:#555;font-size:.92em}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .25em}nav a{margin-right:.8em}
-.up{color:#1a7f37}.down{color:#c62828}.det{display:grid;gap:.8em 1.2em}
+.up{color:#1a7f37}.down{color:#c62828}.caveat{color:#8a5a00}.det{display:grid;gap:.8em 1.2em}
 .det figure{margin:0}.det img{width:100%;image-rendering:pixelated}.det figcaption{font-size:.88em;color:#444}"""
 
 
@@ -155,7 +155,9 @@ def summary(run: Run) -> str:
         else:
             line += f"; best searched trial {int(best.number)}, fitness {fmt(best.fitness)}"
             if noise:  # against the base hyp's seed mean: trial 0 alone is one draw of the noise
-                line += f", base hyp over {noise['n']} seeds {fmt(noise['mean'])}: change {_change(best.fitness, noise['mean'])}"
+                line += (f", base hyp over {noise['n']} seeds {fmt(noise['mean'])}: change "
+                         f"{_change(best.fitness, noise['mean'])} (the best of {len(searched_ranked(run.evolve))} "
+                         "searched trials: see the selection caveat below)")
             elif len(base) and pd.notna(base.fitness.iloc[0]):
                 line += f", default hyp (trial 0) {fmt(base.fitness.iloc[0])}: change {_change(best.fitness, base.fitness.iloc[0])}"
         if best is None or int(top.number) != int(best.number):
@@ -165,7 +167,7 @@ def summary(run: Run) -> str:
         if noise and best is not None:
             items.append(f"Noise floor: the base hyp over {noise['n']} seeds scores {fmt(noise['mean'])} ± "
                          f"{fmt(noise['sd'])} (sd); the best searched trial is "
-                         f"{fmt(best.get('gain_sd'), '{:+.1f}')} sd from it")
+                         f"{fmt(best.get('gain_sd'), '{:+.1f}')} sd from it. {_selection_caveat(run)}")
     else:
         gaps.append("evolution results (runs/study/NAME/evolve/evolve.csv)")
     if run.retrain is not None and not run.retrain.empty:
@@ -193,6 +195,19 @@ def summary(run: Run) -> str:
         out += missing("; ".join(gaps), "This is a partial report: run `python -m evolve.study --study "
                        "STUDY.yaml` to produce the missing phases, then it is rebuilt.")
     return out
+
+
+def _selection_caveat(run: Run) -> str:
+    """The best of N trials read against the best of N draws of pure seed noise (evolve.noise.expected_best_sd)."""
+    best = ((run.summary.get("evolution") or {}).get("best_searched_trial") or {})
+    n, expected = best.get("searched_trials"), best.get("expected_best_noise_sd")
+    if not n or expected is None:
+        return ""
+    gain = best.get("gain_sd")
+    beyond = gain is not None and gain > expected
+    return (f'<span class="caveat">Selection caveat: it is the best of {n} searched trials, and the best of {n} '
+            f"draws of seed noise alone is expected at {expected:+.1f} sd ({'exceeded' if beyond else 'not exceeded'} "
+            "here); only the retrain with fresh seeds, paired with the base hyp, tests a gain.</span>")
 
 
 def _mean_std(s: pd.Series) -> str:
@@ -307,15 +322,18 @@ def retrain(run: Run) -> str:
     choice = run.summary.get("retrain") or {}
     paired = [c for c in choice.get("candidates") or [] if c.get("paired_vs_base")]
     if paired:
-        out += table(["trial", "paired gain over the base hyp (mean ± se)", "per seed", "verdict"],
-                     [[str(c["trial"]), f"{fmt(c['paired_vs_base']['diff_mean'], '{:+.4f}')} ± "
-                       f"{fmt(c['paired_vs_base']['diff_se'])}",
-                       ", ".join(fmt(d, "{:+.4f}") for d in c["paired_vs_base"]["diffs"]),
-                       "above seed noise" if c["paired_vs_base"]["above_noise"] else "within seed noise"]
-                      for c in paired])
+        out += table(["trial", "paired gain over the base hyp (mean ± se)", "per seed", "t (df)", "p one-sided",
+                      "p Holm", "verdict"],
+                     [[str(c["trial"]), f"{fmt(p['diff_mean'], '{:+.4f}')} ± {fmt(p['diff_se'])}",
+                       ", ".join(fmt(d, "{:+.4f}") for d in p["diffs"]),
+                       f"{fmt(p.get('t'), '{:.2f}')} ({fmt(p.get('df'), '{:.0f}')})", fmt(p.get("p"), "{:.3f}"),
+                       fmt(p.get("p_holm"), "{:.3f}"),
+                       "above seed noise" if p["above_noise"] else "within seed noise"]
+                      for c in paired for p in [c["paired_vs_base"]]])
     note = ('<p class="note">Each run uses a fresh seed (not the trials\' seed), and every retrained hyp gets the '
-            "same seeds, so the gain over the base hyp is paired by seed: above noise when its mean exceeds twice "
-            "its standard error. The hyp with the highest mean is pruned (its best run). "
+            "same seeds, so the gain over the base hyp is paired by seed: a one-sided paired t-test at 5% (n seeds, "
+            "n - 1 degrees of freedom), its p-values adjusted by Holm's method over the candidates, since the one "
+            "pruned is the highest mean on these same runs. The hyp with the highest mean is pruned (its best run). "
             + (esc(choice["verdict"]) if choice.get("verdict") else "") + "</p>")
     return out + note + (img or "")
 

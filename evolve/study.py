@@ -46,7 +46,7 @@ from evolve.detections import draw_detections
 from evolve.devices import device_slots
 from evolve.html_report import build_report
 from evolve.launcher import launch
-from evolve.noise import paired_gain, summarize
+from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
 from evolve.report import write_outputs
 from evolve.storage import describe, open_target
@@ -291,15 +291,25 @@ def choose_candidate(retrain_csv: Path) -> dict[str, Any]:
         groups.append({"trial": int(trial), "role": str(g.role.iloc[0]), "seeds": [int(s) for s in g.seed],
                        "fitness": [float(f) for f in g[value]], "trial_fitness": float(g.trial_fitness.iloc[0]),
                        **summarize(g[value].tolist())})
+    chosen = choose(groups)
     base = next((c for c in groups if c["role"] == "base"), None)
-    for c in groups:
-        if base is not None and c is not base:
-            c["paired_vs_base"] = paired_gain(dict(zip(c["seeds"], c["fitness"])),
-                                              dict(zip(base["seeds"], base["fitness"])))
-    chosen = max(groups, key=lambda c: (c["mean"], -c["trial"]))
     runs = df[df.trial == chosen["trial"]].sort_values(["fitness", "seed"], ascending=[False, True])  # its best.pt
     return {"chosen": chosen["trial"], "chosen_run": str(runs.run.iloc[0]), "candidates": groups,
             "verdict": verdict(chosen, base)}
+
+
+def choose(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The group (trial, role, seeds, fitness per seed, mean) with the highest mean, ties to the lower trial.
+    With a `base` group, every other group gains `paired_vs_base`: its paired t-test over the base, Holm-adjusted
+    over all of them (the chosen one is picked on these same runs: evolve.noise)."""
+    base = next((c for c in groups if c["role"] == "base"), None)
+    if base is not None:
+        others = {c["trial"]: dict(zip(c["seeds"], c["fitness"])) for c in groups if c is not base}
+        compared = compare_to_base(others, dict(zip(base["seeds"], base["fitness"])))
+        for c in groups:
+            if c is not base:
+                c["paired_vs_base"] = compared[c["trial"]]
+    return max(groups, key=lambda c: (c["mean"], -c["trial"]))
 
 
 def verdict(chosen: dict, base: dict | None) -> str:
@@ -311,8 +321,10 @@ def verdict(chosen: dict, base: dict | None) -> str:
                 f"evolution found nothing better at this budget")
     p = chosen["paired_vs_base"]
     word = "above" if p["above_noise"] else "within"
+    holm = f", Holm over {p['tested']} candidates {p['p_holm']:.3f}" if p.get("tested", 1) > 1 else ""
     return (f"trial {chosen['trial']} beats the base hyp by {p['diff_mean']:+.4f} fitness (paired over seeds "
-            f"{p['seeds']}, standard error {p['diff_se']:.4f}): {word} seed noise")
+            f"{p['seeds']}, standard error {p['diff_se']:.4f}; one-sided t-test p {p['p']:.3f}{holm}): "
+            f"{word} seed noise at {p['alpha']:.0%}")
 
 
 # ---- prune ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """runs/study/NAME/summary.json: the study's figures in one machine-readable file, from the run dir's files.
 
 Users script on it and the benchmarks read it: the noise floor (the base hyp over its seeds), the best
-trial and its gain in noise units, every retrained candidate's mean and sd with its paired gain over
+trial and its gain in noise units beside the expected best of as many noise draws, every retrained candidate's mean and sd with its paired gain over
 the base hyp, the chosen candidate and the verdict, pruning before/after, and each phase's wall time.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from core.atomic import atomic_write
-from evolve.results import best_searched, complete_ranked
+from evolve.noise import expected_best_sd
+from evolve.results import best_searched, complete_ranked, searched_ranked
 
 SUMMARY_JSON = "summary.json"
 
@@ -66,6 +67,9 @@ def _evolution(df: pd.DataFrame) -> dict[str, Any]:
         out["best_trial"] = trial(done.iloc[0])
     searched = best_searched(df)
     out["best_searched_trial"] = trial(searched) if searched is not None else None
+    if searched is not None:  # the selection caveat: the best of N noise draws, in the same sd units
+        n = int(len(searched_ranked(df)))
+        out["best_searched_trial"].update({"searched_trials": n, "expected_best_noise_sd": expected_best_sd(n)})
     return out
 
 

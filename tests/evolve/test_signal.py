@@ -143,7 +143,9 @@ def test_pruned_candidate_is_chosen_by_seed_mean_not_trial_rank(tmp_path):
     paired = five["paired_vs_base"]
     assert paired["diffs"] == pytest.approx([0.05, 0.02])
     assert paired["diff_se"] == pytest.approx(statistics.stdev([0.05, 0.02]) / math.sqrt(2))
-    assert paired["above_noise"] and "above seed noise" in choice["verdict"]
+    # t = 2.33 on 1 degree of freedom (critical 6.31), and the best of 2 candidates: within noise (evolve.noise)
+    assert paired["t"] == pytest.approx(0.035 / paired["diff_se"]) and paired["df"] == 1 and paired["tested"] == 2
+    assert not paired["above_noise"] and "within seed noise" in choice["verdict"]
     two = next(c for c in choice["candidates"] if c["trial"] == 2)
     assert not two["paired_vs_base"]["above_noise"]  # +0.10 and -0.11: noise
 

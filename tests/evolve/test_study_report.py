@@ -315,3 +315,31 @@ def test_a_lucky_seed_of_the_base_hyp_is_not_reported_as_the_search_result(tmp_p
         plot_fitness(df, tmp_path / "fitness2.png")
     labels = [c.kwargs.get("label", "") for c in scatter.call_args_list]
     assert "best searched: trial 3 (0.22)" in labels
+
+
+def test_best_searched_trial_is_shown_beside_the_expected_best_of_as_many_noise_draws(tmp_path):
+    """The best of 9 searched trials at +1.3 sd: summary.json and the report put it beside the expected best of
+    9 standard normals (+1.485 sd), so the figure reads as what selection alone gives, not as a gain."""
+    from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
+    run_dir = tmp_path / "study"
+    (run_dir / "evolve").mkdir(parents=True)
+    n = 12  # trials 0-2 the base hyp's seeds, 3-11 searched (9)
+    fitness = [0.20, 0.21, 0.19] + [0.18 + 0.003 * i for i in range(9)]
+    df = pd.DataFrame({"number": range(n), "state": "COMPLETE", "base": [True] * 3 + [False] * 9,
+                       "noise": [True] * 3 + [False] * 9, "seed": [0, 101, 102] + [0] * 9,
+                       "lr0": [0.01] * 3 + [0.01 + 0.001 * i for i in range(9)], "fitness": fitness,
+                       "gain_sd": [(f - 0.20) / 0.01 for f in fitness], "P": 0.5, "R": 0.5, "mAP50": 0.3,
+                       "mAP50-95": fitness, "epochs": 3, "seconds": 10.0, "device": "cpu",
+                       "datetime_start": "2026-12-04 18:00:00", "datetime_complete": "2026-12-04 18:01:00"})
+    df.to_csv(run_dir / "evolve" / "evolve.csv", index=False)
+    (run_dir / "study.json").write_text(json.dumps({"name": "fake", "config": {"name": "fake"}}))
+    summary = build_summary(run_dir)
+    best = summary["evolution"]["best_searched_trial"]
+    assert best["number"] == 11 and best["gain_sd"] == pytest.approx(0.4)
+    assert best["searched_trials"] == 9 and best["expected_best_noise_sd"] == pytest.approx(1.48501, abs=1e-4)
+    write_json_atomic(run_dir / SUMMARY_JSON, summary)
+    doc = build_report(run_dir).read_text()
+    line = doc.split("Noise floor:")[1].split("</li>")[0]
+    assert "+0.4 sd from it" in line and "best of 9 draws of seed noise alone is expected at +1.5 sd" in line
+    assert "(not exceeded here)" in line
+    assert "the best of 9 searched trials: see the selection caveat" in doc
