@@ -18,7 +18,7 @@ HYP_RANGES: dict[str, tuple[float, float]] = {
     "warmup_epochs": (0.0, 100.0), "warmup_momentum": (0.0, 0.999), "warmup_bias_lr": (0.0, 1.0),
     "box": (0.0, 100.0), "cls": (0.0, 100.0), "cls_pw": (0.01, 100.0), "obj": (0.0, 100.0),
     "obj_pw": (0.01, 100.0), "iou_t": (0.0, 1.0), "anchor_t": (1.0, 100.0), "anchors": (1.0, 20.0),
-    "fl_gamma": (0.0, 10.0), "hsv_h": (0.0, 1.0), "hsv_s": (0.0, 1.0), "hsv_v": (0.0, 1.0),
+    "fl_gamma": (0.0, 10.0), "dfl": (0.0, 100.0), "hsv_h": (0.0, 1.0), "hsv_s": (0.0, 1.0), "hsv_v": (0.0, 1.0),
     "degrees": (0.0, 180.0), "translate": (0.0, 1.0), "scale": (0.0, 0.999), "shear": (0.0, 90.0),
     "perspective": (0.0, 0.01), "flipud": (0.0, 1.0), "fliplr": (0.0, 1.0), "mosaic": (0.0, 1.0),
     "mixup": (0.0, 1.0), "copy_paste": (0.0, 1.0),

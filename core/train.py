@@ -35,6 +35,7 @@ from tqdm import tqdm
 # ComputeLoss or validate there reaches the trainer.
 import core.data.loader
 import core.loss
+import core.loss_af
 import core.val
 from core.callbacks import Callbacks, StepInfo, StopTraining
 from core.checkpoint import load_checkpoint
@@ -49,7 +50,7 @@ from core.ema import ModelEMA, unwrap
 from core.hyp import load_hyp
 from core.metrics import fitness as weighted_fitness
 from core.model.anchors import check_anchors, fit_anchor_count
-from core.model.yolo import Model
+from core.model.yolo import Model, is_anchor_free
 from core.nonfinite import NonFiniteGuard
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
 from core.run_dir import next_run_dir, read_history, resolve_resume
@@ -344,6 +345,9 @@ def _loaders(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext,
 def _fit_anchors(net: nn.Module, train_set: Any, hyp: dict, opts: TrainOptions, fresh: bool, resumed: bool) -> None:
     """The anchor count the hyp asks, then AutoAnchor (refits only an untrained head: trained outputs are
     relative to their anchors; a resumed run has its own in the checkpoint)."""
+    if is_anchor_free(net):
+        LOGGER.info("AutoAnchor skipped: the anchor-free head (DetectAF) has no anchors (hyp anchors, anchor_t unused)")
+        return
     if fresh:
         fit_anchor_count(net, int(round(hyp["anchors"])), train_set.labels, train_set.shapes, opts.imgsz,
                          thr=hyp["anchor_t"], seed=opts.seed)
@@ -368,7 +372,10 @@ def _place(net: nn.Module, device: torch.device, opts: TrainOptions) -> nn.Modul
 
 
 def _loss(net: nn.Module, hyp: dict, nc: int, opts: TrainOptions) -> Callable:
-    """The loss: its gains scale with layers, classes and image size (the checkpoint keeps the user's hyp)."""
+    """The loss: its gains scale with layers, classes and image size (the checkpoint keeps the user's hyp);
+    the anchor-free head's loss (core/loss_af.py) scales box only."""
+    if is_anchor_free(net):
+        return core.loss_af.ComputeLossAF(net, core.loss_af.scaled_gains_af(hyp), label_smoothing=opts.label_smoothing)
     return core.loss.ComputeLoss(net, core.loss.scaled_gains(hyp, net.model[-1].nl, nc, opts.imgsz),
                                  label_smoothing=opts.label_smoothing)
 

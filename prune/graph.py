@@ -5,7 +5,9 @@ of tensors. A layout is a list of segments; a segment is the tuple of Conv names
 outputs are summed into those channels (one name, or several after residual adds).
 Convs summed by a shortcut share one mask (a group); Concat, C3's cv3 input and SPPF's
 4x concat become segment lists (channel offsets); Upsample and max-pool pass layouts
-through. Detect's output convs are consumers only: they are never pruned.
+through. Detect's output convs are consumers only: they are never pruned. The anchor-free head (DetectAF)
+has two branches per level, each Conv -> Conv -> output Conv2d: its Convs read only the level's input and each
+other, so they are pruned like any conv (the first reads the neck's layout); its output convs are consumers only.
 
 A depthwise conv (groups == in == out channels) maps channel i to channel i, so it joins its
 producer's group: both keep the same channels and the compact conv has groups = kept channels.
@@ -28,7 +30,7 @@ class GraphError(ValueError):
 
 @dataclass
 class Consumer:
-    """A conv reading a traced layout: a prunable Conv (with BN) or a Detect output conv (bias)."""
+    """A conv reading a traced layout: a prunable Conv (with BN) or a head's output conv (bias)."""
 
     name: str
     conv: nn.Conv2d
@@ -126,9 +128,16 @@ class _Tracer:
         for i, x in enumerate(xs):
             self.g.consumers.append(Consumer(f"{name}.m.{i}", m.m[i], None, x))
 
+    def detect_af(self, name: str, m: nn.Module, xs: list[Layout]) -> None:
+        for i, x in enumerate(xs):
+            for kind, branch in (("box", m.box[i]), ("cls", m.cls[i])):
+                prefix = f"{name}.{kind}.{i}"
+                h = self.conv(f"{prefix}.1", branch[1], self.conv(f"{prefix}.0", branch[0], x))
+                self.g.consumers.append(Consumer(f"{prefix}.2", branch[2], None, h))
+
 
 def trace(model: nn.Module, ch: int | None = None) -> PruneGraph:
-    """Trace a core `Model` (Conv, DWConv, C3, SPPF, Bottleneck, Concat, Upsample, Detect layers).
+    """Trace a core `Model` (Conv, DWConv, C3, SPPF, Bottleneck, Concat, Upsample, Detect, DetectAF layers).
 
     ch: image channels; default the model's own (`arch['ch']`, 3 if absent).
     """
@@ -163,6 +172,9 @@ def trace(model: nn.Module, ch: int | None = None) -> PruneGraph:
             x = inp
         elif kind == "Detect":
             tr.detect(name, layer, inp)
+            x = []
+        elif kind == "DetectAF":
+            tr.detect_af(name, layer, inp)
             x = []
         else:
             raise GraphError(f"layer {i} ({name}): module type {kind} is not supported by the pruner")

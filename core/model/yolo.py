@@ -17,13 +17,15 @@ from torch import nn
 
 from .common import C3, SPPF, Bottleneck, Concat, Conv, DWConv
 from .head import Detect
+from .head_af import DetectAF
 
-__all__ = ["Model", "MODULES", "load_arch", "make_divisible", "parse_model"]
+__all__ = ["Model", "MODULES", "HEADS", "is_anchor_free", "load_arch", "make_divisible", "parse_model"]
 
 MODULES: dict[str, type[nn.Module]] = {
     'Conv': Conv, 'DWConv': DWConv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'Concat': Concat,
-    'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'Detect': Detect,
+    'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'Detect': Detect, 'DetectAF': DetectAF,
 }
+HEADS = (Detect, DetectAF)  # the last layer of every architecture: anchor-based or anchor-free
 _CONSTANTS = {'None': None, 'True': True, 'False': False}
 STRIDE_PROBE = 256  # image size of the zero-image pass that measures the strides
 
@@ -80,10 +82,12 @@ def _sub(channels: dict[str, int], prefix: str) -> dict[str, int]:
 
 def parse_model(arch: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list; returns (nn.Sequential, sorted indices whose outputs are kept)."""
-    for key in ('nc', 'anchors', 'backbone', 'head'):
+    for key in ('nc', 'backbone', 'head'):
         if key not in arch:
             raise ValueError(f'architecture misses {key!r}')
-    nc, anchors = int(arch['nc']), arch['anchors']
+    if 'anchors' not in arch and _head_name(arch) != 'DetectAF':
+        raise ValueError("architecture misses 'anchors' (only the anchor-free head, DetectAF, needs none)")
+    nc, anchors = int(arch['nc']), arch.get('anchors')
     gd, gw = float(arch.get('depth_multiple', 1.0)), float(arch.get('width_multiple', 1.0))
     channels = dict(arch.get('channels') or {})
     repeats = dict(arch.get('repeats') or {})
@@ -124,24 +128,43 @@ def parse_model(arch: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
             module, c_out, c_nom = Concat(*args), sum(cin), sum(cin_nom)
         elif mtype is nn.Upsample:
             module, c_out, c_nom = nn.Upsample(*args), cin[0], cin_nom[0]
-        else:  # Detect
+        else:  # Detect or DetectAF
             if i != len(arch['backbone']) + len(arch['head']) - 1:
-                raise ValueError(f'layer {i}: Detect must be the last layer')
-            module, c_out, c_nom = Detect(args[0], args[1], cin), 0, 0
+                raise ValueError(f'layer {i}: {mname} must be the last layer')
+            if mtype is DetectAF:
+                module = DetectAF(args[0], *args[1:2], ch=cin, ch_nom=cin_nom, channels=_sub(channels, prefix))
+            else:
+                module = Detect(args[0], args[1], cin)
+            c_out = c_nom = 0
         if n > 1 and mtype not in (Conv, DWConv, Bottleneck, C3):
             raise ValueError(f'layer {i} ({mname}): number must be 1, got {n}')
         module.i, module.f, module.type, module.n = i, f, mname, n
-        module.args = args if mtype is not Detect else [nc, module.na, cin]
+        module.args = [nc, module.na, cin] if mtype is Detect else [nc, module.reg_max, cin] if mtype is DetectAF \
+            else args
         module.np = sum(p.numel() for p in module.parameters())
         save.update(a for j, a in zip(f if isinstance(f, list) else [f], src) if j != -1)
         layers.append(module)
         act.append(c_out)
         nom.append(c_nom)
-    if not layers or not isinstance(layers[-1], Detect):
-        raise ValueError('the last layer of the architecture must be Detect')
+    if not layers or not isinstance(layers[-1], HEADS):
+        raise ValueError('the last layer of the architecture must be Detect or DetectAF')
     seq = nn.Sequential(*layers)
     _check_overrides(seq, channels, repeats)
     return seq, sorted(save)
+
+
+def _head_name(arch: dict) -> str | None:
+    """The module name of the architecture's last row (its head), or None when it has none."""
+    rows = list(arch.get('backbone') or []) + list(arch.get('head') or [])
+    return rows[-1][2] if rows and isinstance(rows[-1], list) and len(rows[-1]) == 4 else None
+
+
+def is_anchor_free(model: nn.Module | dict | str | Path) -> bool:
+    """Whether a Model, an architecture dict or a model yaml ends in the anchor-free head (DetectAF)."""
+    if isinstance(model, nn.Module):
+        model = getattr(model, 'module', model)  # DDP / DataParallel wrapper
+        return isinstance(model.model[-1], DetectAF)
+    return _head_name(load_arch(model)) == 'DetectAF'
 
 
 def _repeat(mtype, n: int, c1: int, c1_nom: int, c2: int, extra: list, channels: dict, prefix: str):
@@ -248,6 +271,9 @@ class Model(nn.Module):
         stays finite. With one class the frequency says nothing (log 1 = 0, a score factor of 0.5):
         YOLOv5's prior (sigmoid 0.98) is used, and NMS scores a one-class model by objectness alone."""
         m = self.model[-1]
+        if isinstance(m, DetectAF):  # no objectness: the class scores carry the prior (core/model/head_af.py)
+            m.initialize_biases(class_freq if m.nc > 1 else None)
+            return
         if class_freq is not None and m.nc > 1:
             cf = torch.as_tensor(class_freq, dtype=torch.float64).flatten()
             if cf.numel() != m.nc:

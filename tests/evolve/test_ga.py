@@ -41,7 +41,7 @@ def _sample(sampler: GASampler, study: optuna.Study) -> dict:
 def test_space_file_covers_every_hyp_and_base_is_inside():
     assert list(SPACE) == list(HYP_KEYS)
     fixed = sorted(g.name for g in SPACE.values() if g.gain == 0)
-    assert fixed == ["fl_gamma", "fliplr", "iou_t", "perspective"]
+    assert fixed == ["dfl", "fl_gamma", "fliplr", "iou_t", "perspective"]  # dfl: the anchor-free head only
     assert SPACE["anchors"].int and SPACE["anchors"].gain == 2 and SPACE["lr0"].log
     check_base(SPACE, BASE)
     assert len(distributions(SPACE)) == 25

@@ -14,7 +14,8 @@ from tests.helpers import max_diff, random_model, raw_maps, replicate_padding
 
 
 @pytest.mark.parametrize("yaml_name,imgsz", [("yolov5n.yaml", 96), ("yolov5-cpu.yaml", 64),
-                                             ("mobilenetv2-cpu.yaml", 64)])
+                                             ("mobilenetv2-cpu.yaml", 64), ("yolov5-cpu-af.yaml", 64),
+                                             ("yolov5n-af.yaml", 96)])
 def test_surgery_exact(yaml_name, imgsz):
     model = random_model(yaml_name)
     graph = trace(model)
@@ -82,12 +83,13 @@ def border_reach(model, imgsz: int) -> list[torch.Tensor]:
         return [o[0].amax((0, -1)) > 0 for o in net(torch.zeros(1, 3, imgsz, imgsz))]
 
 
-@pytest.mark.parametrize("yaml_name", ["yolov5n.yaml", "yolov5-cpu.yaml", "mobilenetv2-cpu.yaml"])
-def test_compensation_exact_in_the_interior_with_zero_padding(yaml_name):
+@pytest.mark.parametrize("yaml_name,imgsz", [("yolov5n.yaml", 1024), ("yolov5-cpu.yaml", 1024),
+                                             ("mobilenetv2-cpu.yaml", 1024), ("yolov5-cpu-af.yaml", 1280)])
+def test_compensation_exact_in_the_interior_with_zero_padding(yaml_name, imgsz):
     """(b) as stated: the original model with only the pruned gammas zeroed equals the compensated,
     compact model wherever no zero padding reaches; 1024 px is the smallest size with interior cells
-    on every output level (the receptive field reaches ~360 px in from each border)."""
-    imgsz = 1024
+    on every output level (the receptive field reaches ~360 px in from each border); the anchor-free head's
+    two 3x3 convs per branch reach ~500 px, so it needs 1280."""
     model = random_model(yaml_name, seed=2).double()
     graph = trace(model)
     masks, _ = compute_masks(graph, MaskOptions(global_percent=0.4))
