@@ -16,6 +16,14 @@ import torch
 from torch import nn
 
 from bench.record import command_line, machine, markdown_table, record, write_json
+from core.data.config import load_data_config
+from core.data.loader import create_dataloader
+from core.hyp import load_hyp
+from core.loss import ComputeLoss
+from core.model.info import model_info
+from core.model.yolo import Model
+from core.optim import build_optimizer
+from core.val import validate
 
 
 def conv_throughput(seconds: float = 3.0) -> float:
@@ -60,8 +68,6 @@ def training_ceiling(model_yaml: str, imgsz: int, batch: int, nc: int = 10, seco
     timed in isolation at the shape it has in the model), then the whole model's forward+backward on one
     fixed batch, eager and (compile_model) under torch.compile, which fuses BatchNorm and SiLU.
     """
-    from core.model.info import model_info
-    from core.model.yolo import Model
 
     torch.manual_seed(0)
     model = Model(model_yaml, nc=nc).train()
@@ -94,14 +100,6 @@ def training_ceiling(model_yaml: str, imgsz: int, batch: int, nc: int = 10, seco
 
 def train_throughput(model_yaml: str, imgsz: int, batch: int, batches: int, warmup: int, workers: int,
                      channels_last: bool = False) -> dict:
-    from core.data.config import load_data_config
-    from core.data.loader import create_dataloader
-    from core.hyp import load_hyp
-    from core.loss import ComputeLoss
-    from core.model.info import model_info
-    from core.model.yolo import Model
-    from core.optim import build_optimizer
-    from core.val import validate
 
     torch.manual_seed(0)
     cfg = load_data_config(None)

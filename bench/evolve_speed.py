@@ -24,9 +24,12 @@ from optuna.trial import TrialState
 
 from bench.quiet import quiet_evolution
 from bench.record import command_line, machine, markdown_table, record
+from core.hyp import load_hyp
+from evolve.base_run import ensure_base_run
 from evolve.launcher import launch
 from evolve.storage import make_storage, run_dir_for
 from evolve.study_config import StudyConfig, load_study
+from evolve.worker import load_callable
 
 
 def _run(cfg: StudyConfig, fit_spec: str | None, threads: int | None) -> tuple[optuna.Study, float]:
@@ -59,9 +62,6 @@ def shared_start(study_file: str, overrides: dict[str, Any], fit_spec: str | Non
     cfg = load_study(study_file, {**overrides, "name": "bench-base"})
     if not cfg.base:
         return {}
-    from core.hyp import load_hyp
-    from evolve.base_run import ensure_base_run
-    from evolve.worker import load_callable
     weights = ensure_base_run(cfg, load_hyp(cfg.resolved("hyp")), run_dir_for("bench-base"), "cpu",
                               fit=load_callable(fit_spec) if fit_spec else None)
     return {"weights": str(Path(weights).resolve()), "base": {}}

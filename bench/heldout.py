@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import yaml
 
 from bench import sources
 from bench.record import markdown_table, publish
@@ -316,7 +317,6 @@ def _write_set(root: Path, name: str, n: dict[str, int], seed: int) -> None:
 
 
 def _data_yaml(root: Path, names: Sequence[str]) -> str:
-    import yaml
     return yaml.safe_dump({"path": str(root.resolve()), "train": "images/train", "val": "images/val",
                            "names": dict(enumerate(names))}, sort_keys=False)
 

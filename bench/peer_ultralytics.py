@@ -32,7 +32,7 @@ def main() -> None:
             json.dump(record, f, indent=1)
 
     def on_train_start(trainer) -> None:
-        from ultralytics.utils.torch_utils import get_flops, get_num_params
+        from ultralytics.utils.torch_utils import get_flops, get_num_params  # ultralytics: .venv-peer only
         record["gflops"] = float(get_flops(trainer.model, trainer.args.imgsz))
         record["params"] = int(get_num_params(trainer.model))
         record["train_images"] = len(trainer.train_loader.dataset)

@@ -40,8 +40,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from bench.engine import conv_throughput, training_ceiling
 from bench.heldout import SETS, generate_heldout
 from bench.record import command_line, machine, markdown_table, record
+from core.data.config import load_data_config
+from core.model.info import model_info
+from core.model.yolo import Model
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = ("ours", "yolov5n", "yolov8n")
@@ -143,14 +149,10 @@ def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
 
 
 def _our_gflops(data: Path, imgsz: int) -> float:
-    from core.data.config import load_data_config
-    from core.model.info import model_info
-    from core.model.yolo import Model
     return float(model_info(Model(str(REPO / OUR_MODEL), nc=load_data_config(data)["nc"]), imgsz)["gflops"])
 
 
 def _read_csv(path: Path) -> list[dict]:
-    import pandas as pd
     df = pd.read_csv(path)
     df.columns = [c.strip() for c in df.columns]
     return df.to_dict("records")
@@ -290,7 +292,6 @@ def headline(rows: list[dict]) -> dict[str, str]:
 
 
 def _write(out: Path, rows: list[dict], meta: dict) -> None:
-    import pandas as pd
     pd.DataFrame(rows).to_csv(out / "peer.csv", index=False)
     (out / "peer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
@@ -332,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/peer/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    from bench.engine import conv_throughput, training_ceiling
     ceiling = training_ceiling(str(REPO / OUR_MODEL), args.imgsz, args.batch)["ceiling_eager_gflop_per_s"]
     meta = {**machine(), "conv_gflop_per_s": conv_throughput(), "ceiling_gflop_per_s": ceiling,
             "imgsz": args.imgsz, "batch": args.batch,

@@ -18,7 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.ft2font import FT2Font, LoadFlags
 
 TEXTURES = ("photo", "relief", "terrain", "mri")
 SPRITES = ("gift", "logo")
@@ -30,7 +33,6 @@ GLYPH_PX = 96  # glyphs are rendered once at this size, then warped to their siz
 
 
 def _mpl_data() -> Path:
-    import matplotlib
     return Path(matplotlib.get_data_path())
 
 
@@ -62,7 +64,6 @@ def _texture_source(kind: str) -> np.ndarray:
         shade = _hillshade(z)
         if kind == "relief":
             return np.repeat((shade * 255)[..., None], 3, 2).astype(np.float32)
-        from matplotlib import colormaps
         rgb = colormaps["terrain"]((z - z.min()) / (np.ptp(z) + 1e-9))[..., :3] * (0.35 + 0.65 * shade[..., None])
         return (rgb[..., ::-1] * 255).astype(np.float32)
     if kind == "mri":
@@ -112,7 +113,6 @@ def sprite_rgba(name: str) -> np.ndarray:
 @lru_cache(maxsize=None)
 def glyph(char: str, font: str) -> np.ndarray:
     """Coverage mask (float32 0..1) of one character in a shipped typeface, about GLYPH_PX tall, tightly cropped."""
-    from matplotlib.ft2font import FT2Font, LoadFlags
 
     path = _mpl_data() / "fonts" / "ttf" / f"{font}.ttf"
     if not path.exists():

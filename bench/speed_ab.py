@@ -29,7 +29,16 @@ from typing import Callable
 import torch
 
 from bench.record import command_line, machine, markdown_table, record, write_json
+from core.data.config import load_data_config
+from core.data.loader import create_dataloader
 from core.device import bf16_autocast, cpu_bf16_native, train_forward
+from core.ema import ModelEMA
+from core.hyp import load_hyp
+from core.loss import ComputeLoss
+from core.model.common import SPPF
+from core.model.yolo import Model
+from core.optim import build_optimizer
+from core.train import TrainOptions, fit
 
 
 def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> dict:
@@ -48,7 +57,6 @@ def interleave(a: Callable[[], None], b: Callable[[], None], steps: int, warmup:
 
 def _plain_sppf(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` whose SPPF blocks pool in the input's own layout (the code before the fix)."""
-    from core.model.common import SPPF
 
     def forward(self, x):
         x = self.cv1(x)
@@ -84,13 +92,6 @@ def _ema_update_per_tensor(self, model: torch.nn.Module) -> None:
 
 
 def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threads_ab: bool) -> dict:
-    from core.data.config import load_data_config
-    from core.data.loader import create_dataloader
-    from core.ema import ModelEMA
-    from core.hyp import load_hyp
-    from core.loss import ComputeLoss
-    from core.model.yolo import Model
-    from core.optim import build_optimizer
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # levers compared at one fixed thread count (threads themselves: bench.train_profile --threads)
@@ -175,7 +176,6 @@ def run(model_yaml: str, imgsz: int, batch: int, steps: int, workers: int, threa
 
 def fit_ab(model_yaml: str, imgsz: int, batch: int, workers: int, rounds: int) -> dict:
     """One-epoch fits, NCHW and channels_last alternately: medians of train and val seconds, and A / B."""
-    from core.train import TrainOptions, fit
 
     times: dict[bool, dict[str, list[float]]] = {cl: {"train": [], "val": []} for cl in (False, True)}
     for _ in range(rounds):

@@ -28,18 +28,27 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
 from torch import nn
 
+from bench.evolve_speed import shared_start
 from bench.record import command_line, machine, record, write_json
 from core.cli import main_guard
+from core.model.info import model_gflops
+from core.model.yolo import Model
+from core.val import validate
+from prune.measure import cpu_latency_ms, measure, prunable_channels
+from prune.options import PruneOptions, check_prune_options
+from prune.pipeline import Pipeline, load_weights
 
 M = TypeVar("M")
 TP_IMPORTANCE = {"tp_bn": "BNScaleImportance", "tp_l1": "MagnitudeImportance(p=1)"}
@@ -59,8 +68,6 @@ def as_core_model(pruned: nn.Module) -> nn.Module:
 
     For a model whose convs were cut in place (Torch-Pruning): its `arch` still names the old widths, so a
     checkpoint of it would not load. The rebuilt model has the same modules, names and tensors."""
-    from core.model.yolo import Model
-    from prune.measure import prunable_channels
 
     arch = copy.deepcopy(pruned.arch)
     arch["channels"] = {**(arch.get("channels") or {}), **prunable_channels(pruned)}
@@ -135,7 +142,7 @@ def match_gflops(prune_at: Callable[[float], M], gflops: Callable[[M], float], t
 
 def _torch_pruning():
     try:
-        import torch_pruning
+        import torch_pruning  # optional: installed in .venv-tp only (make bench-tp)
     except ImportError:
         raise TPBenchError("torch_pruning is not installed in this interpreter; run `make bench-tp` (it builds "
                            ".venv-tp with torch-pruning on .venv's torch) or use .venv-tp/bin/python") from None
@@ -199,11 +206,6 @@ class Clock:
 
 def run(o: BenchOptions) -> dict:
     """Prune, finetune, measure; returns {'meta', 'rows', 'search', 'seconds'} (also written to o.out)."""
-    from core.model.info import model_gflops
-    from core.val import validate
-    from prune.measure import cpu_latency_ms, measure
-    from prune.options import PruneOptions, check_prune_options
-    from prune.pipeline import Pipeline, load_weights
 
     _torch_pruning()  # fail before any work
     popts = PruneOptions(weights=o.weights, data=o.data, global_percent=o.global_percent, shortcuts=o.shortcuts,
@@ -285,7 +287,6 @@ def run(o: BenchOptions) -> dict:
 
 
 def _tp_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return version("torch-pruning")
     except PackageNotFoundError:
@@ -387,7 +388,6 @@ def parse_args(argv: list[str] | None = None) -> BenchOptions:
 
 @main_guard("bench.torch_pruning")
 def main(argv: list[str] | None = None) -> int:
-    import json
 
     opts = parse_args(argv)
     if isinstance(opts, argparse.Namespace):
@@ -395,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t = time.perf_counter()
     if not opts.weights:  # a fresh clone: the quick study's base run, shared with `make bench-search`
-        from bench.evolve_speed import shared_start
 
         opts.weights = shared_start("studies/quick.yaml", {"gpus": "cpu"})["weights"]
     report = run(opts)

@@ -39,7 +39,18 @@ import torch
 from bench.record import command_line, machine, record
 from core import argtypes as t
 from core.atomic import atomic_write
+from core.checkpoint import model_from_checkpoint
 from core.cli import main_guard
+from core.data.config import load_data_config
+from core.data.files import list_image_files
+from core.detect import read_letterboxed
+from core.detect import run as detect
+from core.ensemble import load_for_inference
+from core.export import ExportError, check_onnx, export_onnx
+from core.nms import non_max_suppression
+from core.train import TrainOptions, fit
+from core.val import run as val
+from prune.measure import cpu_latency_ms
 
 LOGGER = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +125,6 @@ class _Messages(logging.Handler):
 
 def train(o: UseBenchOptions, name: str, data: Path, model: str, epochs: int, seed: int, freeze: int = 0) -> dict:
     """core.train into OUT/train/<name> (an interrupted run resumes from its last.pt); best mAP and log lines."""
-    from core.train import TrainOptions, fit
 
     last = o.out / "train" / name / "last.pt"
     opts = TrainOptions(epochs=epochs, batch_size=o.batch, imgsz=o.imgsz, workers=o.workers, seed=seed,
@@ -133,11 +143,6 @@ def train(o: UseBenchOptions, name: str, data: Path, model: str, epochs: int, se
 
 def export_checks(o: UseBenchOptions, weights: str, data: Path) -> dict:
     """Export at two sizes, fp32 and fp16; max differences from PyTorch over the first val images."""
-    from core.checkpoint import model_from_checkpoint
-    from core.data.config import load_data_config
-    from core.data.files import list_image_files
-    from core.detect import read_letterboxed
-    from core.export import ExportError, check_onnx, export_onnx
 
     model = model_from_checkpoint(weights)
     images = list_image_files(load_data_config(data)["val"])[:o.check_images]
@@ -164,7 +169,6 @@ def export_checks(o: UseBenchOptions, weights: str, data: Path) -> dict:
 
 def val_metrics(o: UseBenchOptions, weights: Sequence[str], data: Path, imgsz: int, augment: bool = False) -> dict:
     """`python -m core.val --weights ... --data ... --imgsz ... [--augment]`: the headline metrics."""
-    from core.val import run as val
 
     argv = ["--weights", *weights, "--data", str(data), "--imgsz", str(imgsz), "--workers", str(o.workers)]
     m = val(argv + (["--augment"] if augment else []))
@@ -175,11 +179,6 @@ def val_metrics(o: UseBenchOptions, weights: Sequence[str], data: Path, imgsz: i
 def per_image_ms(o: UseBenchOptions, cases: dict[str, tuple[Sequence[str], bool]], data: Path) -> dict:
     """Median ms per image of forward + NMS (conf 0.001, iou 0.6: val's), batch 1, one torch thread; the
     cases interleaved image by image so that a change of load affects them alike."""
-    from core.data.config import load_data_config
-    from core.data.files import list_image_files
-    from core.detect import read_letterboxed
-    from core.ensemble import load_for_inference
-    from core.nms import non_max_suppression
 
     models = {name: load_for_inference(w, "cpu", augment=aug) for name, (w, aug) in cases.items()}
     files = list_image_files(load_data_config(data)["val"])[:o.time_images + 2]
@@ -201,8 +200,6 @@ def per_image_ms(o: UseBenchOptions, cases: dict[str, tuple[Sequence[str], bool]
 
 def latency(o: UseBenchOptions, weights: str, exports: dict) -> dict:
     """PyTorch (fused) vs onnxruntime fp32 / fp16, batch 1, one thread, interleaved (prune.measure)."""
-    from core.checkpoint import model_from_checkpoint
-    from prune.measure import cpu_latency_ms
 
     model = model_from_checkpoint(weights)
     out = {}
@@ -214,8 +211,6 @@ def latency(o: UseBenchOptions, weights: str, exports: dict) -> dict:
 
 def detect_files(o: UseBenchOptions, weights: str, data: Path) -> dict:
     """`python -m core.detect --weights W.onnx --source VAL --save-txt`: images and label files written."""
-    from core.data.config import load_data_config
-    from core.detect import run as detect
 
     source = load_data_config(data)["val"][0]
     t0 = time.perf_counter()
