@@ -83,6 +83,21 @@ def random_model(yaml_name: str, seed: int = 0, ch: int = 3) -> Model:
     return model.eval()
 
 
+def constant_af_model(nc: int = 3, sides=(2, 3, 4, 5), scores=(0.2, 0.6, 0.3)) -> Model:
+    """yolov5-cpu-af whose head ignores the image: every cell's side distributions put all their mass on the
+    bins `sides` (l, t, r, b, in strides) and its class scores are `scores`. Eval mode."""
+    model = Model(str(MODELS / "yolov5-cpu-af.yaml"), nc=nc).eval()
+    det = model.model[-1]
+    for box, cls in zip(det.box, det.cls):
+        for out in (box[-1], cls[-1]):
+            torch.nn.init.zeros_(out.weight)
+        bias = torch.zeros(4, det.reg_max)
+        bias[torch.arange(4), torch.tensor(sides)] = 60.0  # softmax mass e^-60 elsewhere: the distance is the bin
+        box[-1].bias.data = bias.flatten()
+        cls[-1].bias.data = torch.tensor([math.log(p / (1 - p)) for p in scores])
+    return model
+
+
 def raw_maps(model, x):
     with torch.no_grad():
         return model(x)[1]

@@ -20,6 +20,7 @@ from core.onnx_model import OnnxModel  # noqa: E402
 from tests.helpers import REPO
 
 MODEL = REPO / "studies" / "models" / "yolov5-cpu.yaml"
+MODEL_AF = REPO / "studies" / "models" / "yolov5-cpu-af.yaml"
 NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
 IMGSZ = 64
 
@@ -217,3 +218,49 @@ def test_onnx_latency_is_timed_beside_pytorch_with_the_same_threads(weights, tmp
     ms = cpu_latency_ms({"pt": model}, IMGSZ, threads=1, warmup=1, runs=3, onnx={"ort": path})
     assert set(ms) == {"pt", "ort"} and all(v > 0 for v in ms.values())
     assert ort_session(path, 2).get_session_options().intra_op_num_threads == 2
+
+
+def lively_af_model(seed: int = 0) -> Model:
+    """The anchor-free model with calibrated random BN statistics (as lively_model), class biases 0."""
+    torch.manual_seed(seed)
+    model = Model(str(MODEL_AF), nc=len(NAMES))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features) * 1.5 - 0.2
+            m.bias.data = torch.randn(m.num_features) * 0.5
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, IMGSZ, IMGSZ))
+    for cls in model.model[-1].cls:
+        cls[-1].bias.data.zero_()
+    model.names = list(NAMES)
+    return model.eval()
+
+
+def test_anchor_free_export_matches_pytorch(data, tmp_path):
+    """The anchor-free head exports (DFL softmax, anchor points, score columns) and passes the ORT check, fixed
+    and dynamic (another batch, a non-square size); the check catches a changed class bias and a changed stride."""
+    from core.export import sample_image
+
+    model = model_from_checkpoint(save_checkpoint(tmp_path / "af.pt", lively_af_model()))
+    image = sample_image({}, IMGSZ, val_image(data))
+    out = export_onnx(model, tmp_path / "af.onnx", imgsz=IMGSZ)
+    d = check_onnx(out, model, image)
+    assert d["scores"] <= d["tolerance"]["scores"] and d["boxes"] <= d["tolerance"]["boxes"]
+    pred = OnnxModel(out)(image)[0]
+    assert pred.shape == (1, 8 * 8 + 4 * 4 + 2 * 2, 5 + len(NAMES))
+    assert torch.allclose(pred[..., 4:5] * pred[..., 5:], model(image)[0][..., 5:] * model(image)[0][..., 4:5],
+                          atol=1e-4)
+    dyn = export_onnx(model, tmp_path / "af_dyn.onnx", imgsz=IMGSZ, dynamic=True)
+    d = check_onnx(dyn, model, torch.rand(2, 3, 96, 128))
+    assert d["scores"] <= d["tolerance"]["scores"] and d["boxes"] <= d["tolerance"]["boxes"]
+
+    other = model_from_checkpoint(save_checkpoint(tmp_path / "af.pt", lively_af_model()))
+    with torch.no_grad():
+        other.model[-1].cls[0][-1].bias[0] += 0.05
+    with pytest.raises(ExportError, match="in scores"):
+        check_onnx(out, other, image)
+    other = model_from_checkpoint(save_checkpoint(tmp_path / "af.pt", lively_af_model()))
+    other.model[-1].stride.mul_(1.001)  # boxes 0.1% off, scores the same
+    with pytest.raises(ExportError, match=r"differs from PyTorch by [0-9.e-]+ in scores, [0-9.e-]+ of the 64x64"):
+        check_onnx(out, other, image)

@@ -8,7 +8,7 @@ import torch
 from core.checkpoint import model_from_checkpoint, save_checkpoint
 from core.model import DetectAF, Model, is_anchor_free, load_arch
 from core.nms import non_max_suppression
-from tests.helpers import MODELS
+from tests.helpers import MODELS, constant_af_model
 
 torch.set_num_threads(1)
 R = 16  # reg_max of the yamls
@@ -16,20 +16,6 @@ R = 16  # reg_max of the yamls
 
 def logit(p: float) -> float:
     return math.log(p / (1 - p))
-
-
-def hand_model(nc: int = 3, sides=(2, 3, 4, 5), scores=(0.2, 0.6, 0.3)) -> Model:
-    """yolov5-cpu-af whose head ignores the image: every cell's side distributions put all their mass on the
-    bins `sides` (l, t, r, b) and its class scores are `scores`."""
-    m = Model(MODELS / 'yolov5-cpu-af.yaml', nc=nc).eval()
-    for box, cls in zip(m.model[-1].box, m.model[-1].cls):
-        for out in (box[-1], cls[-1]):
-            torch.nn.init.zeros_(out.weight)
-        bias = torch.zeros(4, R)
-        bias[torch.arange(4), torch.tensor(sides)] = 60.0  # softmax mass e^-60 elsewhere: the distance is the bin
-        box[-1].bias.data = bias.flatten()
-        cls[-1].bias.data = torch.tensor([logit(p) for p in scores])
-    return m
 
 
 @pytest.mark.parametrize('name', ['yolov5-cpu-af', 'yolov5n-af'])
@@ -63,7 +49,7 @@ def test_anchor_based_architecture_still_needs_anchors():
 
 def test_decode_hand_computed():
     """Every cell: sides (l, t, r, b) = (2, 3, 4, 5) strides from its centre, scores (0.2, 0.6, 0.3)."""
-    m = hand_model()
+    m = constant_af_model()
     with torch.no_grad():
         pred, _ = m(torch.rand(1, 3, 64, 96))
     # level 0 (stride 8, 8 x 12 cells), row 2, col 5: centre (5.5, 2.5) cells; box x from 5.5-2 to 5.5+4, y from
@@ -78,7 +64,7 @@ def test_decode_hand_computed():
 
 def test_expected_distance_is_the_mean_of_the_bins():
     """Mass split 0.25 / 0.75 between bins 3 and 4 of the left side: distance 3.75 strides."""
-    m = hand_model(nc=1, scores=(0.9,))
+    m = constant_af_model(nc=1, scores=(0.9,))
     det = m.model[-1]
     for box in det.box:
         bias = box[-1].bias.data.view(4, R)
@@ -94,7 +80,7 @@ def test_expected_distance_is_the_mean_of_the_bins():
 
 def test_nms_confidence_is_the_class_score():
     """NMS's conf = obj * cls gives each class its own score: best class only, and multi-label."""
-    m = hand_model()
+    m = constant_af_model()
     with torch.no_grad():
         pred, _ = m(torch.rand(1, 3, 64, 64))
     det = non_max_suppression(pred, conf_thres=0.1, iou_thres=0.0, max_det=1)[0]  # identical boxes per level

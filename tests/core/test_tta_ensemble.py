@@ -9,6 +9,7 @@ from core.model.yolo import Model
 from core.nms import non_max_suppression
 from core.tta import TTA, descale, level_mask, scale_image
 from tests.helpers import MODEL as HELPER_MODEL
+from tests.helpers import constant_af_model
 
 MODEL = Path(HELPER_MODEL)
 
@@ -95,3 +96,27 @@ def test_ensemble_of_one_equals_the_model_and_merges_before_nms():
     twice = non_max_suppression(Ensemble([a, a])(x)[0], 0.01, 0.45)
     for got, want in zip(twice, non_max_suppression(single, 0.01, 0.45)):
         assert len(want) > 0 and torch.equal(got, want)
+
+
+@torch.no_grad()
+def test_tta_and_ensemble_with_the_anchor_free_head():
+    """A head whose every cell predicts a box of 6 x 8 strides: through TTA each pass's boxes come back divided
+    by its resize gain, and the levels dropped are the right ones (one row per cell: na = 1); an anchor-free and
+    an anchor-based model ensemble into one NMS."""
+    af = constant_af_model(nc=3, sides=(2, 3, 4, 5), scores=(0.2, 0.6, 0.3))
+    x = torch.rand(1, 3, 96, 128)
+    pred, _ = TTA(af)(x)
+    cells = [12 * 16, 6 * 8, 3 * 4], [12 * 12, 6 * 6, 3 * 3]  # 96 x 128 (full and 0.83, padded) and 96 x 96
+    assert pred.shape == (1, sum(cells[0][:2]) + sum(cells[0]) + sum(cells[1][1:]), 5 + 3)
+    widths = sorted({round(float(w), 1) for w in pred[0, :, 2]})
+    gains = [1.0, int(128 * 0.83) / 128, int(128 * 0.67) / 128]
+    want = sorted({round(6 * s / g, 1) for g, levels in zip(gains, ((8, 16), (8, 16, 32), (16, 32))) for s in levels})
+    assert widths == want  # no 6 x 32 px box from the full pass, no 6 x 8 px one from the smallest
+    assert torch.allclose(pred[0, :, 4], torch.tensor(0.6)) and torch.allclose(pred[0, :, 6], torch.tensor(1.0))
+
+    based = _model(0)
+    both = Ensemble([af, based])(x[..., :96, :96])[0]
+    assert both.shape == (1, (144 + 36 + 9) + 3 * (144 + 36 + 9), 8)  # one row per cell, three anchors per cell
+    twice = non_max_suppression(Ensemble([af, af])(x)[0], 0.01, 0.45)
+    single = non_max_suppression(af(x)[0], 0.01, 0.45)
+    assert len(single[0]) > 0 and torch.equal(twice[0], single[0])
