@@ -18,7 +18,7 @@ import torch
 from core.boxes import box_iou
 
 __all__ = ["METRIC_KEYS", "FITNESS_WEIGHTS", "AP_METHODS", "fitness", "ap_per_class", "compute_ap",
-           "match_predictions", "summarize"]
+           "match_predictions", "precision_at_recall", "summarize"]
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP50-95 thresholds
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
@@ -68,23 +68,29 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray, method: str = "coco") 
         raise ValueError(f"AP method {method!r} is not one of {', '.join(AP_METHODS)}")
     if recall.size == 0:  # no detection: no area (YOLOv5 skips such a class too)
         return 0.0
-    if method == "yolov5":
-        return _ap_linear(recall, precision)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
-    q = np.zeros_like(RECALL_POINTS)
-    valid = idx < recall.size
-    q[valid] = envelope[idx[valid]]
+    q = precision_at_recall(recall, precision, RECALL_POINTS, method)
+    if method == "yolov5":  # trapezoids
+        return float(((q[1:] + q[:-1]) / 2 * np.diff(RECALL_POINTS)).sum())
     return float(q.mean())
 
 
-def _ap_linear(recall: np.ndarray, precision: np.ndarray) -> float:
-    """YOLOv5's rule: sentinels (0, 1) and (1, 0), the envelope, linear interpolation at 101 recalls, trapezoids."""
-    r = np.concatenate(([0.0], recall, [1.0]))
-    p = np.concatenate(([1.0], precision, [0.0]))
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    y = np.interp(RECALL_POINTS, r, p)
-    return float(((y[1:] + y[:-1]) / 2 * np.diff(RECALL_POINTS)).sum())
+def precision_at_recall(recall: np.ndarray, precision: np.ndarray, at: np.ndarray, method: str = "coco") -> np.ndarray:
+    """The precision curve `compute_ap` integrates, read at the recalls `at`: "coco" the envelope at the
+    first point reaching each recall (0 past the highest), "yolov5" its linear interpolation with the
+    sentinels. Its mean over a fine uniform grid of [0, 1] is the AP to within about 1/101: COCO's AP
+    averages 101 samples of the same decreasing step curve."""
+    if recall.size == 0:
+        return np.zeros_like(at, dtype=float)
+    if method == "yolov5":
+        r = np.concatenate(([0.0], recall, [1.0]))
+        p = np.maximum.accumulate(np.concatenate(([1.0], precision, [0.0]))[::-1])[::-1]
+        return np.interp(at, r, p)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, at, side="left")
+    q = np.zeros(len(at))
+    valid = idx < recall.size
+    q[valid] = envelope[idx[valid]]
+    return q
 
 
 def _smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
@@ -104,7 +110,9 @@ def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps:
     confidence-sampled curves (1000 points) at the confidence maximising the smoothed mean F1.
     `ap_method`: "coco" or "yolov5" (module docstring).
     Returns dict: classes (k,), nt (labels per class), p, r, f1 (k,), ap (k, T), conf (the chosen
-    confidence), px (1000,), p_curve, r_curve, f1_curve (k, 1000).
+    confidence), px (1000,), p_curve, r_curve, f1_curve (k, 1000) against confidence px, and pr_curve
+    (k, 1000): precision at recall px at IoU 0.5, read by the AP rule, so its mean over px is AP50 to
+    within 0.011 (`precision_at_recall`).
     """
     tp, conf, pred_cls, target_cls = (np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a)
                                       for a in (tp, conf, pred_cls, target_cls))
@@ -117,7 +125,7 @@ def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps:
     k, nthr = classes.shape[0], tp.shape[1]
     px = np.linspace(0, 1, 1000)
     ap = np.zeros((k, nthr))
-    p_curve, r_curve = np.zeros((k, 1000)), np.zeros((k, 1000))
+    p_curve, r_curve, pr_curve = np.zeros((k, 1000)), np.zeros((k, 1000)), np.zeros((k, 1000))
     for ci, c in enumerate(classes):
         sel = pred_cls == c
         if not sel.any():
@@ -129,13 +137,14 @@ def ap_per_class(tp: np.ndarray | torch.Tensor, conf, pred_cls, target_cls, eps:
         # Curves vs confidence (x decreasing in conf, hence the negations) at IoU 0.5.
         r_curve[ci] = np.interp(-px, -conf[sel], recall[:, 0], left=0)
         p_curve[ci] = np.interp(-px, -conf[sel], precision[:, 0], left=1)
+        pr_curve[ci] = precision_at_recall(recall[:, 0], precision[:, 0], px, ap_method)
         for j in range(nthr):
             ap[ci, j] = compute_ap(recall[:, j], precision[:, j], ap_method)
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     best = int(_smooth(f1_curve.mean(0), 0.1).argmax()) if k else 0
     return {"classes": classes.astype(int), "nt": nt, "p": p_curve[:, best], "r": r_curve[:, best],
             "f1": f1_curve[:, best], "ap": ap, "conf": float(px[best]), "px": px,
-            "p_curve": p_curve, "r_curve": r_curve, "f1_curve": f1_curve}
+            "p_curve": p_curve, "r_curve": r_curve, "f1_curve": f1_curve, "pr_curve": pr_curve}
 
 
 def summarize(ap_result: Mapping) -> dict[str, float]:

@@ -53,6 +53,7 @@ from core.model.anchors import check_anchors, fit_anchor_count
 from core.model.yolo import Model, is_anchor_free
 from core.nonfinite import NonFiniteGuard
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
+from core.plots import RunPlots
 from core.run_dir import next_run_dir, read_history, resolve_resume
 from core.seeding import init_seeds
 from core.transfer import transfer_weights
@@ -99,6 +100,8 @@ class TrainOptions:
                                        # anchors when they fit badly (core/model/anchors.py)
     automosaic: bool = True            # lower the hyp's mosaic probability where mosaics cut the dataset's objects
                                        # to fragments (core/data/automosaic.py)
+    plots: bool = True                 # pictures in the run folder (with `save`, rank 0): labels, batches,
+                                       # results.png each epoch, curves and confusion matrix at the end (core/plots.py)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class TrainState:
     saver: CheckpointSaver
     guard: NonFiniteGuard          # skips steps with a non-finite loss, fails the run when they persist
     threads: AdaptiveThreads | None  # CPU auto threads: every core, or fewer while other processes load the CPU
+    plots: RunPlots | None = None  # the run folder's pictures (opts.plots, rank 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,6 +212,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
             if s.cfg.ctx.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
 
+    if s.plots is not None:
+        s.plots.final()  # the last validation's curves, confusion matrix and batches
     saved = s.cfg.opts.save
     result = FitResult(
         history=n.history, best=n.best, best_fitness=n.best_fitness, stop_reason=stop_reason,
@@ -237,6 +243,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     saver = _run_folder(opts, ctx, hyp, data_cfg, resume_path)
     net, fresh = _model(model, data_cfg, opts)
     train_loader, train_set, val_loader = _loaders(opts, data_cfg, hyp, ctx, device, threads)
+    plots = _plots(opts, ctx, saver, data_cfg, train_set)
     _fit_anchors(net, train_set, hyp, opts, fresh, resumed=resume_ckpt is not None)
     if fresh:
         _class_priors(net, train_set.labels, int(data_cfg["nc"]))
@@ -255,7 +262,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=amp),
         compute_loss=compute_loss, train_loader=train_loader, val_loader=val_loader, saver=saver,
         guard=NonFiniteGuard(device, ctx.distributed),
-        threads=AdaptiveThreads(*threads.between) if threads is not None and threads.between else None)
+        threads=AdaptiveThreads(*threads.between) if threads is not None and threads.between else None, plots=plots)
     if resume_ckpt is not None:
         _restore(s, resume_ckpt)
     s.counters.amp_scale = s.scaler.get_scale()  # the initial scale (no sync: the scale tensor does not exist yet)
@@ -340,6 +347,16 @@ def _loaders(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext,
             workers=opts.workers if device.type == "cuda" else 0, shuffle=False, rank=-1, world_size=1,
             seed=opts.seed, nc=int(data_cfg["nc"]), prefix="val: ")
     return train_loader, train_set, val_loader
+
+
+def _plots(opts: TrainOptions, ctx: DistContext, saver: CheckpointSaver, data_cfg: Mapping,
+           train_set: Any) -> RunPlots | None:
+    """The run folder's pictures on rank 0 when asked (and saving): labels.png now, from the training labels."""
+    if not (opts.plots and saver.enabled):
+        return None
+    plots = RunPlots(saver.save_dir, list(data_cfg["names"]))
+    plots.labels(train_set.labels)
+    return plots
 
 
 def _fit_anchors(net: nn.Module, train_set: Any, hyp: dict, opts: TrainOptions, fresh: bool, resumed: bool) -> None:
@@ -491,8 +508,10 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
     if show:
         batches = tqdm(batches, total=cfg.batches, desc=f"epoch {epoch + 1}/{cfg.opts.epochs}", leave=False,
                        bar_format="{l_bar}{bar:20}{r_bar}")
-    for i, (imgs, targets, _, _) in batches:
+    for i, (imgs, targets, paths, _) in batches:
         ni = i + cfg.batches * epoch  # batches since the start of training
+        if s.plots is not None and epoch == n.start_epoch:
+            s.plots.train_batch(i, imgs, targets, paths)  # the first batches as augmented (reads them only)
         if cfg.warmup_iters and ni <= cfg.warmup_iters:
             n.accumulate = warmup(s.optimizer, ni, cfg.warmup_iters, epoch, cfg.plan.hyp, cfg.lf, cfg.plan.nbs,
                                   cfg.opts.batch_size)
@@ -522,7 +541,8 @@ def validate_epoch(s: TrainState, epoch: int, train: Mapping[str, float]) -> dic
     t0 = time.time()
     with s.callbacks.phase("validation"):
         vm = core.val.validate(s.ema.ema, s.val_loader, compute_loss=s.compute_loss, names=s.net.names,
-                               half=s.cfg.amp, bf16=s.cfg.bf16, progress=False)
+                               half=s.cfg.amp, bf16=s.cfg.bf16, progress=False,
+                               collector=s.plots.validation() if s.plots is not None else None)
     s.callbacks.call("on_val_end", epoch, vm)
     return {"epoch": epoch, "train_box": train["train_box"], "train_obj": train["train_obj"],
             "train_cls": train["train_cls"], "P": vm["P"], "R": vm["R"], "mAP50": vm["mAP50"],
@@ -542,6 +562,8 @@ def _end_epoch(s: TrainState, epoch: int, train: Mapping[str, float], t_epoch: f
         n.best_fitness, n.best_epoch, n.best = metrics["fitness"], epoch, metrics
     with s.callbacks.phase("checkpoint"):
         s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness, _resume_state(s))
+    if s.plots is not None:
+        s.plots.results(s.saver.results)
     LOGGER.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                 f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
     return _stop_reason(s, epoch, metrics)

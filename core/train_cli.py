@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="no pictures in the run folder (labels.png, "
+                   "train/val batches, results.png, PR/F1 curves, confusion matrix)")
     return p.parse_args(argv)
 
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         label_smoothing=args.label_smoothing, progress=not args.no_progress,
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
-                        automosaic=not args.no_automosaic,
+                        automosaic=not args.no_automosaic, plots=not args.no_plots,
                         channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
     result = fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     # a run resumed after its end trained nothing: fit has said so

@@ -92,7 +92,7 @@ def _json_rows(pred: torch.Tensor, input_hw: tuple[int, int], shape, image_id: i
 def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: float = 0.6,
              compute_loss: Callable | None = None, save_json: str | Path | None = None, names=None,
              half: bool = False, max_det: int = 300, progress: bool = True, multi_label: bool = False,
-             ap_method: str = "coco", bf16: bool = False) -> dict[str, Any]:
+             ap_method: str = "coco", bf16: bool = False, collector: Any = None) -> dict[str, Any]:
     """Score `model` on `loader` (the documented batches: uint8 imgs, normalised targets, paths, shapes).
 
     Runs in eval mode on the model's device (the model's train/eval mode is restored after).
@@ -103,6 +103,10 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     image pixels, score}]; ids as in the module docstring (score it against `coco_ground_truth`).
     `multi_label`: NMS keeps one candidate per (box, class) above conf_thres (YOLOv5's val) instead of
     each box's best class; `ap_method`: "coco" or "yolov5" (core.metrics).
+    `collector`: an object that sees what the score is computed from, for pictures (core.plots.ValPlots):
+    `batch(index, imgs, targets, paths, predictions)` per batch (uint8 images as loaded, the normalised
+    targets, the NMS output list), `image(predictions, labels)` per image ((n, 6) and (m, 5) [cls, xyxy] in
+    network-input pixels) and `finish(ap_result)` with core.metrics.ap_per_class's result (its curves).
     Returns {P, R, mAP50, mAP50-95, fitness, val_box, val_obj, val_cls (0 without compute_loss),
     speed_ms: {pre, inference, nms} per image, per_class: {name: {AP50, AP, P, R, Images,
     Instances}}, images, instances}.
@@ -143,6 +147,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
                 loss += compute_loss([r.float() for r in raw], targets)[1]
             out = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det=max_det, multi_label=multi_label)
             t3 = _sync(device)
+            if collector is not None:
+                collector.batch(n_batches, _unpack(batch)[0], targets, paths, out)
             dt[0] += t1 - t0
             dt[1] += t2 - t1
             dt[2] += t3 - t2
@@ -156,6 +162,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
                 labels = torch.cat((lab[:, :1], xywh2xyxy(lab[:, 1:5]) * scale), 1)
                 tp = match_predictions(det, labels, iouv)
                 stats.append((tp.cpu(), det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].cpu()))
+                if collector is not None:
+                    collector.image(det, labels)
                 if save_json is not None:
                     path = str(paths[si])
                     image_id = ids.get(path, int(Path(path).stem) if Path(path).stem.isdigit() else -1)
@@ -166,6 +174,8 @@ def validate(model: nn.Module, loader, conf_thres: float = 0.001, iou_thres: flo
     tp, conf, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats)) if stats else \
         (np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0))
     res = ap_per_class(tp, conf, pcls, tcls, ap_method=ap_method)
+    if collector is not None:
+        collector.finish(res)
     metrics: dict[str, Any] = summarize(res)
     metrics["fitness"] = fitness(metrics)
     loss = (loss / max(n_batches, 1)).cpu().tolist()

@@ -82,7 +82,7 @@ class Objective:
     def train_options(self, trial_number: int, seed: int | None = None) -> Any:
         return search_train_options(self.cfg, epochs=self.cfg.epochs, seed=self.cfg.seed if seed is None else seed,
                                     device=self.device, project=self.run_dir / "trials", name=str(trial_number),
-                                    save=False)
+                                    save=False, plots=False)  # pictures would cost every trial time
 
     def warm_up(self) -> float:
         """Decode the train and val images into this process's RAM cache before the first trial, so no
