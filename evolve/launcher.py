@@ -42,8 +42,9 @@ NOISE_SEED_OFFSET = 100
 
 
 def noise_trial_attrs(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """User attrs of the enqueued base-hyp trials: trial 0 at the study seed, then one per extra noise seed."""
-    attrs: list[dict[str, Any]] = [{"base": True, "train_seed": cfg.seed}]
+    """User attrs of the enqueued base-hyp trials: trial 0 at the study seed, then one per extra noise seed. A
+    retry keeps them (evolve.ledger.CARRIED_ATTRS), so it measures the same seed as the trial it re-runs."""
+    attrs: list[dict[str, Any]] = [{"base": True, NOISE_ATTR: 0, "train_seed": cfg.seed}]
     for j in range(1, cfg.noise_seeds):
         attrs.append({"base": True, NOISE_ATTR: j, "train_seed": cfg.seed + NOISE_SEED_OFFSET + j})
     return attrs

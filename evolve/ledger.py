@@ -250,11 +250,17 @@ def fail_stale(study: optuna.Study, grace: float, max_retries: int) -> list[int]
 
 
 def keep_result(study: optuna.Study, trial_id: int, value: float, user_attrs: dict[str, Any],
-                intermediate: dict[int, float]) -> int:
+                intermediate: dict[int, float]) -> int | None:
     """A trial failed as stale while its worker lived on and finished: add its result as a new COMPLETE
     trial and withdraw its still-waiting retry (call under the study lock, so no worker takes it
-    meanwhile). Returns the new trial's number."""
+    meanwhile). Returns the new trial's number; None when a retry already runs or has finished: it measures
+    the same params and seed, and keeping both would count the trial twice (a noise seed too)."""
     stale = study._storage.get_trial(trial_id)
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    if any(stale.number in retry_history(t) and (t.state == TrialState.RUNNING or is_counted(t, retried))
+           for t in trials):
+        return None
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if stale.number in retry_history(t):
             try:

@@ -31,12 +31,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evolve.stats import expected_max_normal, holm, t_ppf, t_sf
 
-__all__ = ["ALPHA", "NoiseFloor", "noise_floor", "is_noise_trial", "summarize", "paired_gain", "compare_to_base",
+__all__ = ["ALPHA", "NOISE_ATTR", "NoiseFloor", "noise_floor", "noise_trials", "is_noise_trial", "summarize", "paired_gain", "compare_to_base",
            "expected_best_sd"]
 
 ALPHA = 0.05  # one-sided level of every "above noise" verdict
 
-NOISE_ATTR = "noise_seed"  # user attr of a base-hyp trial that measures seed noise (trial 0 has `base` only)
+NOISE_ATTR = "noise_seed"  # user attr of a base-hyp trial: which noise seed it measures (0: trial 0's, the study seed)
 
 
 @dataclass
@@ -57,14 +57,33 @@ class NoiseFloor:
 
 
 def is_noise_trial(t: FrozenTrial) -> bool:
-    """Trial 0 (the base hyp at the study seed) and the base hyp's other seeds."""
-    return bool(t.user_attrs.get("base")) and (t.number == 0 or NOISE_ATTR in t.user_attrs)
+    """A trial of the base hyp: trial 0 (the study seed) and the other noise seeds, and any retry or late result
+    of one, which keeps the `base`, `noise_seed` and `train_seed` attrs (evolve.ledger.CARRIED_ATTRS). Only
+    base-hyp trials carry `base`, so it is the whole test: a retry of trial 0 has another number but is still
+    trial 0's seed (older studies gave trial 0 no `noise_seed`)."""
+    return bool(t.user_attrs.get("base"))
+
+
+def noise_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete noise trials with a finite value, one per seed (`train_seed`): where a seed was measured
+    twice (a late result kept beside its retry, in a study from before evolve.ledger.keep_result dropped
+    those), the earlier trial counts."""
+    seen: set = set()
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if not (is_noise_trial(t) and t.state == TrialState.COMPLETE and t.value is not None
+                and math.isfinite(t.value)):
+            continue
+        seed = t.user_attrs.get("train_seed", t.user_attrs.get(NOISE_ATTR, ("trial", t.number)))
+        if seed not in seen:
+            seen.add(seed)
+            out.append(t)
+    return out
 
 
 def noise_floor(trials: Iterable[FrozenTrial]) -> NoiseFloor | None:
-    """Mean and sd of the complete noise trials' values; None with fewer than 2."""
-    done = [t for t in trials if is_noise_trial(t) and t.state == TrialState.COMPLETE and t.value is not None
-            and math.isfinite(t.value)]
+    """Mean and sd of the noise trials' values (one per seed); None with fewer than 2."""
+    done = noise_trials(trials)
     if len(done) < 2:
         return None
     values = [float(t.value) for t in done]

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS, default_hyp
-from evolve.noise import is_noise_trial, noise_floor
+from evolve.noise import is_noise_trial, noise_floor, noise_trials
 
 __all__ = ["best_searched", "best_trial", "trials_frame", "write_tables"]
 
@@ -78,12 +78,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     sampler = (study.user_attrs.get("config") or {}).get("sampler", "")
     trials = study.get_trials(deepcopy=False)
     floor = noise_floor(trials)
+    counted = {t.number for t in noise_trials(trials)}
     rows: list[dict[str, Any]] = []
     for t in trials:
         ua = t.user_attrs
+        duplicate = t.state == TrialState.COMPLETE and t.number not in counted  # a seed already measured
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, "sampler": ua.get("sampler", sampler),
                                "worker": ua.get("worker"), "device": ua.get("device"),
-                               "base": bool(ua.get("base", False)), "noise": is_noise_trial(t),
+                               "base": bool(ua.get("base", False)), "noise": is_noise_trial(t) and not duplicate,
                                "seed": ua.get("seed", ua.get("train_seed"))}
         row.update({k: float(t.params.get(k, base[k])) for k in HYP_KEYS})
         row.update({m: ua.get(m, math.nan) for m in METRICS})

@@ -156,7 +156,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
     """Train one trial and tell its outcome; an interrupt fails and re-enqueues it, then propagates.
 
     If another worker failed the trial as stale meanwhile (this one was alive but its heartbeat late),
-    a finished result is still kept: added as a new trial, its retry withdrawn (under `lock`).
+    a finished result is still kept: added as a new trial, its retry withdrawn (under `lock`), unless the
+    retry is already running or done (then the retry's result is the trial's).
     """
     state, value = TrialState.FAIL, None
     recorded = RecordedTrial(trial)
@@ -192,8 +193,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
             return
         with (lock() if lock else contextlib.nullcontext()):
             number = keep_result(study, trial._trial_id, value, recorded.recorded_attrs, recorded.intermediate)
-        log(f"worker {worker}: trial {trial.number} was failed as stale while this worker ran it; "
-            f"its result is kept as trial {number}")
+        log(f"worker {worker}: trial {trial.number} was failed as stale while this worker ran it; " +
+            (f"its result is kept as trial {number}" if number is not None else
+             "its retry already runs (or ran) the same params and seed: this result is not counted twice"))
 
 
 def _caused_by_interrupt(e: BaseException, interrupts: Interrupts | None) -> bool:
