@@ -8,7 +8,7 @@ import yaml
 
 from core.yaml_file import load_yaml
 
-__all__ = ["DEFAULT_HYP_FILE", "HYP_KEYS", "HYP_RANGES", "HypError", "default_hyp", "load_hyp"]
+__all__ = ["DEFAULT_HYP_FILE", "HYP_KEYS", "HYP_RANGES", "HypError", "default_hyp", "load_hyp", "unused_keys"]
 
 DEFAULT_HYP_FILE = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "scratch.yaml"
 
@@ -24,10 +24,18 @@ HYP_RANGES: dict[str, tuple[float, float]] = {
     "mixup": (0.0, 1.0), "copy_paste": (0.0, 1.0),
 }
 HYP_KEYS = tuple(HYP_RANGES)
+# Keys a head's loss never reads (core/loss.py, core/loss_af.py): the anchor-free head has no anchors and no
+# objectness, the anchor-based one no DFL term.
+_UNUSED = {True: ("anchors", "anchor_t", "obj", "obj_pw", "cls_pw", "fl_gamma"), False: ("dfl",)}
 
 
 class HypError(ValueError):
     """A hyperparameter file or dict holds an unknown key or an invalid value."""
+
+
+def unused_keys(anchor_free: bool) -> tuple[str, ...]:
+    """The hyp keys the model's head and loss ignore (anchor-free head: DetectAF; else Detect)."""
+    return _UNUSED[bool(anchor_free)]
 
 
 def default_hyp() -> dict[str, float]:

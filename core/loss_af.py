@@ -15,7 +15,7 @@ hold dfl for this head.
 
 Gains: hyp `box` is in YOLOv5's units (0.05 by default), scaled by BOX_SCALE so the default gives Ultralytics'
 7.5 and the same hyp files and search bounds serve both heads (`scaled_gains_af`); `cls` (0.5) and `dfl` (1.5)
-are used as they are. The hyps in IGNORED_HYPS do not apply to this head.
+are used as they are. The hyps `core.hyp.unused_keys(True)` names (anchors, objectness) do not apply to this head.
 """
 from __future__ import annotations
 
@@ -30,11 +30,10 @@ from core.assign import TaskAlignedAssigner
 from core.boxes import bbox_iou
 from core.model.head_af import anchor_points, integral
 
-__all__ = ["ComputeLossAF", "scaled_gains_af", "dfl_loss", "BOX_SCALE", "IGNORED_HYPS"]
+__all__ = ["ComputeLossAF", "scaled_gains_af", "dfl_loss", "BOX_SCALE"]
 
 LOGGER = logging.getLogger(__name__)
 BOX_SCALE = 150.0  # hyp box 0.05 (YOLOv5's default) -> 7.5 (Ultralytics' anchor-free default)
-IGNORED_HYPS = ("anchors", "anchor_t", "obj", "obj_pw", "cls_pw", "fl_gamma")  # no anchors, no objectness
 TOPK, ALPHA, BETA = 10, 0.5, 6.0  # the task-aligned assigner's, as Ultralytics
 
 

@@ -13,8 +13,8 @@ import torch
 
 from core.checkpoint import load_checkpoint, model_from_checkpoint
 from core.data.config import load_data_config
-from core.model.yolo import Model
-from evolve.space import Space, check_base
+from core.model.yolo import Model, is_anchor_free
+from evolve.space import Space, check_base, check_head
 from evolve.study_config import StudyConfig, StudyError
 
 
@@ -56,9 +56,11 @@ def preflight(cfg: StudyConfig, space: Space, base_hyp: Mapping[str, float]) -> 
     except (OSError, ValueError) as e:
         raise StudyError(f"study '{cfg.name}': data: {e}") from None
     try:
-        Model(cfg.resolved("model"), nc=int(data["nc"]))
+        model = Model(cfg.resolved("model"), nc=int(data["nc"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StudyError(f"study '{cfg.name}': model {cfg.resolved('model')}: {type(e).__name__}: {e}") from None
+    where = f"study '{cfg.name}': {cfg.space or 'the space file (studies/space.yaml)'}"
+    check_head(space, is_anchor_free(model), where)  # genes the model's loss never reads are refused
     if cfg.weights or cfg.base:
         gene = space.get("anchors")
         if gene is not None and gene.evolved:

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from core.hyp import HYP_RANGES
+from core.hyp import HYP_RANGES, unused_keys
 from evolve.yaml_mapping import read_mapping
 
 DEFAULT_SPACE_FILE = Path(__file__).resolve().parent.parent / "studies" / "space.yaml"
@@ -107,6 +107,20 @@ def check_base(space: Space, base_hyp: Mapping[str, float], where: str = "base h
                              f"widen the space or set gain: 0")
         if g.int and v != int(v):
             raise SpaceError(f"{where}: '{g.name}'={v} must be a whole number (int gene)")
+
+
+def check_head(space: Space, anchor_free: bool, where: str = "space file") -> None:
+    """Only genes the model's loss reads may be searched: the anchor-free head (DetectAF) has no anchors and no
+    objectness, the anchor-based Detect no DFL term (`dfl`): core.hyp.unused_keys."""
+    bad = [g.name for g in evolved(space) if g.name in unused_keys(anchor_free)]
+    if not bad:
+        return
+    if anchor_free:
+        raise SpaceError(f"{where}: the model has the anchor-free head (DetectAF), which has no anchors and no "
+                         f"objectness, so {', '.join(bad)} would be searched for nothing: set their gain to 0 "
+                         f"(studies/space-adamw-af.yaml is a space for this head; it searches box, cls and dfl)")
+    raise SpaceError(f"{where}: 'dfl' is the anchor-free head's DFL gain and the model's Detect head does not use "
+                     f"it: set its gain to 0")
 
 
 def base_params(space: Space, base_hyp: Mapping[str, float]) -> dict[str, float | int]:

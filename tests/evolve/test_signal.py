@@ -236,6 +236,28 @@ def test_warm_start_refuses_a_searched_anchor_count(study_for, tmp_path):
         preflight(cfg, load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp")))
 
 
+def test_anchor_free_study_searches_only_genes_its_loss_reads(study_for):
+    """The anchor-free head refuses anchor and objectness genes by name, its own space (box, cls, dfl) passes,
+    and the anchor-based head refuses a searched dfl."""
+    from evolve.preflight import preflight
+    from evolve.space import SpaceError, evolved
+    af_model = str(REPO / "studies" / "models" / "yolov5-cpu-af.yaml")
+    af_space = str(REPO / "studies" / "space-adamw-af.yaml")
+    cfg = study_for("af", model=af_model)  # the quick study's space: anchor_t, obj, obj_pw, cls_pw searched
+    with pytest.raises(SpaceError, match=r"anchor-free head \(DetectAF\).* so cls_pw, obj, obj_pw, anchor_t would be "
+                                         r"searched for nothing: set their gain to 0"):
+        preflight(cfg, load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp")))
+    cfg = load_study(REPO / "studies" / "quick-af.yaml", {"name": "af2", "data": "data.yaml", "base": {},
+                                                          "noise_seeds": 0})
+    assert (cfg.resolved("model"), cfg.resolved("space")) == (af_model, af_space)
+    space = load_space(cfg.resolved("space"))
+    assert {"box", "cls", "dfl"} <= {g.name for g in evolved(space)}
+    preflight(cfg, space, load_hyp(cfg.resolved("hyp")))
+    cfg = study_for("ab", space=af_space)
+    with pytest.raises(SpaceError, match="'dfl' is the anchor-free head's DFL gain"):
+        preflight(cfg, load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp")))
+
+
 # ---- what would fail every trial fails once, before the study -----------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
