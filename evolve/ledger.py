@@ -226,8 +226,7 @@ def fail_and_retry(study: optuna.Study, t: FrozenTrial, reason: str, max_retries
             return False
     except UpdateFinishedTrialError:
         return False
-    if retry and (t.params or t.system_attrs.get("fixed_params")):
-        # a sampler trial stopped before drawing anything is simply not counted: nothing to re-run
+    if retry:  # a sampler trial cut before it drew anything is retried too: its retry draws afresh, same seeds
         RetryStale(max_retry=max_retries)(study, storage.get_trial(t._trial_id))
     return True
 

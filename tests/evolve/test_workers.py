@@ -237,5 +237,23 @@ def test_interrupt_stops_workers_and_rerun_resumes(cfg_for):
             assert t.user_attrs["fail_reason"].startswith("interrupted")
             ran = t.system_attrs.get("fixed_params") or t.params  # enqueued (complete) or drawn so far
             retries = [u.params for u in trials if u.user_attrs.get("retry_of") == t.number]
-            assert len(retries) == (1 if ran else 0)
+            assert len(retries) == 1  # one cut before it drew anything too: its retry draws them
             assert all(r[k] == v for r in retries for k, v in ran.items())
+
+
+def test_a_trial_cut_before_its_first_suggest_is_retried_not_counted(tmp_path):
+    """A sampler trial interrupted (or found stale) before it drew a parameter was labelled 'retried' but
+    neither retried nor left out of the count: the study ended one trial short."""
+    from evolve.ledger import fail_and_retry
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="cut")
+    trial = study.ask()  # no suggest yet
+    trial.set_user_attr("train_seed", 7)
+    assert fail_and_retry(study, study._storage.get_trial(trial._trial_id), "interrupted (worker 0)", max_retries=3)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"].endswith("; retried")
+    assert count_finished(trials) == 0
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["train_seed"] == 7  # the retry keeps the trial's seed
+    again = study.ask()  # the retry: the sampler draws its parameters
+    assert again.number == waiting[0].number and again.suggest_float("lr0", 1e-4, 1e-1, log=True) > 0
