@@ -2,6 +2,8 @@
 
 `path` relative -> against the yaml's folder, else the current directory (so a coco128.yaml with
 `path: ../datasets/coco128` works from where it always worked). No `path` -> the yaml's folder.
+Paths are made absolute as given, symlinks not followed (`..` is taken lexically): labels are found beside
+the images path the yaml names, so a folder of labels beside a symlinked images/ is the one read.
 train/val/test: a source or a list of sources (folders, .txt list files, images), relative to
 `path`. `names`: a list, or a dict {index: name} with indexes 0..nc-1. A `synthetic:` section
 (seed, n_train, n_val, imgsz, min_size, max_size, max_objects) generates the built-in dataset under
@@ -9,6 +11,7 @@ train/val/test: a source or a list of sources (folders, .txt list files, images)
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,11 @@ def _names(raw: dict[str, Any], where: str) -> list[str]:
     return names
 
 
+def _absolute(path: Path) -> Path:
+    """`path` absolute and normalised without following symlinks (Path.resolve would follow them)."""
+    return Path(os.path.abspath(path))
+
+
 def _root(raw: dict[str, Any], yaml_file: Path) -> Path:
     given = raw.get("path")
     if not given:
@@ -58,10 +66,10 @@ def _root(raw: dict[str, Any], yaml_file: Path) -> Path:
     p = Path(str(given)).expanduser()
     if p.is_absolute():
         return p
-    beside = (yaml_file.parent / p).resolve()
+    beside = _absolute(yaml_file.parent / p)
     if beside.exists() or raw.get("synthetic"):
         return beside
-    in_cwd = p.resolve()
+    in_cwd = _absolute(p)
     return in_cwd if in_cwd.exists() else beside
 
 
@@ -78,7 +86,7 @@ def _sources(raw: dict[str, Any], key: str, root: Path, where: str, required: bo
         if not p.exists():
             hint = " ('download' is not supported: fetch the dataset yourself)" if raw.get("download") else ""
             raise DataConfigError(f"{where}: '{key}' source not found: {p}{hint}")
-        out.append(str(p.resolve()))
+        out.append(str(_absolute(p)))
     return out
 
 
@@ -88,7 +96,7 @@ def load_data_config(path: str | Path | None = None) -> dict[str, Any]:
     Returns {'yaml_file', 'path', 'train', 'val', 'test', 'names', 'nc'} with absolute sources.
     Raises FileNotFoundError for a missing yaml and DataConfigError naming the yaml and the key.
     """
-    yaml_file = Path(path).expanduser().resolve() if path is not None else DEFAULT_DATA
+    yaml_file = _absolute(Path(path).expanduser()) if path is not None else DEFAULT_DATA
     if not yaml_file.is_file():
         raise FileNotFoundError(f"data yaml not found: {yaml_file}")
     where = str(yaml_file)

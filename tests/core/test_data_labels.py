@@ -228,3 +228,45 @@ def test_yaml_errors_name_file_and_key(tmp_path):
     # no `path`: sources relative to the yaml's folder; list of sources; nc alone gives names
     d = load_data_config(write_yaml(tmp_path, {"train": ["images/train"], "val": "images/train", "nc": 2}))
     assert d["train"] == [str(tmp_path / "images" / "train")] and d["names"] == ["class0", "class1"]
+
+
+def test_labels_are_found_beside_a_symlinked_images_folder_as_given(tmp_path):
+    """A label variant of an image set: variant/images is a symlink to base/images, variant/labels its own.
+    The labels come from beside the path the data yaml names (as YOLOv5 lists them), not from beside the
+    symlink's target (base/labels, another class set)."""
+    make_set(tmp_path / "base", {"a": "2 0.5 0.5 0.2 0.4", "b": "2 0.5 0.5 0.2 0.4"})
+    variant = tmp_path / "variant"
+    (variant / "labels" / "train").mkdir(parents=True)
+    (variant / "images").symlink_to(tmp_path / "base" / "images", target_is_directory=True)
+    for name in ("a", "b"):
+        (variant / "labels" / "train" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    yaml_file = write_yaml(variant, {"train": "images/train", "val": "images/train", "names": ["only"]})
+    d = load_data_config(yaml_file)
+    assert d["train"] == [str(variant / "images" / "train")]
+    ds = YoloDataset(d["train"], imgsz=64, nc=d["nc"])
+    assert ds.label_files == [str(variant / "labels" / "train" / f"{n}.txt") for n in ("a", "b")]
+    assert [lb[:, 0].tolist() for lb in ds.labels] == [[0.0], [0.0]]
+
+
+def test_a_symlinked_data_root_is_read_where_the_yaml_points(tmp_path):
+    """`path:` naming a symlink to the data (images on another disk): sources, images and labels keep the
+    path as given; the label variant beside it (its own labels/, images/ linked) still gets its own labels."""
+    make_set(tmp_path / "disk" / "shapes", {"a": "1 0.5 0.5 0.2 0.4"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shapes").symlink_to(tmp_path / "disk" / "shapes", target_is_directory=True)
+    yaml_file = write_yaml(tmp_path / "data", {"path": "shapes", "train": "images/train", "val": "images/train",
+                                               "names": ["x", "y"]})
+    d = load_data_config(yaml_file)
+    root = tmp_path / "data" / "shapes"
+    assert d["path"] == str(root) and d["train"] == [str(root / "images" / "train")]
+    ds = YoloDataset(d["train"], imgsz=64, nc=d["nc"])
+    assert ds.im_files == [str(root / "images" / "train" / "a.png")] and ds.labels[0][:, 0].tolist() == [1.0]
+    # the data root a symlink too, its images a symlink into it: the variant's labels, not the base's
+    (tmp_path / "disk" / "one").mkdir()
+    (tmp_path / "disk" / "one" / "images").symlink_to(root / "images", target_is_directory=True)
+    (tmp_path / "disk" / "one" / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "disk" / "one" / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    (tmp_path / "data" / "one").symlink_to(tmp_path / "disk" / "one", target_is_directory=True)
+    d = load_data_config(write_yaml(tmp_path / "data", {"path": "one", "train": "images/train",
+                                                        "val": "images/train", "names": ["x", "y"]}))
+    assert YoloDataset(d["train"], imgsz=64, nc=d["nc"]).labels[0][:, 0].tolist() == [0.0]
