@@ -31,7 +31,7 @@ from core.hyp import load_hyp
 from evolve.ledger import (Heartbeat, RecordedTrial, claim_owner, count_finished, count_running, fail_and_retry,
                            fail_stale, keep_result)
 from evolve.objective import Objective
-from evolve.samplers import make_pruner, make_sampler
+from evolve.samplers import make_pruner, make_sampler, prior_draws
 from evolve.space import check_base, load_space
 from evolve.storage import make_storage, study_lock
 from evolve.study_config import StudyConfig, load_study
@@ -106,8 +106,11 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
     space = load_space(cfg.resolved("space"))
     base_hyp = load_hyp(cfg.resolved("hyp"))
     check_base(space, base_hyp, cfg.hyp or "base hyp")
-    sampler = make_sampler(cfg.sampler, space, base_hyp, seed=cfg.seed, worker=worker, ga=cfg.ga)
     storage = make_storage(storage_url, run_dir, heartbeat=cfg.heartbeat, max_retries=cfg.retries)
+    draws = prior_draws(optuna.load_study(study_name=cfg.name, storage=storage).get_trials(deepcopy=False), worker)
+    if draws:
+        log(f"worker {worker}: resuming after {draws} draw(s) of this worker's sampler: it is seeded anew")
+    sampler = make_sampler(cfg.sampler, space, base_hyp, seed=cfg.seed, worker=worker, ga=cfg.ga, draws=draws)
     study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
                               pruner=make_pruner(cfg.pruner, cfg.epochs, cfg.pruner_warmup))
     objective = Objective(cfg, space, base_hyp, run_dir, fit=fit, device=device, device_label=device_label,

@@ -99,3 +99,34 @@ def test_a_late_result_is_not_counted_beside_its_running_retry(cfg_for):
     floor = noise_floor(trials)
     assert floor.n == 2 and floor.trials == [0, retry.number]
     assert any("not counted twice" in m for m in logs)
+
+
+# ---- resumed samplers draw new points ---------------------------------------------------------------------------
+
+def _sampled(cfg, run_dir):
+    """Params of the trials the sampler drew (not the enqueued base hyp), in trial order."""
+    return [tuple(sorted(t.params.items())) for t in _study(cfg, run_dir).get_trials()
+            if "fixed_params" not in t.system_attrs and t.params]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_a_resumed_worker_draws_new_points_and_a_fresh_study_repeats_its_own(cfg_for, sampler):
+    """4 trials, then resumed to 8: the 4 new draws repeat none of the first (before, the resumed worker
+    replayed its seed: the same 3 points again). A fresh study with the same settings draws the first run's
+    points again, trial for trial."""
+    runs = []
+    for name in (f"resume-{sampler}", f"again-{sampler}"):
+        cfg = cfg_for(name, trials=4, epochs=1, sampler=sampler, workers=1)
+        run_dir = Path(f"runs/evolve/{name}")
+        prepare_study(cfg, None, run_dir)
+        run_worker(cfg, run_dir, fit=fake_fit, log=lambda m: None)
+        runs.append((cfg, run_dir, _sampled(cfg, run_dir)))
+    (cfg, run_dir, first), (_, _, fresh) = runs
+    assert len(first) == 3 and fresh == first  # reproducible from a fresh start
+    logs: list[str] = []
+    resumed = cfg_for(cfg.name, trials=8, epochs=1, sampler=sampler, workers=1)
+    run_worker(resumed, run_dir, fit=fake_fit, log=logs.append)
+    after = _sampled(resumed, run_dir)
+    assert after[:3] == first and len(after) == 7
+    assert len(set(after)) == 7, "a resumed worker proposed a point it had already trained"
+    assert any("resuming after 3 draw(s)" in m for m in logs)
