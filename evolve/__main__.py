@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 
+from evolve.budget import parse_timeout, timeout_deadline
 from evolve.launcher import launch
 from evolve.samplers import SAMPLERS
 from evolve.study_config import PRUNERS, REPO, StudyError, load_study
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers-per-gpu", type=t.positive_int, default=None,
                     help="worker processes per GPU (default 1; 2-3 when a small model leaves the GPU idle)")
     ap.add_argument("--trials", type=t.non_negative_int, default=None, help="finished trials in total (resume-safe)")
+    ap.add_argument("--timeout", type=parse_timeout, default=None, metavar="TIME",
+                    help="start no trial after TIME (seconds, or 90m, 2h) from now; running trials finish. The study "
+                    "file's budget: {hours: H} bounds the study as a whole (docs/evolve.md)")
     ap.add_argument("--sampler", choices=SAMPLERS, default=None)
     ap.add_argument("--pruner", choices=PRUNERS, default=None)
     ap.add_argument("--storage", default=None,
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             study = REPO / study
         cfg = load_study(study, overrides)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return launch(cfg, cfg.storage, fit_spec=args.fit)
+        return launch(cfg, cfg.storage, fit_spec=args.fit, deadline=timeout_deadline(args.timeout))
     except (StudyError, SpaceError, HypError, FileNotFoundError) as e:
         print(f"evolve: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from core.atomic import atomic_write
 from core.hyp import load_hyp
 from core.digest import sha256_file
+from evolve import budget
 from evolve.base_run import cached_base_run, ensure_base_run
 from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
@@ -118,7 +119,7 @@ def check_shared_start(cfg: StudyConfig, base_hyp: dict, storage_url: str | None
 
 
 def _spawn(run_dir: Path, index: int, slot: Slot, storage_url: str | None,
-           fit_spec: str | None) -> subprocess.Popen:
+           fit_spec: str | None, deadline: float | None = None) -> subprocess.Popen:
     env = {**os.environ, **slot.env, "OMP_NUM_THREADS": str(slot.threads),
            "MKL_NUM_THREADS": str(slot.threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -129,6 +130,8 @@ def _spawn(run_dir: Path, index: int, slot: Slot, storage_url: str | None,
            "--device", slot.device, "--device-label", slot.label, "--threads", str(slot.threads)]
     if fit_spec:
         cmd += ["--fit", fit_spec]
+    if deadline is not None:
+        cmd += ["--deadline", repr(deadline)]
     log = open(run_dir / f"worker_{index}.log", "a")
     # Own session: a terminal Ctrl-C reaches only the launcher, which forwards one SIGTERM per worker.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -174,8 +177,10 @@ def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
 
 def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str | None = None,
            fit_spec: str | None = None, poll: float = 2.0, stop_timeout: float = 60.0,
-           plot_every: float = 60.0, threads: int | None = None) -> int:
-    """Run the study to `cfg.trials` finished trials; exit code 0 done, 1 workers failed, 130 interrupted."""
+           plot_every: float = 60.0, threads: int | None = None, deadline: budget.Deadline | None = None) -> int:
+    """Run the study to `cfg.trials` finished trials, or to its deadline (the study's `budget:`, or `deadline`,
+    e.g. --timeout's, whichever comes first: evolve/budget.py); exit code 0 done (or the deadline reached),
+    1 workers failed, 130 interrupted."""
     run_dir = Path(run_dir) if run_dir else Path("runs") / "evolve" / cfg.name
     space, base_hyp = load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp"))
     preflight(cfg, space, base_hyp)  # a missing GPU or broken data fails here, before the study exists
@@ -186,6 +191,12 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     check_shared_start(cfg, base_hyp, storage_url, run_dir)
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
+    deadline = budget.study_deadline(cfg.budget, study.user_attrs, study.set_user_attr).earliest(deadline)
+    if deadline.passed() and done < cfg.trials:
+        LOGGER.warning(f"study '{cfg.name}': its deadline {deadline.describe()} has passed with {done}/{cfg.trials} "
+                       f"trials finished: nothing started (raise budget: hours, or give a longer --timeout)")
+        write_outputs(study, run_dir)
+        return 0
     plan = device_slots(cfg, threads)
     devices = ", ".join(sorted({s.label for s in plan}))
     LOGGER.info(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
@@ -197,7 +208,9 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
         write_outputs(study, run_dir)
         return 0
     stop = _Stop()
-    procs = [_spawn(run_dir, i, p, storage_url, fit_spec) for i, p in enumerate(plan)]
+    if deadline.at is not None:
+        LOGGER.info(f"  no trial starts after {deadline.describe()}")
+    procs = [_spawn(run_dir, i, p, storage_url, fit_spec, deadline.at) for i, p in enumerate(plan)]
     seen = {t.number for t in trials if t.state.is_finished()}
     bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc=f"evolve {cfg.name}", unit="trial",
                dynamic_ncols=True)
@@ -248,6 +261,9 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     if stop.signum is not None:
         LOGGER.info("interrupted: run the same command again to resume")
         return 130
+    if done < cfg.trials and deadline.passed() and not any(codes):
+        LOGGER.info(f"the deadline {deadline.describe()} stopped the study at {done}/{cfg.trials} trials")
+        return 0
     if done < cfg.trials:
         bad = [i for i, c in enumerate(codes) if c]
         LOGGER.warning("workers stopped early; see " + (", ".join(f"{run_dir}/worker_{i}.log (exit {codes[i]})"

@@ -45,6 +45,7 @@ from core.train import fit as train_fit
 from evolve.detections import draw_detections
 from evolve.devices import device_slots
 from evolve.html_report import build_report
+from evolve import budget
 from evolve.launcher import launch
 from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
@@ -384,8 +385,10 @@ def write_hyp(path: Path, hyp: dict, note: str) -> None:
 
 def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str | None = None, force: bool = False,
               threads: int | None = None, launch_fn: Callable[..., int] | None = None,
-              fit: Callable[..., Any] | None = None, prune_fn: Callable[[Any], Any] | None = None) -> int:
+              fit: Callable[..., Any] | None = None, prune_fn: Callable[[Any], Any] | None = None,
+              deadline: budget.Deadline | None = None) -> int:
     """All phases in order (launch_fn, fit and prune_fn are injectable for tests); returns an exit code.
+    The study's `budget:` and `deadline` (--timeout's) bound it in time: evolve/budget.py says how.
 
     Progress is logged; the report's path, the command's final summary, is printed."""
     ropts = retrain_options(cfg)
@@ -401,13 +404,14 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_provenance(run_dir, cfg, study_file, evolve_dir, device, threads)
+    evolve_by, deadline = budget.phase_deadlines(run_dir / "phases" / "budget.json", cfg.budget, deadline)
 
     # evolve: the launcher resumes and returns at once when the study already has its trials
     t0 = time.time()
     if launch_fn is None:
         launch_fn = launch
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    code = launch_fn(cfg, cfg.storage, run_dir=evolve_dir)
+    code = launch_fn(cfg, cfg.storage, run_dir=evolve_dir, **({"deadline": evolve_by} if evolve_by.at else {}))
     if code != 0:
         LOGGER.warning(f"evolution stopped (exit {code}); writing a partial report")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
@@ -423,6 +427,13 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         LOGGER.warning(f"retrain: {e}; writing a partial report")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
+    plan = budget.retrain_within(plan, deadline, run_dir / "evolve" / "evolve.csv", ropts.epochs,
+                                 len(device_slots(cfg)) if fit is None else 1)
+    if not plan:
+        LOGGER.warning(f"retrain and prune: skipped, the study's deadline {deadline.describe()} has passed "
+                       f"(raise budget: hours, or give a longer --timeout, and run again to go on)")
+        print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
+        return 0
     start = start_weights(cfg, evolve_dir)
     inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts, start)} for r in plan]}
     dirty = force or not phase_current(run_dir, "retrain", inputs)
@@ -444,6 +455,11 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     weights = out / choice["chosen_run"] / "best.pt"
 
     # prune
+    if deadline.passed():
+        LOGGER.warning(f"prune: skipped, the study's deadline {deadline.describe()} has passed (raise budget: hours, "
+                       f"or give a longer --timeout, and run again to prune)")
+        print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
+        return 0
     if prune_error:
         LOGGER.warning(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
@@ -478,6 +494,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME and runs/study/NAME)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for retrain/prune (default: half the cores)")
     ap.add_argument("--force", action="store_true", help="redo retrain and prune (evolution always resumes)")
+    ap.add_argument("--timeout", type=budget.parse_timeout, default=None, metavar="TIME",
+                    help="start nothing new after TIME (seconds, or 90m, 2h) from now; evolution gets the study "
+                    "file's budget share of it (docs/evolve.md)")
     ap.add_argument("--report-only", metavar="RUN_DIR", default=None,
                     help="only rebuild RUN_DIR/report.html from its CSVs and the evolution storage")
     return ap.parse_args(argv)
@@ -506,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                      "name": args.name}
         cfg = load_study(study, overrides)
         return run_study(cfg, RUNS / cfg.name, Path("runs") / "evolve" / cfg.name, str(args.study), args.force,
-                         args.threads)
+                         args.threads, deadline=budget.timeout_deadline(args.timeout))
     except (StudyError, FileNotFoundError, ValueError) as e:
         print(f"evolve.study: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+from evolve.budget import check_budget
 from evolve.samplers import SAMPLERS
 from evolve.yaml_mapping import read_mapping
 
@@ -39,6 +40,8 @@ class StudyConfig:
     noise_seeds: int = 0                # the base hyp trained with this many seeds (trial 0 + K-1 more): the noise floor
     pruner_warmup: int | None = None    # epochs before median/hyperband may stop a trial (None: half the trial)
     trials: int = 8                     # finished trials in total (what counts: evolve/ledger.py)
+    budget: dict = field(default_factory=dict)  # {hours: H, evolve: F}: no trial starts after H hours from the
+                                                # study's start (evolve.study: evolution F of them; evolve/budget.py)
     sampler: str = "ga"
     pruner: str = "none"
     seed: int = 0
@@ -117,6 +120,11 @@ def _check(cfg: StudyConfig, where: str) -> None:
         raise bad("base", "needs epochs >= 1")
     if cfg.base and cfg.weights:
         raise bad("weights", "and 'base' both say where trials start: give one")
+    cfg.budget = dict(cfg.budget or {})
+    try:
+        check_budget(cfg.budget, where)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
     if cfg.pruner_warmup is not None and not 0 <= int(cfg.pruner_warmup) < cfg.epochs:
         raise bad("pruner_warmup", f"must be in [0, epochs={cfg.epochs})")
 

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from core.cli import setup_logging
 from core.hyp import load_hyp
+from evolve import budget
 from evolve.ledger import (Heartbeat, RecordedTrial, claim_owner, count_finished, count_running, fail_and_retry,
                            fail_stale, keep_result)
 from evolve.objective import Objective
@@ -100,8 +101,9 @@ def _in_journal_lock(frame: Any) -> bool:
 def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = None, worker: int = 0,
                device: str = "cpu", device_label: str = "cpu", fit: Callable[..., Any] | None = None,
                poll: float = 1.0, log: Callable[[str], None] = LOGGER.info,
-               interrupts: Interrupts | None = None) -> int:
-    """Run trials until the study counts `cfg.trials` finished ones; returns how many this worker ran."""
+               interrupts: Interrupts | None = None, deadline: float | None = None) -> int:
+    """Run trials until the study counts `cfg.trials` finished ones, or until `deadline` (unix time, read on
+    evolve.budget's clock) has passed: no trial starts after it. Returns how many this worker ran."""
     run_dir = Path(run_dir)
     space = load_space(cfg.resolved("space"))
     base_hyp = load_hyp(cfg.resolved("hyp"))
@@ -132,6 +134,9 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
             return ran
         if interrupts.stop_requested:
             raise KeyboardInterrupt("stop requested")
+        if deadline is not None and budget.now() >= deadline:
+            log(f"worker {worker}: the study's deadline has passed: no new trial")
+            return ran
         with study_lock(storage_url, run_dir, cfg.name):  # every machine's workers, on a database
             for n in fail_stale(study, grace, cfg.retries):
                 log(f"worker {worker}: trial {n} was stale (its worker died): failed and re-enqueued")
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="device passed to fit ('cpu' or '0' with CUDA_VISIBLE_DEVICES)")
     ap.add_argument("--device-label", default=None, help="device name recorded in the trials (e.g. cuda:3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--deadline", type=float, default=None, help="unix time after which no trial starts")
     ap.add_argument("--fit", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     # The worker's own lines (`log` below, on stdout) are its log file, whose last line the launcher shows
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         ran = run_worker(cfg, args.run_dir, os.environ.get("EVOLVE_STORAGE") or None, args.worker, args.device,
-                         args.device_label or args.device, fit, log=log, interrupts=interrupts)
+                         args.device_label or args.device, fit, log=log, interrupts=interrupts,
+                         deadline=args.deadline)
     except KeyboardInterrupt:
         log(f"worker {args.worker}: stopped by a signal (a trial in training was failed and re-enqueued)")
         return 130
