@@ -1,4 +1,5 @@
 """`python -m evolve --study studies/quick.yaml [--gpus 0,1,2,3 | --gpus cpu --workers 2] [--trials N] ...`
+`python -m evolve status NAME [--storage URL]`: where the study stands (trials, best, noise floor, ETA).
 
 Evolves the study's hyperparameters; every flag overrides the study file's field of the same name.
 Re-running the same command resumes: --trials N means N finished trials in total.
@@ -14,6 +15,7 @@ import optuna
 from evolve.budget import parse_timeout, timeout_deadline
 from evolve.launcher import launch
 from evolve.samplers import SAMPLERS
+from evolve.status import main as status_main
 from evolve.study_config import PRUNERS, REPO, StudyError, load_study
 from evolve.space import SpaceError
 from core.hyp import HypError
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @main_guard("evolve", interrupted="interrupted: finished trials are kept in the study; the same command resumes")
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["status"]:  # python -m evolve status NAME: read the storage, start nothing
+        return status_main(argv[1:])
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("gpus", "workers", "workers_per_gpu", "trials", "sampler", "pruner", "storage", "name",
                                                "epochs", "seed", "imgsz", "batch", "data", "model", "hyp")}

@@ -26,6 +26,7 @@ from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
 from evolve.preflight import preflight
 from evolve.report import write_outputs
 from evolve.space import base_params, check_base, evolved, load_space
+from evolve.status import format_status, status_line, study_status
 from evolve.storage import describe, make_storage, study_lock
 from evolve.study_config import REPO, StudyConfig, StudyError
 from evolve.train_setup import start_weights
@@ -203,6 +204,8 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
                 f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {devices} "
                 f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
                 f"logs in {run_dir}/worker_*.log")
+    if done:
+        LOGGER.info(format_status(study_status(study, cfg.trials)))
     if done >= cfg.trials:
         LOGGER.info(f"nothing to run: the study already has {done} finished trials (raise --trials to continue)")
         write_outputs(study, run_dir)
@@ -226,6 +229,7 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
             best = _best([u for u in trials if u.number in seen])
             bar.write(_line(t, best, floor) + ("" if is_counted(t, retried) else "  (re-enqueued)"))
         bar.n = min(count_finished(trials), cfg.trials)
+        bar.set_postfix_str(status_line(study_status(study, cfg.trials)), refresh=False)  # best, floor, ETA
         bar.refresh()
         return bool(new)
 
