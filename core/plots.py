@@ -76,7 +76,7 @@ def plot_results(csv: Path | str, out: Path | str | None = None) -> Path:
         y = np.array([r.get(key, np.nan) for r in rows], float)
         ax.plot(epochs, y, marker=".", markersize=6, linewidth=1.5, label="results")
         if len(y) >= 5 and np.isfinite(y).all():
-            ax.plot(epochs, _smooth(y, 0.1), ":", color="tab:orange", linewidth=1.5, label="smooth")
+            ax.plot(epochs, _trend(y), ":", color="tab:orange", linewidth=1.5, label="smooth")
         ax.set_title(key, fontsize=11)
         ax.grid(alpha=0.3)
         if len(epochs) < 12:
@@ -84,6 +84,13 @@ def plot_results(csv: Path | str, out: Path | str | None = None) -> Path:
     axes[1, 0].set_xlabel("epoch")
     fig.savefig(out, dpi=100)
     return out
+
+
+def _trend(y: np.ndarray) -> np.ndarray:
+    """A centred moving average over an odd window of about a fifth of the points (edges padded), same length."""
+    k = max(3, round(len(y) * 0.2) // 2 * 2 + 1)
+    padded = np.concatenate((np.full(k // 2, y[0]), y, np.full(k // 2, y[-1])))
+    return np.convolve(padded, np.ones(k) / k, mode="valid")
 
 
 # ---- labels.png -------------------------------------------------------------------------------------------

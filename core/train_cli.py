@@ -7,6 +7,7 @@ from core import argtypes as t
 from core.cli import main_guard
 from core.device import BF16_MODES, dist_context
 from core.train import FitResult, TrainOptions, fit
+from core.trackers import TRACKER_MODES
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", choices=TRACKER_MODES, default=d.tensorboard, help="TensorBoard events in the "
+                   "run folder (scalars, pictures, hyps): auto = when the tensorboard package is installed")
     p.add_argument("--no-plots", action="store_true", help="no pictures in the run folder (labels.png, "
                    "train/val batches, results.png, PR/F1 curves, confusion matrix)")
     return p.parse_args(argv)
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
                         automosaic=not args.no_automosaic, plots=not args.no_plots,
+                        tensorboard=args.tensorboard,
                         channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
     result = fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     # a run resumed after its end trained nothing: fit has said so

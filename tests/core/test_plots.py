@@ -156,3 +156,14 @@ def test_evolution_trials_draw_no_pictures(cfg_for, tmp_path):
     cfg = cfg_for("pictures")
     objective = Objective(cfg, load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp")), tmp_path)
     assert objective.train_options(3).plots is False
+
+
+@pytest.mark.parametrize("epochs", [1, 5, 14, 30])
+def test_results_picture_any_length(tmp_path, epochs):
+    """results.png for any number of epochs (its trend line once had an even window at 14)."""
+    from core.plots import plot_results
+    from core.run_dir import RESULT_COLUMNS, write_results
+    rows = [{k: (e if k == "epoch" else 1.0 / (e + 1)) for k in RESULT_COLUMNS} for e in range(epochs)]
+    write_results(tmp_path / "results.csv", rows)
+    img = cv2.imread(str(plot_results(tmp_path / "results.csv")))
+    assert img.shape == (600, 1500, 3)

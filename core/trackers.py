@@ -1,0 +1,78 @@
+"""Experiment trackers a training reports to, beside its run folder: TensorBoard (the `tensorboard` extra).
+
+`TensorBoardTracker` writes the run's event file into the run folder, so `tensorboard --logdir runs` shows
+every training: per epoch the scalars of results.csv (train/box_loss ..., metrics/mAP50 ..., x/lr), the
+pictures of core/plots.py as images (labels and training batches at the start, the curves, the confusion
+matrix and validation batches at the end), and the hyps as hparams with the best epoch's metrics.
+`TrainOptions.tensorboard`: 'auto' (default: on when the package is installed), 'on' (an error names the
+extra when it is not), 'off'. Only rank 0 of a saving run reports.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+__all__ = ["TRACKER_MODES", "TensorBoardTracker", "tensorboard_available", "tensorboard_tracker"]
+
+LOGGER = logging.getLogger(__name__)
+
+TRACKER_MODES = ("auto", "on", "off")
+SCALARS = {"train_box": "train/box_loss", "train_obj": "train/obj_loss", "train_cls": "train/cls_loss",
+           "P": "metrics/precision", "R": "metrics/recall", "mAP50": "metrics/mAP50", "mAP50-95": "metrics/mAP50-95",
+           "fitness": "metrics/fitness", "val_box": "val/box_loss", "val_obj": "val/obj_loss",
+           "val_cls": "val/cls_loss", "lr": "x/lr", "seconds": "x/epoch_seconds"}
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def tensorboard_tracker(mode: str, log_dir: Path | str, hyp: Mapping[str, float]) -> "TensorBoardTracker | None":
+    """The tracker `mode` asks for: None for 'off', or for 'auto' without the package."""
+    if mode not in TRACKER_MODES:
+        raise ValueError(f"tensorboard={mode!r} must be one of {', '.join(TRACKER_MODES)}")
+    if mode == "off" or (mode == "auto" and not tensorboard_available()):
+        return None
+    if not tensorboard_available():
+        raise ImportError("tensorboard='on' needs the tensorboard package: pip install -e '.[tensorboard]'")
+    return TensorBoardTracker(log_dir, hyp)
+
+
+class TensorBoardTracker:
+    """One run's TensorBoard events in `log_dir` (the run folder)."""
+
+    def __init__(self, log_dir: Path | str, hyp: Mapping[str, float]):
+        from torch.utils.tensorboard import SummaryWriter  # optional: the `tensorboard` extra
+        self.log_dir, self.hyp = Path(log_dir), dict(hyp)
+        self.writer = SummaryWriter(str(self.log_dir))
+        self.logged: set[str] = set()
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        for key, tag in SCALARS.items():
+            if key in metrics:
+                self.writer.add_scalar(tag, float(metrics[key]), epoch)
+        self.writer.flush()
+
+    def images(self, pictures: Mapping[str, Path], step: int) -> None:
+        """The pictures not logged yet (results.png, redrawn every epoch, is left to the scalars)."""
+        for name, path in pictures.items():
+            if name in self.logged or name == "results":
+                continue
+            img = cv2.imread(str(path))
+            if img is None:
+                continue
+            self.writer.add_image(name, np.ascontiguousarray(img[..., ::-1]), step, dataformats="HWC")
+            self.logged.add(name)
+        self.writer.flush()
+
+    def finish(self, best: Mapping[str, Any], pictures: Mapping[str, Path], step: int) -> None:
+        """The end pictures, then the hyps as hparams against the best epoch's metrics."""
+        self.images(pictures, step)
+        metrics = {f"hparam/{k}": float(best[k]) for k in ("P", "R", "mAP50", "mAP50-95", "fitness") if k in best}
+        self.writer.add_hparams({k: float(v) for k, v in self.hyp.items()}, metrics, run_name=".")
+        self.writer.close()
