@@ -297,6 +297,11 @@ def default_vs_best(run: Run) -> str:
         changed = not math.isclose(float(b[k]), float(best[k]), rel_tol=1e-9, abs_tol=1e-12)
         rows.append([esc(k), fmt(b[k]), fmt(best[k]), _change(float(best[k]), float(b[k])) if changed else "="])
         classes.append("changed" if changed else "")
+    if pd.notna(b.get("mosaic_used")) and pd.notna(best.get("mosaic_used")):  # the gene x the study's AutoMosaic factor
+        rows.append(["mosaic used (AutoMosaic)", fmt(b.mosaic_used), fmt(best.mosaic_used),
+                     _change(float(best.mosaic_used), float(b.mosaic_used))
+                     if not math.isclose(float(b.mosaic_used), float(best.mosaic_used)) else "="])
+        classes.append("")
     for m in METRICS:
         rows.append([f"<b>{m}</b>", fmt(b[m]), fmt(best[m]), _change(float(best[m]), float(b[m]))])
         classes.append("")

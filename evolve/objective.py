@@ -11,6 +11,7 @@ propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -27,9 +28,11 @@ from core.digest import sha256_file
 from core.train import fit as train_fit
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
-from evolve.train_setup import search_train_options, start_weights
+from evolve.train_setup import search_train_options, start_weights, study_mosaic_factor, with_study_mosaic
 
 __all__ = ["Objective", "objective_value"]
+
+LOGGER = logging.getLogger(__name__)
 
 FitFn = Callable[..., Any]
 METRIC_ATTRS = ("P", "R", "mAP50", "mAP50-95", "fitness", "val_box", "val_obj", "val_cls")
@@ -56,6 +59,8 @@ class Objective:
         self.cfg, self.space, self.base_hyp = cfg, space, dict(base_hyp)
         self.run_dir, self.device, self.device_label, self.worker = Path(run_dir), device, device_label, worker
         self._fit = fit
+        self._injected = fit is not None  # tests and benches: their fit may never read the data
+        self._mosaic_factor: float | None = None
         self._data: Any = None
         self._data_sha: str | None = None
         self.model = cfg.resolved("model")
@@ -80,9 +85,23 @@ class Objective:
         return self._data
 
     def train_options(self, trial_number: int, seed: int | None = None) -> Any:
+        """No pictures (they would cost every trial time); AutoMosaic off: the study's factor is in the hyp."""
         return search_train_options(self.cfg, epochs=self.cfg.epochs, seed=self.cfg.seed if seed is None else seed,
                                     device=self.device, project=self.run_dir / "trials", name=str(trial_number),
-                                    save=False, plots=False)  # pictures would cost every trial time
+                                    save=False, plots=False, automosaic=False)
+
+    def mosaic_factor(self) -> float:
+        """AutoMosaic's factor of the base hyp on the study's data, once per worker (evolve.train_setup)."""
+        if self._mosaic_factor is None:
+            try:
+                self._mosaic_factor = study_mosaic_factor(self.cfg, self.base_hyp, self.data())
+            except Exception as e:
+                if not self._injected:  # the real fit cannot train on data whose labels cannot be read either
+                    raise
+                LOGGER.warning(f"AutoMosaic: the study's labels cannot be read ({type(e).__name__}: {e}); the "
+                               f"injected fit trains with the mosaic genes as drawn")
+                self._mosaic_factor = 1.0
+        return self._mosaic_factor
 
     def warm_up(self) -> float:
         """Decode the train and val images into this process's RAM cache before the first trial, so no
@@ -91,6 +110,7 @@ class Objective:
         if self._fit is not None or opts.cache != "ram":  # an injected fit (tests) or no RAM cache: nothing to warm
             return 0.0
         t0 = time.time()
+        self.mosaic_factor()  # reads the labels: a data error stops the worker before its first trial
         data = self.data()
         cfg = data if isinstance(data, Mapping) else load_data_config(data)
         for split in ("train", "val"):
@@ -116,7 +136,9 @@ class Objective:
         trial.set_user_attr("sampler", self.cfg.sampler)
         try:
             params = {g.name: suggest(trial, g) for g in evolved(self.space)}
-            hyp = full_hyp(params, self.base_hyp)
+            hyp = with_study_mosaic(full_hyp(params, self.base_hyp), self.mosaic_factor())
+            trial.set_user_attr("mosaic_factor", self.mosaic_factor())
+            trial.set_user_attr("mosaic_used", hyp["mosaic"])  # the probability trained with (the gene x factor)
             data = self.data()
             seed = int(trial.user_attrs.get("train_seed", self.cfg.seed))
             trial.set_user_attr("seed", seed)

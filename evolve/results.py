@@ -88,6 +88,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                                "base": bool(ua.get("base", False)), "noise": is_noise_trial(t) and not duplicate,
                                "seed": ua.get("seed", ua.get("train_seed"))}
         row.update({k: float(t.params.get(k, base[k])) for k in HYP_KEYS})
+        row["mosaic_used"] = ua.get("mosaic_used", math.nan)  # mosaic x the study's AutoMosaic factor (train_setup)
         row.update({m: ua.get(m, math.nan) for m in METRICS})
         row["fitness"] = trial_fitness(t)
         row["gain_sd"] = floor.gain_sd(row["fitness"]) if floor is not None else math.nan
@@ -99,8 +100,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         rows.append(row)
-    columns = ["number", "state", "sampler", "worker", "device", "base", "noise", "seed", *HYP_KEYS, *METRICS,
-               "fitness", "gain_sd", "epochs", "seconds",
+    columns = ["number", "state", "sampler", "worker", "device", "base", "noise", "seed", *HYP_KEYS, "mosaic_used",
+               *METRICS, "fitness", "gain_sd", "epochs", "seconds",
                "overhead_seconds", "fail_reason", "retry_of", "datetime_start", "datetime_complete"]
     return pd.DataFrame(rows, columns=columns)
 

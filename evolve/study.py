@@ -177,15 +177,29 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
     if (ropts.base or not picked) and 0 in set(df.number):
         picked.append((0, "base"))
     rows = df.set_index("number")
+    factor = study_mosaic_factor_of(df)
     plan = []
     for number, role in picked:
         hyp = {k: float(rows.loc[number, k]) for k in HYP_KEYS}
         hyp["anchors"] = int(round(hyp["anchors"]))
+        extra = {}
+        if factor is not None:  # the mosaic the trials trained with: the gene x the study's AutoMosaic factor
+            used = rows.loc[number, "mosaic_used"]
+            extra["mosaic"] = float(used) if pd.notna(used) else hyp["mosaic"] * factor
         for j in range(ropts.seeds):
             seed = cfg.seed + 1 + j
             plan.append({"trial": number, "role": role, "seed": seed, "name": f"trial{number}_seed{seed}", "hyp": hyp,
-                         "trial_fitness": float(rows.loc[number, "fitness"])})
+                         "trial_fitness": float(rows.loc[number, "fitness"]), **extra})
     return plan
+
+
+def study_mosaic_factor_of(df: pd.DataFrame) -> float | None:
+    """The study's AutoMosaic factor as its trials recorded it (evolve.csv: mosaic_used / mosaic); None for a
+    study from before trials recorded it (its retrains then run AutoMosaic per hyp, as its trials did)."""
+    if "mosaic_used" not in df or df.mosaic_used.isna().all():
+        return None
+    known = df[df.mosaic_used.notna() & (df.mosaic > 0)]
+    return float((known.mosaic_used / known.mosaic).median()) if len(known) else 1.0
 
 
 def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str | None) -> dict[str, Any]:
@@ -193,7 +207,8 @@ def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str 
     return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": cfg.imgsz, "batch": cfg.batch,
             "train": cfg.train, "data": cfg.data, "data_sha256": sha256_file(cfg.resolved("data")),
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
-            "weights_sha256": sha256_file(weights), "fitness_weights": cfg.fitness_weights}
+            "weights_sha256": sha256_file(weights), "fitness_weights": cfg.fitness_weights,
+            "mosaic_used": run.get("mosaic")}
 
 
 def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, device: str, weights: str | None,
@@ -203,9 +218,11 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     run_dir = out / run["name"]
     shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
     t0 = time.time()
+    study_mosaic = {} if run.get("mosaic") is None else {"automosaic": False}  # as the trials (train_setup)
     opts = search_train_options(cfg, epochs=ropts.epochs, seed=run["seed"], device=device, project=out,
-                                name=run["name"], save=True)
-    result = fit(cfg.resolved("data"), weights or cfg.resolved("model"), run["hyp"], opts)
+                                name=run["name"], save=True, **study_mosaic)
+    hyp = run["hyp"] if run.get("mosaic") is None else {**run["hyp"], "mosaic": run["mosaic"]}
+    result = fit(cfg.resolved("data"), weights or cfg.resolved("model"), hyp, opts)
     best = dict(result.best or {})
     row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
            "trial_fitness": run["trial_fitness"],

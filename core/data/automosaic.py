@@ -28,6 +28,8 @@ import numpy as np
 
 from . import augment as A
 
+__all__ = ["MosaicCheck", "apply_automosaic", "check_mosaic"]
+
 FRAGMENT = 0.5   # a kept label whose box shows less than this share of the object's box is a fragment
 F_ON = 0.21      # fragment share of studies/data/shapes.yaml (default hyp; 0.193-0.202), rounded up past
                  # its simulation spread so the built-in set keeps its mosaic: full mosaic
