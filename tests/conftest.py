@@ -2,10 +2,20 @@
 for the storage tests (started once per session)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from core.digest import CODE_VERSION_ENV, code_version
 from tests.helpers import REPO, SHAPE_NAMES, synthetic_yaml
 from tests.pg_server import PgServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_code_version():
+    """Cache keys carry the code version (core.digest): pinned for the session, so that a commit made in this tree
+    while a test reruns a command in a fresh process does not look like other code."""
+    os.environ.setdefault(CODE_VERSION_ENV, code_version())
 
 
 @pytest.fixture
