@@ -116,8 +116,8 @@ prune: install
 	  --epochs 30 --sr --penalty polar --s 2e-3 --s-schedule step --sparse-epochs 30 \
 	  --finetune-epochs 20 --global-percent 0.65 --round-to auto --shortcuts 5 --unstructured 0.3 --latency-imgsz 640
 
-study: install
-	$(PY) -m evolve.study --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
+study: install  # DATA=D.yaml: the quick study's settings on your data (runs/study/<its name>)
+	$(PY) -m evolve.study --study $(STUDY) $(if $(DATA),--data $(DATA)) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
 
 dashboard: install  # optuna-dashboard on STORAGE (a database URL) or on NAME's journal file
 	$(PY) -m pip install --quiet -e ".[dashboard]"

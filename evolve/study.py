@@ -1,4 +1,5 @@
 """`python -m evolve.study --study studies/quick.yaml`: evolve, retrain the best at full budget, prune it, report.
+`python -m evolve.study --data D.yaml`: the same on your own data, with the quick study's settings (no study file).
 
 Phases (outputs in runs/study/NAME/, the evolution itself in runs/evolve/NAME/ as with `python -m evolve`):
   evolve   the base run if the study has one (trials finetune from it), then run or resume the Optuna study
@@ -21,6 +22,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,7 @@ import pandas as pd
 import torch
 import yaml
 
+from core.argtypes import existing_file
 from core.atomic import atomic_write
 from core.cli import main_guard
 from core.cpu import cpu_cores
@@ -502,6 +505,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m evolve.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="studies/quick.yaml", help="study file (default studies/quick.yaml)")
+    ap.add_argument("--data", type=existing_file, default=None, metavar="D.yaml",
+                    help="your data yaml (YOLO format): the study on it, named after it (runs/study/NAME, NAME = the "
+                    "yaml's name, or its folder's for a data.yaml) unless --name; no study file needed")
     ap.add_argument("--gpus", default=None, help="'cpu' or GPU ids '0,1,2,3' (evolution: one worker per GPU)")
     ap.add_argument("--workers", type=int, default=None, help="evolution worker processes on CPU")
     ap.add_argument("--workers-per-gpu", type=int, default=None,
@@ -517,6 +523,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report-only", metavar="RUN_DIR", default=None,
                     help="only rebuild RUN_DIR/report.html from its CSVs and the evolution storage")
     return ap.parse_args(argv)
+
+
+def data_study_name(data: str) -> str:
+    """The study name for `--data D.yaml`: the yaml's name, or its folder's when the yaml is a generic data.yaml
+    (as dataset exports name it), in letters, digits, '.', '_' and '-'."""
+    path = Path(data).expanduser().absolute()
+    name = path.parent.name if path.stem.lower() in ("data", "dataset") and path.parent.name else path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
 
 
 def report_only(run_dir: Path, storage: str | None) -> Path:
@@ -539,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             study = REPO / study
         overrides = {"gpus": args.gpus, "workers": args.workers, "workers_per_gpu": args.workers_per_gpu,
                      "trials": args.trials, "storage": args.storage,
-                     "name": args.name}
+                     "name": args.name or (data_study_name(args.data) if args.data else None),
+                     "data": str(Path(args.data).expanduser().absolute()) if args.data else None}
         cfg = load_study(study, overrides)
         return run_study(cfg, RUNS / cfg.name, Path("runs") / "evolve" / cfg.name, str(args.study), args.force,
                          args.threads, deadline=budget.timeout_deadline(args.timeout))
