@@ -19,7 +19,7 @@ from core.atomic import atomic_write
 from core.hyp import load_hyp
 from core.digest import sha256_file
 from evolve import budget
-from evolve.base_run import cached_base_run, ensure_base_run
+from evolve.base_run import base_run_change, ensure_base_run
 from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
@@ -104,9 +104,15 @@ def check_shared_start(cfg: StudyConfig, base_hyp: dict, storage_url: str | None
            f"reused when its inputs match), or use --name for a new study" if cfg.base and not cfg.weights else
            "give every machine the same `weights:` file, or use --name for a new study")
     if before_base_run:
-        if recorded and cfg.base and not cfg.weights and cached_base_run(cfg, base_hyp, run_dir) is None:
+        change = base_run_change(cfg, base_hyp, run_dir) if recorded and cfg.base and not cfg.weights else None
+        if change and sha256_file(start_weights(cfg, run_dir)) == recorded:  # its own base run, other inputs now
+            raise StudyError(f"study '{cfg.name}': the base run its trials finetune was trained with other inputs "
+                             f"({change}): redoing it would mix two start points; run with the inputs it was "
+                             f"trained with, or use --name for a new study")
+        if change:
             raise StudyError(f"study '{cfg.name}' finetunes a base run this machine does not have "
-                             f"(sha256 {recorded[:12]}): training another would mix two start points; {fix}")
+                             f"(sha256 {recorded[:12]}; here: {change}): training another would mix two start "
+                             f"points; {fix}")
         return
     weights = start_weights(cfg, run_dir)
     sha = sha256_file(weights)

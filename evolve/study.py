@@ -42,7 +42,8 @@ from core.argtypes import existing_file
 from core.atomic import atomic_write
 from core.cli import main_guard
 from core.cpu import cpu_cores
-from core.digest import sha256_file
+from core.data.identity import data_identity
+from core.digest import code_version, describe_change, sha256_file
 from core.hyp import HYP_KEYS
 from core.train import fit as train_fit
 from evolve.detections import draw_detections
@@ -67,6 +68,7 @@ LOGGER = logging.getLogger(__name__)
 
 RUNS = Path("runs") / "study"
 STUDY_JSON = "study.json"
+NO_RECORD = "no finished record"  # phase_change's reason when a phase never finished here
 CHOICE_JSON = "choice.json"  # retrain/choice.json: the hyp chosen by seed mean, every candidate's spread
 # Prune options the study sets itself (from the retrain and the study's data/model); the rest come from `prune:`.
 PRUNE_RESERVED = ("study", "data", "model", "weights", "hyp", "epochs", "project", "name", "force", "progress")
@@ -116,12 +118,18 @@ def phase_path(run_dir: Path | str, phase: str) -> Path:
 
 def phase_current(run_dir: Path | str, phase: str, inputs: dict) -> bool:
     """True when the phase last finished with these inputs and its recorded outputs all still exist."""
+    return phase_change(run_dir, phase, inputs) is None
+
+
+def phase_change(run_dir: Path | str, phase: str, inputs: dict) -> str | None:
+    """Why the phase must run, in a few words ('no finished record', 'objective changed ...'); None: skip it."""
     path = phase_path(run_dir, phase)
     try:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return rec.get("inputs") == _plain(inputs) and all(Path(p).exists() for p in rec.get("outputs", []))
+        return NO_RECORD
+    missing = [p for p in rec.get("outputs", []) if not Path(p).exists()]
+    return describe_change(rec.get("inputs"), _plain(inputs)) or (f"{missing[0]} is missing" if missing else None)
 
 
 def phase_done(run_dir: Path | str, phase: str, inputs: dict, outputs: list[Path | str], seconds: float) -> None:
@@ -205,13 +213,22 @@ def study_mosaic_factor_of(df: pd.DataFrame) -> float | None:
     return float((known.mosaic_used / known.mosaic).median()) if len(known) else 1.0
 
 
-def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str | None) -> dict[str, Any]:
-    """Everything that changes what one retrain run produces (files by content)."""
+def study_keys(cfg: StudyConfig) -> dict[str, Any]:
+    """What every cached phase and run of the study depends on beyond its own options: the data's identity
+    (images, labels, yaml, generator settings: core.data.identity) and the code version. Computed once per
+    use (a stat per image and a read per label file)."""
+    return {"data_identity": data_identity(cfg.resolved("data")), "code_version": code_version()}
+
+
+def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str | None,
+               keys: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes what one retrain run produces or its row holds (files by content; `keys`:
+    study_keys). The objective is in: the row's `objective` column, which picks the pruned hyp, is computed with it."""
     return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": cfg.imgsz, "batch": cfg.batch,
-            "train": cfg.train, "data": cfg.data, "data_sha256": sha256_file(cfg.resolved("data")),
+            "train": cfg.train, "data": cfg.data, "objective": cfg.objective,
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
             "weights_sha256": sha256_file(weights), "fitness_weights": cfg.fitness_weights,
-            "mosaic_used": run.get("mosaic")}
+            "mosaic_used": run.get("mosaic"), **keys}
 
 
 def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, device: str, weights: str | None,
@@ -264,14 +281,18 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     todo = []
+    keys = study_keys(cfg)
     for run in plan:
         record = out / run["name"] / "run.json"
         old = json.loads(record.read_text()) if record.is_file() else None
-        inputs = _plain(run_inputs(cfg, run, ropts, weights))
-        if not force and old and old.get("inputs") == inputs and (out / run["name"] / "best.pt").is_file():
+        inputs = _plain(run_inputs(cfg, run, ropts, weights, keys))
+        change = describe_change(old.get("inputs"), inputs) if old else None
+        if not force and old and change is None and (out / run["name"] / "best.pt").is_file():
             LOGGER.info(f"retrain {run['name']}: reusing {out / run['name']} (same inputs)")
             rows[run["name"]] = old["row"]
         else:
+            if not force and change:
+                LOGGER.info(f"retrain {run['name']}: redoing, {change}")
             todo.append(run)
     slots = device_slots(cfg)
     LOGGER.info(f"retrain: {len(todo)} run(s) of {ropts.epochs} epochs" + (f" from {weights}" if weights else "") +
@@ -281,7 +302,7 @@ def run_retrain(cfg: StudyConfig, plan: list[dict], ropts: RetrainOptions, out: 
         LOGGER.info(f"  {run['name']} ({run['role']}): best epoch {row['best_epoch']}, mAP50-95 {row['mAP50-95']:.4f}, "
                     f"fitness {row['fitness']:.4f} ({row['seconds']:.0f} s)")
         atomic_write(out / run["name"] / "run.json",
-                     json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights), "row": row}), indent=1))
+                     json.dumps(_plain({"inputs": run_inputs(cfg, run, ropts, weights, keys), "row": row}), indent=1))
         rows[run["name"]] = row
 
     if parallel and len(slots) > 1 and len(todo) > 1:
@@ -455,11 +476,15 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 0
     start = start_weights(cfg, evolve_dir)
-    inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts, start)} for r in plan]}
-    dirty = force or not phase_current(run_dir, "retrain", inputs)
+    keys = study_keys(cfg)
+    inputs = {"runs": [{"trial": r["trial"], "role": r["role"], **run_inputs(cfg, r, ropts, start, keys)}
+                       for r in plan]}
+    change = "--force" if force else phase_change(run_dir, "retrain", inputs)
+    dirty = change is not None
     choice_path = out / CHOICE_JSON
     if dirty:
         t0 = time.time()
+        LOGGER.info(f"retrain: {'running' if change == NO_RECORD else 'redoing'}, {change}")
         # an injected fit (tests) runs here; the real one in a process per GPU / CPU worker
         csv = run_retrain(cfg, plan, ropts, out, device, force, fit, weights=start, parallel=fit is None)
         choice = choose_candidate(csv)
@@ -486,9 +511,11 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         return 1
     popts = prune_options(cfg, weights, run_dir / "best_hyp.yaml", run_dir, device, threads, force)
     inputs = {"options": {k: v for k, v in asdict(popts).items() if k not in ("force", "progress", "threads")},
-              "weights_sha256": sha256_file(weights)}
-    if dirty or not phase_current(run_dir, "prune", inputs):
+              "weights_sha256": sha256_file(weights), **keys}
+    change = "the retrain ran" if dirty else phase_change(run_dir, "prune", inputs)
+    if change:
         dirty, t0 = True, time.time()
+        LOGGER.info(f"prune: {'running' if change == NO_RECORD else 'redoing'}, {change}")
         if prune_fn is None:
             from prune.pipeline import run as prune_fn  # optional: see above the imports
         prune_fn(popts)
