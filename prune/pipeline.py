@@ -30,7 +30,9 @@ from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpo
 from core.cli import main_guard
 from core.data.config import load_data_config
 from core.data.files import list_image_files
+from core.data.identity import data_identity
 from core.data.loader import create_dataloader
+from core.digest import code_version
 from core.export import ExportError, check_onnx, export_onnx, sample_image
 from core.hyp import load_hyp
 from core.model.yolo import Model, load_arch
@@ -42,7 +44,7 @@ from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
 from prune.measure import cpu_latency_ms, measure, prunable_channels
 from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
-from prune.records import SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
+from prune.records import NO_RECORD, SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
 from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
 from prune.sparsity import SparsityTrainer
@@ -97,6 +99,7 @@ class Pipeline:
             self.ft_hyp = self.continued_hyp(opts.finetune_lr_scale)
         self.sparse_hyp = self.continued_hyp(opts.sparse_lr_scale)
         self.data = load_data_config(opts.data)
+        self.data_identity = data_identity(self.data)
         self.val_loader, _ = create_dataloader(self.data["val"], opts.imgsz, opts.batch_size * 2, self.hyp,
                                                augment=False, cache="ram", workers=opts.workers,
                                                nc=self.data["nc"], prefix="val: ")
@@ -137,11 +140,13 @@ class Pipeline:
         o = self.opts
         masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to}
         per_stage = {  # files by content (sha256), not path: a moved file is the same, an edited one is not
-            "baseline": {"data": file_digest(self.data.get("yaml_file")),
+            "baseline": {"data": self.data_identity,  # images, labels, yaml, generator settings (core.data.identity)
                          "model": file_digest(o.model or DEFAULT_MODEL) if not o.weights else None,
                          "weights": file_digest(o.weights), "hyp": self.hyp,
                          "epochs": o.epochs if not o.weights else None, "optimizer": o.baseline_optimizer,
-                         "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed},
+                         "imgsz": o.imgsz, "batch_size": o.batch_size, "nbs": o.nbs, "seed": o.seed,
+                         "workers": o.workers,  # each loader process draws its own augmentation stream
+                         "code_version": code_version()},
             "sparse": {"sr": o.sr, "s": o.s, "s_schedule": o.s_schedule, "penalty": o.penalty,
                        "polar_t": o.polar_t if o.penalty == "polar" else None, "sparse_epochs": o.sparse_epochs,
                        "optimizer": o.sparse_optimizer, "hyp": self.sparse_hyp,
@@ -149,7 +154,8 @@ class Pipeline:
             "keep_size": masks,
             "unstructured": {"amount": o.unstructured},
             "channel": {**masks, "iterative": o.iterative, "iterative_epochs": self.iterative_epochs(),
-                        "finetune_hyp": self.ft_hyp if o.iterative > 1 else None},
+                        "finetune_hyp": self.ft_hyp if o.iterative > 1 else None,
+                        "optimizer": o.finetune_optimizer if o.iterative > 1 else None},  # the steps' finetunes
             "layer": {"shortcuts": o.shortcuts},
             "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp,
                          "optimizer": o.finetune_optimizer,
@@ -306,7 +312,7 @@ class Pipeline:
 
     def run(self) -> list[dict]:
         self.check_prunable()
-        rows, dirty, chain = [], self.opts.force, None
+        rows, redone, chain = [], "--force" if self.opts.force else None, None
         for stage in STAGES:
             rec = StageRecord(stage, self.run_dir)
             if not self.enabled(stage):
@@ -314,16 +320,19 @@ class Pipeline:
                     p.unlink(missing_ok=True)
                 continue
             options = self.stage_options(stage)
-            old = None if dirty else rec.reusable(options)
-            if old is not None:
+            change = rec.change(options)
+            why = change if change == NO_RECORD else redone or change
+            if why is None:
                 LOGGER.info(f"{stage}: reusing {rec.ckpt} (same options; --force to redo)")
+                old = rec.load()
                 model = model_from_checkpoint(rec.ckpt)
                 row, extra = old["row"], old["extra"]
                 if stage == "baseline":
                     self.base_channels = row["channels_kept"]
             else:
-                dirty = dirty or stage not in SIDE_STAGES  # a side row's redo changes nothing downstream
-                LOGGER.info(f"--- {stage} ---")
+                if stage not in SIDE_STAGES:  # a side row's redo changes nothing downstream
+                    redone = redone or f"{stage} was redone"
+                LOGGER.info(f"--- {stage}: {'running' if why == NO_RECORD else 'redoing'}, {why} ---")
                 rec.invalidate()
                 model, extra = self.stage_fns[stage](chain)
                 save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,

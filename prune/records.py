@@ -2,7 +2,8 @@
 
 A stage is reused only when its checkpoint and json exist, the recorded options (its own and every
 earlier stage's) equal the current ones, and the checkpoint's sha256 equals the one the json
-recorded. Files in the options (model yaml, data yaml, weights) are keyed by content, not path.
+recorded. Files in the options (model yaml, weights) are keyed by content, not path; the data by its
+identity (images, labels, yaml, generator settings: core.data.identity); the code by its version.
 Before a stage runs its json is removed; the json is written last, atomically (temp + os.replace),
 so an interrupted run never leaves new weights beside old options. Once a stage re-runs, all later
 stages re-run; side stages (keep_size, unstructured) are rows beside the chain: their models are
@@ -17,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from core.atomic import atomic_write
+from core.digest import describe_change
 from core.digest import sha256_file as file_digest
 
 __all__ = ["COLUMNS", "SIDE_STAGES", "STAGES"]
 
 STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer", "finetune")
 SIDE_STAGES = ("keep_size", "unstructured")
+NO_RECORD = "no finished record"  # StageRecord.change's reason when the stage never finished here
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
            "onnx_latency_ms", "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
 
@@ -50,10 +53,17 @@ class StageRecord:
 
     def reusable(self, options: dict) -> dict | None:
         """The stored record if it was produced by exactly these options and names this checkpoint, else None."""
+        return None if self.change(options) else self.load()
+
+    def change(self, options: dict) -> str | None:
+        """Why the stage cannot be reused, in a few words ('channel.optimizer changed ...'); None: it can."""
         rec = self.load()
-        if rec is None or rec.get("options") != _plain(options):
-            return None
-        return rec if rec.get("ckpt_sha256") == file_digest(self.ckpt) else None
+        if rec is None:
+            return NO_RECORD
+        why = describe_change(rec.get("options"), _plain(options))
+        if why is None and rec.get("ckpt_sha256") != file_digest(self.ckpt):
+            return f"{self.ckpt.name} is not the checkpoint its record names"
+        return why
 
     def invalidate(self) -> None:
         """Drop the json before the stage runs: a crash then leaves no record to reuse."""
