@@ -3,7 +3,8 @@
 In the run folder (`RunPlots`, rank 0, `TrainOptions.plots`):
 - labels.png             before training, from the training labels: objects per class, box centres, box sizes
 - train_batch0..2.jpg    the first three batches of the first epoch trained, as augmented, with their labels
-- results.png            redrawn from results.csv after every epoch: losses, P, R, mAP50, mAP50-95
+- results.png            redrawn from results.csv after every epoch (unless its drawing has cost more than 2% of
+                         the training time so far: then at the end): losses, P, R, mAP50, mAP50-95
 - PR_curve.png, F1_curve.png, P_curve.png, R_curve.png, confusion_matrix.png, val_batch0..2_labels.jpg and
   val_batch0..2_pred.jpg  from the last validation (`ValPlots`, the collector core.val.validate fills)
 
@@ -35,6 +36,7 @@ LOGGER = logging.getLogger(__name__)
 
 BATCHES = 3          # train_batch0..2, val_batch0..2
 MAX_IMAGES = 16      # images per batch picture
+RESULTS_SHARE = 0.02  # results.png redraws may cost at most this share of the training time (always drawn at the end)
 CONF_SHOWN = 0.25    # predictions drawn on val_batch*_pred.jpg (and counted in the confusion matrix)
 PALETTE = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
            "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF", "520085", "CB38FF", "FF95C8", "FF37C7")
@@ -48,11 +50,11 @@ def color(c: int, bgr: bool = False) -> tuple[int, int, int]:
     return rgb[::-1] if bgr else rgb
 
 
-def _figure(w: float, h: float, rows: int = 1, cols: int = 1):
+def _figure(w: float, h: float, rows: int = 1, cols: int = 1, tight: bool = True):
     """(figure, axes array) on matplotlib's file-only Agg canvas, without pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: imported when the first picture is drawn
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), tight_layout=True)
+    fig = Figure(figsize=(w, h), tight_layout=tight)
     FigureCanvasAgg(fig)
     return fig, np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(rows, cols)
 
@@ -70,7 +72,8 @@ def plot_results(csv: Path | str, out: Path | str | None = None) -> Path:
     csv = Path(csv)
     out = Path(out) if out else csv.with_name("results.png")
     rows = read_history(csv)
-    fig, axes = _figure(15, 6, 2, 5)
+    fig, axes = _figure(15, 6, 2, 5, tight=False)  # fixed margins: tight_layout costs a fifth of the drawing
+    fig.subplots_adjust(left=0.05, right=0.985, bottom=0.08, top=0.94, wspace=0.32, hspace=0.3)
     epochs = [r["epoch"] for r in rows]
     for ax, key in zip(axes.ravel(), [k for row in RESULT_PANELS for k in row]):
         y = np.array([r.get(key, np.nan) for r in rows], float)
@@ -294,6 +297,7 @@ class RunPlots:
         self.last: ValPlots | None = None
         self.written: dict[str, Path] = {}  # picture name -> file, for trackers (core.trackers)
         self.seconds: dict[str, float] = {}  # picture -> seconds spent drawing it (all epochs): their cost
+        self.train_s, self.draws, self.results_due = 0.0, 0, None  # results.png's budget (see `results`)
 
     def _safe(self, what: str, draw, *args) -> Any:
         t0 = time.perf_counter()
@@ -321,12 +325,24 @@ class RunPlots:
         self.last = ValPlots(len(self.names))
         return self.last
 
-    def results(self, csv: Path) -> None:
+    def results(self, csv: Path, epoch_seconds: float = math.inf) -> None:
+        """Redraw results.png after an epoch, unless drawing it has cost more than RESULTS_SHARE of the training
+        time so far (a slow machine, short epochs): then it waits, and `final` draws it."""
+        self.train_s += epoch_seconds
+        spent = self.seconds.get("results.png", 0.0)
+        if spent and spent * (1 + 1 / self.draws) > RESULTS_SHARE * self.train_s:  # the next one would pass it
+            self.results_due = csv
+            return
+        self.draws += 1
+        self.results_due = None
         if path := self._safe("results.png", plot_results, csv):
             self.written["results"] = path
 
     def final(self) -> None:
         """The last validation's curves, confusion matrix and batches."""
+        if self.results_due is not None:
+            self.draws, self.train_s = self.draws + 1, math.inf
+            self.results(self.results_due)
         v = self.last
         if v is None:
             return

@@ -1,4 +1,5 @@
-"""Experiment trackers a training reports to, beside its run folder: TensorBoard (the `tensorboard` extra).
+"""Experiment trackers a training reports to, beside its run folder: TensorBoard (the `tensorboard` extra) and
+MLflow (the `mlflow` extra).
 
 `TensorBoardTracker` writes the run's event file into the run folder, so `tensorboard --logdir runs` shows
 every training: per epoch the scalars of results.csv (train/box_loss ..., metrics/mAP50 ..., x/lr), the
@@ -6,18 +7,26 @@ pictures of core/plots.py as images (labels and training batches at the start, t
 matrix and validation batches at the end), and the hyps as hparams with the best epoch's metrics.
 `TrainOptions.tensorboard`: 'auto' (default: on when the package is installed), 'on' (an error names the
 extra when it is not), 'off'. Only rank 0 of a saving run reports.
+
+`MLflowTracker` (`TrainOptions.mlflow` = a tracking URI, e.g. `sqlite:///mlflow.db` or a server's URL; off by
+default): one MLflow run per training in the experiment named after the project folder (`runs/train` ->
+`train`), run name = the run folder's: the hyps and options as params, results.csv's columns as metrics every
+epoch, and at the end the pictures, results.csv, hyp.yaml and opt.yaml as artifacts. Evolution logs its
+trials itself (evolve/tracking.py: one run per trial through optuna-integration's MLflowCallback).
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
-__all__ = ["TRACKER_MODES", "TensorBoardTracker", "tensorboard_available", "tensorboard_tracker"]
+__all__ = ["METRIC_NAMES", "MLflowTracker", "TRACKER_MODES", "TensorBoardTracker", "tensorboard_available",
+           "tensorboard_tracker"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +35,10 @@ SCALARS = {"train_box": "train/box_loss", "train_obj": "train/obj_loss", "train_
            "P": "metrics/precision", "R": "metrics/recall", "mAP50": "metrics/mAP50", "mAP50-95": "metrics/mAP50-95",
            "fitness": "metrics/fitness", "val_box": "val/box_loss", "val_obj": "val/obj_loss",
            "val_cls": "val/cls_loss", "lr": "x/lr", "seconds": "x/epoch_seconds"}
+
+
+METRIC_NAMES = ("train_box", "train_obj", "train_cls", "P", "R", "mAP50", "mAP50-95", "fitness", "val_box",
+                "val_obj", "val_cls", "lr", "seconds")  # what MLflow gets per epoch, under these names
 
 
 def tensorboard_available() -> bool:
@@ -76,3 +89,37 @@ class TensorBoardTracker:
         metrics = {f"hparam/{k}": float(best[k]) for k in ("P", "R", "mAP50", "mAP50-95", "fitness") if k in best}
         self.writer.add_hparams({k: float(v) for k, v in self.hyp.items()}, metrics, run_name=".")
         self.writer.close()
+
+
+class MLflowTracker:
+    """One training as one MLflow run (through MlflowClient: no process-wide active run is touched)."""
+
+    def __init__(self, uri: str, save_dir: Path | str, hyp: Mapping[str, float], options: Mapping[str, Any]):
+        from mlflow.tracking import MlflowClient  # optional: the `mlflow` extra
+        self.save_dir = Path(save_dir)
+        self.client = MlflowClient(uri)
+        name = self.save_dir.parent.name or "train"
+        found = self.client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(experiment, run_name=self.save_dir.name,
+                                             tags={"run_dir": str(self.save_dir)}).info.run_id
+        params = {**{f"hyp.{k}": v for k, v in hyp.items()},
+                  **{f"opt.{k}": v for k, v in options.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, epoch)
+                                                    for k in METRIC_NAMES if k in metrics])
+
+    def finish(self, pictures: Mapping[str, Path], status: str = "FINISHED") -> None:
+        """The pictures and the run folder's tables as artifacts; the run ends with `status`."""
+        files = list(pictures.values()) + [self.save_dir / f for f in ("results.csv", "hyp.yaml", "opt.yaml")]
+        for path in files:
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status)

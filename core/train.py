@@ -54,7 +54,7 @@ from core.model.yolo import Model, is_anchor_free
 from core.nonfinite import NonFiniteGuard
 from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer, warmup
 from core.plots import RunPlots
-from core.trackers import TensorBoardTracker, tensorboard_tracker
+from core.trackers import MLflowTracker, TensorBoardTracker, tensorboard_tracker
 from core.run_dir import next_run_dir, read_history, resolve_resume
 from core.seeding import init_seeds
 from core.transfer import transfer_weights
@@ -105,6 +105,8 @@ class TrainOptions:
                                        # results.png each epoch, curves and confusion matrix at the end (core/plots.py)
     tensorboard: str = "auto"          # TensorBoard events in the run folder: auto (when installed) | on | off
                                        # (scalars per epoch, the pictures, hyps as hparams: core/trackers.py)
+    mlflow: str | None = None          # MLflow tracking URI (sqlite:///mlflow.db, http://host:5000): one run per
+                                       # training, params, metrics per epoch, pictures as artifacts (core/trackers.py)
 
 
 @dataclass
@@ -176,6 +178,7 @@ class TrainState:
     threads: AdaptiveThreads | None  # CPU auto threads: every core, or fewer while other processes load the CPU
     plots: RunPlots | None = None  # the run folder's pictures (opts.plots, rank 0)
     tracker: TensorBoardTracker | None = None  # TensorBoard (opts.tensorboard, rank 0)
+    mlflow: MLflowTracker | None = None  # MLflow (opts.mlflow, rank 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -220,6 +223,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         s.plots.final()  # the last validation's curves, confusion matrix and batches
     if s.tracker is not None:
         s.tracker.finish(n.best, s.plots.written if s.plots is not None else {}, len(n.history) - 1)
+    if s.mlflow is not None:
+        s.mlflow.finish(s.plots.written if s.plots is not None else {})
     saved = s.cfg.opts.save
     result = FitResult(
         history=n.history, best=n.best, best_fitness=n.best_fitness, stop_reason=stop_reason,
@@ -251,6 +256,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     train_loader, train_set, val_loader = _loaders(opts, data_cfg, hyp, ctx, device, threads)
     plots = _plots(opts, ctx, saver, data_cfg, train_set)
     tracker = tensorboard_tracker(opts.tensorboard, saver.save_dir, hyp) if saver.enabled else None
+    mlflow = MLflowTracker(opts.mlflow, saver.save_dir, hyp, asdict(opts)) if opts.mlflow and saver.enabled else None
     _fit_anchors(net, train_set, hyp, opts, fresh, resumed=resume_ckpt is not None)
     if fresh:
         _class_priors(net, train_set.labels, int(data_cfg["nc"]))
@@ -270,7 +276,7 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
         compute_loss=compute_loss, train_loader=train_loader, val_loader=val_loader, saver=saver,
         guard=NonFiniteGuard(device, ctx.distributed),
         threads=AdaptiveThreads(*threads.between) if threads is not None and threads.between else None, plots=plots,
-        tracker=tracker)
+        tracker=tracker, mlflow=mlflow)
     if resume_ckpt is not None:
         _restore(s, resume_ckpt)
     s.counters.amp_scale = s.scaler.get_scale()  # the initial scale (no sync: the scale tensor does not exist yet)
@@ -571,10 +577,12 @@ def _end_epoch(s: TrainState, epoch: int, train: Mapping[str, float], t_epoch: f
     with s.callbacks.phase("checkpoint"):
         s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness, _resume_state(s))
     if s.plots is not None:
-        s.plots.results(s.saver.results)
+        s.plots.results(s.saver.results, metrics["seconds"])
     if s.tracker is not None:
         s.tracker.epoch(epoch, metrics)
         s.tracker.images(s.plots.written if s.plots is not None else {}, epoch)  # labels, training batches
+    if s.mlflow is not None:
+        s.mlflow.epoch(epoch, metrics)
     LOGGER.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                 f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
     return _stop_reason(s, epoch, metrics)

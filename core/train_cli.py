@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", choices=TRACKER_MODES, default=d.tensorboard, help="TensorBoard events in the "
                    "run folder (scalars, pictures, hyps): auto = when the tensorboard package is installed")
+    p.add_argument("--mlflow", default=None, metavar="URI", help="log the run to MLflow at this tracking URI "
+                   "(sqlite:///mlflow.db, http://host:5000): params, metrics per epoch, pictures (the mlflow extra)")
     p.add_argument("--no-plots", action="store_true", help="no pictures in the run folder (labels.png, "
                    "train/val batches, results.png, PR/F1 curves, confusion matrix)")
     return p.parse_args(argv)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         threads=args.threads, nbs=args.nbs, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                         weights=args.weights if args.model else None, autoanchor=not args.noautoanchor,
                         automosaic=not args.no_automosaic, plots=not args.no_plots,
-                        tensorboard=args.tensorboard,
+                        tensorboard=args.tensorboard, mlflow=args.mlflow,
                         channels_last=args.channels_last, bf16=args.bf16, compile=args.compile)
     result = fit(args.data, args.model or args.weights or DEFAULT_MODEL, args.hyp, opts)
     # a run resumed after its end trained nothing: fit has said so

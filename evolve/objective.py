@@ -66,6 +66,7 @@ class Objective:
         self.model = cfg.resolved("model")
         self.model_sha = sha256_file(self.model)
         self.weights = start_weights(cfg, self.run_dir)  # None: trials train from scratch
+        self.on_epoch: Callable[[int, dict], None] | None = None  # e.g. evolve.tracking: each epoch to MLflow
         self._weights_sha: str | None = None
 
     def fit(self) -> FitFn:
@@ -123,6 +124,8 @@ class Objective:
             if not math.isfinite(f):
                 raise FloatingPointError(f"fitness is {f} at epoch {epoch}")
             trial.report(f, epoch + 1)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, metrics)
             if trial.should_prune():
                 raise StopTraining(f"pruned at epoch {epoch + 1}")
         return on_epoch_end

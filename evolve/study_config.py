@@ -40,6 +40,7 @@ class StudyConfig:
     noise_seeds: int = 0                # the base hyp trained with this many seeds (trial 0 + K-1 more): the noise floor
     pruner_warmup: int | None = None    # epochs before median/hyperband may stop a trial (None: half the trial)
     trials: int = 8                     # finished trials in total (what counts: evolve/ledger.py)
+    mlflow: str | None = None           # MLflow tracking URI: one MLflow run per trial (evolve/tracking.py)
     budget: dict = field(default_factory=dict)  # {hours: H, evolve: F}: no trial starts after H hours from the
                                                 # study's start (evolve.study: evolution F of them; evolve/budget.py)
     sampler: str = "ga"

@@ -35,6 +35,7 @@ from evolve.objective import Objective
 from evolve.samplers import make_pruner, make_sampler, prior_draws
 from evolve.space import check_base, load_space
 from evolve.storage import make_storage, study_lock
+from evolve.tracking import MLflowTrials
 from evolve.study_config import StudyConfig, load_study
 
 __all__ = ["load_callable", "run_worker"]
@@ -124,6 +125,9 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
     except Exception as e:  # data every trial needs: failing N trials with the same reason would teach nothing
         raise WorkerSetupError(f"worker {worker}: cannot load the study's data ({type(e).__name__}: {e}); "
                                f"no trial was started") from e
+    tracked = MLflowTrials(cfg.mlflow) if cfg.mlflow else None  # one MLflow run per trial
+    if tracked is not None:
+        objective.on_epoch = tracked.epoch
     grace = 3 * cfg.heartbeat
     interrupts = interrupts or Interrupts()
     parent = os.getppid()
@@ -153,8 +157,10 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
         if trial is None:  # the others' running trials fill the budget; wait in case one dies
             time.sleep(poll)
             continue
-        run_trial(study, trial, objective, cfg, worker, log, interrupts,
+        run_trial(study, trial, tracked.wrap(objective) if tracked else objective, cfg, worker, log, interrupts,
                   lock=lambda: study_lock(storage_url, run_dir, cfg.name))
+        if tracked is not None:
+            tracked.told(study, trial._trial_id)
         ran += 1
 
 

@@ -167,3 +167,28 @@ def test_results_picture_any_length(tmp_path, epochs):
     write_results(tmp_path / "results.csv", rows)
     img = cv2.imread(str(plot_results(tmp_path / "results.csv")))
     assert img.shape == (600, 1500, 3)
+
+
+def test_results_picture_keeps_to_its_share(tmp_path, monkeypatch):
+    """results.png is skipped while its drawing would pass 2% of the training time, and drawn at the end."""
+    import core.plots
+    from core.run_dir import RESULT_COLUMNS, write_results
+    write_results(tmp_path / "results.csv", [{k: 0.5 for k in RESULT_COLUMNS} | {"epoch": 0}])
+    draws = []
+
+    def one_second(csv, out=None):
+        draws.append(csv)
+        plots.seconds["results.png"] = plots.seconds.get("results.png", 0.0) + 1.0  # as if it took 1 s
+        return tmp_path / "results.png"
+
+    monkeypatch.setattr(core.plots, "plot_results", one_second)
+    plots = RunPlots(tmp_path, ["a"])
+    monkeypatch.setattr(plots, "_safe", lambda what, draw, *args: draw(*args))
+    for epoch in range(1, 51):  # 1 s per draw, 20 s epochs: 2% allows one draw per 50 s of training
+        plots.results(tmp_path / "results.csv", epoch_seconds=20.0)
+        assert len(draws) <= 0.02 * 20.0 * epoch + 1  # within the share, give or take the draw that passes it
+    assert 18 <= len(draws) <= 21  # about 1000 s x 2% / 1 s, where every epoch would have been 50
+    plots.results(tmp_path / "results.csv", epoch_seconds=1.0)  # a last short epoch: skipped
+    drawn, due = len(draws), plots.results_due is not None
+    plots.final()
+    assert due and len(draws) == drawn + 1 and plots.results_due is None  # the last epoch's table is drawn at the end

@@ -44,3 +44,22 @@ def test_tensorboard_off_and_missing(tiny_data, tmp_path, monkeypatch):
     assert core.trackers.tensorboard_tracker("auto", tmp_path, {}) is None
     with pytest.raises(ImportError, match=r"\.\[tensorboard\]"):
         core.trackers.tensorboard_tracker("on", tmp_path, {})
+
+
+def test_training_in_mlflow(tiny_data, tmp_path):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = fit(tiny_data, MODEL, opts=train_opts(tmp_path / "runs", epochs=2, batch_size=2, close_mosaic=0,
+                                                   tensorboard="off", mlflow=uri))
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    history = read_history(result.save_dir / "results.csv")
+    for key in ("mAP50", "train_box", "fitness"):
+        values = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in values] == [0, 1]
+        assert [m.value for m in values] == pytest.approx([h[key] for h in history], rel=1e-5)
+    assert run.data.params["opt.epochs"] == "2" and "hyp.lr0" in run.data.params
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"results.csv", "hyp.yaml", "PR_curve.png", "confusion_matrix.png", "labels.png"} <= artifacts

@@ -1,0 +1,80 @@
+"""A study in MLflow: one MLflow run per trial, with each trial's per-epoch metrics.
+
+`mlflow: URI` in the study file (a tracking URI: `sqlite:///mlflow.db`, or a tracking server's URL when workers
+run on several machines; the `mlflow` extra). The experiment is named after the study; each trial's run (named
+by the trial number) gets the trial's metrics per epoch while it trains (P, R, mAP50, mAP50-95, fitness, val
+losses), and once the trial is told: its value as `objective`, its params, its state and user attrs as tags,
+and the run's status (FINISHED, KILLED when pruned, FAILED).
+
+Our own small client code rather than optuna-integration's MLflowCallback: that callback is deprecated since
+Optuna 4.9 (removed in 6.0), logs only the final value, and drives MLflow's process-wide active run; MlflowClient
+calls with an explicit run id touch no global state.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from core.trackers import METRIC_NAMES
+
+__all__ = ["MLflowTrials"]
+
+STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+class MLflowTrials:
+    """The MLflow side of one worker: `wrap(objective)` opens each trial's MLflow run before it trains, `epoch`
+    logs its epochs there, `told(study, trial_id)` adds the outcome and closes the run."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient  # optional: the `mlflow` extra
+        self.client = MlflowClient(uri)
+        self.run_id: str | None = None
+        self._experiments: dict[str, str] = {}
+
+    def _experiment(self, name: str) -> str:
+        if name not in self._experiments:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    self._experiments[name] = self.client.create_experiment(name)
+                except Exception:  # noqa: BLE001 - another worker created it first
+                    self._experiments[name] = self.client.get_experiment_by_name(name).experiment_id
+            else:
+                self._experiments[name] = found.experiment_id
+        return self._experiments[name]
+
+    def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        def tracked(trial: optuna.Trial) -> float:
+            experiment = self._experiment(trial.study.study_name)
+            self.run_id = self.client.create_run(experiment, run_name=str(trial.number),
+                                                 tags={"number": str(trial.number)}).info.run_id
+            return objective(trial)
+        return tracked
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+        if self.run_id is not None:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), _ms(), epoch)
+                                                        for k in METRIC_NAMES if k in metrics])
+
+    def told(self, study: optuna.Study, trial_id: int) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        if self.run_id is None:
+            return
+        t = study._storage.get_trial(trial_id)
+        tags = {"state": t.state.name, "study": study.study_name,
+                **{k: str(v)[:5000] for k, v in t.user_attrs.items()}}
+        metrics = [Metric("objective", float(t.value), _ms(), 0)] if t.value is not None and math.isfinite(t.value) else []
+        self.client.log_batch(self.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in t.params.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, STATUS.get(t.state, "FAILED"))
+        self.run_id = None
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
