@@ -30,6 +30,7 @@ from core.data.config import load_data_config
 from core.data.loader import create_dataloader
 from core.hyp import load_hyp
 from core.loss import ComputeLoss, scaled_gains
+from core.model.yolo import is_anchor_free
 from core.nms import non_max_suppression
 from core.train import _build_model
 from core.val import validate
@@ -146,6 +147,10 @@ def main(argv=None) -> int:
     print("      " + " ".join(f"{n[:5]:>5s}" for n in names) + "  none")
     for c in range(nc):
         print(f"{names[c][:5]:>5s} " + " ".join(f"{v:5d}" for v in counts[c]))
+    if is_anchor_free(net):
+        print("assignment: not counted for the anchor-free head (its task-aligned targets follow its own "
+              "predictions: core/assign.py)")
+        return 0
     loss_hyp = scaled_gains(hyp, int(net.model[-1].nl), nc, args.imgsz)
     train_loader, train_set = create_dataloader(cfg["train"], args.imgsz, 16, hyp, augment=True, workers=0,
                                                 shuffle=True, nc=nc)
