@@ -37,10 +37,12 @@ class CheckpointSaver:
         self.results = self.save_dir / "results.csv"
 
     def start(self, resumed: bool) -> None:
-        """Create the folder and write hyp.yaml and opt.yaml; a new run in a reused folder starts a new table."""
+        """Create the folder and write hyp.yaml and opt.yaml; a new run in a reused folder starts a new table.
+        Clears temp files of writes a kill cut short (a run killed before its first epoch saved starts anew)."""
         if not self.enabled:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.save_dir)
         if not resumed:
             self.results.unlink(missing_ok=True)
         atomic_write(self.save_dir / "hyp.yaml", yaml.safe_dump(self.hyp, sort_keys=False))
@@ -50,8 +52,7 @@ class CheckpointSaver:
     def resumed_history(self, start_epoch: int, saved: list[dict] | None = None) -> list[dict]:
         """The rows of the epochs before `start_epoch`: the checkpoint's exact ones (`saved`), else results.csv's
         (6 digits); later rows (written before a kill could save the checkpoint) are dropped from results.csv,
-        their epochs run again. Clears temp files of cut writes."""
-        remove_stale_temps(self.save_dir)
+        their epochs run again."""
         rows = [dict(h) for h in saved] if saved is not None else read_history(self.results)
         history = [h for h in rows if h["epoch"] < start_epoch]
         if self.enabled:

@@ -56,7 +56,7 @@ from core.optim import OptimizerPlan, build_optimizer, lr_lambda, plan_optimizer
 from core.plots import RunPlots
 from core.trackers import MLflowTracker, TensorBoardTracker, tensorboard_tracker
 from core.run_dir import next_run_dir, read_history, resolve_resume
-from core.seeding import init_seeds
+from core.seeding import init_seeds, rng_state, set_rng_state
 from core.transfer import transfer_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Counters:
 
     accumulate: int = 1            # batches per optimizer step now (ramps up during warmup)
     last_opt_step: int = -1        # batch index (since the start) of the last optimizer step
-    opt_steps: int = 0             # optimizer steps decided in this process (taken or skipped)
+    opt_steps: int = 0             # optimizer steps decided in this run (taken or skipped)
     scaler_skips: int = 0          # steps GradScaler skipped for inf/NaN gradients of a finite loss (AMP)
     amp_scale: float = 0.0         # GradScaler's scale after the last step: a lower one means it skipped
     start_epoch: int = 0
@@ -253,7 +253,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     data_cfg = data if isinstance(data, Mapping) else load_data_config(data)
     saver = _run_folder(opts, ctx, hyp, data_cfg, resume_path)
     net, fresh = _model(model, data_cfg, opts)
-    train_loader, train_set, val_loader = _loaders(opts, data_cfg, hyp, ctx, device, threads)
+    saved_mosaic = (resume_ckpt.get("train_state") or {}).get("mosaic") if resume_ckpt is not None else None
+    train_loader, train_set, val_loader = _loaders(opts, data_cfg, hyp, ctx, device, threads, saved_mosaic)
     plots = _plots(opts, ctx, saver, data_cfg, train_set)
     tracker = tensorboard_tracker(opts.tensorboard, saver.save_dir, hyp) if saver.enabled else None
     mlflow = MLflowTracker(opts.mlflow, saver.save_dir, hyp, asdict(opts)) if opts.mlflow and saver.enabled else None
@@ -337,17 +338,20 @@ def _model(model: Any, data_cfg: Mapping, opts: TrainOptions) -> tuple[nn.Module
 
 
 def _loaders(opts: TrainOptions, data_cfg: Mapping, hyp: dict, ctx: DistContext, device: torch.device,
-             threads: ThreadPlan | None) -> tuple[Any, Any, Any]:
+             threads: ThreadPlan | None, saved_mosaic: float | None = None) -> tuple[Any, Any, Any]:
     """(train loader, its dataset, val loader or None off rank 0). The training loader is built once: at
     close_epoch its dataset turns mosaic/mixup/copy-paste off in the running workers
-    (YoloDataset.close_mosaic), so no second set of workers forks from a grown trainer."""
+    (YoloDataset.close_mosaic), so no second set of workers forks from a grown trainer. A resumed run
+    trains with the mosaic probability its checkpoint saved (`saved_mosaic`: AutoMosaic's decision)."""
     yield_cpu = threads is not None and workers_yield(threads, opts.workers)
     train_loader, train_set = core.data.loader.create_dataloader(
         data_cfg["train"], opts.imgsz, opts.batch_size // ctx.world_size, hyp, augment=True, cache=opts.cache,
         workers=opts.workers, shuffle=True, rank=ctx.rank, world_size=ctx.world_size, seed=opts.seed,
         nc=int(data_cfg["nc"]), prefix="train: ", low_priority=yield_cpu)
     require_boxes(train_set, data_cfg["train"])  # YOLOv5 stops too: background only trains nothing
-    if opts.automosaic and hyp["mosaic"] > 0:  # before the workers start: they copy the dataset
+    if saved_mosaic is not None:  # before the workers start: they copy the dataset
+        train_set.set_mosaic(saved_mosaic)
+    elif opts.automosaic and hyp["mosaic"] > 0:
         mosaic = apply_automosaic(train_set, opts.imgsz, hyp)
         if ctx.is_main:
             LOGGER.info(mosaic.message(hyp["mosaic"]))
@@ -437,8 +441,8 @@ def _precision(opts: TrainOptions, device: torch.device, ctx: DistContext) -> tu
 
 
 def _restore(s: TrainState, ckpt: dict) -> None:
-    """Continue the run saved in a full checkpoint (last.pt or resume.pt): weights, EMA, optimizer, epoch,
-    best fitness and the rows of finished epochs."""
+    """Continue the run saved in a full checkpoint (last.pt or resume.pt) as if it had not stopped: weights,
+    EMA, optimizer, epoch, best fitness, the rows of finished epochs and the rest of `_resume_state`."""
     n = s.counters
     s.optimizer.load_state_dict(ckpt["optimizer"])
     _match_state_layout(s.optimizer)
@@ -462,13 +466,27 @@ def _restore(s: TrainState, ckpt: dict) -> None:
         for row in n.history:
             if row.get("fitness", float("-inf")) >= rounded_best:
                 n.best_epoch, n.best = int(row["epoch"]), row
+    for name, value in state.get("counters", {}).items():
+        setattr(n, name, value)
+    s.guard.in_a_row, s.guard.skipped = state.get("guard", (0, 0))
+    if state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    if "rng" in state and s.cfg.ctx.is_main:  # rank 0's states (DDP ranks keep their own seeds)
+        set_rng_state(state["rng"])
 
 
 def _resume_state(s: TrainState) -> dict[str, Any]:
     """What last.pt keeps, besides weights, EMA and optimizer, for `_restore` to continue exactly: the exact
-    rows of results.csv (it has 6 digits) and the best epoch (patience counts from it)."""
+    rows of results.csv (it has 6 digits), the best epoch (patience counts from it), the step counters (an
+    accumulation can span epochs), the non-finite guard's counts, GradScaler's state, the mosaic probability
+    trained with (AutoMosaic's decision) and the global RNG states. The data order and augmentations need
+    none: they are functions of (seed, epoch) (core/data/loader.py); AutoAnchor's anchors are weights."""
     n = s.counters
-    return {"history": n.history, "best_epoch": n.best_epoch}
+    return {"history": n.history, "best_epoch": n.best_epoch,
+            "counters": {"accumulate": n.accumulate, "last_opt_step": n.last_opt_step, "opt_steps": n.opt_steps,
+                         "scaler_skips": n.scaler_skips},
+            "guard": [s.guard.in_a_row, s.guard.skipped], "scaler": s.scaler.state_dict(),
+            "mosaic": float(s.train_loader.dataset.hyp["mosaic"]), "rng": rng_state()}
 
 
 def _wrap(net: nn.Module, opts: TrainOptions, ctx: DistContext, device: torch.device) -> nn.Module:

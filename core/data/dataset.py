@@ -11,6 +11,11 @@ Training (augment=True): with probability hyp['mosaic'] a 4-image mosaic on a 2*
 back to imgsz, otherwise one letterboxed image warped in place; copy_paste before the warp; mixup
 with a second sample built the same way; then HSV, flip up-down, flip left-right. `close_mosaic()`
 turns mosaic, mixup and copy-paste off for good, in the loader's running workers too.
+
+The random draws of an item come from its own generator, seeded by (seed, epoch, index): an item is the
+same whichever worker builds it and however many workers there are, and a run resumed at epoch E
+augments as the uninterrupted run did. `set_epoch(e)` (the loader's sampler calls it as each pass
+starts) reaches running workers through shared memory, as `close_mosaic` does.
 Validation (augment=False): letterbox to a square imgsz, no augmentation.
 """
 from __future__ import annotations
@@ -54,7 +59,9 @@ class YoloDataset(Dataset):
         self.hyp = {**default_hyp(), **(hyp or {})}
         self.augment = augment
         self.cache = cache
-        self.rng = np.random.default_rng(seed)  # replaced per worker by loader.seed_worker
+        self.seed = int(seed) % 2**64  # a SeedSequence word (a negative --seed too)
+        self.rng = np.random.default_rng(self.seed)  # the draws of the item being built (_item_rng)
+        self._epoch = multiprocessing.RawValue(ctypes.c_int64, 0)  # shared with the loader's workers
         # In shared memory, so persistent loader workers (forked or spawned with the dataset) see the switch
         # without being rebuilt: a rebuilt loader forks new workers from a trainer that has grown by then.
         self._mosaic_closed = multiprocessing.RawValue(ctypes.c_bool, False)
@@ -69,6 +76,18 @@ class YoloDataset(Dataset):
     def close_mosaic(self) -> None:
         """From the next item on: no mosaic, mixup or copy-paste (whole, undistorted images)."""
         self._mosaic_closed.value = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the next items draw (before a pass sends its first index)."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def _item_rng(self, index: int) -> np.random.Generator:
+        """The item's own random stream: a function of (seed, epoch, index) alone."""
+        return np.random.default_rng([self.seed, self._epoch.value, index])
 
     def set_mosaic(self, probability: float) -> None:
         """The mosaic probability of augmented items (AutoMosaic sets it before the loader's workers start)."""
@@ -115,7 +134,8 @@ class YoloDataset(Dataset):
         return img, boxes, shapes
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Shapes]:
-        hyp, rng = self._item_hyp(), self.rng
+        hyp = self._item_hyp()
+        self.rng = rng = self._item_rng(index)  # _augmented and _mosaic draw from it too
         if self.augment:
             img, boxes, shapes = self._augmented(index)
             if rng.random() < hyp["mixup"]:

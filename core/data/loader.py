@@ -1,4 +1,9 @@
-"""DataLoader factory: persistent workers, seeded shuffling and augmentation, DDP sampling."""
+"""DataLoader factory: persistent workers, seeded shuffling and augmentation, DDP sampling.
+
+Every pass has an epoch number: the training order is a permutation drawn from (seed, epoch) and each
+item's augmentation from (seed, epoch, index) (YoloDataset), so a pass is a function of its epoch alone:
+the same with any number of workers, and a resumed run continues exactly. `loader.sampler.set_epoch(e)`
+picks the epoch of the next pass (a shuffling loader otherwise counts its passes from 0)."""
 from __future__ import annotations
 
 import random
@@ -8,7 +13,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from core.cpu import cpu_cores, lower_priority
 
@@ -18,21 +23,45 @@ from .dataset import YoloDataset
 __all__ = ["create_dataloader"]
 
 
-def seed_worker(worker_id: int, low_priority: bool = False) -> None:
-    """Seed numpy, random and the dataset's augmentation RNG of one worker from torch's worker seed;
-    with `low_priority`, nice the worker (core/cpu.py: the trainer's threads take every core).
+class EpochShuffle(Sampler[int]):
+    """The shuffled order of one process's training pass: a permutation drawn from (seed, epoch) alone.
 
-    torch derives the worker seed from the loader's generator, so the same loader seed gives the
-    same augmentations; persistent workers keep their streams across epochs.
-    """
+    `set_epoch(e)` sets the next pass's epoch (the trainer calls it before each); each pass then counts on.
+    A pass tells its epoch to the dataset as it starts (before its first index goes to a worker), so the
+    items' augmentations follow the same epoch."""
+
+    def __init__(self, dataset: YoloDataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed) % 2**64, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        self.dataset.set_epoch(epoch)
+        return iter(np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)).tolist())
+
+
+class DistributedEpochs(DistributedSampler):
+    """DistributedSampler whose set_epoch also sets the dataset's augmentation epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+
+def seed_worker(worker_id: int, low_priority: bool = False) -> None:
+    """Seed numpy and random of one worker from torch's worker seed (the dataset's augmentations have their
+    own per-item streams); with `low_priority`, nice the worker (core/cpu.py: the trainer's threads take
+    every core)."""
     if low_priority:
         lower_priority()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "rng"):
-        info.dataset.rng = np.random.default_rng(seed)
 
 
 def create_dataloader(
@@ -44,7 +73,8 @@ def create_dataloader(
 
     Batches are `(imgs uint8 (B,3,H,W) RGB, targets (N,6) [img_index, cls, cx, cy, w, h], paths, shapes)`.
     With world_size > 1 a DistributedSampler gives rank its share (call `loader.sampler.set_epoch(e)`
-    every epoch to reshuffle). Same seed -> same batches. `low_priority` nices the workers (core/cpu.py).
+    every epoch to reshuffle); shuffle alone, EpochShuffle. Same seed and epoch -> same batches.
+    `low_priority` nices the workers (core/cpu.py).
     """
     ddp = world_size > 1 and rank != -1
     dataset = YoloDataset(
@@ -56,13 +86,14 @@ def create_dataloader(
     nw = max(0, min(per_process, batch_size if batch_size > 1 else 0, workers))
     sampler = None
     if ddp:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        sampler = DistributedEpochs(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    elif shuffle:
+        sampler = EpochShuffle(dataset, seed)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=nw,
         pin_memory=torch.cuda.is_available(),

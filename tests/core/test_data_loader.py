@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch.utils.data import DistributedSampler
 
 from core.data import cache as C
 from core.data import synthetic as S
@@ -136,12 +137,32 @@ def test_persistent_workers_repeatable(tiny):
     assert_same(runs[0][1], runs[1][1])
 
 
+def test_a_pass_is_a_function_of_its_epoch(tiny):
+    """Order and augmentations of a pass depend on (seed, epoch) alone: a loader set to epoch 1 repeats the
+    second pass of one that ran epoch 0 first (what a resumed run needs), with or without workers."""
+    def loader(workers):
+        return create_dataloader(tiny / "images" / "train", 64, 4, {**AUG, "mosaic": 0.5}, True, workers=workers,
+                                 shuffle=True, seed=5)[0]
+    straight = loader(0)
+    first, second = epoch(straight), epoch(straight)
+    for workers in (0, 2):
+        resumed = loader(workers)
+        resumed.sampler.set_epoch(1)
+        assert_same(epoch(resumed), second)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
+    again = loader(0)
+    again.sampler.set_epoch(1)
+    again_second = epoch(again)
+    again.sampler.set_epoch(1)
+    assert_same(epoch(again), again_second)  # set back to an epoch, a pass repeats it
+
+
 def test_distributed_split(tiny):
     seen = []
     for rank in (0, 1):
         loader, _ = create_dataloader(tiny / "images" / "train", 64, 4, None, False, workers=0, shuffle=True,
                                       rank=rank, world_size=2, seed=0)
-        assert type(loader.sampler).__name__ == "DistributedSampler" and loader.sampler.rank == rank
+        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.rank == rank
         seen.append({p for _, _, paths, _ in loader for p in paths})
     assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
 

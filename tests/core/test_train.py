@@ -21,7 +21,9 @@ def test_training_loss_falls_and_writes_stripped_checkpoints(tiny_data, tmp_path
     res = fit(tiny_data, MODEL, hyp, train_opts(tmp_path, epochs=10, optimizer="Adam"))
     box = [h["train_box"] for h in res.history]
     assert len(res.history) == 10 and res.stop_reason == "completed"
-    assert sum(box[-3:]) / 3 < 0.9 * sum(box[:2]) / 2, box  # noisy per epoch: compare averages
+    # noisy per epoch (about +-5% with the batch order): compare averages. The 10 epochs' fall depends on the
+    # order: 7-18% over seeds 0-3 with the orders of (seed, epoch) (core/data/loader.py), 12-17% before
+    assert sum(box[-3:]) / 3 < 0.95 * sum(box[:2]) / 2, box
     rows = (res.save_dir / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 11 and rows[0].startswith("epoch,train_box")
     for name in ("best.pt", "last.pt"):
