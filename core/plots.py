@@ -148,10 +148,10 @@ def prediction_boxes(preds: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
 
 def plot_images(imgs: torch.Tensor | np.ndarray, boxes: Sequence[np.ndarray], paths: Sequence[str],
-                names: Sequence[str], out: Path | str, conf_thres: float = CONF_SHOWN) -> Path:
+                names: Sequence[str], out: Path | str, conf_thres: float = CONF_SHOWN, note: str = "") -> Path:
     """A mosaic of up to 16 images (uint8 (B, 3, H, W) RGB) with their boxes per image, (m, 5) [cls, x1, y1,
     x2, y2] labels or (m, 6) predictions with a confidence (those below conf_thres are not drawn); each tile
-    is named by its file and drawn at 256 px at least, so labels stay readable on small images."""
+    is named by its file (and `note`) and drawn at 256 px at least, so labels stay readable on small images."""
     imgs = imgs.detach().cpu().numpy() if isinstance(imgs, torch.Tensor) else np.asarray(imgs)
     bs = min(len(imgs), MAX_IMAGES)
     h, w = imgs.shape[2:]
@@ -174,9 +174,10 @@ def plot_images(imgs: torch.Tensor | np.ndarray, boxes: Sequence[np.ndarray], pa
             cv2.rectangle(tile, (x1, y1), (x2, y2), color(c, bgr=True), lw, cv2.LINE_AA)
             text = _name(names, c) + (f" {conf:.2f}" if conf is not None else "")
             _label(tile, text, x1, y1, color(c, bgr=True), fs * 0.8)
-        for ink, thick in (((0, 0, 0), lw + 2), ((255, 255, 255), lw)):  # white on a dark outline: any background
-            cv2.putText(tile, Path(str(paths[i])).name[:40], (4, int(16 * fs) + 2), cv2.FONT_HERSHEY_SIMPLEX,
-                        fs * 0.6, ink, thick, cv2.LINE_AA)
+        caption = Path(str(paths[i])).name[:40] + (f"  {note}" if note else "")
+        (cw, ch), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, fs * 0.6, 1)
+        cv2.rectangle(tile, (0, 0), (cw + 6, ch + base + 4), (40, 40, 40), -1)  # dark strip: any background
+        cv2.putText(tile, caption, (3, ch + 2), cv2.FONT_HERSHEY_SIMPLEX, fs * 0.6, (255, 255, 255), 1, cv2.LINE_AA)
         cv2.rectangle(tile, (0, 0), (tw - 1, th - 1), (255, 255, 255), 2)
         mosaic[y0:y0 + th, x0:x0 + tw] = tile
     rows = math.ceil(bs / ns) if bs else 1
@@ -351,10 +352,13 @@ class RunPlots:
         out = self.save_dir / "confusion_matrix.png"
         if self._safe(out.name, plot_confusion_matrix, v.confusion, self.names, out):
             self.written[out.stem] = out
+        # predictions above 0.25 (YOLOv5's), or above the max-F1 confidence where the reported P and R are read
+        # when that is lower: a young model may have nothing above 0.25
+        conf = min(CONF_SHOWN, float(v.result["conf"])) if v.result is not None else CONF_SHOWN
         for i, (imgs, labels, paths, preds) in enumerate(v.batches):
-            for kind, boxes in (("labels", labels), ("pred", preds)):
+            for kind, boxes, note in (("labels", labels, ""), ("pred", preds, f"conf > {conf:.2f}")):
                 out = self.save_dir / f"val_batch{i}_{kind}.jpg"
-                if self._safe(out.name, plot_images, imgs, boxes, paths, self.names, out):
+                if self._safe(out.name, plot_images, imgs, boxes, paths, self.names, out, conf, note):
                     self.written[out.stem] = out
         LOGGER.info(f"plots: {len(self.written)} pictures in {self.save_dir}, {sum(self.seconds.values()):.1f} s "
                     f"spent drawing ({', '.join(f'{k} {v:.2f}' for k, v in self.seconds.items())})")
