@@ -166,7 +166,7 @@ def figures(timer: PhaseTimer, history: list[dict], opts: TrainOptions, model_ya
             "setup_s": setup_s, "step_ms": step_ms, "epoch_train_s": {k: ep.total[k] for k in TRAIN_PHASES},
             "train_s": row["train_seconds"], "train_images_per_s": train_images / row["train_seconds"],
             "val_images": val_images, "validate_s": val_s, "validate_speed_ms": speed, "val_split_s": val_split,
-            "checkpoint_s": ep.total["checkpoint"], "epoch_s": ep.wall, "phases_s": phases_s,
+            "checkpoint_s": ep.total["checkpoint"], "pictures_s": ep.total.get("pictures", 0.0), "epoch_s": ep.wall, "phases_s": phases_s,
             "other_s": ep.wall - phases_s, "history": history}
 
 
@@ -187,6 +187,7 @@ def format_profile(r: dict) -> str:
     rows = [row(f"train {LABELS[k]}", r["epoch_train_s"][k], r["step_ms"][k]) for k in TRAIN_PHASES]
     rows += [row(f"val {k}", s) for k, s in r["val_split_s"].items()]
     rows += [row("checkpoints (results.csv, best, last)", r["checkpoint_s"]),
+             row("pictures and trackers (results.png, TensorBoard, MLflow)", r.get("pictures_s", 0.0)),
              row("other (lr warmup, loss sums, scheduler, logging)", r["other_s"])]
     rows.append(["total", f"{step_total:.1f}", "100.0", f"{epoch:.2f}", "100.0"])
     note = (f"(val: {r['val_images']} images, {r['validate_s']:.2f} s; the trainer's own clocks: train "

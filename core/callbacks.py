@@ -16,7 +16,7 @@ __all__ = ["Callbacks", "PHASES", "StepInfo", "StopTraining"]
 #               update (or the skip of a step after a non-finite loss)
 #   validation  core.val.validate of the EMA model (rank 0)
 #   checkpoint  results.csv, best.pt (when improved) and last.pt (rank 0)
-PHASES = ("data", "forward", "loss", "backward", "optimizer", "validation", "checkpoint")
+PHASES = ("data", "forward", "loss", "backward", "optimizer", "validation", "checkpoint", "pictures")
 _NO_PHASE = nullcontext()  # stateless, so one instance serves every phase when no hook is set
 
 

@@ -543,7 +543,8 @@ def train_one_epoch(s: TrainState, epoch: int) -> dict[str, float]:
     for i, (imgs, targets, paths, _) in batches:
         ni = i + cfg.batches * epoch  # batches since the start of training
         if s.plots is not None and epoch == n.start_epoch:
-            s.plots.train_batch(i, imgs, targets, paths)  # the first batches as augmented (reads them only)
+            with s.callbacks.phase("pictures"):
+                s.plots.train_batch(i, imgs, targets, paths)  # the first batches as augmented (reads them only)
         if cfg.warmup_iters and ni <= cfg.warmup_iters:
             n.accumulate = warmup(s.optimizer, ni, cfg.warmup_iters, epoch, cfg.plan.hyp, cfg.lf, cfg.plan.nbs,
                                   cfg.opts.batch_size)
@@ -594,13 +595,8 @@ def _end_epoch(s: TrainState, epoch: int, train: Mapping[str, float], t_epoch: f
         n.best_fitness, n.best_epoch, n.best = metrics["fitness"], epoch, metrics
     with s.callbacks.phase("checkpoint"):
         s.saver.save_epoch(s.net, s.ema, s.optimizer, n.history, improved, n.best_fitness, _resume_state(s))
-    if s.plots is not None:
-        s.plots.results(s.saver.results, metrics["seconds"])
-    if s.tracker is not None:
-        s.tracker.epoch(epoch, metrics)
-        s.tracker.images(s.plots.written if s.plots is not None else {}, epoch)  # labels, training batches
-    if s.mlflow is not None:
-        s.mlflow.epoch(epoch, metrics)
+    with s.callbacks.phase("pictures"):
+        _pictures_and_trackers(s, epoch, metrics)
     LOGGER.info(f"epoch {epoch}: mAP50 {metrics['mAP50']:.4f} mAP50-95 {metrics['mAP50-95']:.4f} "
                 f"fitness {metrics['fitness']:.4f} ({metrics['seconds']:.1f}s)")
     return _stop_reason(s, epoch, metrics)
@@ -696,6 +692,17 @@ def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
             LOGGER.info(f"epoch {epoch}: mosaic and mixup off for the last {s.cfg.opts.epochs - epoch} epochs "
                         f"(--close-mosaic {s.cfg.opts.close_mosaic})")
         s.train_loader.dataset.close_mosaic()  # before this epoch's pass sends its first index to the workers
+
+
+def _pictures_and_trackers(s: TrainState, epoch: int, metrics: dict) -> None:
+    """results.png redrawn, and the epoch's scalars (and the pictures so far) to TensorBoard and MLflow."""
+    if s.plots is not None:
+        s.plots.results(s.saver.results, metrics["seconds"])
+    if s.tracker is not None:
+        s.tracker.epoch(epoch, metrics)
+        s.tracker.images(s.plots.written if s.plots is not None else {}, epoch)  # labels, training batches
+    if s.mlflow is not None:
+        s.mlflow.epoch(epoch, metrics)
 
 
 def _stop_reason(s: TrainState, epoch: int, metrics: dict) -> str | None:
