@@ -11,9 +11,11 @@ of its distribution (softmax, then the dot product with 0..reg_max-1: the "integ
 Outputs follow Detect's contract so the engine needs nothing new: training -> list of raw maps
 (B, 1, ny, nx, no) with no = 4 * reg_max + nc (one "anchor" per cell); eval -> (pred (B, N, 5 + nc), raw)
 with pred = [cx, cy, w, h, obj, cls...] in input pixels. There is no objectness, so the score columns are
-shaped for NMS's conf = obj * cls: obj is the best class score and cls_c = score_c / obj, so that
-obj * cls_c = score_c for every class (multi-label included), obj > conf_thres keeps exactly the cells
-where some class passes, and a one-class model's conf = obj is its class score.
+shaped for NMS's conf = obj * cls (and its conf = obj for one class): obj = 1 and cls = the class scores, or
+with one class obj = its score and cls = 1. Either way obj * cls_c is class c's score, exactly, for every
+consumer (NMS best-class and multi-label, ensembles with anchor-based members, core.diagnose). (A ratio
+such as cls = score / best score would keep obj meaningful, but it divides float error by small scores:
+onnxruntime's sigmoid differs from PyTorch's by ~1e-4 relative on scores near 1e-4.)
 """
 from __future__ import annotations
 
@@ -135,8 +137,9 @@ class DetectAF(nn.Module):
         xy = (self._points(ny, nx, p) + (rb - lt) / 2) * s
         wh = (lt + rb) * s
         scores = p[..., 4 * self.reg_max:].sigmoid()
-        obj = scores.amax(-1, keepdim=True)
-        # tiny floor: where every score underflows to 0, cls = 0 / floor = 0 (conf 0), never NaN
-        cls = scores / obj.clamp(min=torch.finfo(p.dtype).tiny)
+        if self.nc == 1:
+            obj, cls = scores, torch.ones_like(scores)
+        else:
+            obj, cls = torch.ones_like(scores[..., :1]), scores
         return torch.cat((xy, wh, obj, cls), -1)
 

@@ -251,6 +251,16 @@ def test_anchor_free_export_matches_pytorch(data, tmp_path):
     assert pred.shape == (1, 8 * 8 + 4 * 4 + 2 * 2, 5 + len(NAMES))
     assert torch.allclose(pred[..., 4:5] * pred[..., 5:], model(image)[0][..., 5:] * model(image)[0][..., 4:5],
                           atol=1e-4)
+    # scores near an untrained head's prior (1e-4..1e-3, by class): the score columns are the sigmoids themselves,
+    # as close to PyTorch as a sigmoid gets (~4e-8; a ratio score / best score would carry onnxruntime's ~1e-4
+    # relative sigmoid error: 5e-5 here, 3e-4 on a briefly trained model)
+    torch.manual_seed(0)
+    prior = Model(str(MODEL_AF), nc=len(NAMES)).eval()
+    with torch.no_grad():
+        for cls in prior.model[-1].cls:
+            cls[-1].bias.copy_(torch.linspace(-9, -7, len(NAMES)))
+    d = check_onnx(export_onnx(prior, tmp_path / "prior.onnx", imgsz=IMGSZ), prior, image)
+    assert d["scores"] < 1e-6 and d["tolerance"]["scores"] == TOLERANCE
     dyn = export_onnx(model, tmp_path / "af_dyn.onnx", imgsz=IMGSZ, dynamic=True)
     d = check_onnx(dyn, model, torch.rand(2, 3, 96, 128))
     assert d["scores"] <= d["tolerance"]["scores"] and d["boxes"] <= d["tolerance"]["boxes"]

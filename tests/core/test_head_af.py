@@ -58,8 +58,8 @@ def test_decode_hand_computed():
     assert torch.allclose(row[:4], torch.tensor([6.5 * 8, 3.5 * 8, 6 * 8., 8 * 8.]), atol=1e-4)
     # level 2 (stride 32, 2 x 3 cells), the last cell (1, 2)
     assert torch.allclose(pred[0, -1, :4], torch.tensor([3.5 * 32, 2.5 * 32, 6 * 32., 8 * 32.]), atol=1e-3)
-    # obj = the best score, cls = scores / obj
-    assert torch.allclose(row[4:], torch.tensor([0.6, 0.2 / 0.6, 1.0, 0.3 / 0.6]), atol=1e-6)
+    # no objectness: obj = 1, cls = the class scores
+    assert torch.allclose(row[4:], torch.tensor([1.0, 0.2, 0.6, 0.3]), atol=1e-6) and row[4] == 1.0
 
 
 def test_expected_distance_is_the_mean_of_the_bins():
@@ -75,7 +75,7 @@ def test_expected_distance_is_the_mean_of_the_bins():
     left = 3.75
     x1, x2 = (0.5 - left) * 8, (0.5 + 4) * 8  # cell (0, 0) of level 0
     assert torch.allclose(pred[0, 0, [0, 2]], torch.tensor([(x1 + x2) / 2, x2 - x1]), atol=1e-4)
-    assert torch.allclose(pred[0, 0, 4:], torch.tensor([0.9, 1.0]), atol=1e-6)  # one class: obj = its score
+    assert torch.allclose(pred[0, 0, 4:], torch.tensor([0.9, 1.0]), atol=1e-6)  # one class: obj = its score, cls 1
 
 
 def test_nms_confidence_is_the_class_score():

@@ -10,7 +10,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from core.model.yolo import Model
+from core.model.yolo import Model, is_anchor_free
 from prune import pipeline
 from prune.layers import rank_shortcuts
 from prune.masks import PruneOptionError
@@ -224,3 +224,23 @@ def test_later_stages_close_mosaic_for_their_last_third():
     assert stage_close_mosaic("baseline", 30) == TrainOptions.close_mosaic == 10
     assert [stage_close_mosaic("sparse", e) for e in (30, 45, 20, 10, 2, 0)] == [10, 10, 6, 3, 0, 0]
     assert stage_close_mosaic("finetune", 20) == 6 and stage_close_mosaic("channel_step1", 9) == 3
+
+
+def test_pipeline_runs_with_the_anchor_free_head(tiny, tmp_path):
+    """Every stage runs on the anchor-free model: its head's convs lose channels, its outputs do not, each stage's
+    checkpoint rebuilds the anchor-free model, and (with onnxruntime) each stage exports and passes the check."""
+    _, data = tiny
+    argv = args(tmp_path, data)
+    argv[argv.index(str(MODELS / "yolov5-cpu.yaml"))] = str(MODELS / "yolov5-cpu-af.yaml")
+    assert pipeline.main(argv) == 0
+    run = tmp_path / "run"
+    df = pd.read_csv(run / "prune_results.csv")
+    assert list(df["stage"]) == STAGES
+    assert df.iloc[-1]["params"] < df.iloc[0]["params"]
+    final = model_from_checkpoint(run / "finetune.pt")
+    det = final.model[-1]
+    assert is_anchor_free(final) and [b[2].out_channels for b in det.box] == [64] * 3
+    head = {k: v for k, v in final.arch["channels"].items() if k.startswith("model.24.")}
+    assert len(head) == 12 and min(head.values()) < 64  # every head conv named, some narrowed
+    if importlib.util.find_spec("onnxruntime"):
+        assert df["onnx_latency_ms"].gt(0).all()
