@@ -50,6 +50,7 @@ class ConfusionMatrix:
         return self.matrix / np.maximum(total, 1)
 
     def tp_fp_fn(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per class: correct (diagonal), predicted but not that class (row minus diagonal), missed (column minus diagonal)."""
+        """Per class: correct (the diagonal), predicted as it but not it (row minus diagonal), missed or taken
+        for another (column minus diagonal)."""
         tp = np.diag(self.matrix)[: self.nc]
         return tp, self.matrix.sum(1)[: self.nc] - tp, self.matrix.sum(0)[: self.nc] - tp

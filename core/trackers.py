@@ -25,8 +25,8 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "MLflowTracker", "TRACKER_MODES", "TensorBoardTracker", "tensorboard_available",
-           "tensorboard_tracker"]
+__all__ = ["METRIC_NAMES", "MLflowTracker", "SCALARS", "TRACKER_MODES", "TensorBoardTracker",
+           "tensorboard_available", "tensorboard_tracker"]
 
 LOGGER = logging.getLogger(__name__)
 

@@ -88,7 +88,8 @@ def study_status(study: optuna.Study, total: int | None = None) -> StudyStatus:
                 if plan.get("hours") and start is not None else budget.Deadline())
     return StudyStatus(
         name=study.study_name, done=done, total=total, running=count_running(trials),
-        pruned=sum(t.state == TrialState.PRUNED for t in trials), failed=sum(t.state == TrialState.FAIL for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
         best_number=best.number if best else None, best_value=best.value if best else math.nan,
         best_gain_sd=floor.gain_sd(best.value) if best and floor else math.nan,
         searched=sum(not t.user_attrs.get("base") for t in complete), floor=floor, trial_s=trial_s,

@@ -1,4 +1,9 @@
-"""A study in MLflow: one MLflow run per trial, with each trial's per-epoch metrics.
+"""A study in MLflow and TensorBoard: one MLflow run, and one TensorBoard run, per trial.
+
+TensorBoard (on when the package is installed, unless the study's `train: {tensorboard: off}`): each trial
+writes runs/evolve/NAME/tensorboard/trial_N: its metrics per epoch, then its searched hyps as hparams against its
+objective value, so `tensorboard --logdir runs` shows the study in the HParams tab (a table and parallel
+coordinates of hyps against value) beside the trainings.
 
 `mlflow: URI` in the study file (a tracking URI: `sqlite:///mlflow.db`, or a tracking server's URL when workers
 run on several machines; the `mlflow` extra). The experiment is named after the study; each trial's run (named
@@ -14,14 +19,17 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
 
-from core.trackers import METRIC_NAMES
+from core.trackers import METRIC_NAMES, SCALARS, tensorboard_available
 
-__all__ = ["MLflowTrials"]
+__all__ = ["MLflowTrials", "TensorBoardTrials", "TrialTrackers", "trial_trackers"]
+
+TENSORBOARD_DIR = "tensorboard"  # runs/evolve/NAME/tensorboard/trial_N
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -69,7 +77,8 @@ class MLflowTrials:
         t = study._storage.get_trial(trial_id)
         tags = {"state": t.state.name, "study": study.study_name,
                 **{k: str(v)[:5000] for k, v in t.user_attrs.items()}}
-        metrics = [Metric("objective", float(t.value), _ms(), 0)] if t.value is not None and math.isfinite(t.value) else []
+        finite = t.value is not None and math.isfinite(t.value)
+        metrics = [Metric("objective", float(t.value), _ms(), 0)] if finite else []
         self.client.log_batch(self.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in t.params.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, STATUS.get(t.state, "FAILED"))
@@ -78,3 +87,66 @@ class MLflowTrials:
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+class TensorBoardTrials:
+    """Each trial as one TensorBoard run under `log_dir` (trial_N): per-epoch metrics, then hyps as hparams."""
+
+    def __init__(self, log_dir: Path | str):
+        from torch.utils.tensorboard import SummaryWriter  # optional: the `tensorboard` extra
+        self._writer = SummaryWriter
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+
+    def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        def tracked(trial: optuna.Trial) -> float:
+            self.writer = self._writer(str(self.log_dir / f"trial_{trial.number}"))
+            return objective(trial)
+        return tracked
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        if self.writer is not None:
+            for key, tag in SCALARS.items():
+                if key in metrics:
+                    self.writer.add_scalar(tag, float(metrics[key]), epoch)
+            self.writer.flush()
+
+    def told(self, study: optuna.Study, trial_id: int) -> None:
+        if self.writer is None:
+            return
+        t = study._storage.get_trial(trial_id)
+        value = {"hparam/objective": float(t.value)} if t.value is not None and math.isfinite(t.value) else {}
+        self.writer.add_hparams({k: float(v) for k, v in t.params.items()}, value, run_name=".")
+        self.writer.close()
+        self.writer = None
+
+
+class TrialTrackers:
+    """Several trackers as one: `wrap` nests them, `epoch` and `told` go to each."""
+
+    def __init__(self, trackers: list[Any]):
+        self.trackers = trackers
+
+    def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        for t in self.trackers:
+            objective = t.wrap(objective)
+        return objective
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        for t in self.trackers:
+            t.epoch(epoch, metrics)
+
+    def told(self, study: optuna.Study, trial_id: int) -> None:
+        for t in self.trackers:
+            t.told(study, trial_id)
+
+
+def trial_trackers(cfg: Any, run_dir: Path | str) -> TrialTrackers | None:
+    """The study's trackers: MLflow with `mlflow:`, TensorBoard when installed (unless train: tensorboard off)."""
+    trackers: list[Any] = []
+    if cfg.mlflow:
+        trackers.append(MLflowTrials(cfg.mlflow))
+    mode = cfg.train.get("tensorboard", "auto")
+    if mode == "on" or (mode == "auto" and tensorboard_available()):
+        trackers.append(TensorBoardTrials(Path(run_dir) / TENSORBOARD_DIR))
+    return TrialTrackers(trackers) if trackers else None

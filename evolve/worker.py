@@ -35,7 +35,7 @@ from evolve.objective import Objective
 from evolve.samplers import make_pruner, make_sampler, prior_draws
 from evolve.space import check_base, load_space
 from evolve.storage import make_storage, study_lock
-from evolve.tracking import MLflowTrials
+from evolve.tracking import trial_trackers
 from evolve.study_config import StudyConfig, load_study
 
 __all__ = ["load_callable", "run_worker"]
@@ -125,7 +125,7 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
     except Exception as e:  # data every trial needs: failing N trials with the same reason would teach nothing
         raise WorkerSetupError(f"worker {worker}: cannot load the study's data ({type(e).__name__}: {e}); "
                                f"no trial was started") from e
-    tracked = MLflowTrials(cfg.mlflow) if cfg.mlflow else None  # one MLflow run per trial
+    tracked = trial_trackers(cfg, run_dir)  # one MLflow and / or TensorBoard run per trial
     if tracked is not None:
         objective.on_epoch = tracked.epoch
     grace = 3 * cfg.heartbeat

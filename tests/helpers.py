@@ -47,9 +47,10 @@ def public_names(path: Path) -> list[str] | None:
 # --- training and data ------------------------------------------------------------------------------
 
 def train_opts(tmp_path, **kw) -> TrainOptions:
-    """Options for a tiny, quiet, seeded CPU training under tmp_path/run (keywords override)."""
+    """Options for a tiny, quiet, seeded CPU training under tmp_path/run (keywords override); no pictures and no
+    TensorBoard unless asked (tests/core/test_plots.py and test_trackers.py ask): they would cost every test time."""
     base = dict(epochs=2, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
-                name="run", seed=0)
+                name="run", seed=0, plots=False, tensorboard="off")
     base.update(kw)
     return TrainOptions(**base)
 

@@ -59,7 +59,8 @@ def test_confusion_matrix_hand_made():
     np.testing.assert_array_equal(tp, [1, 0, 0])
     np.testing.assert_array_equal(fp, [1, 1, 2])
     np.testing.assert_array_equal(fn, [0, 2, 1])
-    np.testing.assert_allclose(cm.normalized()[:, 1], [0, 0, 0.5, 0.5])  # class 1's two objects: one confused, one missed
+    # class 1's two objects: one taken for class 2, one missed
+    np.testing.assert_allclose(cm.normalized()[:, 1], [0, 0, 0.5, 0.5])
 
 
 def test_confusion_matrix_greedy_by_iou():
@@ -124,7 +125,8 @@ def test_training_writes_pictures_and_curves_match_results(tiny_data, tmp_path, 
     monkeypatch.setattr(core.train, "RunPlots", Recorded)
     instances = []
     # batch 2: the 8 val images come in batches of 4, so two val_batch pictures of each kind
-    result = fit(tiny_data, MODEL, opts=train_opts(tmp_path, epochs=2, batch_size=2, imgsz=96, close_mosaic=0),
+    result = fit(tiny_data, MODEL,
+                 opts=train_opts(tmp_path, epochs=2, batch_size=2, imgsz=96, close_mosaic=0, plots=True),
                  callbacks=Callbacks(on_val_end=lambda epoch, vm: instances.append(vm["instances"])))
     run, expected = result.save_dir, pictures(val_batches=2)
     assert not [p for p in expected if not (run / p).is_file()]
@@ -141,7 +143,7 @@ def test_training_writes_pictures_and_curves_match_results(tiny_data, tmp_path, 
 
 def test_no_plots_changes_no_number(tiny_data, tmp_path):
     """Pictures off: no picture, results.csv kept; and the numbers are the same with them on."""
-    on = fit(tiny_data, MODEL, opts=train_opts(tmp_path, name="on", close_mosaic=0))
+    on = fit(tiny_data, MODEL, opts=train_opts(tmp_path, name="on", close_mosaic=0, plots=True, tensorboard="auto"))
     off = fit(tiny_data, MODEL, opts=train_opts(tmp_path, name="off", close_mosaic=0, plots=False))
     assert (off.save_dir / "results.csv").is_file()
     assert not [p for p in pictures() if (off.save_dir / p).exists()]

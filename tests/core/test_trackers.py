@@ -20,7 +20,8 @@ def read_events(run_dir):
 
 def test_training_in_tensorboard(tiny_data, tmp_path):
     result = fit(tiny_data, MODEL, hyp={"lr0": 0.01},
-                 opts=train_opts(tmp_path, epochs=2, batch_size=2, close_mosaic=0, tensorboard="on"))
+                 opts=train_opts(tmp_path, epochs=2, batch_size=2, close_mosaic=0, tensorboard="on",
+                                  plots=True))
     acc = read_events(result.save_dir)
     tags = acc.Tags()
     history = read_history(result.save_dir / "results.csv")
@@ -32,9 +33,11 @@ def test_training_in_tensorboard(tiny_data, tmp_path):
         assert picture in tags["images"], picture
     image = acc.Images("confusion_matrix")[-1]
     assert image.width > 300 and image.height > 300
-    hparams = acc.summary_metadata if hasattr(acc, "summary_metadata") else {}
-    assert any(t.startswith("_hparams_") for t in tags["tensors"]) or "_hparams_/session_start_info" in hparams
-    assert "hparam/fitness" in tags["scalars"]  # the hparams' metric, against the hyps
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["lr0"].number_value == pytest.approx(0.01) and "mosaic" in start.hparams  # the hyps
+    assert acc.Scalars("hparam/fitness")[-1].value == pytest.approx(result.best_fitness)  # against the best
 
 
 def test_tensorboard_off_and_missing(tiny_data, tmp_path, monkeypatch):
@@ -51,7 +54,7 @@ def test_training_in_mlflow(tiny_data, tmp_path):
     from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = fit(tiny_data, MODEL, opts=train_opts(tmp_path / "runs", epochs=2, batch_size=2, close_mosaic=0,
-                                                   tensorboard="off", mlflow=uri))
+                                                   tensorboard="off", mlflow=uri, plots=True))
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
