@@ -42,7 +42,6 @@ from bench.record import markdown_table, publish
 from core.checkpoint import load_checkpoint
 from core.model.yolo import Model
 from core.run_dir import RESULT_COLUMNS
-from core.train import TrainOptions
 
 __all__ = ["TIME_COLUMNS", "Fault", "compare_runs", "main", "train_args", "train_until_done", "write_tiny_data"]
 
@@ -51,7 +50,9 @@ MODEL = str(REPO / "studies" / "models" / "yolov5-cpu.yaml")
 TIME_COLUMNS = ("seconds", "train_seconds", "val_seconds")  # wall clocks: the only columns allowed to differ
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 KINDS = ("batch", "save", "cleanup", "time")
-CUT = (130, -signal.SIGKILL, -signal.SIGTERM)  # an interrupt (main_guard's 130), a kill, SIGTERM before fit
+# how a cut process ends: an interrupt (main_guard's 130), a kill, SIGTERM before fit's handler, SIGINT before
+# main_guard's (Python re-raises an uncaught KeyboardInterrupt as SIGINT)
+CUT = (130, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,10 @@ def write_tiny_data(root: Path) -> str:
 def train_args(data: str, project: Path, name: str, epochs: int, workers: int, seed: int = 3) -> list[str]:
     """core.train's arguments for a tiny seeded run with a fixed thread count (bit-exact on CPU), without the
     run folder's pictures and trackers where this trainer has them (they cost seconds and change no number)."""
-    quiet = (["--no-plots"] if "plots" in TrainOptions.__dataclass_fields__ else []) + \
-        (["--tensorboard", "off"] if "tensorboard" in TrainOptions.__dataclass_fields__ else [])
     return ["--data", data, "--model", MODEL, "--epochs", str(epochs), "--batch-size", "8", "--imgsz", "64",
             "--workers", str(workers), "--nbs", "8", "--close-mosaic", "1", "--seed", str(seed), "--threads", "1",
-            "--project", str(project), "--name", name, "--exist-ok", "--no-progress", *quiet]
+            "--project", str(project), "--name", name, "--exist-ok", "--no-progress", "--no-plots",
+            "--tensorboard", "off"]
 
 
 def train_until_done(args: list[str], run: Path, faults: Sequence[Fault], timeout: float = 600,
@@ -242,18 +242,22 @@ def main(argv: list[str] | None = None) -> int:
             plan, workers = random_plan(rng, 4 * args.epochs, seconds), rng.choice(args.workers)
             name = f"run{i}"
             segments = train_until_done(train_args(data, root, name, args.epochs, workers), root / name, plan)
-            for (spec, code), fault in zip(segments, plan):
-                counts[(fault.kind, fault.sig, "cut" if code != 0 else "ran to the end")] += 1
-            counts[("processes", "", "")] += len(segments)
+            for (spec, code), fault in zip(segments, plan):  # a fault set past the run's end never fires
+                counts[(fault.kind, fault.sig, "cut" if code != 0 else "missed")] += 1
+            counts["processes"] += len(segments)
+            counts[f"workers {workers}"] += 1
             problems = compare_runs(root / name, root / "reference")
             exact += not problems
             if problems:
                 failures.append(f"run{i} (workers {workers}, {[f.spec for f in plan]}): {'; '.join(problems)}")
             print(f"run{i}: workers {workers}, {segments}: {'exact' if not problems else problems}", flush=True)
-    rows = [(kind, sig, what, n) for (kind, sig, what), n in sorted(counts.items())]
-    text = (f"{args.runs} interrupted runs of {args.epochs} epochs (seed {args.seed}, workers {args.workers}): "
-            f"**{exact} exact**, {args.runs - exact} not\n\n"
-            + markdown_table(["fault", "signal", "outcome", "count"], rows)
+    faults = sorted({key[:2] for key in counts if isinstance(key, tuple)})
+    rows = [(kind, sig, counts[(kind, sig, "cut")], counts[(kind, sig, "missed")]) for kind, sig in faults]
+    split = ", ".join(f"{k}: {counts[k]}" for k in sorted(k for k in counts if str(k).startswith("workers")))
+    cuts = sum(n for key, n in counts.items() if isinstance(key, tuple) and key[2] == "cut")
+    text = (f"{args.runs} interrupted runs of {args.epochs} epochs (seed {args.seed}; {split}), {counts['processes']} "
+            f"processes, {cuts} cut by a fault: **{exact} exact**, {args.runs - exact} not\n\n"
+            + markdown_table(["fault", "signal", "cut a process", "set past the run's end"], rows)
             + "".join(f"\n- {f}" for f in failures))
     publish("resume_stress", text, "bench.resume_stress", argv, keep=not args.no_record)
     return 0 if exact == args.runs else 1

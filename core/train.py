@@ -775,8 +775,8 @@ def _start_workers(loader) -> None:
     """Fork the loader's persistent workers now, while the parent is small: a forked worker maps every
     resident page of its parent, and the model, the optimizer (whose first construction imports
     torch._dynamo, ~70 MB) and the EMA come later. The batches they prefetch meanwhile are dropped when the
-    first epoch starts its own pass (persistent workers finish their queue first, so the augmentation
-    streams stay seeded and repeatable)."""
+    first epoch starts its own pass (persistent workers finish their queue first); a pass is a function of
+    its epoch (core/data/loader.py), so the dropped one changes nothing."""
     if loader.num_workers > 0:
         iter(loader)
 

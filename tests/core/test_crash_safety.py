@@ -64,9 +64,12 @@ def test_crash_keeps_a_full_last_pt_and_resume_runs_each_epoch_once(tiny_data, t
 
 
 
+QUIET = {"plots": False, "tensorboard": "off"}  # no pictures or trackers: seconds a run, no number changes
+
+
 def _interrupt_opts(tmp_path, name):
     return TrainOptions(epochs=4, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
-                        name=name, close_mosaic=0)
+                        name=name, close_mosaic=0, **QUIET)
 
 
 def test_a_second_signal_during_cleanup_does_not_cut_it_short(tiny_data, tmp_path, monkeypatch):
@@ -195,7 +198,8 @@ def test_a_resumed_run_keeps_the_lr_schedule(tiny_data, tmp_path):
     torch.set_num_threads(1)
     hyp = {"warmup_epochs": 0.0}
     opts = {"epochs": 5, "batch_size": 8, "imgsz": 64, "workers": 0, "nbs": 8, "progress": False,
-            "project": str(tmp_path), "close_mosaic": 0, "threads": 1}
+            "project": str(tmp_path), "close_mosaic": 0, "threads": 1, "autoanchor": False, "automosaic": False,
+            **QUIET}
     whole = fit(tiny_data, MODEL, hyp, TrainOptions(name="whole", **opts))
 
     def crash(epoch, metrics):
@@ -225,7 +229,8 @@ def test_a_resumed_run_keeps_its_best_epoch(tiny_data, tmp_path, monkeypatch):
             raise MemoryError("simulated")
     start = Callbacks(on_epoch_start=lambda e: epoch_now.__setitem__(0, e))
     opts = TrainOptions(epochs=5, batch_size=8, imgsz=64, workers=0, nbs=8, progress=False, project=str(tmp_path),
-                        name="best", close_mosaic=0, patience=2, threads=1)
+                        name="best", close_mosaic=0, patience=2, threads=1, autoanchor=False, automosaic=False,
+                        **QUIET)
     with pytest.raises(MemoryError):
         fit(tiny_data, MODEL, None, opts, Callbacks(on_epoch_start=start.on_epoch_start, on_epoch_end=crash))
     res = fit(tiny_data, MODEL, None, TrainOptions(resume=str(tmp_path / "best"), workers=0, progress=False), start)
