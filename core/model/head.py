@@ -22,7 +22,16 @@ def _placeholder_anchors(na: int, stride: torch.Tensor) -> torch.Tensor:
     return torch.stack((px, px), -1)
 
 
-class Detect(nn.Module):
+class GridCache:
+    """A head's per-shape grids, cached in `_grids`, stay out of deepcopy and pickle."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_grids'] = {}
+        return state
+
+
+class Detect(GridCache, nn.Module):
     """Buffers: ``anchors`` (nl, na, 2) in grid units (pixels / stride); ``stride`` (nl,), set at build."""
 
     def __init__(self, nc: int, anchors: list | int, ch: list[int]):
@@ -73,11 +82,6 @@ class Detect(nn.Module):
                                   indexing='ij')
             grid = self._grids[key] = torch.stack((x, y), -1).view(1, 1, ny, nx, 2).to(like.dtype)
         return grid
-
-    def __getstate__(self):  # keep deepcopy/pickle free of cached tensors
-        state = self.__dict__.copy()
-        state['_grids'] = {}
-        return state
 
     def forward(self, x: list[torch.Tensor]):
         raw = []

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .common import Conv
+from .head import GridCache
 
 __all__ = ["DetectAF", "anchor_points", "integral"]
 
@@ -53,7 +54,7 @@ def _branch(c1: int, c_mid: tuple[int, int], c_out: int) -> nn.Sequential:
     return nn.Sequential(Conv(c1, c_mid[0], 3), Conv(c_mid[0], c_mid[1], 3), nn.Conv2d(c_mid[1], c_out, 1))
 
 
-class DetectAF(nn.Module):
+class DetectAF(GridCache, nn.Module):
     """Anchor-free head: ``box[i]`` and ``cls[i]`` branches per input level; ``stride`` (nl,) set at build.
 
     Hidden widths follow the nominal (unpruned) first-level input ``ch_nom[0]``: box max(16, c / 4,
@@ -112,11 +113,6 @@ class DetectAF(nn.Module):
         if pts is None:  # cached per shape (export clears the cache so the trace computes it)
             pts = self._grids[key] = anchor_points([(ny, nx)], [1.0], like.device, like.dtype)[0]
         return pts
-
-    def __getstate__(self):  # keep deepcopy/pickle free of cached tensors
-        state = self.__dict__.copy()
-        state['_grids'] = {}
-        return state
 
     def forward(self, x: list[torch.Tensor]):
         raw = []

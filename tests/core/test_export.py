@@ -25,12 +25,10 @@ NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
 IMGSZ = 64
 
 
-def lively_model(seed: int = 0) -> Model:
-    """A random model whose scores vary with the image: random BN gammas/betas with running statistics
-    calibrated on random images, objectness bias 0. (A fresh model gives every box nearly the same
-    score, ~0.05, so NMS order among ties hangs on float noise and predicts nothing useful.)"""
+def calibrated_random_bn(yaml: str, seed: int) -> Model:
+    """A model with random BN gammas/betas whose running statistics one batch of random images sets."""
     torch.manual_seed(seed)
-    model = Model(str(MODEL), nc=len(NAMES))
+    model = Model(str(yaml), nc=len(NAMES))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data = torch.rand(m.num_features) * 1.5 - 0.2
@@ -38,6 +36,14 @@ def lively_model(seed: int = 0) -> Model:
             m.momentum = None  # cumulative average: one batch sets the statistics
     with torch.no_grad():
         model.train()(torch.rand(4, 3, IMGSZ, IMGSZ))
+    return model
+
+
+def lively_model(seed: int = 0) -> Model:
+    """A random model whose scores vary with the image: random BN gammas/betas with running statistics
+    calibrated on random images, objectness bias 0. (A fresh model gives every box nearly the same
+    score, ~0.05, so NMS order among ties hangs on float noise and predicts nothing useful.)"""
+    model = calibrated_random_bn(MODEL, seed)
     for conv in model.model[-1].m:
         conv.bias.data.view(model.na, -1)[:, 4] = 0.0
     model.names = list(NAMES)
@@ -222,15 +228,7 @@ def test_onnx_latency_is_timed_beside_pytorch_with_the_same_threads(weights, tmp
 
 def lively_af_model(seed: int = 0) -> Model:
     """The anchor-free model with calibrated random BN statistics (as lively_model), class biases 0."""
-    torch.manual_seed(seed)
-    model = Model(str(MODEL_AF), nc=len(NAMES))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features) * 1.5 - 0.2
-            m.bias.data = torch.randn(m.num_features) * 0.5
-            m.momentum = None
-    with torch.no_grad():
-        model.train()(torch.rand(4, 3, IMGSZ, IMGSZ))
+    model = calibrated_random_bn(MODEL_AF, seed)
     for cls in model.model[-1].cls:
         cls[-1].bias.data.zero_()
     model.names = list(NAMES)
