@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 
-__all__ = ["build_optimizer", "resolve_auto", "OptimizerPlan", "plan_optimizer"]
+__all__ = ["build_optimizer", "lr_lambda", "resolve_auto", "OptimizerPlan", "plan_optimizer", "warmup"]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
