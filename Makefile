@@ -18,7 +18,7 @@ STORAGE ?=
 PORT ?= 8080
 USE_ARGS ?=
 
-.PHONY: install test train val bench bench-search bench-peer bench-tp bench-use heldout evolve prune report study dashboard clean
+.PHONY: install test train val bench bench-search bench-peer bench-fidelity bench-tp bench-use heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,21 @@ $(PEER_VENV)/.installed:
 	$(PEER_VENV)/bin/python -m pip install --quiet $(PEER_TORCH)
 	$(PEER_VENV)/bin/python -m pip install --quiet ultralytics psutil $(PEER_TORCH)
 	touch $@
+
+# YOLOv5 v7.0 itself (issue 31), added to the peer venv: the package without its dependencies (they would pull
+# roboflow, sahi, boto3, ... and another torch), plus what its model, loss, trainer and plots import; what no
+# longer runs on numpy 2, torch >= 2.6 and setuptools >= 81 is wrapped by bench/peer_yolov5.py, not patched.
+YOLOV5_SPEC ?= yolov5==7.0.14
+FIDELITY_ARGS ?=
+
+$(PEER_VENV)/.yolov5: | $(PEER_VENV)/.installed
+	$(PEER_VENV)/bin/python -m pip install --quiet --no-deps $(YOLOV5_SPEC)
+	$(PEER_VENV)/bin/python -m pip install --quiet pandas seaborn "huggingface-hub<0.25" $(PEER_TORCH)
+	$(PEER_VENV)/bin/python bench/peer_yolov5.py --check
+	touch $@
+
+bench-fidelity: install $(PEER_VENV)/.yolov5  # ours vs YOLOv5 v7.0, same weights and batch: loss, assignment, gradients, steps, schedules
+	$(PY) -m bench.fidelity $(FIDELITY_ARGS)
 
 heldout: install  # the held-out dataset suite (datasets/heldout-v1), seeded, used by bench-peer
 	$(PY) -m bench.heldout --root datasets/heldout-v1
