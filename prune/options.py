@@ -13,6 +13,7 @@ from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 __all__ = ["PruneOptions", "check_prune_options", "parse_args"]
 
 DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
+LATENCY_BACKENDS = ("auto", "onnxruntime", "torch")
 
 
 @dataclass
@@ -53,6 +54,11 @@ class PruneOptions:
     latency_imgsz: int = 0  # image size of the latency runs (0 = --imgsz)
     latency_runs: int = 30
     onnx_latency: bool = True  # also export each stage's model and time it in onnxruntime (needs the export extra)
+    target_gflops: float = 0.0  # > 0: prune to this GFLOPs (at --imgsz) instead of --global-percent (prune/target.py)
+    target_params: float = 0.0  # > 0: prune to this many parameters
+    target_latency_ms: float = 0.0  # > 0: prune to this batch-1 latency (--latency-backend, --latency-imgsz, --latency-threads)
+    target_tolerance: float = 0.01  # a candidate meets a target when its cost <= target x (1 + this)
+    latency_backend: str = "auto"  # where a latency target is measured: onnxruntime, torch, auto (onnxruntime if installed)
     seed: int = 0
     project: str = "runs/prune"
     name: str = "exp"
@@ -91,6 +97,15 @@ def check_prune_options(opts: PruneOptions) -> None:
     for key in ("epochs", "sparse_epochs", "finetune_epochs"):
         if getattr(opts, key) < 0:
             raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
+    targets = [k for k in ("target_gflops", "target_params", "target_latency_ms") if getattr(opts, k)]
+    flags = {k: "--" + k.replace("_", "-") for k in targets}
+    if len(targets) > 1:
+        raise PruneOptionError(f"{' and '.join(flags.values())}: give one target at a time")
+    for k in targets:
+        if getattr(opts, k) < 0:
+            raise PruneOptionError(f"{flags[k]} {getattr(opts, k)} must be > 0 (0 = no target)")
+    if opts.latency_backend not in LATENCY_BACKENDS:
+        raise PruneOptionError(f"--latency-backend {opts.latency_backend!r}: choose one of {', '.join(LATENCY_BACKENDS)}")
     if opts.weights and not Path(opts.weights).is_file():
         raise PruneOptionError(f"--weights {opts.weights}: file not found")
 
@@ -141,6 +156,16 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--latency-imgsz", type=t.non_negative_int, default=d.latency_imgsz, help="latency image size (0 = --imgsz)")
     p.add_argument("--no-onnx-latency", dest="onnx_latency", action="store_false",
                    help="do not export the stages to ONNX and time them in onnxruntime beside PyTorch")
+    p.add_argument("--target-gflops", type=t.non_negative_float, default=d.target_gflops, metavar="G",
+                   help="prune to at most G GFLOPs at --imgsz: the global share is searched (overrides --global-percent)")
+    p.add_argument("--target-params", type=t.non_negative_float, default=d.target_params, metavar="P",
+                   help="prune to at most P parameters (share searched as for --target-gflops)")
+    p.add_argument("--target-latency-ms", type=t.non_negative_float, default=d.target_latency_ms, metavar="T",
+                   help="prune to a batch-1 latency of at most T ms, timed on this CPU by --latency-backend")
+    p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance,
+                   help="a target counts as met up to target x (1 + this)")
+    p.add_argument("--latency-backend", default=d.latency_backend, choices=LATENCY_BACKENDS,
+                   help="where --target-latency-ms is timed (auto: onnxruntime if installed, else torch)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
