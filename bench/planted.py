@@ -1,0 +1,291 @@
+"""Planted-gain benchmark: `python -m bench.planted [--tasks lr,mirror,large] [--samplers ga,tpe,random] [--trials 12]
+[--seeds 3]`.
+
+Does the search find a better hyp when one is known to exist, and how fast? Each task (bench/planted_tasks.py)
+is a dataset and a base hyp that is wrong in a known gene, with the fix. With the quick study's settings
+(studies/quick.yaml: every trial finetunes one base run for `epochs`, objective mean_last_3, AdamW) at 128 px:
+1. the planted gain, before any search: the base hyp and the fixed hyp trained with the same `--seeds` seeds
+   (1, 2, ...) at the trial budget and at the retrain budget (one measurement when they are equal, as in the
+   quick study), paired by seed: gain mean, sd and a one-sided paired t test (df = n - 1);
+2. one study per sampler at the same trial budget (`--trials`, trial 0 = the base hyp, no noise seeds), its
+   winner retrained with the same seeds; the recovered share = (winner - base hyp, paired by seed) / planted
+   gain, ± its sd over seeds, with the t test of the winner over the base hyp; and the first trial (by
+   completion time) whose fitness exceeds the base trial's by 80% of the planted gain at the trial budget.
+Prints both tables, writes JSON (default runs/bench/planted.json) and appends them to bench/results/planted.md
+(`--no-record`: not). Studies live in runs/evolve/planted-*/, retrains in runs/bench/planted/<task>/ (reused
+when their inputs are unchanged), data in datasets/planted-v1/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from bench.planted_tasks import TASKS, Task, task_data, task_hyps, task_space
+from bench.quiet import quiet_evolution
+from bench.record import command_line, machine, machine_line, markdown_table, record
+from evolve.base_run import ensure_base_run
+from evolve.launcher import launch
+from evolve.noise import paired_gain, summarize
+from evolve.report import write_outputs
+from evolve.storage import make_storage, run_dir_for
+from evolve.study import RetrainOptions, retrain_plan, run_retrain
+from evolve.study_config import StudyConfig, load_study
+
+QUICK = "studies/quick.yaml"
+OUT = Path("runs") / "bench" / "planted"
+SHARE_TARGET = 0.8  # the issue's target: the winner recovers >= 80% of the planted gain
+
+
+def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials: int) -> StudyConfig:
+    """The quick study on the task's data, hyp and space (written to runs/bench/planted/<task>/)."""
+    folder = OUT / task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    hyps = task_hyps(task)
+    files = {}
+    for key, content in (("hyp", hyps["base"]), ("base_run_hyp", hyps["base_run"]), ("space", task_space(task))):
+        files[key] = folder / f"{key}.yaml"
+        files[key].write_text(yaml.safe_dump(content, sort_keys=False))
+    quick = load_study(QUICK)
+    return load_study(QUICK, {
+        "name": f"planted-{task.name}", "data": str(data_yaml.resolve()), "hyp": str(files["hyp"].resolve()),
+        "space": str(files["space"].resolve()), "imgsz": imgsz, "trials": trials, "noise_seeds": 0, "gpus": "cpu",
+        "base": {"epochs": base_epochs, "close_mosaic": 0, "hyp": str(files["base_run_hyp"].resolve())},
+        "train": {**quick.train, "automosaic": False}})  # the planted mosaic gene means what it says
+
+
+def planted_plan(task: Task, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Retrain runs of the base hyp (trial 0) and the fixed hyp (trial -1), one per seed."""
+    hyps = task_hyps(task)
+    return [{"trial": trial, "role": role, "seed": s, "name": f"{role}_seed{s}", "hyp": hyps[role],
+             "trial_fitness": math.nan, "mosaic": hyps[role]["mosaic"]}
+            for trial, role in ((0, "base"), (-1, "fixed")) for s in seeds]
+
+
+def by_seed(df: pd.DataFrame, role: str) -> dict[int, float]:
+    """{seed: objective} of one role's retrain rows (the study's objective, as the trials are scored)."""
+    rows = df[df.role == role]
+    value = "objective" if "objective" in df else "fitness"
+    return {int(s): float(v) for s, v in zip(rows.seed, rows[value])}
+
+
+def recovered_share(winner: dict[int, float], base: dict[int, float], planted: float) -> dict[str, Any]:
+    """The winner's paired gain over the base hyp as a share of the planted gain: mean and sd over seeds of
+    (winner - base) / planted, with the paired t test of winner over base (evolve.noise.paired_gain)."""
+    g = paired_gain(winner, base)
+    share = g["diff_mean"] / planted if planted > 0 else math.nan
+    sd = g["diff_sd"] / planted if planted > 0 else math.nan
+    return {"share": share, "share_sd": sd, "gain": g["diff_mean"], "gain_sd": g["diff_sd"], "t": g["t"],
+            "p": g["p"], "df": g["df"], "above_noise": g["above_noise"], "met": bool(share >= SHARE_TARGET and g["above_noise"])}
+
+
+def first_reach(df: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """The first searched trial, in completion order, whose fitness exceeds trial 0's (the base hyp) by
+    `threshold` (> 0): its number, its place in completion order (1 = the first trial to finish, trial 0
+    included) and the seconds from the study's first trial start to its completion (None, None, None when no
+    trial does, or the threshold is not positive)."""
+    none = {"trial": None, "trials": None, "seconds": None}
+    if not threshold > 0:
+        return none
+    done = df[(df.state == "COMPLETE") & df.fitness.notna()].copy()
+    done["datetime_complete"] = pd.to_datetime(done.datetime_complete)
+    done = done.sort_values(["datetime_complete", "number"]).reset_index(drop=True)
+    base = done[done.number == 0]
+    hit = done[(done.number != 0) & (done.fitness - float(base.fitness.iloc[0]) >= threshold)] if len(base) else base
+    if hit.empty:
+        return none
+    start = pd.to_datetime(df.datetime_start).min()
+    i = int(hit.index[0])
+    return {"trial": int(hit.number.iloc[0]), "trials": i + 1,
+            "seconds": round((hit.datetime_complete.iloc[0] - start).total_seconds(), 1)}
+
+
+def run_search(cfg: StudyConfig, sampler_spec: str, weights: str) -> tuple[Path, float]:
+    """One study with `sampler_spec` ('tpe', or 'tpe+hyperband' for a pruner); returns its evolve.csv, wall s."""
+    sampler, _, pruner = sampler_spec.partition("+")
+    scfg = load_study(QUICK, {**vars(cfg), "name": f"{cfg.name}-{sampler_spec.replace('+', '-')}", "sampler": sampler,
+                              "pruner": pruner or "none", "weights": weights, "base": {}})
+    run_dir = run_dir_for(scfg.name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.time()
+    with quiet_evolution():
+        code = launch(scfg, poll=1.0, plot_every=1e9)
+    if code != 0:
+        raise SystemExit(f"planted bench: study {scfg.name} failed (exit {code}); see {run_dir}/worker_*.log")
+    study = optuna.load_study(study_name=scfg.name, storage=make_storage(None, run_dir))
+    write_outputs(study, run_dir, plots=False)
+    return run_dir / "evolve.csv", time.time() - t0
+
+
+def retrain(cfg: StudyConfig, plan: list[dict], epochs: int, folder: Path, weights: str) -> pd.DataFrame:
+    ropts = RetrainOptions(epochs=epochs, top_k=1, seeds=1, base=False)
+    with quiet_evolution():
+        return pd.read_csv(run_retrain(cfg, plan, ropts, folder, "cpu", force=False, weights=weights))
+
+
+def planted_gain(cfg: StudyConfig, task: Task, seeds: list[int], budgets: list[int], weights: str) -> dict[str, Any]:
+    """Step 1: base vs fixed hyp at each budget, paired by seed."""
+    out = {}
+    for epochs in budgets:
+        t0 = time.time()
+        df = retrain(cfg, planted_plan(task, seeds), epochs, OUT / task.name / f"planted_e{epochs}", weights)
+        base, fixed = by_seed(df, "base"), by_seed(df, "fixed")
+        out[str(epochs)] = {"base": base, "fixed": fixed, "base_stats": summarize(list(base.values())),
+                            "fixed_stats": summarize(list(fixed.values())), "paired": paired_gain(fixed, base),
+                            "seconds": round(time.time() - t0, 1)}
+    return out
+
+
+def bench_task(task: Task, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    seeds = list(range(1, args.seeds + 1))  # retrain_plan's seeds: study seed + 1 ...
+    data = task_data(task, n_train=args.train_images, n_val=args.val_images)
+    cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials)
+    retrain_epochs = args.retrain_epochs or int(cfg.retrain.get("epochs", cfg.epochs))
+    budgets = sorted({cfg.epochs, retrain_epochs})
+    t0 = time.time()
+    with quiet_evolution():
+        weights = str(ensure_base_run(cfg, task_hyps(task)["base"], run_dir_for(f"{cfg.name}-base"), "cpu").resolve())
+    res: dict[str, Any] = {"summary": task.summary, "base": task.base, "fix": task.fix, "data": str(data),
+                           "trial_epochs": cfg.epochs, "retrain_epochs": retrain_epochs, "seeds": seeds,
+                           "base_run_s": round(time.time() - t0, 1)}
+    res["planted"] = planted_gain(cfg, task, seeds, budgets, weights)
+    bar.update(1)
+    tqdm.write(planted_table({task.name: res}))
+    trial_gain = res["planted"][str(cfg.epochs)]["paired"]["diff_mean"]
+    planted = res["planted"][str(retrain_epochs)]
+    res["samplers"] = {}
+    plan = []
+    for spec in args.samplers:
+        csv, wall = run_search(cfg, spec, weights)
+        df = pd.read_csv(csv)
+        runs = retrain_plan(csv, cfg, RetrainOptions(epochs=retrain_epochs, top_k=1, seeds=len(seeds), base=False))
+        plan += [{**r, "role": spec, "name": f"{spec.replace('+', '-')}_trial{r['trial']}_seed{r['seed']}"} for r in runs]
+        base_trial = df[df.number == 0].fitness
+        res["samplers"][spec] = {"evolve_s": round(wall, 1), "trials": int((df.state == "COMPLETE").sum()),
+                                 "winner": runs[0]["trial"], "winner_trial_fitness": runs[0]["trial_fitness"],
+                                 "base_trial_fitness": float(base_trial.iloc[0]) if len(base_trial) else math.nan,
+                                 "winner_hyp": {g: runs[0]["hyp"][g] for g in task.fix},
+                                 "reach_80": first_reach(df, SHARE_TARGET * trial_gain)}
+        bar.update(1)
+    t0 = time.time()
+    df = retrain(cfg, plan, retrain_epochs, OUT / task.name / f"winners_e{retrain_epochs}", weights)
+    res["retrain_s"] = round(time.time() - t0, 1)
+    for spec, s in res["samplers"].items():
+        s["retrain"] = by_seed(df, spec)
+        s.update(recovered_share(s["retrain"], planted["base"], planted["paired"]["diff_mean"]))
+    bar.update(1)
+    return res
+
+
+def fmt_p(p: float) -> str:
+    return "nan" if not math.isfinite(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def planted_table(tasks: dict[str, Any]) -> str:
+    """Step 1 as markdown: per task and budget, base and fixed hyp (mean ± sd over seeds) and the paired gain."""
+    rows = []
+    for name, r in tasks.items():
+        for epochs, p in r["planted"].items():
+            g = p["paired"]
+            budget = "trial = retrain" if r["trial_epochs"] == r["retrain_epochs"] else (
+                "trial" if int(epochs) == r["trial_epochs"] else "retrain")
+            fix = ", ".join(f"{k} {r['base'][k]:g} -> {v:g}" for k, v in r["fix"].items())
+            rows.append((name, fix, f"{epochs} ({budget})", len(p["base"]),
+                         f"{p['base_stats']['mean']:.4f} ± {p['base_stats']['sd']:.4f}",
+                         f"{p['fixed_stats']['mean']:.4f} ± {p['fixed_stats']['sd']:.4f}",
+                         f"**{g['diff_mean']:+.4f}** ± {g['diff_sd']:.4f}", f"{g['t']:.1f} / {fmt_p(g['p'])}"))
+    return markdown_table(["task", "planted fix", "epochs (budget)", "seeds", "base hyp", "fixed hyp",
+                           "planted gain (± sd)", "paired t / p (one-sided)"], rows)
+
+
+def search_table(tasks: dict[str, Any]) -> str:
+    """Step 2 as markdown: per task and sampler, the recovered share of the planted gain and the time to 80%."""
+    rows = []
+    for name, r in tasks.items():
+        for spec, s in r.get("samplers", {}).items():
+            reach = s["reach_80"]
+            hyp = ", ".join(f"{k} {v:.3g}" for k, v in s["winner_hyp"].items())
+            rows.append((name, spec, s["trials"], f"{s['evolve_s']:.0f}", f"{s['winner']} ({hyp})",
+                         f"**{s['share']:.0%}** ± {s['share_sd']:.0%}", f"{s['t']:.1f} / {fmt_p(s['p'])}",
+                         "-" if reach["trials"] is None else f"{reach['trials']} ({reach['seconds']:.0f} s)",
+                         "met" if s["met"] else "not met"))
+    return markdown_table(["task", "sampler", "trials", "wall s", "winner (planted genes)",
+                           "recovered share ± sd", "t / p vs base", "trials to 80% (s)", "target"], rows)
+
+
+def report(res: dict[str, Any]) -> str:
+    first = next(iter(res["tasks"].values()))
+    return "\n".join([
+        f"planted-gain bench ({', '.join(res['tasks'])}; the quick study's settings at {res['imgsz']} px: "
+        f"{res['train_images']} train / {res['val_images']} val images, base run {res['base_epochs']} epochs, "
+        f"trials finetune it {first['trial_epochs']} epochs, retrains {first['retrain_epochs']} epochs, "
+        f"seeds {', '.join(map(str, first['seeds']))}, scored by mean_last_3; {res['wall_s'] / 60:.1f} min on "
+        f"{res['machine']})", "",
+        "Step 1, the planted gain (fixed hyp - base hyp, paired by seed), measured before any search:", "",
+        planted_table(res["tasks"]), "",
+        f"Step 2, each sampler's winner retrained with the same seeds: recovered share = paired gain over the base "
+        f"hyp / planted gain (target >= {SHARE_TARGET:.0%} and p < 0.05); trials to 80% = the first trial, in "
+        f"completion order, {SHARE_TARGET:.0%} of the planted gain above trial 0 (the base hyp):", "",
+        search_table(res["tasks"])])
+
+
+def parse_list(text: str, known: Sequence[str] | None, what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if known is not None and s not in known]
+    if not items or bad:
+        raise SystemExit(f"--{what}: unknown {bad or text!r} (known: {', '.join(known or [])})")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    ap.add_argument("--samplers", default="ga,tpe,random", help="comma list; 'tpe+hyperband': with that pruner")
+    ap.add_argument("--trials", type=int, default=12, help="trials per study (the quick study's 12), trial 0 = base hyp")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
+    ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the quick study's retrain epochs")
+    ap.add_argument("--base-epochs", type=int, default=20, help="each task's base run (trials finetune it)")
+    ap.add_argument("--imgsz", type=int, default=128)
+    ap.add_argument("--train-images", type=int, default=400)
+    ap.add_argument("--val-images", type=int, default=100)
+    ap.add_argument("--json", default="runs/bench/planted.json")
+    ap.add_argument("--no-record", action="store_true", help="do not append the tables to bench/results/planted.md")
+    args = ap.parse_args(argv)
+    tasks = parse_list(args.tasks, list(TASKS), "tasks")
+    args.samplers = parse_list(args.samplers, None, "samplers")
+    if args.seeds < 2:
+        raise SystemExit(f"--seeds {args.seeds}: a paired t test needs >= 2 seeds")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    meta = machine()
+    t0 = time.time()
+    res: dict[str, Any] = {"imgsz": args.imgsz, "train_images": args.train_images, "val_images": args.val_images,
+                           "base_epochs": args.base_epochs, "trials": args.trials, "machine": machine_line(meta),
+                           "tasks": {}}
+    with tqdm(total=len(tasks) * (len(args.samplers) + 2), desc="planted bench", unit="step") as bar:
+        for name in tasks:
+            bar.set_postfix_str(name)
+            res["tasks"][name] = bench_task(TASKS[name], args, bar)
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1, default=float))  # partial results survive a crash
+    res["wall_s"] = round(time.time() - t0, 1)
+    Path(args.json).write_text(json.dumps(res, indent=1, default=float))
+    text = report(res)
+    print(text)
+    if not args.no_record:
+        path = record("planted", text, meta, command_line("bench.planted", argv))
+        print(f"\nrecorded in {path}")
+    print(f"figures: {args.json}; studies: runs/evolve/planted-*/; retrains: {OUT}/<task>/; data: datasets/planted-v1/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The planted-gain tasks of `bench.planted`: (dataset, base hyp, search space) triples whose base hyp is wrong in
+one or two known genes, with the fix. Each task names the space a user would search for it, the planted genes
+searched (a gene with gain 0 could never be recovered).
+
+- lr:      the built-in shapes (many small solid shapes on procedural backgrounds), the finetune lr0 a decade
+           too high for AdamW (0.02; the quick study's measured 0.002 is right).
+- mirror:  typeset b, d, p, q on real textures: b/d and p/q are mirror images, so a left-right flip relabels
+           the object as the other class; base fliplr 0.5, fix fliplr 0. No mosaic involved (mosaic is
+           the same on both sides).
+- large:   1-3 large shapes per image (45-115 px of 128), AutoMosaic off, base mosaic 1.0, fix mosaic 0.
+
+Data is generated under datasets/planted-v1/<task>/ (git-ignored), deterministic for the seed: each image has
+its own RNG seeded by (seed, task, split, index). Every task trains a base run once with its from-scratch hyp
+(`base_run_hyp`: the planted error too, except lr's, which is an error of the finetune recipe only) and the
+trials finetune its best.pt, as in the quick study.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import yaml
+
+from bench import sources
+from core.data.synthetic import generate_shapes
+from core.hyp import load_hyp
+
+__all__ = ["DATA_ROOT", "PLANTED_SEED", "TASKS", "Task", "render_mirror", "task_data", "task_hyps", "task_space"]
+
+DATA_ROOT = Path("datasets") / "planted-v1"
+PLANTED_SEED = 31  # the planted tasks' data seed (no other use)
+QUICK_SPACE = Path(__file__).resolve().parent.parent / "studies" / "space-adamw.yaml"
+FINETUNE_HYP = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "adamw-finetune.yaml"
+SCRATCH_HYP = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "adamw-short.yaml"
+IMGSZ = 128
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    base: dict[str, float]        # the planted error: finetune hyp = adamw-finetune.yaml + these
+    fix: dict[str, float]         # the planted genes' right values
+    base_run_error: bool          # the base run (from scratch) carries the error too
+    space: dict[str, dict] = field(default_factory=dict)  # space-adamw.yaml's genes changed for this task
+    names: tuple[str, ...] = ()
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("lr", "built-in shapes, finetune lr0 0.02 (a decade above AdamW's 0.002)", {"lr0": 0.02}, {"lr0": 0.002},
+         base_run_error=False, space={"lr0": {"gain": 1, "low": 1.0e-5, "high": 0.05, "log": True}},
+         names=("circle", "square", "triangle", "star", "cross", "ring")),
+    Task("mirror", "typeset b/d/p/q (mirror-image classes) on real textures, fliplr 0.5", {"fliplr": 0.5},
+         {"fliplr": 0.0}, base_run_error=True, space={"fliplr": {"gain": 1, "low": 0.0, "high": 1.0}},
+         names=("b", "d", "p", "q")),
+    Task("large", "1-3 large shapes (45-115 px of 128), AutoMosaic off, mosaic 1.0", {"mosaic": 1.0},
+         {"mosaic": 0.0}, base_run_error=True, names=("circle", "square", "triangle", "star", "cross", "ring")),
+)}
+
+
+def task_hyps(task: Task) -> dict[str, dict[str, float]]:
+    """The task's full hyps: base (planted error), fixed (the fix applied), base_run (the from-scratch recipe)."""
+    base = load_hyp({**yaml.safe_load(FINETUNE_HYP.read_text()), **task.base})
+    scratch = yaml.safe_load(SCRATCH_HYP.read_text())
+    return {"base": base, "fixed": {**base, **task.fix},
+            "base_run": load_hyp({**scratch, **(task.base if task.base_run_error else {})})}
+
+
+def task_space(task: Task) -> dict[str, dict]:
+    """space-adamw.yaml with the task's genes changed (its planted genes searched)."""
+    space = yaml.safe_load(QUICK_SPACE.read_text())
+    space.update(task.space)
+    return space
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+MIRROR_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold", "cmss10")
+
+
+def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+    a = alpha[..., None]
+    img *= 1 - a
+    img += a * colour
+
+
+def render_mirror(rng: np.random.Generator, hw: tuple[int, int] = (IMGSZ, IMGSZ)) -> tuple[np.ndarray, np.ndarray]:
+    """One image of 2-5 upright letters b, d, p, q (classes 0-3), 22-48 px, on a blurred real texture; labels
+    (n, 5) [cls, cx, cy, w, h] normalised. Letters do not overlap (a placement that would is skipped)."""
+    h, w = hw
+    img = cv2.GaussianBlur(sources.texture(rng, hw), (0, 0), rng.uniform(1.0, 3.0))
+    taken = np.zeros(hw, bool)
+    labels = []
+    for _ in range(int(rng.integers(2, 6))):
+        c = int(rng.integers(4))
+        size = rng.uniform(22, 48)
+        center = (rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2))
+        m = sources.warp(sources.glyph("bdpq"[c], MIRROR_FONTS[rng.integers(len(MIRROR_FONTS))]), size,
+                         rng.uniform(-8, 8), rng.uniform(-0.1, 0.1), rng.uniform(0.85, 1.15), center, hw)
+        own = m >= 0.5
+        if not own.any() or (own & cv2.dilate(taken.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)).any():
+            continue
+        under = float(img[own].mean())
+        colour = np.full(3, 20.0 if under > 128 else 235.0, np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
+        _paint(img, m, colour)
+        taken |= own
+        x, y, bw, bh = cv2.boundingRect(own.astype(np.uint8))
+        labels.append([c, (x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h])
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(2, 6)
+    return np.clip(img, 0, 255).astype(np.uint8), np.array(labels, np.float64).reshape(-1, 5)
+
+
+def _write_rendered(root: Path, render: Callable[[np.random.Generator], tuple], seed: int, counts: dict[str, int]) -> None:
+    for split_id, (split, n) in enumerate(counts.items()):
+        im_dir, lb_dir = root / "images" / split, root / "labels" / split
+        im_dir.mkdir(parents=True, exist_ok=True)
+        lb_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, labels = render(np.random.default_rng([seed, zlib.crc32(b"mirror"), split_id, i]))
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
+            (lb_dir / f"{i:06d}.txt").write_text("".join(
+                f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in labels))
+
+
+def _generate(task: Task, root: Path, n_train: int, n_val: int, seed: int) -> None:
+    if task.name == "mirror":
+        _write_rendered(root, render_mirror, seed, {"train": n_train, "val": n_val})
+    elif task.name == "lr":
+        generate_shapes(root, task.names, seed=seed, n_train=n_train, n_val=n_val, imgsz=IMGSZ, min_size=10.0)
+    elif task.name == "large":
+        generate_shapes(root, task.names, seed=seed, n_train=n_train, n_val=n_val, imgsz=IMGSZ, min_size=45.0,
+                        max_size=115.0, max_objects=3)
+    else:
+        raise ValueError(f"no data generator for task {task.name!r}")
+
+
+def task_data(task: Task, root: Path | str = DATA_ROOT, n_train: int = 400, n_val: int = 100,
+              seed: int = PLANTED_SEED) -> Path:
+    """Write the task's dataset under root/<task>/ unless there with the same parameters; return its data.yaml.
+    Written to a temporary sibling and renamed into place: an interrupted run never leaves half a set."""
+    target = Path(root) / task.name
+    params: dict[str, Any] = {"task": task.name, "seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": IMGSZ,
+                              "names": list(task.names)}
+    marker = target / "planted.json"
+    if marker.is_file() and json.loads(marker.read_text()) == params and (target / "data.yaml").is_file():
+        return target / "data.yaml"
+    tmp = target.parent / f".{task.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _generate(task, tmp / "set", n_train, n_val, seed)
+        (tmp / "set" / "planted.json").write_text(json.dumps(params, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp / "set", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (target / "data.yaml").write_text(yaml.safe_dump(
+        {"path": str(target.resolve()), "train": "images/train", "val": "images/val",
+         "names": dict(enumerate(task.names))}, sort_keys=False))
+    return target / "data.yaml"
