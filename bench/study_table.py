@@ -2,6 +2,7 @@
 
 evolve.study writes RUN/summary.json (evolve/summary.py): the base run, the noise floor (the base hyp over
 its seeds), the best trials, every retrained candidate with its paired gain over the base hyp, the verdict,
+the transfer (Spearman's rho between trial and retrained values, its n, a warning when it is low),
 pruning before and after, and each phase's seconds. This command renders it as one markdown table and
 appends it to bench/results/study.md (`--no-record`: print only). `--headline` also puts the noise floor in
 the README's headline table: `make record-study` does, for the quick study (NAME=quick).
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from bench.record import markdown_table
 from bench.run_table import run_table_main
+from evolve.transfer import transfer_line
 
 HEADLINE = "Study noise floor: the base hyp over its noise seeds (fitness mean ± sd)"
 
@@ -46,6 +48,10 @@ def rows(s: dict) -> list[tuple[str, str]]:
             out.append((f"retrain: trial {c['trial']} ({c['role']}), seeds {', '.join(map(str, c['seeds']))}",
                         " / ".join(f"{v:.4f}" for v in c["fitness"]) + f" = {c['mean']:.4f} ± {c['sd']:.4f}{gain}"))
         out.append(("verdict", str(r.get("verdict"))))
+    if s.get("transfer"):
+        t = s["transfer"]
+        out.append((f"transfer: trials {', '.join(str(p['trial']) for p in t['points'])}",
+                    transfer_line(t).removeprefix("transfer: ")))
     if s.get("prune"):
         b, a = s["prune"]["before"], s["prune"]["after"]
         out.append((f"prune: {b['stage']} -> {a['stage']}",

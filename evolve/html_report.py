@@ -22,13 +22,15 @@ from core.hyp import HYP_KEYS
 from evolve.detections import DETECT_JSON
 from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
 from evolve.results import best_searched, complete_ranked, searched_ranked
+from evolve.transfer import TRANSFER_ROLE, transfer_line, transfer_summary
 
 matplotlib.use("Agg")  # files only, never a window
 
 SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitness": "Fitness per trial",
             "scatter": "Hyperparameters vs fitness", "importances": "Parameter importances",
             "top": "Top trials", "default-vs-best": "Default vs best hyperparameters",
-            "retrain": "Retrained at full budget", "pruning": "Pruning stages",
+            "retrain": "Retrained at full budget", "transfer": "Do trials predict full training?",
+            "pruning": "Pruning stages",
             "detect": "Detections: best vs pruned",
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
@@ -46,7 +48,8 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;mar
 padding:1em 2em;color:#222;line-height:1.4}h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
 margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;
 padding:.25em .6em;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.changed td{background:#fff6d6}
-.missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}.note{color:#555;font-size:.92em}
+.missing{background:#fdecea;border-left:4px solid #d9534f;padding:.5em 1em}
+.warn{background:#fff4e0;border-left:4px solid #e08a00;padding:.5em 1em}.note{color:#555;font-size:.92em}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .25em}nav a{margin-right:.8em}
 .up{color:#1a7f37}.down{color:#c62828}.caveat{color:#8a5a00}.det{display:grid;gap:.8em 1.2em}
 .det figure{margin:0}.det img{width:100%;image-rendering:pixelated}.det figcaption{font-size:.88em;color:#444}"""
@@ -180,6 +183,8 @@ def summary(run: Run) -> str:
         verdict = (run.summary.get("retrain") or {}).get("verdict")
         if verdict:
             items.append(f"<b>Verdict</b>: {esc(verdict)}")
+        t = transfer_summary(run.retrain)
+        items.append(f'<span class="{"caveat" if t["warning"] else ""}">{esc(transfer_line(t))}</span>')
     else:
         gaps.append("retrain at full budget (runs/study/NAME/retrain/retrain.csv)")
     if run.prune is not None and len(run.prune) > 1:
@@ -338,9 +343,58 @@ def retrain(run: Run) -> str:
     note = ('<p class="note">Each run uses a fresh seed (not the trials\' seed), and every retrained hyp gets the '
             "same seeds, so the gain over the base hyp is paired by seed: a one-sided paired t-test at 5% (n seeds, "
             "n - 1 degrees of freedom), its p-values adjusted by Holm's method over the candidates, since the one "
-            "pruned is the highest mean on these same runs. The hyp with the highest mean is pruned (its best run). "
+            "pruned is the highest mean on these same runs. The hyp with the highest mean is pruned (its best run); "
+            "the transfer runs are not candidates. "
             + (esc(choice["verdict"]) if choice.get("verdict") else "") + "</p>")
     return out + note + (img or "")
+
+
+def transfer(run: Run) -> str:
+    """Trial value vs retrained value of every retrained hyp, Spearman's rho and n (evolve/transfer.py)."""
+    df = run.retrain
+    if df is None or df.empty:
+        return missing("retrain runs (retrain/retrain.csv)", "Run `python -m evolve.study` (retrain phase); "
+                       "`retrain: {transfer: N}` retrains N more trials spread over the ranking.")
+    t = transfer_summary(df)
+    rho = "undefined" if math.isnan(t["rho"]) else f"{t['rho']:+.2f}"
+    out = (f"<p>Spearman's rank correlation between the value in the search (the trial budget) and the retrained "
+           f"{esc(t['value'])} (mean over seeds) of the {t['n']} retrained hyp(s): <b>rho {rho}, n = {t['n']}</b> "
+           f"({t['spread']} of them retrained only to measure this, spread evenly over the ranking).</p>")
+    if t["warning"]:
+        out += f'<p class="warn"><b>Warning</b>: {esc(t["warning"])}.</p>'
+    rows = [[f"{p['trial']} ({esc(p['role'])})", ", ".join(map(str, p["seeds"])), fmt(p["trial_fitness"]),
+             fmt(p["retrained"]) + (f" ± {fmt(p['retrained_sd'], '{:.3g}')}" if len(p["seeds"]) > 1 else "")]
+            for p in sorted(t["points"], key=lambda p: -p["trial_fitness"])]
+    out += table(["trial (role)", "seeds", "value in the search", f"retrained {t['value']} (mean ± sd)"], rows)
+    img = image(draw_transfer(run, t), "trial vs retrained") if t["n"] >= 2 else None
+    note = (f'<p class="note">A warning below rho {t["min_rho"]} or n {t["min_n"]} (evolve/transfer.py says why). '
+            "The transfer runs use the candidates' first seed and are never candidates for pruning.</p>")
+    return out + note + (img or "")
+
+
+def draw_transfer(run: Run, t: dict) -> Path:
+    """retrain/transfer.png: each retrained hyp's value in the search vs retrained, rho and n in the title."""
+    path = run.dir / "retrain" / "transfer.png"
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    styles = {"best": ("#1a7f37", "o"), "base": ("#555555", "s"), TRANSFER_ROLE: ("#1f77b4", "D")}
+    for role in dict.fromkeys(p["role"] for p in t["points"]):
+        pts = [p for p in t["points"] if p["role"] == role]
+        color, marker = styles.get(role, ("#2ca02c", "o"))  # top-2, top-3 ...: the other candidates
+        ax.errorbar([p["trial_fitness"] for p in pts], [p["retrained"] for p in pts],
+                    yerr=[p["retrained_sd"] for p in pts], fmt=marker, color=color, ms=6, capsize=3, label=role)
+        for p in pts:
+            ax.annotate(str(p["trial"]), (p["trial_fitness"], p["retrained"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    rho = "undefined" if math.isnan(t["rho"]) else f"{t['rho']:+.2f}"
+    ax.set_title(f"Trial vs retrained: Spearman rho = {rho}, n = {t['n']}", fontsize=11)
+    ax.set_xlabel("value in the search (trial budget)")
+    ax.set_ylabel(f"retrained {t['value']} (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def draw_retrain(run: Run) -> Path:
@@ -426,7 +480,7 @@ def build_report(run_dir: Path | str) -> Path:
         "scatter": figure(run, "evolve/evolve.png", "hyperparameters vs fitness", "scatter grid",
                           "No evolution results yet."),
         "importances": importances(run), "top": top_trials(run), "default-vs-best": default_vs_best(run),
-        "retrain": retrain(run), "pruning": pruning(run), "detect": detections(run),
+        "retrain": retrain(run), "transfer": transfer(run), "pruning": pruning(run), "detect": detections(run),
         "gamma": figure(run, "prune/gamma.png", "gamma histograms", "gamma histograms",
                         "They need the sparse stage (`prune: {sr: true}` in the study)."),
         "channels": figure(run, "prune/channels.png", "channels per layer", "per-layer channels",

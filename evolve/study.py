@@ -6,6 +6,8 @@ Phases (outputs in runs/study/NAME/, the evolution itself in runs/evolve/NAME/ a
            to its trial count (a finished study is not re-run)
   retrain  the top-k trials' hyps (optionally the base hyp too) for the `retrain: epochs` budget, each with
            `seeds` fresh seeds                                          -> retrain/<trialN_seedS>/, retrain.csv
+           and `transfer` more trials spread over the ranking, one seed each: does the trial ranking hold at
+           full training? (evolve/transfer.py)
   prune    prune.pipeline on the retrained hyp with the highest mean over its seeds (its best run's best.pt,
            hyp = best_hyp.yaml); retrain/choice.json says whether it beats the base hyp beyond seed noise
   report   summary.json (machine-readable figures of every phase) and report.html
@@ -57,6 +59,7 @@ from evolve.report import write_outputs
 from evolve.storage import describe, open_target
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
 from evolve.summary import SUMMARY_JSON, build_summary, write_json_atomic
+from evolve.transfer import TRANSFER_ROLE, transfer_line, transfer_summary, transfer_trials
 from evolve.train_setup import search_train_options, start_weights
 
 # prune.* is imported where it is used: a pruning package that fails to import costs only the prune phase
@@ -80,6 +83,7 @@ class RetrainOptions:
     top_k: int = 1          # retrain the k best trials
     seeds: int = 1          # runs per retrained hyp, seeds study.seed+1 ... (fresh: not the trials' seed)
     base: bool = False      # also retrain trial 0 (the base hyp): default vs best at the full budget
+    transfer: int = 0       # also retrain this many trials spread over the ranking, one seed each (evolve/transfer.py)
 
 
 def retrain_options(cfg: StudyConfig) -> RetrainOptions:
@@ -92,6 +96,8 @@ def retrain_options(cfg: StudyConfig) -> RetrainOptions:
     for key in ("epochs", "top_k", "seeds"):
         if getattr(opts, key) < 1:
             raise StudyError(f"study '{cfg.name}': retrain.{key}={getattr(opts, key)} must be >= 1")
+    if opts.transfer < 0:
+        raise StudyError(f"study '{cfg.name}': retrain.transfer={opts.transfer} must be >= 0")
     return opts
 
 
@@ -176,7 +182,8 @@ def write_provenance(run_dir: Path, cfg: StudyConfig, study_file: str | None, ev
 def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> list[dict[str, Any]]:
     """One entry per retrain run: trial, role, seed, hyp. Candidates are the top-k searched trials (the base
     hyp's own trials are its noise seeds, not candidates); `base: true` adds the base hyp with the same
-    seeds, for a paired comparison."""
+    seeds, for a paired comparison; `transfer: N` adds N more searched trials spread over the ranking, with
+    the first of those seeds only (role 'transfer': they measure transfer, they are not candidates)."""
     df = pd.read_csv(evolve_csv)
     is_base = df["base"].fillna(False).astype(bool) if "base" in df else df.number == 0
     done = df[(df.state == "COMPLETE") & df.fitness.notna()]
@@ -188,6 +195,7 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
     if (ropts.base or not picked) and 0 in set(df.number):
         picked.append((0, "base"))
     rows = df.set_index("number")
+    picked += [(n, TRANSFER_ROLE) for n in transfer_trials(searched, [n for n, _ in picked], rows, ropts.transfer)]
     factor = study_mosaic_factor_of(df)
     plan = []
     for number, role in picked:
@@ -197,7 +205,7 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
         if factor is not None:  # the mosaic the trials trained with: the gene x the study's AutoMosaic factor
             used = rows.loc[number, "mosaic_used"]
             extra["mosaic"] = float(used) if pd.notna(used) else hyp["mosaic"] * factor
-        for j in range(ropts.seeds):
+        for j in range(1 if role == TRANSFER_ROLE else ropts.seeds):
             seed = cfg.seed + 1 + j
             plan.append({"trial": number, "role": role, "seed": seed, "name": f"trial{number}_seed{seed}", "hyp": hyp,
                          "trial_fitness": float(rows.loc[number, "fitness"]), **extra})
@@ -211,6 +219,20 @@ def study_mosaic_factor_of(df: pd.DataFrame) -> float | None:
         return None
     known = df[df.mosaic_used.notna() & (df.mosaic > 0)]
     return float((known.mosaic_used / known.mosaic).median()) if len(known) else 1.0
+
+
+def retrain_within(plan: list[dict], deadline: budget.Deadline, evolve_csv: Path, epochs: int,
+                   slots: int) -> list[dict]:
+    """budget.retrain_within, with the transfer runs dropped first when the whole plan does not fit: the
+    candidates decide what is pruned, the transfer runs only measure the search."""
+    core = [r for r in plan if r["role"] != TRANSFER_ROLE]
+    if len(core) < len(plan) and deadline.at is not None:
+        run_s = budget.epoch_seconds(evolve_csv) * epochs
+        if len(budget.trim_retrain(plan, deadline.left(), run_s, slots)) < len(plan):
+            LOGGER.warning(f"budget: the {len(plan) - len(core)} transfer retrain(s) are skipped, the plan does not "
+                           f"fit before the deadline {deadline.describe()}")
+            plan = core
+    return budget.retrain_within(plan, deadline, evolve_csv, epochs, slots)
 
 
 def study_keys(cfg: StudyConfig) -> dict[str, Any]:
@@ -327,6 +349,7 @@ def choose_candidate(retrain_csv: Path) -> dict[str, Any]:
     """The retrained hyp with the highest mean fitness over its seeds (ties: the lower trial number), and
     every retrained hyp's mean, sd and paired gain over the base hyp (same seeds) when the base was retrained."""
     df = pd.read_csv(retrain_csv)
+    df = df[df.role != TRANSFER_ROLE]  # one seed each, spread over the ranking: they measure transfer only
     value = "objective" if "objective" in df else "fitness"  # the study's objective over the run's epochs
     groups = []
     for trial, g in df.groupby("trial", sort=False):
@@ -468,8 +491,8 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         LOGGER.warning(f"retrain: {e}; writing a partial report")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
-    plan = budget.retrain_within(plan, deadline, run_dir / "evolve" / "evolve.csv", ropts.epochs,
-                                 len(device_slots(cfg)) if fit is None else 1)
+    plan = retrain_within(plan, deadline, run_dir / "evolve" / "evolve.csv", ropts.epochs,
+                          len(device_slots(cfg)) if fit is None else 1)
     if not plan:
         LOGGER.warning(f"retrain and prune: skipped, the study's deadline {deadline.describe()} has passed "
                        f"(raise budget: hours, or give a longer --timeout, and run again to go on)")
@@ -524,6 +547,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         LOGGER.info(f"prune: skipped, {run_dir / 'prune'} matches the retrained weights and options (--force to redo)")
 
     report = write_study_report(run_dir, evolve_dir, cfg.storage)
+    print(transfer_line(transfer_summary(pd.read_csv(out / "retrain.csv"))))
     print(f"report: {report}\nsummary: {run_dir / SUMMARY_JSON}")
     return 0
 

@@ -2,7 +2,9 @@
 
 Users script on it and the benchmarks read it: the noise floor (the base hyp over its seeds), the best
 trial and its gain in noise units beside the expected best of as many noise draws, every retrained candidate's mean and sd with its paired gain over
-the base hyp, the chosen candidate and the verdict, pruning before/after, and each phase's wall time.
+the base hyp, the chosen candidate and the verdict, the transfer from trials to full training (Spearman's rho
+between trial and retrained values, its n, a warning when the ranking is not to be trusted: evolve/transfer.py),
+pruning before/after, and each phase's wall time.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pandas as pd
 from core.atomic import atomic_write
 from evolve.noise import expected_best_sd
 from evolve.results import best_searched, complete_ranked, searched_ranked
+from evolve.transfer import transfer_summary
 
 SUMMARY_JSON = "summary.json"
 
@@ -87,6 +90,14 @@ def _prune(csv: Path) -> dict[str, Any] | None:
     return {"before": row(first), "after": row(last)}
 
 
+def _transfer(csv: Path) -> dict[str, Any] | None:
+    try:
+        df = pd.read_csv(csv)
+    except (OSError, pd.errors.EmptyDataError):
+        return None
+    return transfer_summary(df) if {"trial", "role", "seed", "trial_fitness"} <= set(df) else None
+
+
 def build_summary(run_dir: Path | str) -> dict[str, Any]:
     """The summary of whatever phases the run dir holds (missing ones are null)."""
     run_dir = Path(run_dir)
@@ -106,6 +117,7 @@ def build_summary(run_dir: Path | str) -> dict[str, Any]:
         "evolution": _evolution(df) if df is not None else None,
         "retrain": ({"candidates": choice.get("candidates"), "chosen": choice.get("chosen"),
                      "chosen_run": choice.get("chosen_run"), "verdict": choice.get("verdict")} if choice else None),
+        "transfer": _transfer(run_dir / "retrain" / "retrain.csv"),
         "prune": _prune(run_dir / "prune" / "prune_results.csv"),
         "seconds": phases,
     }
