@@ -47,6 +47,11 @@ class Callbacks:
     rate the loss gradient's norm does not change.
     on_val_end(epoch, val_metrics): rank 0, after each validation, with core.val.validate's whole result
     (per_class, speed_ms, images, ...), of which the epoch's results row keeps the metrics.
+    extra_loss(imgs, preds): once per training batch, in phase 'loss', after the detection loss: imgs the batch
+    as the network saw it (float in [0, 1] on the device, augmented), preds the network's training outputs (the
+    head's raw maps); returns a tensor added to the batch's loss before backward, e.g. distillation from a
+    teacher run on the same batch (prune/distill.py). The trainer's loss is the mean loss per image times the
+    batch size (YOLOv5's convention): return the extra term on the same scale. It is not in train_box/obj/cls.
     around_phase(name): a context manager the trainer runs each phase of its own work in (PHASES above),
     e.g. a timer (bench/train_profile.py) or torch.profiler.record_function to label a trace. It must
     not touch the tensors; unset, the phases run in a shared no-op context.
@@ -60,6 +65,7 @@ class Callbacks:
     on_train_end: Optional[Callable[[Any], None]] = None
     on_val_end: Optional[Callable[[int, dict], None]] = None
     around_phase: Optional[Callable[[str], ContextManager[Any]]] = None
+    extra_loss: Optional[Callable[[Any, Any], Any]] = None
 
     def call(self, name: str, *args: Any) -> None:
         hook = getattr(self, name)

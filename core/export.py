@@ -25,6 +25,11 @@ activations, e.g. random weights) cannot be computed closer than that by any flo
 than PyTorch on such a model: README, "Export", has the measured ratios). For trained models the
 floor is far below 1e-4 and the plain tolerance applies. The floor and the tolerance used are printed.
 
+`--int8` also writes W.int8.onnx beside W.onnx: onnxruntime static quantization (QDQ, per-channel int8
+weights) calibrated on `--calib-images` training images (core/quantize.py). It is not held to a tolerance
+against PyTorch (int8 rounds every activation to 1/255 of its range): its max differences from the float32
+file are printed, and `core.val --weights W.int8.onnx` scores it.
+
 PyTorch's TorchScript-based exporter is used (dynamo=False): the torch.export-based one needs the
 extra onnxscript package and gives nothing here for a graph without control flow.
 """
@@ -42,6 +47,7 @@ from torch import nn
 
 from core.onnx_model import INPUT, OUTPUT, OnnxModel, metadata
 from core import argtypes as t
+from core.quantize import DEFAULT_CALIB_IMAGES, calibration_images, int8_path, quantize_onnx
 from core.checkpoint import load_checkpoint, model_from_checkpoint
 from core.cli import main_guard
 from core.data.config import load_data_config
@@ -179,10 +185,14 @@ def sample_image(ckpt: dict, imgsz: int, source: str | None = None) -> torch.Ten
     """A real image to check the export on: `source`, else the first val image of the checkpoint's
     training data, else of the built-in dataset; letterboxed to imgsz, (1, 3, imgsz, imgsz) in [0, 1]."""
     if source is None:
-        data = (ckpt.get("train_opts") or {}).get("data")
-        data = data if data and Path(data).is_file() else None
-        source = list_image_files(load_data_config(data)["val"])[0]
+        source = list_image_files(load_data_config(_checkpoint_data(ckpt))["val"])[0]
     return read_letterboxed(source, imgsz)[0]
+
+
+def _checkpoint_data(ckpt: dict) -> str | None:
+    """The data yaml the checkpoint was trained on when it is still there, else None (the built-in dataset)."""
+    data = (ckpt.get("train_opts") or {}).get("data")
+    return data if data and Path(data).is_file() else None
 
 
 def run(argv: Sequence[str] | None = None) -> Path:
@@ -201,7 +211,16 @@ def run(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--source", default=None, help="image for the check (default: first val image of the "
                     "checkpoint's data, else of the built-in dataset)")
     ap.add_argument("--out", default=None, help="output path (default: the weights with .onnx)")
+    ap.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx: onnxruntime static int8 "
+                    "quantization (QDQ, per-channel weights; the head's output convs and decode stay float32), "
+                    "calibrated on training images; score it with core.val")
+    ap.add_argument("--calib-images", type=t.positive_int, default=DEFAULT_CALIB_IMAGES,
+                    help="training images to calibrate --int8 on, evenly spread over the sorted training set")
+    ap.add_argument("--data", type=t.existing_file, default=None, help="data yaml whose training images calibrate "
+                    "--int8 (default: the checkpoint's training data, else the built-in dataset)")
     args = ap.parse_args(argv)
+    if args.int8 and args.half:
+        ap.error("--int8 quantizes the float32 file: drop --half")
     ckpt = load_checkpoint(args.weights)
     model = model_from_checkpoint(ckpt).to(select_device(args.device))
     out = Path(args.out or Path(args.weights).with_suffix(".onnx"))
@@ -219,6 +238,24 @@ def run(argv: Sequence[str] | None = None) -> Path:
         print(f"note: PyTorch itself is off by more than {plain:g} in {'float16' if args.half else 'float32'} on this "
               f"image, so the file matches PyTorch only as closely as that precision allows; check its accuracy "
               f"with python -m core.val --weights {out}")
+    if args.int8:
+        export_int8(out, model, ckpt, args)
+    return out
+
+
+def export_int8(fp32: Path, model: nn.Module, ckpt: dict, args: argparse.Namespace) -> Path:
+    """--int8: quantize the checked float32 file, print how far its outputs move on the check image."""
+    data = args.data or _checkpoint_data(ckpt)
+    images = calibration_images(data, args.calib_images)
+    out = int8_path(fp32)
+    t0 = time.time()
+    quantize_onnx(fp32, out, images)
+    image = sample_image(ckpt, args.imgsz, args.source)
+    d = _max_errors(OnnxModel(out)(image)[0], OnnxModel(fp32)(image)[0], tuple(image.shape[-2:]))
+    print(f"int8: wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(images)} calibration images from "
+          f"{data or 'the built-in dataset'}, {time.time() - t0:.1f} s); INT8 vs float32 onnxruntime max abs diff on "
+          f"the check image: scores {d['scores']:.2e}, boxes {d['boxes']:.2e} of the input size; no tolerance "
+          f"applies: score it with python -m core.val --weights {out}" + (f" --data {data}" if data else ""))
     return out
 
 

@@ -623,7 +623,10 @@ def _forward_loss(s: TrainState, imgs: torch.Tensor, targets: torch.Tensor) -> t
             imgs = imgs.to(cfg.device, non_blocking=True, memory_format=_memory_format(cfg.opts)).float() / 255
             preds = train_forward(s.train_model, imgs, bf16=cfg.bf16)
         with phase("loss"):
-            return s.compute_loss(preds, targets.to(cfg.device))
+            loss, items = s.compute_loss(preds, targets.to(cfg.device))
+            if s.callbacks.extra_loss is not None:  # e.g. distillation (core.callbacks.Callbacks.extra_loss)
+                loss = loss + s.callbacks.extra_loss(imgs, preds)
+            return loss, items
 
 
 def _step_or_skip(s: TrainState, epoch: int, i: int) -> None:
