@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core import argtypes as t
 from core.yaml_file import load_yaml
+from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.masks import MaskOptions, PruneOptionError, check_options
 from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 
@@ -40,6 +41,8 @@ class PruneOptions:
     baseline_optimizer: str = "auto"  # the engine's default recipe
     sparse_optimizer: str = "auto"  # measured: SGD after an AdamW baseline halved mAP in the stage (README)
     finetune_optimizer: str = "auto"  # measured: recovers far better than SGD (README)
+    distill: bool = False  # finetune: also learn the unpruned model's head outputs (prune/distill.py)
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT
     round_to: str | int = "auto"  # 'auto' = the machine's conv block (prune/rounding.py)
     unstructured: float = 0.0  # share of each conv's smallest weights zeroed in the unstructured row (0 = no row)
     iterative: int = 1  # prune -> finetune in this many steps to the same target (1 = one-shot)
@@ -106,6 +109,8 @@ def check_prune_options(opts: PruneOptions) -> None:
             raise PruneOptionError(f"{flags[k]} {getattr(opts, k)} must be > 0 (0 = no target)")
     if opts.latency_backend not in LATENCY_BACKENDS:
         raise PruneOptionError(f"--latency-backend {opts.latency_backend!r}: choose one of {', '.join(LATENCY_BACKENDS)}")
+    if opts.distill_weight < 0:
+        raise PruneOptionError(f"--distill-weight {opts.distill_weight} must be >= 0")
     if opts.weights and not Path(opts.weights).is_file():
         raise PruneOptionError(f"--weights {opts.weights}: file not found")
 
@@ -145,6 +150,10 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     for stage in ("baseline", "sparse", "finetune"):
         p.add_argument(f"--{stage}-optimizer", default=getattr(d, f"{stage}_optimizer"),
                        choices=("auto", "SGD", "Adam", "AdamW"))
+    p.add_argument("--distill", action="store_true", help="finetune with output distillation: the unpruned model "
+                   "(after --sr, the sparse one) as a frozen teacher on the same batches (docs/prune.md)")
+    p.add_argument("--distill-weight", type=t.non_negative_float, default=d.distill_weight,
+                   help="weight of the distillation loss against the detection loss (with --distill)")
     p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz)
     p.add_argument("--batch-size", type=t.positive_int, default=d.batch_size)
     p.add_argument("--nbs", type=t.non_negative_int, default=d.nbs, help="nominal batch size (gradient accumulation)")

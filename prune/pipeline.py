@@ -39,6 +39,7 @@ from core.model.yolo import Model, load_arch
 from core.train import TrainOptions, fit
 from core.val import validate
 
+from prune.distill import Distiller
 from prune.graph import GraphError, trace
 from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts, rename_key
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
@@ -158,7 +159,7 @@ class Pipeline:
                         "optimizer": o.finetune_optimizer if o.iterative > 1 else None},  # the steps' finetunes
             "layer": {"shortcuts": o.shortcuts},
             "finetune": {"finetune_epochs": o.finetune_epochs, "finetune_hyp": self.ft_hyp,
-                         "optimizer": o.finetune_optimizer,
+                         "optimizer": o.finetune_optimizer, **({"distill": o.distill_weight} if o.distill else {}),
                          "close_mosaic": stage_close_mosaic("finetune", o.finetune_epochs)},
         }
         return {s: per_stage[s] for s in STAGES[: STAGES.index(stage) + 1] if s not in SIDE_STAGES or s == stage}
@@ -256,7 +257,16 @@ class Pipeline:
     def finetune(self, model):
         if self.opts.finetune_epochs == 0:
             return copy.deepcopy(model), {"skipped": "--finetune-epochs 0"}
-        return self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer), {}
+        distiller = None
+        if self.opts.distill:  # the teacher: the chain's model before pruning (sparse after --sr, else baseline)
+            distiller = Distiller(self.models.get("sparse", self.models["baseline"]), self.opts.distill_weight)
+        out = self._fit("finetune", model, self.ft_hyp, self.opts.finetune_epochs, self.opts.finetune_optimizer,
+                        distiller.callbacks() if distiller else None)
+        if distiller is None:
+            return out, {}
+        LOGGER.info(f"finetune: distilled at weight {distiller.weight:g}, mean distillation loss per image "
+                    f"{distiller.mean:.4g}")
+        return out, {"distill_weight": distiller.weight, "distill_loss": distiller.mean}
 
     def row(self, stage: str, model, ckpt: Path) -> dict:
         m = validate(model, self.val_loader, names=self.data["names"], progress=False)
