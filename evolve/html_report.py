@@ -367,8 +367,9 @@ def transfer(run: Run) -> str:
             for p in sorted(t["points"], key=lambda p: -p["trial_fitness"])]
     out += table(["trial (role)", "seeds", "value in the search", f"retrained {t['value']} (mean ± sd)"], rows)
     img = image(draw_transfer(run, t), "trial vs retrained") if t["n"] >= 2 else None
-    note = (f'<p class="note">A warning below rho {t["min_rho"]} or n {t["min_n"]} (evolve/transfer.py says why). '
-            "The transfer runs use the candidates' first seed and are never candidates for pruning.</p>")
+    note = (f'<p class="note">The warning shows when rho &lt; {t["min_rho"]} or n &lt; {t["min_n"]} (evolve/transfer.py '
+            "says why); its absence is no proof over a few points. The transfer runs use the candidates' first "
+            "seed and are never candidates for pruning.</p>")
     return out + note + (img or "")
 
 
