@@ -1,4 +1,4 @@
-"""Held-out dataset suite: four YOLO-format sets of different character, for benchmarks only.
+"""Held-out dataset suite: five YOLO-format sets of different character, for benchmarks only.
 
 None of these sets was used to choose any default, and the suite's seed (HELDOUT_SEED) serves
 nothing else; keep it that way, or the suite stops being held out. Image content is real where a
@@ -18,13 +18,17 @@ and typefaces: bench/sources.py), procedural otherwise:
 - aerial:  non-square images (320x192, 320x176, 288x160, 256x144 and 192x320 portrait) of a
            real hill-shaded elevation model, with 10-40 small procedural objects 8-30 px
            (car, truck, tree, house).
+- lookalikes: glyphs made harder (issue 31): five look-alike pairs 0/O, 1/7, 3/8, 5/6, 2/Z as 10
+           classes, 10-32 px tall, 22 typefaces (old-style cmmi10 digits among them), strokes thinned
+           or thickened, half of them at lower contrast, 4-12 per image among 5-12 distractor glyphs
+           that may cover them, 6-16 clutter lines.
 
 Labels are the tight box of an object's visible pixels; an object less than 40% visible gets none.
 Every image uses its own RNG seeded by (seed, set, split, index), so a set is the same whatever
 else is generated. Layout per set: <root>/<set>/{images,labels}/{train,val}/000000.{jpg,txt} and
 <root>/<set>/data.yaml (absolute `path`, so ultralytics reads it as we do).
 
-`python -m bench.heldout --root datasets/heldout-v1` writes all four (800 train, 200 val each) and appends
+`python -m bench.heldout --root datasets/heldout-v1` writes all five (800 train, 200 val each) and appends
 their sizes and a checksum of their labels to bench/results/heldout.md (`--no-record`: not), so that a
 result can be tied to the exact data it was measured on.
 """
@@ -103,12 +107,13 @@ def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
     return tuple(float(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
-def _contrasting(rng: np.random.Generator, img: np.ndarray, alpha: np.ndarray) -> tuple[float, float, float]:
-    """A random colour whose brightness differs from the background under `alpha` by at least 70."""
+def _contrasting(rng: np.random.Generator, img: np.ndarray, alpha: np.ndarray,
+                 min_diff: float = 70) -> tuple[float, float, float]:
+    """A random colour whose brightness differs from the background under `alpha` by at least `min_diff`."""
     under = float((img.mean(2) * alpha).sum() / max(alpha.sum(), 1e-6))
     c = np.array(_colour(rng))
-    if abs(c.mean() - under) < 70:
-        c = np.clip(c + (90 if under < 128 else -90) - (c.mean() - under), 0, 255)
+    if abs(c.mean() - under) < min_diff:
+        c = np.clip(c + (min_diff + 20 if under < 128 else -min_diff - 20) - (c.mean() - under), 0, 255)
     return tuple(float(v) for v in c)
 
 
@@ -118,7 +123,7 @@ def _ring(alpha: np.ndarray, width: int) -> np.ndarray:
     return np.clip(alpha - cv2.erode(alpha, k), 0, 1)
 
 
-# --- the four sets -------------------------------------------------------------------------------
+# --- the sets -------------------------------------------------------------------------------------
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DISTRACTOR_CHARS = "ACEFHKMNPRTUVWXYacdefhkmnprtuvwxy#%&@?"  # none easily read as a digit
@@ -150,6 +155,48 @@ def render_glyphs(rng: np.random.Generator) -> Sample:
         m = _glyph_layer(rng, hw, str(c), size())
         layers.append(([(m, _contrasting(rng, img, m))], c))
     labels = _composite(img, layers)
+    return _finish(img, rng), labels
+
+
+# lookalikes: glyphs made harder. Five look-alike pairs, smaller, more typefaces (old-style cmmi10 digits
+# among them), stroke weight varied, lower contrast, denser clutter.
+LOOKALIKE_CHARS = "0O1738562Z"
+LOOKALIKES = ("zero", "letter-O", "one", "seven", "three", "eight", "five", "six", "two", "letter-Z")
+LOOKALIKE_FONTS = (*sources.FONTS, "DejaVuSans-BoldOblique", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique",
+                   "DejaVuSerif-BoldItalic", "STIXGeneralBolIta", "cmb10", "cmti10", "cmmi10")
+
+
+def _lookalike_layer(rng, hw, char: str, size: float) -> np.ndarray:
+    mask = sources.glyph(char, LOOKALIKE_FONTS[rng.integers(len(LOOKALIKE_FONTS))])
+    weight = int(rng.integers(-2, 3))  # thinner or bolder strokes than the typeface's own (at 96 px)
+    if weight:
+        k = np.ones((2 * abs(weight) + 1,) * 2, np.uint8)
+        mask = (cv2.dilate if weight > 0 else cv2.erode)(np.pad(mask, 2 * abs(weight)), k)
+    h, w = hw
+    center = (rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2))
+    return sources.warp(mask, size, rng.uniform(-20, 20), rng.uniform(-0.25, 0.25), rng.uniform(0.7, 1.3), center, hw)
+
+
+def render_lookalikes(rng: np.random.Generator) -> Sample:
+    hw = (256, 256)
+    img = sources.texture(rng, hw)
+    a = rng.uniform(0.3, 0.7)
+    img = img * (1 - a) + sources.texture(rng, hw) * a
+    for _ in range(rng.integers(6, 17)):  # clutter lines
+        p1, p2 = tuple(int(v) for v in rng.uniform(0, 256, 2)), tuple(int(v) for v in rng.uniform(0, 256, 2))
+        cv2.line(img, p1, p2, _colour(rng), int(rng.integers(1, 3)), cv2.LINE_AA)
+    size = lambda: float(np.exp(rng.uniform(np.log(10), np.log(32))))  # noqa: E731
+    contrast = lambda: 70.0 if rng.random() < 0.5 else 40.0  # noqa: E731
+    layers = []
+    for _ in range(rng.integers(5, 13)):
+        m = _lookalike_layer(rng, hw, DISTRACTOR_CHARS[rng.integers(len(DISTRACTOR_CHARS))], size())
+        layers.append(([(m, _contrasting(rng, img, m, contrast()))], None))
+    for _ in range(rng.integers(4, 13)):
+        c = int(rng.integers(len(LOOKALIKES)))
+        m = _lookalike_layer(rng, hw, LOOKALIKE_CHARS[c], size())
+        layers.append(([(m, _contrasting(rng, img, m, contrast()))], c))
+    order = rng.permutation(len(layers))  # distractors may cover classes
+    labels = _composite(img, [layers[i] for i in order])
     return _finish(img, rng), labels
 
 
@@ -290,6 +337,8 @@ SETS: dict[str, HeldoutSet] = {
     "large": HeldoutSet(SUITS, render_large, "1-3 large card-suit objects, 90-230 px"),
     "single": HeldoutSet(("gift",), render_single, "one class (gift icon) among hard negatives"),
     "aerial": HeldoutSet(VEHICLES, render_aerial, "non-square aerial images, 10-40 small objects"),
+    "lookalikes": HeldoutSet(LOOKALIKES, render_lookalikes, "5 look-alike pairs (0/O 1/7 3/8 5/6 2/Z), 10-32 px, "
+                             "22 typefaces, varied stroke weight and contrast, dense clutter"),
 }
 
 

@@ -131,25 +131,28 @@ class RunSpec:
     workers: int
     out: Path  # run folder
     ours_args: tuple[str, ...] = ()  # extra flags of our command (e.g. --bf16 on)
+    model: str = ""  # model yaml: ours a path (default OUR_MODEL), Ultralytics a name (default <trainer>.yaml)
+    seed: int | None = None  # None: each engine's default seed
 
 
 def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
     """argv and extra environment of one run."""
     if spec.trainer == "ours":
-        return [sys.executable, "-m", "core.train", "--data", str(spec.data), "--model", OUR_MODEL,
+        seed = () if spec.seed is None else ("--seed", str(spec.seed))
+        return [sys.executable, "-m", "core.train", "--data", str(spec.data), "--model", spec.model or OUR_MODEL,
                 "--epochs", str(spec.epochs), "--imgsz", str(spec.imgsz), "--batch-size", str(spec.batch),
                 "--workers", str(spec.workers), "--project", str(spec.out.parent), "--name", spec.out.name,
-                "--exist-ok", "--no-progress", *spec.ours_args], {}
+                "--exist-ok", "--no-progress", *seed, *spec.ours_args], {}
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(spec.out.parent / "ultralytics-config")}
     return [peer_python, str(REPO / "bench" / "peer_ultralytics.py"), "--timing", str(spec.out / "timing.json"),
-            "train", f"model={spec.trainer}.yaml", f"data={spec.data}", f"epochs={spec.epochs}",
+            "train", f"model={spec.model or spec.trainer + '.yaml'}", f"data={spec.data}", f"epochs={spec.epochs}",
             f"imgsz={spec.imgsz}", f"batch={spec.batch}", f"workers={spec.workers}", "device=cpu",
             "pretrained=False", "plots=False", f"project={spec.out.parent}", f"name={spec.out.name}",
-            "exist_ok=True"], env
+            "exist_ok=True", *(() if spec.seed is None else (f"seed={spec.seed}",))], env
 
 
-def _our_gflops(data: Path, imgsz: int) -> float:
-    return float(model_info(Model(str(REPO / OUR_MODEL), nc=load_data_config(data)["nc"]), imgsz)["gflops"])
+def _our_gflops(data: Path, imgsz: int, model: str = OUR_MODEL) -> float:
+    return float(model_info(Model(str(REPO / model), nc=load_data_config(data)["nc"]), imgsz)["gflops"])
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -182,7 +185,7 @@ def measure(spec: RunSpec, peer_python: str) -> dict:
         n_images = len(list((spec.data.parent / "images" / "train").glob("*.jpg")))
         timed = [(n_images, h["train_seconds"]) for h in hist]
         maps = [h["mAP50-95"] for h in hist]
-        gflops = _our_gflops(spec.data, spec.imgsz)
+        gflops = _our_gflops(spec.data, spec.imgsz, spec.model or OUR_MODEL)
     else:
         hist = _read_csv(spec.out / "results.csv")
         timing = json.loads((spec.out / "timing.json").read_text())

@@ -17,7 +17,7 @@ def test_render_is_deterministic_and_seeded(name):
     assert val.shape != img.shape or not np.array_equal(val, img)
 
 
-@pytest.mark.parametrize("name,n", [("glyphs", 16), ("large", 30), ("single", 8), ("aerial", 8)])
+@pytest.mark.parametrize("name,n", [("glyphs", 16), ("large", 30), ("single", 8), ("aerial", 8), ("lookalikes", 16)])
 def test_labels_in_range_and_every_class_present(name, n):
     nc = len(SETS[name].names)
     seen = set()
@@ -42,6 +42,8 @@ def test_object_sizes_match_each_sets_character():
     large = np.concatenate([render("large", "train", i)[1] for i in range(10)])
     assert np.median(np.maximum(large[:, 3], large[:, 4])) > 0.3 and max(len(render("large", "train", i)[1]) for i in range(10)) <= 3
     counts = [len(render("aerial", "train", i)[1]) for i in range(6)]
+    look_h = np.concatenate([render("lookalikes", "train", i)[1][:, 4] * 256 for i in range(10)])
+    assert 4 <= look_h.min() and look_h.max() <= 42 and np.median(look_h) < np.median(glyph_h)  # 10-32 px: smaller
     assert min(counts) >= 5 and np.mean(counts) >= 10
 
 

@@ -184,7 +184,7 @@ def test_peers_report_is_markdown_and_headline_needs_the_whole_suite():
     assert headline(rows) == {speed: "1.91x (wall 0.52)"}
     assert headline(rows + full[:-1]) == {speed: "1.91x (wall 0.52)"}  # one set short: no suite row
     assert headline(rows + full)[ACCURACY.format(epochs=30, peer="yolov5n")] == \
-        "glyphs 1.25, large 1.25, single 1.25, aerial 1.25 (one seed each)"
+        ", ".join(f"{s} 1.25" for s in SETS) + " (one seed each)"  # every set of the suite, in its order
 
 
 def test_torch_pruning_headline_names_the_three_finetuned_models():

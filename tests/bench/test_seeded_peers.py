@@ -1,0 +1,68 @@
+"""bench.seeded_peers: its statistics on hand-made numbers, the cls-loss rule, arms, and the commands it runs."""
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.peers import RunSpec, command
+from bench.seeded_peers import paired_t, parse_arm, plot, report, third_fall
+
+
+def test_paired_t_on_hand_made_numbers():
+    # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt 3) = 3.4641, 2 df -> p = 0.0742
+    t = paired_t([0.11, 0.22, 0.33], [0.10, 0.20, 0.30])
+    assert t["n"] == 3 and t["mean"] == pytest.approx(0.02) and t["sd"] == pytest.approx(0.01)
+    assert t["t"] == pytest.approx(3.4641, abs=1e-4) and t["p"] == pytest.approx(0.0742, abs=1e-4)
+    same = paired_t([0.75, 0.5], [0.25, 0.0])  # equal differences: no spread, the sign is certain
+    assert same["t"] == math.inf and same["p"] == 0.0
+    assert math.isnan(paired_t([0.5], [0.4])["p"])  # one seed: no spread, no test
+    with pytest.raises(ValueError):
+        paired_t([0.1, 0.2], [0.1])
+
+
+def test_third_fall_reads_the_end_of_the_first_third():
+    flat = [1.0] * 29 + [0.95]
+    assert not third_fall(flat)["falls"]
+    learns = [1.0, 0.8, 0.6, 0.5] + [0.45] * 5 + [0.3] * 21  # epoch 10 (ceil 30/3) holds 0.3
+    x = third_fall(learns)
+    assert x["falls"] and x["third"] == 0.3 and x["share"] == pytest.approx(1.0)
+    late = [1.0] * 10 + [0.5] * 20  # falls at epoch 11: one epoch too late
+    assert not third_fall(late)["falls"] and third_fall(late)["share"] == pytest.approx(0.0)
+
+
+def test_parse_arm():
+    assert parse_arm("ours:studies/models/yolov5n-af.yaml") == ("ours yolov5n-af", "ours", "studies/models/yolov5n-af.yaml")
+    assert parse_arm("ultralytics:yolov5n.yaml")[0] == "ultralytics yolov5n"
+    for bad in ("yolov5n.yaml", "mmdet:x.yaml", "ours:"):
+        with pytest.raises(ValueError):
+            parse_arm(bad)
+
+
+def test_commands_carry_model_and_seed():
+    spec = RunSpec("glyphs", "ours", 30, Path("/d/data.yaml"), 160, 16, 2, Path("/o/run"),
+                   model="studies/models/yolov5n-af.yaml", seed=2)
+    argv, _ = command(spec, "peer-python")
+    assert argv[argv.index("--model") + 1] == "studies/models/yolov5n-af.yaml" and argv[argv.index("--seed") + 1] == "2"
+    argv, env = command(RunSpec("glyphs", "ultralytics", 30, Path("/d/data.yaml"), 160, 16, 2, Path("/o/run"),
+                                model="yolov5n.yaml", seed=1), "peer-python")
+    assert "model=yolov5n.yaml" in argv and "seed=1" in argv and env["YOLO_OFFLINE"] == "1"
+    argv, _ = command(RunSpec("glyphs", "yolov8n", 3, Path("/d.yaml"), 160, 16, 2, Path("/o/r")), "py")
+    assert "model=yolov8n.yaml" in argv and not any(a.startswith("seed=") for a in argv)  # bench.peers as before
+
+
+def _row(arm, seed, best, curve):
+    return {"set": "glyphs", "arm": arm, "seed": seed, "rc": 0, "mAP50-95_best": best, "mAP50-95_last": best - 0.01,
+            "wall_s": 100.0, "cls_curve": curve}
+
+
+def test_report_gives_spreads_and_the_paired_test(tmp_path):
+    rows = [_row("ours yolov5n-af", s, b, [8.0, 4.0, 3.0, 3.0, 3.0, 3.0]) for s, b in ((0, 0.11), (1, 0.22), (2, 0.33))]
+    rows += [_row("ultralytics yolov5n", s, b, [7.0, 7.0, 6.9, 6.9, 6.9, 6.8]) for s, b in ((0, 0.10), (1, 0.20), (2, 0.30))]
+    rows.append({"set": "glyphs", "arm": "ultralytics yolov5n", "seed": 3, "rc": 1})
+    text = report(rows, {"epochs": 6, "seeds": "0,1,2,3"})  # the third: epoch 2
+    assert "0.2200 ± 0.1100" in text and "0.2000 ± 0.1000" in text
+    line = next(x for x in text.splitlines() if x.startswith("| ours yolov5n-af - ultralytics yolov5n"))
+    assert "0.0200 ± 0.0100" in line and "3.46" in line and "0.074" in line and line.rstrip(" |").endswith("no")
+    assert "| 3/3 |" in text and "| 0/3 |" in text and "seed 3 (exit 1)" in text
+    png = plot(rows, tmp_path / "cls.png")
+    assert png.stat().st_size > 1000
