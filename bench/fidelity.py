@@ -258,8 +258,8 @@ def build_rows(case: dict, ours: dict, peer: dict) -> list[Row]:
     rows += [Row("build", "BN eps, momentum", "2", *tensor_diff(torch.tensor(o["bn"]), torch.tensor(peer["build"]["bn"]))),
              Row("build", "strides", "3", *tensor_diff(o["stride"], peer["build"]["stride"])),
              Row("build", "anchors (grid units)", "18", *tensor_diff(o["anchors"], peer["build"]["anchors"])),
-             prior_row("built", case["prior"]["built"], peer["prior"], "ours: set; YOLOv5: added to the conv's "
-                       "random init (+-1/sqrt(fan_in)); class prior log(0.6/(nc-0.99)) vs nc-0.99999"),
+             prior_row("built", case["prior"]["built"], peer["prior"], "the prior alone: ours sets it, YOLOv5 adds it "
+                       "to the conv's random init (+-1/sqrt(fan_in)), on purpose"),
              prior_row("trainer (balanced classes)", case["prior"]["balanced"], peer["prior"],
                        "ours: class priors from the training labels' frequencies (core.train)")]
     for level, (a, b) in enumerate(zip(o["preds"], p["preds"])):

@@ -266,10 +266,12 @@ class Model(nn.Module):
     @torch.no_grad()
     def initialize_biases(self, class_freq=None) -> None:
         """Set Detect biases to priors: objectness ~8 objects per 640^2 image; classes from
-        ``class_freq`` (per-class label counts or frequencies: bias log(cf / cf.sum())) or YOLOv5's
-        log(0.6 / (nc - 0.99)). A class with no labels counts as half the rarest seen class so its bias
-        stays finite. With one class the frequency says nothing (log 1 = 0, a score factor of 0.5):
-        YOLOv5's prior (sigmoid 0.98) is used, and NMS scores a one-class model by objectness alone."""
+        ``class_freq`` (per-class label counts or frequencies: bias log(cf / cf.sum())) or YOLOv5 v7.0's
+        log(0.6 / (nc - 0.99999)) (v6: nc - 0.99). A class with no labels counts as half the rarest seen class
+        so its bias stays finite. With one class the frequency says nothing (log 1 = 0, a score factor of
+        0.5): YOLOv5's prior (sigmoid ~1) is used, and NMS scores a one-class model by objectness alone.
+        The biases are set, not added to the conv's random init as YOLOv5 does, so that the trainer can set
+        them again from the labels (docs/recipe-vs-yolov5.md)."""
         m = self.model[-1]
         if isinstance(m, DetectAF):  # no objectness: the class scores carry the prior (core/model/head_af.py)
             m.initialize_biases(class_freq if m.nc > 1 else None)
@@ -282,7 +284,7 @@ class Model(nn.Module):
             cf = torch.where(cf > 0, cf, seen.min() / 2 if seen.numel() else torch.ones(()))
             cls_bias = torch.log(cf / cf.sum()).float()
         else:
-            cls_bias = torch.full((m.nc,), math.log(0.6 / (m.nc - 0.99)))
+            cls_bias = torch.full((m.nc,), math.log(0.6 / (m.nc - 0.99999)))
         for conv, s in zip(m.m, m.stride.tolist()):
             b = conv.bias.view(m.na, -1)
             b[:, 4] = math.log(8 / (640 / s) ** 2)

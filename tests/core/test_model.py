@@ -105,7 +105,7 @@ def test_nc_override_and_bias_priors():
     assert m.arch['nc'] == 2 and det.no == 7 and m.names == ['0', '1']
     b = det.m[0].bias.view(3, 7)
     assert torch.allclose(b[:, 4], torch.full((3,), math.log(8 / (640 / 8) ** 2)))
-    assert torch.allclose(b[:, 5:], torch.full((3, 2), math.log(0.6 / (2 - 0.99))))
+    assert torch.allclose(b[:, 5:], torch.full((3, 2), math.log(0.6 / (2 - 0.99999))))  # YOLOv5 v7.0 (v6: nc - 0.99)
     m.initialize_biases(class_freq=[10, 30])
     b = det.m[2].bias.view(3, 7)
     assert torch.allclose(b[:, 5:], torch.log(torch.tensor([[0.25, 0.75]] * 3)))
@@ -298,7 +298,7 @@ def test_one_class_prior_is_yolov5s_not_log_of_one():
     m.initialize_biases(class_freq=[25])  # one class: its frequency is 1, log 1 = 0 would mean a 0.5 score factor
     for conv in m.model[-1].m:
         cls_bias = conv.bias.view(3, 6)[:, 5]
-        assert torch.allclose(cls_bias, torch.full((3,), math.log(0.6 / 0.01)))
+        assert torch.allclose(cls_bias, torch.full((3,), math.log(0.6 / (1 - 0.99999))))
         assert torch.sigmoid(cls_bias).min() > 0.98
 
 

@@ -156,7 +156,7 @@ def test_one_class_training_scores_by_objectness(one_class_data, tmp_path):
     assert all(h["train_cls"] == 0.0 and math.isfinite(h["train_box"]) for h in res.history)
     det = res.model.model[-1]
     for conv in det.m:  # the class logit got no gradient: it stays at the prior, not at log(1) = 0
-        assert torch.allclose(conv.bias.view(det.na, 6)[:, 5], torch.full((det.na,), math.log(60.0)), atol=1e-5)
+        assert torch.allclose(conv.bias.view(det.na, 6)[:, 5], torch.full((det.na,), math.log(0.6 / (1 - 0.99999))), atol=1e-5)
     loader, _ = create_dataloader(load_data_config(one_class_data)["val"], 64, 8, load_hyp(), augment=False,
                                   workers=0, nc=1)
     imgs = next(iter(loader))[0].float() / 255
