@@ -3,7 +3,7 @@
 
 Does the search find a better hyp when one is known to exist, and how fast? Each task (bench/planted_tasks.py)
 is a dataset and a base hyp that is wrong in a known gene, with the fix. With the quick study's settings
-(studies/quick.yaml: every trial finetunes one base run for `epochs`, objective mean_last_3, AdamW) at 128 px:
+(studies/quick.yaml: every trial finetunes one base run for `epochs`, objective mean_last_3, AdamW) on small 96 px sets:
 1. the planted gain, before any search: the base hyp and the fixed hyp trained with the same `--seeds` seeds
    (1, 2, ...) at the trial budget and at the retrain budget (one measurement when they are equal, as in the
    quick study), paired by seed: gain mean, sd and a one-sided paired t test (df = n - 1);
@@ -145,29 +145,36 @@ def planted_gain(cfg: StudyConfig, task: Task, seeds: list[int], budgets: list[i
     return out
 
 
-def bench_task(task: Task, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+def prepare_task(task: Task, args: argparse.Namespace) -> tuple[StudyConfig, str, dict[str, Any]]:
+    """Step 1 for one task: its data, its study, its base run, and the planted gain at each budget."""
     seeds = list(range(1, args.seeds + 1))  # retrain_plan's seeds: study seed + 1 ...
     data = task_data(task, n_train=args.train_images, n_val=args.val_images)
     cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials)
     retrain_epochs = args.retrain_epochs or int(cfg.retrain.get("epochs", cfg.epochs))
-    budgets = sorted({cfg.epochs, retrain_epochs})
     t0 = time.time()
     with quiet_evolution():
         weights = str(ensure_base_run(cfg, task_hyps(task)["base"], run_dir_for(f"{cfg.name}-base"), "cpu").resolve())
     res: dict[str, Any] = {"summary": task.summary, "base": task.base, "fix": task.fix, "data": str(data),
                            "trial_epochs": cfg.epochs, "retrain_epochs": retrain_epochs, "seeds": seeds,
                            "base_run_s": round(time.time() - t0, 1)}
-    res["planted"] = planted_gain(cfg, task, seeds, budgets, weights)
-    bar.update(1)
-    tqdm.write(planted_table({task.name: res}))
-    trial_gain = res["planted"][str(cfg.epochs)]["paired"]["diff_mean"]
-    planted = res["planted"][str(retrain_epochs)]
+    res["planted"] = planted_gain(cfg, task, seeds, sorted({cfg.epochs, retrain_epochs}), weights)
+    return cfg, weights, res
+
+
+def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any], samplers: list[str],
+                bar: tqdm) -> None:
+    """Step 2 for one task: a study per sampler, the winners retrained with step 1's seeds, scored against step
+    1's base hyp runs (same seeds, same budget)."""
+    trial_gain = res["planted"][str(res["trial_epochs"])]["paired"]["diff_mean"]
+    planted = res["planted"][str(res["retrain_epochs"])]
     res["samplers"] = {}
     plan = []
-    for spec in args.samplers:
+    for spec in samplers:
+        bar.set_postfix_str(f"{task.name}: {spec}")
         csv, wall = run_search(cfg, spec, weights)
         df = pd.read_csv(csv)
-        runs = retrain_plan(csv, cfg, RetrainOptions(epochs=retrain_epochs, top_k=1, seeds=len(seeds), base=False))
+        runs = retrain_plan(csv, cfg, RetrainOptions(epochs=res["retrain_epochs"], top_k=1, seeds=len(res["seeds"]),
+                                                     base=False))
         plan += [{**r, "role": spec, "name": f"{spec.replace('+', '-')}_trial{r['trial']}_seed{r['seed']}"} for r in runs]
         base_trial = df[df.number == 0].fitness
         res["samplers"][spec] = {"evolve_s": round(wall, 1), "trials": int((df.state == "COMPLETE").sum()),
@@ -176,14 +183,14 @@ def bench_task(task: Task, args: argparse.Namespace, bar: tqdm) -> dict[str, Any
                                  "winner_hyp": {g: runs[0]["hyp"][g] for g in task.fix},
                                  "reach_80": first_reach(df, SHARE_TARGET * trial_gain)}
         bar.update(1)
+    bar.set_postfix_str(f"{task.name}: retrain")
     t0 = time.time()
-    df = retrain(cfg, plan, retrain_epochs, OUT / task.name / f"winners_e{retrain_epochs}", weights)
+    df = retrain(cfg, plan, res["retrain_epochs"], OUT / task.name / f"winners_e{res['retrain_epochs']}", weights)
     res["retrain_s"] = round(time.time() - t0, 1)
     for spec, s in res["samplers"].items():
         s["retrain"] = by_seed(df, spec)
         s.update(recovered_share(s["retrain"], planted["base"], planted["paired"]["diff_mean"]))
     bar.update(1)
-    return res
 
 
 def fmt_p(p: float) -> str:
@@ -235,7 +242,7 @@ def report(res: dict[str, Any]) -> str:
         f"Step 2, each sampler's winner retrained with the same seeds: recovered share = paired gain over the base "
         f"hyp / planted gain (target >= {SHARE_TARGET:.0%} and p < 0.05); trials to 80% = the first trial, in "
         f"completion order, {SHARE_TARGET:.0%} of the planted gain above trial 0 (the base hyp):", "",
-        search_table(res["tasks"])])
+        search_table(res["tasks"]) if any("samplers" in r for r in res["tasks"].values()) else "(not run: --planted-only)"])
 
 
 def parse_list(text: str, known: Sequence[str] | None, what: str) -> list[str]:
@@ -253,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=12, help="trials per study (the quick study's 12), trial 0 = base hyp")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the quick study's retrain epochs")
-    ap.add_argument("--base-epochs", type=int, default=20, help="each task's base run (trials finetune it)")
-    ap.add_argument("--imgsz", type=int, default=128)
-    ap.add_argument("--train-images", type=int, default=400)
-    ap.add_argument("--val-images", type=int, default=100)
+    ap.add_argument("--base-epochs", type=int, default=15, help="each task's base run (trials finetune it)")
+    ap.add_argument("--imgsz", type=int, default=96, help="train size (the data is generated at 96 px)")
+    ap.add_argument("--train-images", type=int, default=160)
+    ap.add_argument("--val-images", type=int, default=60)
+    ap.add_argument("--planted-only", action="store_true", help="step 1 only: the planted gains, no search")
     ap.add_argument("--json", default="runs/bench/planted.json")
     ap.add_argument("--no-record", action="store_true", help="do not append the tables to bench/results/planted.md")
     args = ap.parse_args(argv)
@@ -270,14 +278,23 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"imgsz": args.imgsz, "train_images": args.train_images, "val_images": args.val_images,
                            "base_epochs": args.base_epochs, "trials": args.trials, "machine": machine_line(meta),
                            "tasks": {}}
-    with tqdm(total=len(tasks) * (len(args.samplers) + 2), desc="planted bench", unit="step") as bar:
-        for name in tasks:
-            bar.set_postfix_str(name)
-            res["tasks"][name] = bench_task(TASKS[name], args, bar)
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(res, indent=1, default=float))  # partial results survive a crash
+    json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    studies = {}
+    steps = len(tasks) * (1 + (0 if args.planted_only else len(args.samplers) + 1))
+    with tqdm(total=steps, desc="planted bench", unit="step") as bar:
+        for name in tasks:  # step 1 for every task before any search
+            bar.set_postfix_str(f"{name}: planted gain")
+            cfg, weights, res["tasks"][name] = prepare_task(TASKS[name], args)
+            studies[name] = (cfg, weights)
+            json_path.write_text(json.dumps(res, indent=1, default=float))  # partial results survive a crash
+            bar.update(1)
+        tqdm.write("Step 1, the planted gain (fixed hyp - base hyp, paired by seed):\n" + planted_table(res["tasks"]))
+        for name in [] if args.planted_only else tasks:
+            search_task(TASKS[name], *studies[name], res["tasks"][name], args.samplers, bar)
+            json_path.write_text(json.dumps(res, indent=1, default=float))
     res["wall_s"] = round(time.time() - t0, 1)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=float))
+    json_path.write_text(json.dumps(res, indent=1, default=float))
     text = report(res)
     print(text)
     if not args.no_record:

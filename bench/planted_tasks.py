@@ -7,10 +7,11 @@ searched (a gene with gain 0 could never be recovered).
 - mirror:  typeset b, d, p, q on real textures: b/d and p/q are mirror images, so a left-right flip relabels
            the object as the other class; base fliplr 0.5, fix fliplr 0. No mosaic involved (mosaic is
            the same on both sides).
-- large:   1-3 large shapes per image (45-115 px of 128), AutoMosaic off, base mosaic 1.0, fix mosaic 0.
+- large:   1-3 large shapes per image (34-86 px of 96), AutoMosaic off, base mosaic 1.0, fix mosaic 0.
 
-Data is generated under datasets/planted-v1/<task>/ (git-ignored), deterministic for the seed: each image has
-its own RNG seeded by (seed, task, split, index). Every task trains a base run once with its from-scratch hyp
+Data (96 px images, small: the bench runs 150+ trainings on 2 cores) is generated under
+datasets/planted-v1/<task>/ (git-ignored), deterministic for the seed: the shapes tasks by the data yaml's
+`synthetic:` section (core.data), mirror with an RNG per image seeded by (seed, split, index). Every task trains a base run once with its from-scratch hyp
 (`base_run_hyp`: the planted error too, except lr's, which is an error of the finetune recipe only) and the
 trials finetune its best.pt, as in the quick study.
 """
@@ -22,14 +23,14 @@ import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import yaml
 
 from bench import sources
-from core.data.synthetic import generate_shapes
+from core.data.config import load_data_config
 from core.hyp import load_hyp
 
 __all__ = ["DATA_ROOT", "PLANTED_SEED", "TASKS", "Task", "render_mirror", "task_data", "task_hyps", "task_space"]
@@ -39,7 +40,7 @@ PLANTED_SEED = 31  # the planted tasks' data seed (no other use)
 QUICK_SPACE = Path(__file__).resolve().parent.parent / "studies" / "space-adamw.yaml"
 FINETUNE_HYP = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "adamw-finetune.yaml"
 SCRATCH_HYP = Path(__file__).resolve().parent.parent / "studies" / "hyp" / "adamw-short.yaml"
-IMGSZ = 128
+IMGSZ = 96  # generated image size (objects scale with it)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("mirror", "typeset b/d/p/q (mirror-image classes) on real textures, fliplr 0.5", {"fliplr": 0.5},
          {"fliplr": 0.0}, base_run_error=True, space={"fliplr": {"gain": 1, "low": 0.0, "high": 1.0}},
          names=("b", "d", "p", "q")),
-    Task("large", "1-3 large shapes (45-115 px of 128), AutoMosaic off, mosaic 1.0", {"mosaic": 1.0},
+    Task("large", "1-3 large shapes (34-86 px of 96), AutoMosaic off, mosaic 1.0", {"mosaic": 1.0},
          {"mosaic": 0.0}, base_run_error=True, names=("circle", "square", "triangle", "star", "cross", "ring")),
 )}
 
@@ -92,15 +93,16 @@ def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
 
 
 def render_mirror(rng: np.random.Generator, hw: tuple[int, int] = (IMGSZ, IMGSZ)) -> tuple[np.ndarray, np.ndarray]:
-    """One image of 2-5 upright letters b, d, p, q (classes 0-3), 22-48 px, on a blurred real texture; labels
-    (n, 5) [cls, cx, cy, w, h] normalised. Letters do not overlap (a placement that would is skipped)."""
+    """One image of 2-5 upright letters b, d, p, q (classes 0-3), 17-36% of the image tall, on a blurred real
+    texture; labels (n, 5) [cls, cx, cy, w, h] normalised. Letters do not overlap (a placement that would is
+    skipped)."""
     h, w = hw
     img = cv2.GaussianBlur(sources.texture(rng, hw), (0, 0), rng.uniform(1.0, 3.0))
     taken = np.zeros(hw, bool)
     labels = []
     for _ in range(int(rng.integers(2, 6))):
         c = int(rng.integers(4))
-        size = rng.uniform(22, 48)
+        size = rng.uniform(0.17, 0.36) * min(h, w)
         center = (rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2))
         m = sources.warp(sources.glyph("bdpq"[c], MIRROR_FONTS[rng.integers(len(MIRROR_FONTS))]), size,
                          rng.uniform(-8, 8), rng.uniform(-0.1, 0.1), rng.uniform(0.85, 1.15), center, hw)
@@ -117,29 +119,29 @@ def render_mirror(rng: np.random.Generator, hw: tuple[int, int] = (IMGSZ, IMGSZ)
     return np.clip(img, 0, 255).astype(np.uint8), np.array(labels, np.float64).reshape(-1, 5)
 
 
-def _write_rendered(root: Path, render: Callable[[np.random.Generator], tuple], seed: int, counts: dict[str, int]) -> None:
+def _write_rendered(root: Path, seed: int, counts: dict[str, int]) -> None:
     for split_id, (split, n) in enumerate(counts.items()):
         im_dir, lb_dir = root / "images" / split, root / "labels" / split
         im_dir.mkdir(parents=True, exist_ok=True)
         lb_dir.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, labels = render(np.random.default_rng([seed, zlib.crc32(b"mirror"), split_id, i]))
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            img, labels = render_mirror(np.random.default_rng([seed, zlib.crc32(b"mirror"), split_id, i]))
+            buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
             (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
             (lb_dir / f"{i:06d}.txt").write_text("".join(
                 f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in labels))
 
 
-def _generate(task: Task, root: Path, n_train: int, n_val: int, seed: int) -> None:
+def _synthetic(task: Task, n_train: int, n_val: int, seed: int) -> dict[str, int] | None:
+    """The shapes tasks' `synthetic:` section (core.data generates them); None for mirror (rendered here)."""
+    common = {"seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": IMGSZ}
+    if task.name == "lr":
+        return {**common, "min_size": 8}
+    if task.name == "large":
+        return {**common, "min_size": 34, "max_size": 86, "max_objects": 3}
     if task.name == "mirror":
-        _write_rendered(root, render_mirror, seed, {"train": n_train, "val": n_val})
-    elif task.name == "lr":
-        generate_shapes(root, task.names, seed=seed, n_train=n_train, n_val=n_val, imgsz=IMGSZ, min_size=10.0)
-    elif task.name == "large":
-        generate_shapes(root, task.names, seed=seed, n_train=n_train, n_val=n_val, imgsz=IMGSZ, min_size=45.0,
-                        max_size=115.0, max_objects=3)
-    else:
-        raise ValueError(f"no data generator for task {task.name!r}")
+        return None
+    raise ValueError(f"no data generator for task {task.name!r}")
 
 
 def task_data(task: Task, root: Path | str = DATA_ROOT, n_train: int = 400, n_val: int = 100,
@@ -152,17 +154,20 @@ def task_data(task: Task, root: Path | str = DATA_ROOT, n_train: int = 400, n_va
     marker = target / "planted.json"
     if marker.is_file() and json.loads(marker.read_text()) == params and (target / "data.yaml").is_file():
         return target / "data.yaml"
+    synthetic = _synthetic(task, n_train, n_val, seed)
     tmp = target.parent / f".{task.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _generate(task, tmp / "set", n_train, n_val, seed)
-        (tmp / "set" / "planted.json").write_text(json.dumps(params, indent=1))
+        tmp.mkdir(parents=True)
+        if synthetic is None:
+            _write_rendered(tmp / "set", seed, {"train": n_train, "val": n_val})
         shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp / "set", target)
+        os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    (target / "data.yaml").write_text(yaml.safe_dump(
-        {"path": str(target.resolve()), "train": "images/train", "val": "images/val",
-         "names": dict(enumerate(task.names))}, sort_keys=False))
+    data = {"path": "set", "train": "images/train", "val": "images/val", "names": dict(enumerate(task.names))}
+    (target / "data.yaml").write_text(yaml.safe_dump({**data, **({"synthetic": synthetic} if synthetic else {})},
+                                                     sort_keys=False))
+    load_data_config(target / "data.yaml")  # generates a shapes task's images
+    marker.write_text(json.dumps(params, indent=1))  # written last: a set cut short is redone
     return target / "data.yaml"

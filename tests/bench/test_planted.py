@@ -25,8 +25,8 @@ def test_task_is_what_it_claims(name, tmp_path):
     data = task_data(task, root=tmp_path, n_train=3, n_val=2, seed=5)
     cfg = load_data_config(str(data))
     assert list(cfg["names"]) == list(task.names)
-    labels = sorted((tmp_path / name / "labels" / "train").glob("*.txt"))
-    assert len(labels) == 3 and len(list((tmp_path / name / "images" / "val").glob("*.jpg"))) == 2
+    labels = sorted((tmp_path / name / "set" / "labels" / "train").glob("*.txt"))
+    assert len(labels) == 3 and len(list((tmp_path / name / "set" / "images" / "val").glob("*.jpg"))) == 2
     rows = np.array([list(map(float, line.split())) for f in labels for line in f.read_text().splitlines()])
     assert len(rows) and rows[:, 0].max() < len(task.names) and ((rows[:, 1:] > 0) & (rows[:, 1:] <= 1)).all()
 
@@ -34,7 +34,7 @@ def test_task_is_what_it_claims(name, tmp_path):
 def test_mirror_is_deterministic_and_labels_every_class():
     a, la = render_mirror(np.random.default_rng(3))
     b, lb = render_mirror(np.random.default_rng(3))
-    assert np.array_equal(a, b) and np.array_equal(la, lb) and a.shape == (128, 128, 3)
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and a.shape == (96, 96, 3)
     classes = {int(c) for i in range(40) for c in render_mirror(np.random.default_rng(i))[1][:, 0]}
     assert classes == {0, 1, 2, 3}
 
