@@ -181,7 +181,8 @@ class Fakes:
         (d / "best.pt").write_bytes(b"fake")
         value = 0.5 - 10 * hyp["lr0"] + 0.001 * opts.seed
         best = {"epoch": 0, "P": 0.5, "R": 0.5, "mAP50": 0.5, "mAP50-95": value, "fitness": value}
-        return SimpleNamespace(best=best, history=[best] * opts.epochs, best_path=d / "best.pt", stop_reason="completed")
+        return SimpleNamespace(best=best, history=[best] * opts.epochs, best_path=d / "best.pt",
+                               stop_reason="completed")
 
 
 def test_study_reports_transfer_in_summary_and_report_and_resume_keeps_finished_transfer_runs(tmp_path, capsys):
