@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([args.peer_python, str(PEER_SCRIPT), str(folder)], check=True)
         peer = torch.load(folder / "peer.pt", weights_only=True)
     rows = build_rows(case, ours, peer)
-    header = ["part", "compared", "size", "max abs diff", "relative diff", "verdict", "note"]
+    header = ["part", "compared", "size", "max abs diff", "relative diff", "verdict", "why / note"]
     text = (f"yolov5n, nc={args.nc}, {args.batch} images at {args.imgsz} px, seed {args.seed}, float64 "
             f"(our loss in float32); peer: yolov5 {peer['yolov5']} on torch {peer['torch']}\n\n"
             + markdown_table(header, table(rows)) + "\n\n" + recipe_table(ours, peer))
@@ -258,10 +258,10 @@ def build_rows(case: dict, ours: dict, peer: dict) -> list[Row]:
     rows += [Row("build", "BN eps, momentum", "2", *tensor_diff(torch.tensor(o["bn"]), torch.tensor(peer["build"]["bn"]))),
              Row("build", "strides", "3", *tensor_diff(o["stride"], peer["build"]["stride"])),
              Row("build", "anchors (grid units)", "18", *tensor_diff(o["anchors"], peer["build"]["anchors"])),
-             prior_row("built", case["prior"]["built"], peer["prior"], "the prior alone: ours sets it, YOLOv5 adds it "
-                       "to the conv's random init (+-1/sqrt(fan_in)), on purpose"),
+             prior_row("built", case["prior"]["built"], peer["prior"], note="the prior alone: ours sets it, YOLOv5 adds "
+                       "it to the conv's random init (+-1/sqrt(fan_in))"),
              prior_row("trainer (balanced classes)", case["prior"]["balanced"], peer["prior"],
-                       "ours: class priors from the training labels' frequencies (core.train)")]
+                       why="ours: class priors from the training labels' frequencies (core.train)")]
     for level, (a, b) in enumerate(zip(o["preds"], p["preds"])):
         rows.append(Row("forward", f"P{level + 3} raw outputs (train mode)", str(b.numel()), *tensor_diff(a, b), tol=1e-9))
     for k, name in enumerate(("box", "obj", "cls")):
@@ -274,12 +274,11 @@ def build_rows(case: dict, ours: dict, peer: dict) -> list[Row]:
     rows.append(Row("forward", "state after the pass (BN running stats)", f"{len(p['state'])} tensors", a, r, note=key))
     for name, mine in ours["steps"].items():
         theirs = peer["steps"][name.split(",")[0]]
-        note = "our Adam beta1 warm-up (0.8 -> momentum, on purpose)" if name == "AdamW" else ""
-        rows += step_rows(name, mine, theirs, note)
+        why = "our Adam beta1 warm-up (warmup_momentum -> momentum)" if name == "AdamW" else ""
+        rows += step_rows(name, mine, theirs, why)
     for name, mine in ours["schedules"].items():
         theirs = peer["schedules"][name]
-        note = schedule_note(name, mine, theirs)
-        rows += trace_rows(name, mine, theirs, SCHEDULE_KEYS, note)
+        rows += trace_rows(name, mine, theirs, SCHEDULE_KEYS, schedule_why(name, mine, theirs))
     return rows
 
 
@@ -290,26 +289,26 @@ def build_row(report: dict, keys: int) -> Row:
                float(bad), bad / keys, tol=0.0, note=note or "strict load")
 
 
-def prior_row(what: str, ours: torch.Tensor, peer: torch.Tensor, note: str) -> Row:
+def prior_row(what: str, ours: torch.Tensor, peer: torch.Tensor, note: str = "", why: str = "") -> Row:
     return Row("build", f"head biases: objectness and class prior, {what}", str(peer.numel()),
-               *tensor_diff(ours, peer), note=note)
+               *tensor_diff(ours, peer), note=note, why=why)
 
 
-def step_rows(name: str, ours: dict, peer: dict, note: str) -> list[Row]:
+def step_rows(name: str, ours: dict, peer: dict, why: str) -> list[Row]:
     """Each parameter's lr, weight decay, momentum/beta1, nesterov at the last step, and the weights after."""
     rows = []
     for k, what in enumerate(("lr", "weight decay", "momentum / beta1", "nesterov")):
         o = torch.tensor([float(ours["settings"][n][k]) for n in peer["settings"]])
         p = torch.tensor([float(peer["settings"][n][k]) for n in peer["settings"]])
         rows.append(Row("optimizer step", f"{name}: {what} per parameter", f"{len(p)} parameters",
-                        *tensor_diff(o, p), note=note if what.startswith("momentum") else ""))
+                        *tensor_diff(o, p), why=why if what.startswith("momentum") else ""))
     a, r, key = dict_diff(ours["state"], peer["state"])
     rows.append(Row("optimizer step", f"{name}: weights after 2 steps (warmup iterations 40, 41 of 100)",
-                    f"{len(peer['state'])} tensors", a, r, note=f"worst: {key}" + (f"; {note}" if note else "")))
+                    f"{len(peer['state'])} tensors", a, r, note=f"worst: {key}" if key else "", why=why))
     return rows
 
 
-def schedule_note(name: str, ours: dict, peer: dict) -> str:
+def schedule_why(name: str, ours: dict, peer: dict) -> str:
     """Why a schedule may differ on purpose: warmup length, Adam beta1 warm-up, `auto`'s own recipe."""
     notes = []
     if ours["nw"] != peer["nw"]:

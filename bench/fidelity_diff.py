@@ -30,14 +30,18 @@ class Row:
     rel: float
     tol: float = FLOAT_NOISE
     note: str = ""
+    why: str = ""        # the documented reason when the engines differ here on purpose
 
     @property
     def same(self) -> bool:
         return self.rel <= self.tol  # NaN (a shape mismatch) is never the same
 
+    def verdict(self) -> str:
+        return "same" if self.same else "differs, on purpose" if self.why else "**differs**"
+
     def cells(self) -> list[str]:
-        return [self.part, self.what, self.size, f"{self.max_abs:.3g}", f"{self.rel:.3g}",
-                "same" if self.same else "**differs**", self.note]
+        return [self.part, self.what, self.size, f"{self.max_abs:.3g}", f"{self.rel:.3g}", self.verdict(),
+                "; ".join(x for x in (self.why, self.note) if x)]
 
 
 def tensor_diff(ours: torch.Tensor, peer: torch.Tensor) -> tuple[float, float]:
@@ -89,20 +93,20 @@ def assignment_rows(ours: Sequence[Mapping[str, torch.Tensor]], peer: Sequence[M
 
 
 def trace_rows(name: str, ours: Mapping[str, torch.Tensor], peer: Mapping[str, torch.Tensor],
-               keys: Sequence[str], note: str = "") -> list[Row]:
+               keys: Sequence[str], why: str = "") -> list[Row]:
     """One row per traced quantity of a schedule (lr per group, beta1, accumulation, steps), iteration by
     iteration; the optimizer steps taken are compared as a count."""
     rows = []
     for key in keys:
         a, r = tensor_diff(torch.nan_to_num(ours[key], nan=-1.0), torch.nan_to_num(peer[key], nan=-1.0))
         rows.append(Row("schedule", f"{name}: {key}", f"{len(peer[key])} iterations", a, r,
-                        tol=FLOAT_NOISE if key.startswith(("lr", "beta", "ema")) else 0.0, note=note))
+                        tol=FLOAT_NOISE if key.startswith(("lr", "beta", "ema")) else 0.0, why=why))
     steps_o, steps_p = int(ours["step"].sum()), int(peer["step"].sum())
     rows.append(Row("schedule", f"{name}: optimizer steps", f"{steps_o} ours / {steps_p} peer",
-                    float(abs(steps_o - steps_p)), abs(steps_o - steps_p) / max(steps_p, 1), tol=0.0, note=note))
+                    float(abs(steps_o - steps_p)), abs(steps_o - steps_p) / max(steps_p, 1), tol=0.0, why=why))
     return rows
 
 
 def table(rows: Sequence[Row]) -> list[list[str]]:
-    """The rows as markdown cells: part, compared, size, max abs diff, relative diff, verdict, note."""
+    """The rows as markdown cells: part, compared, size, max abs diff, relative diff, verdict, why / note."""
     return [row.cells() for row in rows]

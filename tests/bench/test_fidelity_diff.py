@@ -21,6 +21,8 @@ def test_a_shape_mismatch_or_a_missing_key_is_never_the_same():
     assert math.isnan(a) and math.isnan(r)
     assert not Row("x", "y", "3", a, r).same
     assert Row("x", "y", "3", 0.0, FLOAT_NOISE / 2).same and not Row("x", "y", "3", 0.0, FLOAT_NOISE * 2).same
+    assert Row("x", "y", "3", 1.0, 1.0).verdict() == "**differs**"  # flagged unless a documented reason is given
+    assert Row("x", "y", "3", 1.0, 1.0, why="docs").verdict() == "differs, on purpose"
     _, rel, key = dict_diff({"w": torch.ones(2), "b": torch.ones(1)}, {"w": torch.ones(2)})
     assert math.isnan(rel) and key == "b"
 
