@@ -136,7 +136,7 @@ def _synthetic(task: Task, n_train: int, n_val: int, seed: int) -> dict[str, int
     """The shapes tasks' `synthetic:` section (core.data generates them); None for mirror (rendered here)."""
     common = {"seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": IMGSZ}
     if task.name == "lr":
-        return {**common, "min_size": 8}
+        return {**common, "min_size": 12, "max_objects": 5}
     if task.name == "large":
         return {**common, "min_size": 34, "max_size": 86, "max_objects": 3}
     if task.name == "mirror":
