@@ -222,6 +222,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
     if args.int8 and args.half:
         ap.error("--int8 quantizes the float32 file: drop --half")
     ckpt = load_checkpoint(args.weights)
+    calib_data = args.data or _checkpoint_data(ckpt)
+    calib = calibration_images(calib_data, args.calib_images) if args.int8 else []  # bad data fails before exporting
     model = model_from_checkpoint(ckpt).to(select_device(args.device))
     out = Path(args.out or Path(args.weights).with_suffix(".onnx"))
     t0 = time.time()
@@ -239,18 +241,16 @@ def run(argv: Sequence[str] | None = None) -> Path:
               f"image, so the file matches PyTorch only as closely as that precision allows; check its accuracy "
               f"with python -m core.val --weights {out}")
     if args.int8:
-        export_int8(out, model, ckpt, args)
+        export_int8(out, calib, calib_data, sample_image(ckpt, args.imgsz, args.source))
     return out
 
 
-def export_int8(fp32: Path, model: nn.Module, ckpt: dict, args: argparse.Namespace) -> Path:
-    """--int8: quantize the checked float32 file, print how far its outputs move on the check image."""
-    data = args.data or _checkpoint_data(ckpt)
-    images = calibration_images(data, args.calib_images)
+def export_int8(fp32: Path, images: list[str], data: str | None, image: torch.Tensor) -> Path:
+    """--int8: quantize the checked float32 file on `images` (from `data`), print how far its outputs move on
+    the check image."""
     out = int8_path(fp32)
     t0 = time.time()
     quantize_onnx(fp32, out, images)
-    image = sample_image(ckpt, args.imgsz, args.source)
     d = _max_errors(OnnxModel(out)(image)[0], OnnxModel(fp32)(image)[0], tuple(image.shape[-2:]))
     print(f"int8: wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(images)} calibration images from "
           f"{data or 'the built-in dataset'}, {time.time() - t0:.1f} s); INT8 vs float32 onnxruntime max abs diff on "

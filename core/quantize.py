@@ -58,7 +58,9 @@ def calibration_images(data: str | Path | None, n: int = DEFAULT_CALIB_IMAGES) -
     except FileNotFoundError as e:
         raise CalibrationError(f"{cfg['yaml_file']}: train: {e}") from None
     if not files:
-        raise CalibrationError(f"{cfg['yaml_file']}: train: {cfg['train']} holds no images to calibrate on")
+        sources = cfg["train"] if isinstance(cfg["train"], (list, tuple)) else [cfg["train"]]
+        raise CalibrationError(f"{cfg['yaml_file']}: train: {', '.join(map(str, sources))} holds no images to "
+                               f"calibrate on")
     step = max(len(files) / n, 1.0)
     return [files[int(i * step)] for i in range(min(n, len(files)))]
 
