@@ -100,7 +100,8 @@ def make_case(seed: int, nc: int, imgsz: int, batch: int) -> dict:
         "targets": random_targets(gen, batch, nc, imgsz), "hyp": hyp, "threads": 1,
         "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
         "prior": head_prior(net),
-        "steps": {"SGD": {"optimizer": "SGD", "hyp": {}, **step}, "AdamW": {"optimizer": "AdamW", "hyp": adamw, **step}},
+        "steps": {"SGD": {"optimizer": "SGD", "hyp": {}, **step},
+                  "AdamW": {"optimizer": "AdamW", "hyp": adamw, **step}},
         "schedules": {
             "SGD, 1-epoch warmup, 120 batches x 3 epochs": schedule_spec("SGD", hyp, {"warmup_epochs": 1.0}, 120, 3),
             "SGD, 1-epoch warmup, 50 batches x 4 epochs": schedule_spec("SGD", hyp, {"warmup_epochs": 1.0}, 50, 4),
@@ -255,15 +256,17 @@ def build_rows(case: dict, ours: dict, peer: dict) -> list[Row]:
     if "forward" not in peer:
         return rows
     o, p = ours["forward"], peer["forward"]
-    rows += [Row("build", "BN eps, momentum", "2", *tensor_diff(torch.tensor(o["bn"]), torch.tensor(peer["build"]["bn"]))),
+    bn = tensor_diff(torch.tensor(o["bn"]), torch.tensor(peer["build"]["bn"]))
+    rows += [Row("build", "BN eps, momentum", "2", *bn),
              Row("build", "strides", "3", *tensor_diff(o["stride"], peer["build"]["stride"])),
              Row("build", "anchors (grid units)", "18", *tensor_diff(o["anchors"], peer["build"]["anchors"])),
-             prior_row("built", case["prior"]["built"], peer["prior"], note="the prior alone: ours sets it, YOLOv5 adds "
-                       "it to the conv's random init (+-1/sqrt(fan_in))"),
+             prior_row("built", case["prior"]["built"], peer["prior"],
+                       note="the prior alone: ours sets it, YOLOv5 adds it to the random init (+-1/sqrt(fan_in))"),
              prior_row("trainer (balanced classes)", case["prior"]["balanced"], peer["prior"],
                        why="ours: class priors from the training labels' frequencies (core.train)")]
     for level, (a, b) in enumerate(zip(o["preds"], p["preds"])):
-        rows.append(Row("forward", f"P{level + 3} raw outputs (train mode)", str(b.numel()), *tensor_diff(a, b), tol=1e-9))
+        rows.append(Row("forward", f"P{level + 3} raw outputs (train mode)", str(b.numel()), *tensor_diff(a, b),
+                        tol=1e-9))
     for k, name in enumerate(("box", "obj", "cls")):
         rows.append(Row("loss", f"{name} loss (after gains)", "1", *tensor_diff(o["items"][k], p["items"][k])))
     rows.append(Row("loss", "total x batch", "1", *tensor_diff(o["loss"], p["loss"])))
@@ -284,7 +287,7 @@ def build_rows(case: dict, ours: dict, peer: dict) -> list[Row]:
 
 def build_row(report: dict, keys: int) -> Row:
     bad = len(report["missing"]) + len(report["unexpected"]) + len(report["shape"])
-    note = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in report.items() if k in ("missing", "unexpected", "shape") and v)
+    note = "; ".join(f"{k}: {', '.join(report[k][:3])}" for k in ("missing", "unexpected", "shape") if report[k])
     return Row("build", "state-dict keys and shapes (ours loaded into YOLOv5's yolov5n.yaml)", f"{keys} tensors",
                float(bad), bad / keys, tol=0.0, note=note or "strict load")
 

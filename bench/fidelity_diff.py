@@ -70,7 +70,8 @@ def dict_diff(ours: Mapping[str, torch.Tensor], peer: Mapping[str, torch.Tensor]
     return worst_abs, worst_rel, worst_key
 
 
-def assignment_rows(ours: Sequence[Mapping[str, torch.Tensor]], peer: Sequence[Mapping[str, torch.Tensor]]) -> list[Row]:
+def assignment_rows(ours: Sequence[Mapping[str, torch.Tensor]],
+                    peer: Sequence[Mapping[str, torch.Tensor]]) -> list[Row]:
     """Per level: the positives (count, and every (image, anchor, cell, class) in the same order), then the
     box targets and matched anchors of all levels."""
     rows, boxes, anchors = [], [], []

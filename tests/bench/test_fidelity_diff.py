@@ -38,7 +38,8 @@ def test_dict_diff_names_the_worst_entry():
 def level(cells: list[tuple[int, int, int, int, int]]) -> dict:
     t = torch.tensor(cells)
     return {"b": t[:, 0], "a": t[:, 1], "gj": t[:, 2], "gi": t[:, 3], "tcls": t[:, 4],
-            "tbox": torch.rand(len(cells), 4, generator=torch.Generator().manual_seed(0)), "anch": torch.ones(len(cells), 2)}
+            "tbox": torch.rand(len(cells), 4, generator=torch.Generator().manual_seed(0)),
+            "anch": torch.ones(len(cells), 2)}
 
 
 def test_assignment_rows_catch_one_positive_in_another_cell():
