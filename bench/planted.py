@@ -59,7 +59,8 @@ def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials
     return load_study(QUICK, {
         "name": f"planted-{task.name}", "data": str(data_yaml.resolve()), "hyp": str(files["hyp"].resolve()),
         "space": str(files["space"].resolve()), "imgsz": imgsz, "trials": trials, "noise_seeds": 0, "gpus": "cpu",
-        "base": {"epochs": base_epochs, "close_mosaic": 0, "hyp": str(files["base_run_hyp"].resolve())},
+        "base": {"epochs": base_epochs, "close_mosaic": base_epochs // 4 if task.close_mosaic else 0,
+                 "hyp": str(files["base_run_hyp"].resolve())},
         "train": {**quick.train, "automosaic": False}})  # the planted mosaic gene means what it says
 
 

@@ -51,6 +51,7 @@ class Task:
     base: dict[str, float]        # the planted error: finetune hyp = adamw-finetune.yaml + these
     fix: dict[str, float]         # the planted genes' right values
     base_run_error: bool          # the base run (from scratch) carries the error too
+    close_mosaic: bool = True     # the base run's last quarter without mosaic (the quick study's 10 of 30)
     space: dict[str, dict] = field(default_factory=dict)  # space-adamw.yaml's genes changed for this task
     names: tuple[str, ...] = ()
 
@@ -63,7 +64,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          {"fliplr": 0.0}, base_run_error=False, space={"fliplr": {"gain": 1, "low": 0.0, "high": 1.0}},
          names=("b", "d", "p", "q")),
     Task("large", "1-3 large shapes (34-86 px of 96), AutoMosaic off, mosaic 1.0", {"mosaic": 1.0},
-         {"mosaic": 0.0}, base_run_error=True, names=("circle", "square", "triangle", "star", "cross", "ring")),
+         {"mosaic": 0.0}, base_run_error=True, close_mosaic=False, names=("circle", "square", "triangle", "star", "cross", "ring")),
 )}
 
 
