@@ -75,9 +75,12 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
                 LOGGER.warning(f"warning: resuming study '{cfg.name}' with changed " +
                                ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
                                ": old and new trials are not comparable (use --name for a new study)")
-        if not study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        if all(t.user_attrs.get("base") for t in trials):  # nothing drawn yet: enqueue the noise seeds not in it
+            have = {t.user_attrs.get(NOISE_ATTR) for t in trials}  # (a run killed between two enqueues left some)
             for attrs in noise_trial_attrs(cfg):
-                study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
+                if attrs[NOISE_ATTR] not in have:
+                    study.enqueue_trial(base_params(space, base_hyp), user_attrs=attrs, skip_if_exists=False)
     atomic_write(run_dir / STUDY_FILE, yaml.safe_dump({k: v for k, v in record.items()}, sort_keys=False))
     return study
 

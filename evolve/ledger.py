@@ -20,6 +20,12 @@ Liveness, by storage:
   time into a system attr, and a RUNNING trial is stale when its owner process is gone (checked only
   when it ran in our PID namespace on this boot: a container with host networking shares the host
   name but not the PIDs) or when its heartbeat is older than `grace`.
+
+A RUNNING trial whose worker died on this machine (killed, the machine's job stopped) is not retried
+but taken over (`adopt_orphan`): it runs again under its own number, with its own params and seed. A
+retry takes a new number, and the GA seeds its draws by trial number: every later trial of a resumed
+study would differ from the uninterrupted study's. A trial taken over `retries` times and orphaned again
+is failed and retried as a stale one.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 OWNER = "evolve_owner"          # system attr: {'host', 'boot', 'pidns', 'pid', 'worker'}
 HEARTBEAT = "evolve_heartbeat"  # system attr (journal only): unix time of the last beat
 WITHDRAWN = "evolve_withdrawn"  # system attr: a retry made moot by the original's late result (not counted)
+ADOPTED = "evolve_adopted"  # system attr: times the trial was taken over from a worker that died on this machine
 RECOVERED_FROM = "recovered_from"  # user attr: this COMPLETE trial is the late result of a trial failed as stale
 CARRIED_ATTRS = ("base", "noise_seed", "train_seed")  # what a retry keeps of the trial it re-runs
 
@@ -90,7 +97,9 @@ class RecordedTrial:
 
     def report(self, value: float, step: int) -> None:
         self.intermediate[step] = value
-        self._write(self._trial.report, value, step)
+        with warnings.catch_warnings():  # a trial taken over from a dead worker reports its first epochs again
+            warnings.filterwarnings("ignore", message="The reported value is ignored because")
+            self._write(self._trial.report, value, step)
 
     def should_prune(self) -> bool:
         return not self.orphaned and self._trial.should_prune()
@@ -195,14 +204,39 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_reason(t: FrozenTrial, grace: float, now: float | None = None) -> str | None:
-    """Why RUNNING trial `t` (journal storage) is stale, or None if its worker looks alive."""
-    if t.state != TrialState.RUNNING:
-        return None
+def died_here(t: FrozenTrial) -> bool:
+    """Is `t` RUNNING in a worker that ran in this machine's PID space and is gone?"""
     owner = t.system_attrs.get(OWNER) or {}
     here = process_space()
     same_pids = bool(here["boot"]) and owner.get("boot") == here["boot"] and owner.get("pidns") == here["pidns"]
-    if same_pids and not _pid_alive(int(owner.get("pid", -1))):
+    return t.state == TrialState.RUNNING and same_pids and not _pid_alive(int(owner.get("pid", -1)))
+
+
+def adoptable(t: FrozenTrial, max_adoptions: int) -> bool:
+    return died_here(t) and int(t.system_attrs.get(ADOPTED, 0)) < max_adoptions
+
+
+def adopt_orphan(study: optuna.Study, worker: int, max_adoptions: int) -> FrozenTrial | None:
+    """Take over the lowest-numbered trial whose worker died on this machine (call under the study lock): it
+    becomes this process's, to run again under its number; None when there is none (module docstring)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if adoptable(t, max_adoptions):
+            try:
+                study._storage.set_trial_system_attr(t._trial_id, ADOPTED, int(t.system_attrs.get(ADOPTED, 0)) + 1)
+            except UpdateFinishedTrialError:
+                continue
+            claim_owner(study, t._trial_id, worker)
+            return t
+    return None
+
+
+def stale_reason(t: FrozenTrial, grace: float, now: float | None = None, max_adoptions: int = 0) -> str | None:
+    """Why RUNNING trial `t` (journal storage) is stale, or None if its worker looks alive or a worker will take
+    it over (`adoptable`)."""
+    if t.state != TrialState.RUNNING or adoptable(t, max_adoptions):
+        return None
+    owner = t.system_attrs.get(OWNER) or {}
+    if died_here(t):
         return f"worker {owner.get('worker')} (pid {owner.get('pid')}) died"
     beat = t.system_attrs.get(HEARTBEAT)
     if beat is None and t.datetime_start is not None:
@@ -242,7 +276,7 @@ def fail_stale(study: optuna.Study, grace: float, max_retries: int) -> list[int]
                       if t.number in running)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = stale_reason(t, grace)
+        reason = stale_reason(t, grace, max_adoptions=max_retries)
         if reason and fail_and_retry(study, t, f"stale: {reason}", max_retries):
             failed.append(t.number)
     return failed

@@ -29,8 +29,8 @@ from optuna.trial import TrialState
 from core.cli import setup_logging
 from core.hyp import load_hyp
 from evolve import budget
-from evolve.ledger import (Heartbeat, RecordedTrial, claim_owner, count_finished, count_running, fail_and_retry,
-                           fail_stale, keep_result)
+from evolve.ledger import (Heartbeat, RecordedTrial, adopt_orphan, claim_owner, count_finished, count_running,
+                           fail_and_retry, fail_stale, keep_result)
 from evolve.objective import Objective
 from evolve.samplers import make_pruner, make_sampler, prior_draws
 from evolve.space import check_base, load_space
@@ -142,18 +142,23 @@ def run_worker(cfg: StudyConfig, run_dir: Path | str, storage_url: str | None = 
             log(f"worker {worker}: the study's deadline has passed: no new trial")
             return ran
         with study_lock(storage_url, run_dir, cfg.name):  # every machine's workers, on a database
-            for n in fail_stale(study, grace, cfg.retries):
-                log(f"worker {worker}: trial {n} was stale (its worker died): failed and re-enqueued")
-            trials = study.get_trials(deepcopy=False)
-            done, running = count_finished(trials), count_running(trials)
             trial = None
-            if done >= cfg.trials:
-                return ran
-            if done + running < cfg.trials:
-                with warnings.catch_warnings():  # we beat ourselves (ledger.Heartbeat): ask/tell, not optimize
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-                    trial = study.ask()
-                claim_owner(study, trial._trial_id, worker)
+            orphan = adopt_orphan(study, worker, cfg.retries)  # before any new draw: the order of a run never cut
+            if orphan is not None:
+                log(f"worker {worker}: trial {orphan.number}'s worker died: running it again under its own number")
+                trial = optuna.trial.Trial(study, orphan._trial_id)
+            else:
+                for n in fail_stale(study, grace, cfg.retries):
+                    log(f"worker {worker}: trial {n} was stale (its worker died): failed and re-enqueued")
+                trials = study.get_trials(deepcopy=False)
+                done, running = count_finished(trials), count_running(trials)
+                if done >= cfg.trials:
+                    return ran
+                if done + running < cfg.trials:
+                    with warnings.catch_warnings():  # we beat ourselves (ledger.Heartbeat): ask/tell, not optimize
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                        trial = study.ask()
+                    claim_owner(study, trial._trial_id, worker)
         if trial is None:  # the others' running trials fill the budget; wait in case one dies
             time.sleep(poll)
             continue
