@@ -18,7 +18,7 @@ STORAGE ?=
 PORT ?= 8080
 USE_ARGS ?=
 
-.PHONY: install test train val bench bench-search bench-planted bench-peer bench-fidelity bench-tp bench-use heldout evolve prune report study dashboard clean
+.PHONY: install test train val bench bench-pictures bench-search bench-planted bench-peer bench-fidelity bench-tp bench-use heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,9 @@ $(TP_VENV)/.installed: | $(VENV)/.installed
 	  assert v == '$(subst torch==,,$(firstword $(TORCH_SPEC)))', f'.venv-tp sees torch {v}, not .venv\'s'; \
 	  print('torch-pruning', torch_pruning.__version__, 'on torch', torch.__version__, 'from', torch.__file__)"
 	touch $@
+
+bench-pictures: install  # what the run folder's pictures cost in a 30-epoch training (bench/results/pictures.md)
+	$(PY) -m bench.picture_cost $(PICTURES_ARGS)
 
 bench-tp: install $(TP_VENV)/.installed  # ours vs Torch-Pruning (BN-scale, L1) at equal GFLOPs, same finetune
 	$(TP_VENV)/bin/python -m bench.torch_pruning $(TP_ARGS)

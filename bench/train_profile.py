@@ -67,6 +67,9 @@ class PhaseTimer:
         self.cuda = cuda
         self.epochs: list[EpochTimes] = []
         self.train_start = float("nan")
+        self.in_epoch = False
+        self.before: dict[str, float] = defaultdict(float)  # phases in the set-up (labels.png)
+        self.after: dict[str, float] = defaultdict(float)  # after the last epoch (final curves, trackers closed)
 
     def callbacks(self) -> Callbacks:
         return Callbacks(on_train_start=self._train_start, on_epoch_start=self._epoch_start,
@@ -79,6 +82,9 @@ class PhaseTimer:
             yield
         finally:
             dt = self._now() - t0
+            if not self.in_epoch:
+                (self.after if self.epochs else self.before)[name] += dt
+                return
             ep = self.epochs[-1]
             ep.total[name] += dt
             if name == "data":  # each batch starts with its wait for the loader
@@ -101,6 +107,7 @@ class PhaseTimer:
 
     def _epoch_start(self, epoch: int) -> None:
         self.epochs.append(EpochTimes(epoch, self._now()))
+        self.in_epoch = True
 
     def _val_end(self, epoch: int, val_metrics: dict) -> None:
         self.epochs[-1].val = {"speed_ms": dict(val_metrics["speed_ms"]), "images": int(val_metrics["images"])}
@@ -108,6 +115,7 @@ class PhaseTimer:
     def _epoch_end(self, epoch: int, metrics: dict) -> None:
         ep = self.epochs[-1]
         ep.wall = self._now() - ep.start
+        self.in_epoch = False
 
 
 def train_options(imgsz: int, batch: int, workers: int, threads: int, device: str = "cpu",

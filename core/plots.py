@@ -112,8 +112,7 @@ def plot_labels(labels: Sequence[np.ndarray], names: Sequence[str], out: Path | 
         ax.set_xticks(range(nc), [_name(names, c) for c in range(nc)], rotation=90 if nc > 8 else 0)
     ax = axes[0, 1]  # the boxes, centred, as they are shaped (up to 1000)
     ax.set_title("box shapes (1000 at most, centred)")
-    for c, _, _, w, h in lab[:1000]:
-        ax.add_patch(_rect(0.5 - w / 2, 0.5 - h / 2, w, h, np.array(color(c)) / 255))
+    ax.add_collection(_centred_boxes(lab[:1000]))
     ax.set(xlim=(0, 1), ylim=(1, 0), aspect="equal")
     for ax, (i, j), title, (xl, yl) in ((axes[1, 0], (1, 2), "box centres", ("x", "y")),
                                         (axes[1, 1], (3, 4), "box sizes", ("width", "height"))):
@@ -125,9 +124,15 @@ def plot_labels(labels: Sequence[np.ndarray], names: Sequence[str], out: Path | 
     return Path(out)
 
 
-def _rect(x, y, w, h, c):
-    from matplotlib.patches import Rectangle
-    return Rectangle((x, y), w, h, fill=False, edgecolor=c, alpha=0.25, linewidth=0.8)
+def _centred_boxes(lab: np.ndarray):
+    """Box outlines centred at (0.5, 0.5), coloured by class: one collection draws in a fraction of the time of
+    one patch per box."""
+    from matplotlib.collections import PolyCollection
+    half = lab[:, 3:5] / 2
+    x0, y0, x1, y1 = 0.5 - half[:, 0], 0.5 - half[:, 1], 0.5 + half[:, 0], 0.5 + half[:, 1]
+    corners = np.stack([np.stack(p, 1) for p in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], 1)
+    colours = [np.array(color(c)) / 255 for c in lab[:, 0].astype(int)]
+    return PolyCollection(corners, closed=True, facecolors="none", edgecolors=colours, alpha=0.25, linewidths=0.8)
 
 
 # ---- batch pictures (OpenCV) ------------------------------------------------------------------------------

@@ -219,12 +219,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
             if s.cfg.ctx.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
 
-    if s.plots is not None:
-        s.plots.final()  # the last validation's curves, confusion matrix and batches
-    if s.tracker is not None:
-        s.tracker.finish(n.best, s.plots.written if s.plots is not None else {}, len(n.history) - 1)
-    if s.mlflow is not None:
-        s.mlflow.finish(s.plots.written if s.plots is not None else {})
+    with s.callbacks.phase("pictures"):
+        _final_pictures_and_trackers(s, n)
     saved = s.cfg.opts.save
     result = FitResult(
         history=n.history, best=n.best, best_fitness=n.best_fitness, stop_reason=stop_reason,
@@ -255,7 +251,8 @@ def setup(data: str | Mapping | None, model: Any, hyp: str | Mapping | None, opt
     net, fresh = _model(model, data_cfg, opts)
     saved_mosaic = (resume_ckpt.get("train_state") or {}).get("mosaic") if resume_ckpt is not None else None
     train_loader, train_set, val_loader = _loaders(opts, data_cfg, hyp, ctx, device, threads, saved_mosaic)
-    plots = _plots(opts, ctx, saver, data_cfg, train_set)
+    with callbacks.phase("pictures"):
+        plots = _plots(opts, ctx, saver, data_cfg, train_set)  # labels.png
     tracker = tensorboard_tracker(opts.tensorboard, saver.save_dir, hyp) if saver.enabled else None
     mlflow = MLflowTracker(opts.mlflow, saver.save_dir, hyp, asdict(opts)) if opts.mlflow and saver.enabled else None
     _fit_anchors(net, train_set, hyp, opts, fresh, resumed=resume_ckpt is not None)
@@ -695,6 +692,16 @@ def _close_mosaic_if_due(s: TrainState, epoch: int) -> None:
             LOGGER.info(f"epoch {epoch}: mosaic and mixup off for the last {s.cfg.opts.epochs - epoch} epochs "
                         f"(--close-mosaic {s.cfg.opts.close_mosaic})")
         s.train_loader.dataset.close_mosaic()  # before this epoch's pass sends its first index to the workers
+
+
+def _final_pictures_and_trackers(s: TrainState, n: Counters) -> None:
+    """The last validation's curves, confusion matrix and batches; the trackers closed with them."""
+    if s.plots is not None:
+        s.plots.final()
+    if s.tracker is not None:
+        s.tracker.finish(n.best, s.plots.written if s.plots is not None else {}, len(n.history) - 1)
+    if s.mlflow is not None:
+        s.mlflow.finish(s.plots.written if s.plots is not None else {})
 
 
 def _pictures_and_trackers(s: TrainState, epoch: int, metrics: dict) -> None:
