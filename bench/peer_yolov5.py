@@ -10,7 +10,10 @@ imported, and none of its files is changed:
   default (weights_only=True); TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD gives calls that do not choose the old default;
 - `pkg_resources` (gone from setuptools 81; general.py imports it for `parse_version` only): a module with
   that one function, from `packaging`;
-- `roboflow` (train.py imports it for Roboflow-hosted datasets only): a stand-in that refuses to be used.
+- `roboflow` (train.py imports it for Roboflow-hosted datasets only): a stand-in that refuses to be used;
+- the plot font: check_dataset fetches Arial.ttf from ultralytics.com whenever YOLOv5's config folder lacks
+  it (the peer machine may be offline): YOLOV5_CONFIG_DIR points at a folder of the venv holding matplotlib's
+  DejaVu Sans under that name (it only labels plots).
 
     .venv-peer/bin/python bench/peer_yolov5.py --check            # versions, and the model builds
     .venv-peer/bin/python bench/peer_yolov5.py train --data D.yaml --cfg yolov5n.yaml --weights '' ...
@@ -18,8 +21,10 @@ imported, and none of its files is changed:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import types
+from pathlib import Path
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # read by torch.load at each call
 
@@ -35,6 +40,7 @@ def _refuse(*args, **kwargs):
 
 def install_shims() -> None:
     """Make yolov5 7.0.14 importable and runnable here (see the module docstring); idempotent."""
+    _local_font()
     if not hasattr(np, "trapz"):
         np.trapz = np.trapezoid
     try:
@@ -49,6 +55,21 @@ def install_shims() -> None:
         core, version = types.ModuleType("roboflow.core"), types.ModuleType("roboflow.core.version")
         version.Version = _refuse
         sys.modules.update({"roboflow": roboflow, "roboflow.core": core, "roboflow.core.version": version})
+
+
+def _local_font() -> None:
+    """YOLOv5's config folder (read when yolov5 is imported) in the venv, with a font named as it expects."""
+    if os.environ.get("YOLOV5_CONFIG_DIR"):
+        return
+    import matplotlib
+
+    folder = Path(sys.prefix) / "share" / "yolov5-config"
+    folder.mkdir(parents=True, exist_ok=True)
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (folder / name).exists():
+            shutil.copyfile(font, folder / name)
+    os.environ["YOLOV5_CONFIG_DIR"] = str(folder)
 
 
 def check() -> None:
