@@ -19,7 +19,7 @@ import pandas as pd
 from bench.record import markdown_table
 from bench.run_table import run_table_main
 from prune.records import SIDE_STAGES, STAGES
-from prune.report import LABELS, TABLE_ROWS, summary
+from prune.report import LABELS, TABLE_ROWS, cells, summary, target_summary
 
 HEADLINE = "Pruning pipeline (make prune, built-in data): GFLOPs, mAP50-95 before -> after finetune, CPU latency"
 
@@ -27,9 +27,12 @@ HEADLINE = "Pruning pipeline (make prune, built-in data): GFLOPs, mAP50-95 befor
 def table(run_dir: Path) -> str:
     """The recipe line, the stages table and the summary line of one pipeline run folder."""
     df = pd.read_csv(run_dir / "prune_results.csv")
-    rows = [(key, *("-" if _missing(v) else fmt.format(v) for v in df[key])) for key, fmt in TABLE_ROWS if key in df]
+    rows = [(key, *("-" if _missing(v) else c for v, c in zip(df[key], cells(df, key, fmt))))
+            for key, fmt in TABLE_ROWS if key in df]
+    target = target_summary(run_dir, df)
     return "\n".join([f"{run_dir}: {recipe(run_dir)}", "",
-                      markdown_table(["", *(LABELS.get(s, s) for s in df["stage"])], rows), "", summary(df)])
+                      markdown_table(["", *(LABELS.get(s, s) for s in df["stage"])], rows), "", summary(df),
+                      *(["", target] if target else [])])
 
 
 def _missing(v) -> bool:

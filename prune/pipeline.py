@@ -16,6 +16,7 @@ baseline does for its last 10: measured +0.017 mAP50-95 at the end of the sparse
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from core.atomic import atomic_write
+from core.atomic import atomic_write, remove_orphaned_temps
 from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from core.cli import main_guard
 from core.data.config import load_data_config
@@ -43,13 +44,14 @@ from prune.distill import Distiller
 from prune.graph import GraphError, trace
 from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts, rename_key
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
-from prune.measure import cpu_latency_ms, measure, prunable_channels
+from prune.measure import cpu_latency, latency_backend, measure, model_latency, prunable_channels, zero_subnormals
 from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
 from prune.records import NO_RECORD, SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
 from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
+from prune.target import find_share, target_from
 from prune.unstructured import prune_unstructured, sparsity
 
 __all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
@@ -93,6 +95,7 @@ class Pipeline:
         self.opts = opts
         self.run_dir = Path(opts.project) / opts.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temps(self.run_dir)  # a run killed mid-write left them
         self.hyp = load_hyp(opts.hyp)
         if opts.finetune_hyp:
             self.ft_hyp = load_hyp(opts.finetune_hyp)
@@ -109,6 +112,7 @@ class Pipeline:
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
+        self.target = target_from(opts)  # --target-*: the global share is searched before the channel stage
         self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
                           "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
                           "finetune": self.finetune}
@@ -285,14 +289,52 @@ class Pipeline:
         o = self.opts
         size = o.latency_imgsz or o.imgsz
         onnx = self.export_stages(size) if o.onnx_latency else {}
-        ms = cpu_latency_ms(self.models, size, threads=o.latency_threads, runs=o.latency_runs,
-                            onnx={f"onnx:{s}": p for s, p in onnx.items()})
+        lat = cpu_latency(self.models, size, threads=o.latency_threads, runs=o.latency_runs,
+                          onnx={f"onnx:{s}": p for s, p in onnx.items()})
         for row in rows:
-            row.update(latency_ms=ms[row["stage"]], latency_imgsz=size, threads=o.latency_threads)
-            if onnx:
-                row["onnx_latency_ms"] = ms.get(f"onnx:{row['stage']}", float("nan"))
-        LOGGER.info(f"latency: median of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, "
+            row.update(latency_imgsz=size, threads=o.latency_threads)
+            for col, name in (("latency", row["stage"]), ("onnx_latency", f"onnx:{row['stage']}")):
+                if name in lat:  # the median and quartiles; a stage onnxruntime could not run has none
+                    row.update({f"{col}_ms": lat[name].median, f"{col}_p25_ms": lat[name].p25,
+                                f"{col}_p75_ms": lat[name].p75})
+                elif onnx and col == "onnx_latency":
+                    row["onnx_latency_ms"] = float("nan")
+        atomic_write(self.run_dir / "latency.json", json.dumps(
+            {"imgsz": size, "threads": o.latency_threads, "runs": o.latency_runs, "batch": 1,
+             "ms": {k: vars(v) for k, v in lat.items()}},
+            indent=1))
+        LOGGER.info(f"latency: median (p25-p75) of {o.latency_runs} interleaved runs per stage, batch 1, {size}x{size}, "
                     f"{o.latency_threads} thread(s), PyTorch fused" + (" and onnxruntime" if onnx else ""))
+
+    def resolve_target(self, model) -> None:
+        """--target-*: set the global share to the smallest whose pruned model meets the target (prune/target.py),
+        searched on `model` (the sparse or baseline stage's); target.json records the search and is reused while
+        everything it depends on is unchanged (a latency search would not repeat to the digit)."""
+        o, path = self.opts, self.run_dir / "target.json"
+        size = o.latency_imgsz or o.imgsz
+        backend = latency_backend(o.latency_backend) if self.target.metric == "latency_ms" else None
+        source = "sparse" if self.enabled("sparse") else "baseline"
+        key = {"target": vars(self.target), "from": file_digest(self.run_dir / f"{source}.pt"),
+               "masks": {"layer_keep": o.layer_keep, "round_to": self.round_to}, "shortcuts": o.shortcuts,
+               "imgsz": o.imgsz, "latency": [backend, size, o.latency_threads, o.latency_runs] if backend else None}
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        if old.get("key") == json.loads(json.dumps(key)) and not o.force:
+            o.global_percent = old["share"]
+            LOGGER.info(f"target: reusing the share {o.global_percent:.4f} found before ({path})")
+            return
+        path.unlink(missing_ok=True)
+        timer = None
+        if backend:
+            def timer(m):
+                return model_latency(m, size, o.latency_threads, o.latency_runs, backend,
+                                     self.run_dir / "target_candidate.onnx").median
+        LOGGER.info(f"--- target: searching the global share for {self.target.metric} <= {self.target.value:g} "
+                    f"(+{self.target.tolerance:.0%}) on the {source} model, {o.shortcuts} shortcut(s) removed ---")
+        result = find_share(model, self.target, self.mask_options(), o.shortcuts, o.imgsz, timer)
+        o.global_percent = result.share
+        LOGGER.info(f"target: global share {result.share:.4f} -> {self.target.show(result.achieved)} "
+                    f"({len(result.trials)} candidates)")
+        atomic_write(path, json.dumps({"key": key, "backend": backend, **result.as_dict()}, indent=1))
 
     def export_stages(self, imgsz: int) -> dict[str, Path]:
         """Each stage's model as run_dir/onnx/<stage>.onnx (float32, batch 1, imgsz), checked by core.export
@@ -324,6 +366,8 @@ class Pipeline:
         self.check_prunable()
         rows, redone, chain = [], "--force" if self.opts.force else None, None
         for stage in STAGES:
+            if stage == "keep_size" and self.target is not None:  # the first stage that prunes by the share
+                self.resolve_target(chain)
             rec = StageRecord(stage, self.run_dir)
             if not self.enabled(stage):
                 for p in (rec.ckpt, rec.meta):
@@ -345,8 +389,7 @@ class Pipeline:
                 LOGGER.info(f"--- {stage}: {'running' if why == NO_RECORD else 'redoing'}, {why} ---")
                 rec.invalidate()
                 model, extra = self.stage_fns[stage](chain)
-                save_checkpoint(rec.ckpt, model, hyp=self.ft_hyp if stage == "finetune" else self.hyp,
-                                metrics={}, epoch=-1)
+                save_stage(rec.ckpt, model, self.ft_hyp if stage == "finetune" else self.hyp)
                 row = self.row(stage, model, rec.ckpt)
                 rec.write(options, row, extra)
             if stage not in SIDE_STAGES:
@@ -357,6 +400,15 @@ class Pipeline:
         write_results(self.run_dir, rows)
         write_channels(self.run_dir, self.models, self.extras.get("layer", {}).get("renames", {}))
         return rows
+
+
+def save_stage(path: Path, model, hyp: dict) -> None:
+    """A stage's plain checkpoint, its subnormal weights set to zero first (prune.measure.zero_subnormals: they
+    change no output but slow CPUs that do not flush them)."""
+    n = zero_subnormals(model)
+    if n:
+        LOGGER.info(f"{path.name}: {n} subnormal values (|x| < 1.18e-38) in the weights set to zero")
+    save_checkpoint(path, model, hyp=hyp, metrics={}, epoch=-1)
 
 
 def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:

@@ -27,7 +27,8 @@ STAGES = ("baseline", "sparse", "keep_size", "unstructured", "channel", "layer",
 SIDE_STAGES = ("keep_size", "unstructured")
 NO_RECORD = "no finished record"  # StageRecord.change's reason when the stage never finished here
 COLUMNS = ["stage", "P", "R", "mAP50", "mAP50-95", "fitness", "params", "GFLOPs", "imgsz", "latency_ms",
-           "onnx_latency_ms", "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
+           "latency_p25_ms", "latency_p75_ms", "onnx_latency_ms", "onnx_latency_p25_ms", "onnx_latency_p75_ms",
+           "latency_imgsz", "threads", "ckpt_MB", "channels_kept", "channels_pruned", "prune_ratio"]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from core.cli import main_guard
 
-__all__ = ["LABELS", "TABLE_ROWS", "classic_table", "summary", "write_prune_report"]
+__all__ = ["LABELS", "TABLE_ROWS", "cells", "classic_table", "summary", "target_summary", "write_prune_report"]
 
 LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
           "unstructured": "Unstructured L1", "channel": "After channels",
@@ -25,15 +25,44 @@ TABLE_ROWS = [("P", "{:.4f}"), ("R", "{:.4f}"), ("mAP50", "{:.4f}"), ("mAP50-95"
               ("channels_pruned", "{:.0f}"), ("prune_ratio", "{:.3f}")]
 
 
+def cells(df: pd.DataFrame, key: str, fmt: str) -> list[str]:
+    """One table row's cells; a latency row reads 'median (p25-p75)' where the run recorded the quartiles."""
+    lo, hi = key[:-3] + "_p25_ms", key[:-3] + "_p75_ms"
+    if not (key.endswith("latency_ms") and lo in df and hi in df):
+        return [fmt.format(v) for v in df[key]]
+    return [fmt.format(m) if math.isnan(a) or math.isnan(b) else f"{fmt.format(m)} ({fmt.format(a)}-{fmt.format(b)})"
+            for m, a, b in zip(df[key], df[lo], df[hi])]
+
+
 def classic_table(df: pd.DataFrame) -> str:
     """Metrics down, stages across (Before | After channels | After layers | After finetune)."""
     cols = [LABELS.get(s, s) for s in df["stage"]]
-    width = max(14, *(len(c) + 2 for c in cols))
+    rows = [(key, cells(df, key, fmt)) for key, fmt in TABLE_ROWS if key in df]
+    width = max(14, *(len(c) + 2 for c in cols), *(len(c) + 2 for _, row in rows for c in row))
     lines = [f"{'':<16}" + "".join(f"{c:>{width}}" for c in cols)]
-    for key, fmt in TABLE_ROWS:
-        if key in df:
-            lines.append(f"{key:<16}" + "".join(f"{fmt.format(v):>{width}}" for v in df[key]))
+    lines += [f"{key:<16}" + "".join(f"{c:>{width}}" for c in row) for key, row in rows]
     return "\n".join(lines)
+
+
+def target_summary(run_dir: Path, df: pd.DataFrame) -> str | None:
+    """'target ...: met/missed' for a run pruned to a target (target.json): the share the search chose and the
+    last stage's figure from the table (a latency with its p25-p75 from the final interleaved timing)."""
+    path = Path(run_dir) / "target.json"
+    if not path.is_file():
+        return None
+    t = json.loads(path.read_text())
+    metric, value, tol = t["target"]["metric"], t["target"]["value"], t["target"]["tolerance"]
+    col = "onnx_latency_ms" if metric == "latency_ms" and t.get("backend") == "onnxruntime" else metric
+    last = df.iloc[-1]
+    got = float(last[col]) if col in df else math.nan
+    spread = ""
+    if col.endswith("latency_ms") and col[:-3] + "_p25_ms" in df:
+        spread = f" (p25-p75 {last[col[:-3] + '_p25_ms']:.2f}-{last[col[:-3] + '_p75_ms']:.2f})"
+    where = f" in {t['backend']}" if t.get("backend") else ""
+    verdict = "no figure" if math.isnan(got) else "met" if got <= value * (1 + tol) else "MISSED"
+    return (f"target {metric} <= {value:g}{where} (tolerance +{tol:.0%}): global share {t['share']:.4f} found in "
+            f"{len(t['trials'])} candidates (search: {t['achieved']:.4g}); achieved by "
+            f"{LABELS.get(last['stage'], last['stage'])}: {got:.4g}{spread}: {verdict}")
 
 
 def summary(df: pd.DataFrame) -> str:
@@ -178,6 +207,9 @@ def write_prune_report(run_dir: str | Path, show: bool = True) -> dict[str, Path
         print(classic_table(df))
         if len(df) > 1 and not math.isnan(df["latency_ms"].iloc[-1]):
             print(summary(df))
+        target = target_summary(run_dir, df)
+        if target:
+            print(target)
         print(f"results: {csv}; plots: {', '.join(str(p) for p in out.values())}")
     return out
 

@@ -63,6 +63,9 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, caplog, monkeypatch
         assert df[col].notna().all(), col
     base, final = df.iloc[0], df.iloc[-1]
     assert final["GFLOPs"] < base["GFLOPs"] and final["params"] < base["params"]
+    assert (df["latency_p25_ms"] <= df["latency_ms"]).all() and (df["latency_ms"] <= df["latency_p75_ms"]).all()
+    spread = json.loads((root / "run" / "latency.json").read_text())["ms"]
+    assert spread["finetune"]["median"] == pytest.approx(final["latency_ms"]) and spread["finetune"]["runs"] == 3
     assert final["channels_kept"] + final["channels_pruned"] == base["channels_kept"]
     out = capsys.readouterr().out
     assert "Before" in out and "After channels" in out and "After finetune" in out and "speedup" in out
@@ -204,17 +207,17 @@ def test_iterative_reaches_the_one_shot_target(tiny, caplog):
 
 def test_interleaved_timing_shuffles_which_call_follows_which():
     """Each round runs every call once, in a new order: no call always follows the same one."""
-    from prune.measure import _interleaved_ms
+    from prune.measure import interleaved_latency
 
     order = []
     calls = {name: (lambda n=name: order.append(n)) for name in "abcd"}
-    ms = _interleaved_ms(calls, warmup=2, runs=30)
-    assert set(ms) == set("abcd") and all(v >= 0 for v in ms.values())
+    ms = interleaved_latency(calls, warmup=2, runs=30)
+    assert set(ms) == set("abcd") and all(0 <= v.p25 <= v.median <= v.p75 and v.runs == 30 for v in ms.values())
     rounds = [order[i:i + 4] for i in range(0, len(order), 4)]
     assert len(rounds) == 32 and all(sorted(r) == list("abcd") for r in rounds)
     followers_of_d = {r[r.index("d") + 1] for r in rounds if r[-1] != "d"}
     assert len(followers_of_d) >= 2  # in a fixed cyclic order "d" would always be followed by "a"
-    assert _interleaved_ms(calls, warmup=2, runs=30) and order[:128] == order[128:]  # seeded: repeatable
+    assert interleaved_latency(calls, warmup=2, runs=30) and order[:128] == order[128:]  # seeded: repeatable
 
 
 def test_later_stages_close_mosaic_for_their_last_third():

@@ -1,0 +1,127 @@
+"""Pruning to a target: the share search meets GFLOPs, parameter and (faked) latency targets on a tiny model with
+the least pruning it can, says which figure is the closest when a target is out of reach, and the pipeline runs
+its stages at the share it found and prints target vs achieved."""
+import json
+import logging
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from core.model.info import model_gflops
+from core.model.yolo import Model
+from prune import pipeline
+from prune.masks import MaskOptions
+from prune.options import parse_args
+from prune.target import (Target, TargetUnreachable, find_share, largest_share, prunable_count, pruned_at,
+                          search_share)
+from tests.helpers import MODELS, random_model, synthetic_yaml
+
+MASKS = MaskOptions(global_percent=0.0, layer_keep=0.01, round_to=1)
+IMGSZ = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # each candidate builds a small model: a second thread only spins on a shared CPU
+    yield random_model("yolov5-cpu.yaml")
+    torch.set_num_threads(before)
+
+
+def params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def least_pruning(model, result, cost, shortcuts: int, n: int) -> bool:
+    """Within the tolerance below the target too, or one channel's share less pruning would miss the target."""
+    t = result.target
+    return t.close(result.achieved) or not t.met(cost(pruned_at(model, result.share - 1.0 / n, MASKS, shortcuts)))
+
+
+def test_bisection_finds_the_smallest_share_of_a_step_cost():
+    """A cost that falls in steps of 0.1 share: the first share at or under the target, to the resolution."""
+    def cost(share):  # 100 at share 0, 90 from share 0.1, ... (the model is the share itself)
+        return 100.0 - 10.0 * int(share * 10 + 1e-9)
+
+    r = search_share(lambda s: s, cost, Target("params", 65.0, tolerance=0.0), hi=0.99, resolution=1e-3)
+    assert r.achieved == 60.0 and 0.4 <= r.share < 0.401
+    assert cost(r.share - 1e-3) > 65.0  # one resolution step less pruning misses the target
+    assert search_share(lambda s: s, cost, Target("params", 150.0), hi=0.99).share == 0.0  # met unpruned
+
+
+def test_gflops_target_is_met_within_tolerance_on_a_tiny_model(model):
+    base = model_gflops(model, IMGSZ)
+    target = Target("GFLOPs", 0.6 * base, tolerance=0.02)
+    r = find_share(model, target, MASKS, shortcuts=1, imgsz=IMGSZ)
+    real = model_gflops(pruned_at(model, r.share, MASKS, 1), IMGSZ)
+    assert r.met and real == pytest.approx(r.achieved, rel=1e-12)  # the figure is the real pruned model's
+    assert real <= target.value * 1.02 and len(r.trials) <= 20
+    assert least_pruning(model, r, lambda m: model_gflops(m, IMGSZ), 1, prunable_count(model))
+
+
+def test_params_target_is_met_with_the_least_pruning(model):
+    target = Target("params", 0.5 * params(model), tolerance=0.0)  # no band: bisected to one channel's share
+    r = find_share(model, target, MASKS, shortcuts=0, imgsz=IMGSZ)
+    assert r.achieved == params(pruned_at(model, r.share, MASKS, 0)) <= target.value
+    assert least_pruning(model, r, params, 0, prunable_count(model))
+
+
+def test_latency_target_is_searched_with_the_injected_timer(model):
+    timed = []
+
+    def fake_timer(m):  # 1 ms plus 1 ms per 100k parameters: no clock involved
+        timed.append(m)
+        return 1.0 + params(m) / 1e5
+
+    target = Target("latency_ms", 1.0 + 0.6 * params(model) / 1e5, tolerance=0.05)
+    r = find_share(model, target, MASKS, shortcuts=0, imgsz=IMGSZ, timer=fake_timer)
+    assert len(timed) == len(r.trials) and r.met and target.close(r.achieved)
+    assert r.achieved == fake_timer(pruned_at(model, r.share, MASKS, 0))
+    with pytest.raises(ValueError, match="needs a timer"):
+        find_share(model, target, MASKS, shortcuts=0, imgsz=IMGSZ)
+
+
+def test_unreachable_target_names_the_closest_figure(model):
+    hi = largest_share(model, MASKS.layer_keep)
+    closest = params(pruned_at(model, hi, MASKS, 0))
+    with pytest.raises(TargetUnreachable) as e:
+        find_share(model, Target("params", closest // 2), MASKS, shortcuts=0, imgsz=IMGSZ)
+    assert f"{closest:,} params" in str(e.value) and f"--target-params {closest // 2} cannot be met" in str(e.value)
+    assert "closest achievable" in str(e.value)
+
+
+def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_path, monkeypatch, caplog, capsys):
+    """Training faked (the baseline a random model, later stages return the model as is): the channel stage runs
+    at the share the search found, the table line says target vs achieved, a rerun reuses the search."""
+    caplog.set_level(logging.INFO, logger="prune")
+
+    def fake_fit(data, model, hyp, opts, callbacks=None):
+        if not isinstance(model, torch.nn.Module):
+            torch.manual_seed(0)
+            model = Model(model, nc=data["nc"])
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.data.uniform_(0.05, 1.0)
+        return SimpleNamespace(model=model, best_path=None)
+
+    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
+    argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
+            "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
+            "--latency-runs", "1", "--no-onnx-latency", "--project", str(tmp_path), "--name", "run", "--no-progress",
+            "--target-params", "200000", "--target-tolerance", "0.05"]
+    pipeline.run(parse_args(argv))
+    run = tmp_path / "run"
+    found = json.loads((run / "target.json").read_text())
+    channel = json.loads((run / "channel.json").read_text())
+    assert channel["options"]["channel"]["global_percent"] == found["share"] > 0
+    df = pd.read_csv(run / "prune_results.csv").set_index("stage")
+    assert 200000 * 0.95 <= df.loc["finetune", "params"] <= 200000 * 1.05
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("target params <= 200000"))
+    assert "(tolerance +5%)" in line and line.endswith(": met")
+    assert "searching the global share" in caplog.text
+    caplog.clear()
+    pipeline.run(parse_args(argv))
+    assert "searching" not in caplog.text and "target: reusing the share" in caplog.text
