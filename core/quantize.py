@@ -4,8 +4,11 @@
 tensors, which onnxruntime's CPU provider fuses into integer kernels such as QLinearConv):
 - weights int8, symmetric, one scale per output channel (per-channel: a pruned or BN-folded conv's channels
   differ in range by orders of magnitude, and one scale per tensor would zero the small ones);
-- activations int8 with a scale and zero point per tensor, from the min and max each tensor reaches on the
-  calibration images (MinMax);
+- activations uint8 with a scale and zero point per tensor, from the min and max each tensor reaches on the
+  calibration images (MinMax). uint8, not int8: onnxruntime's x86 CPU provider fuses a QDQ conv into QLinearConv
+  (and SiLU into QLinearSigmoid and QLinearMul) only for uint8 activations with int8 weights; with int8
+  activations every conv stayed a float Conv between DequantizeLinear and QuantizeLinear (measured 2x slower
+  than the float32 file);
 - the head's output convs and the decode after them stay float32. The file's one output holds box centres
   and sides in pixels (up to the input size) beside probabilities in [0, 1]: one int8 scale for both would
   round every score to a multiple of imgsz / 255 (2.5 at 640 px). The output convs are a few 1x1 convs, a
@@ -13,8 +16,10 @@ tensors, which onnxruntime's CPU provider fuses into integer kernels such as QLi
 Calibration images are letterboxed as inference letterboxes them (core.detect.read_letterboxed), spread evenly
 over the sorted training images, so the same command picks the same ones.
 
-Whether int8 is faster depends on the CPU: onnxruntime's int8 convs use VNNI (AVX512-VNNI or AVX-VNNI) where the
-CPU has it, and are emulated with wider instructions on AVX2 alone (bench/results/int8.md measures it).
+Whether int8 is faster depends on the CPU and the model: onnxruntime's uint8 x int8 convs use VNNI (AVX512-VNNI or
+AVX-VNNI) where the CPU has it and pairs of 16-bit products on AVX2 alone, which can saturate (onnxruntime's
+quantization guide suggests reduce_range for such CPUs); narrow convs gain less than wide ones
+(bench/results/int8.md measures it).
 """
 from __future__ import annotations
 
@@ -130,7 +135,7 @@ def quantize_onnx(fp32: str | Path, out: str | Path, images: Sequence[str], prog
         pre = Path(tmp) / "pre.onnx"  # shapes inferred and graph optimised, as onnxruntime advises before quantizing
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=head_tail_nodes(onnx.load(str(pre)).graph),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     q = onnx.load(str(out))
