@@ -7,11 +7,12 @@ against a killed process (the page cache outlives it), not a power cut, and cost
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, IO
 
 
-__all__ = ["atomic_write", "remove_stale_temps"]
+__all__ = ["atomic_write", "remove_orphaned_temps", "remove_stale_temps"]
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> Path:
@@ -38,3 +39,28 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic_write's temp: .NAME.PID.tmp
+
+
+def remove_orphaned_temps(folder: str | Path) -> list[Path]:
+    """Delete the temps under `folder` (recursively) whose writer is no longer running (killed mid-write): safe
+    beside live writers, unlike remove_stale_temps, so a command may call it on a folder other processes write."""
+    gone = []
+    for p in Path(folder).rglob(".*.tmp"):
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and not _running(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

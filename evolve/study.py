@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from core.argtypes import existing_file
-from core.atomic import atomic_write
+from core.atomic import atomic_write, remove_orphaned_temps
 from core.cli import main_guard
 from core.cpu import cpu_cores
 from core.data.identity import data_identity
@@ -467,6 +467,8 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
     threads = threads or max(1, cores // 2)
     torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, evolve_dir):
+        remove_orphaned_temps(folder)  # a study killed mid-write left them
     write_provenance(run_dir, cfg, study_file, evolve_dir, device, threads)
     evolve_by, deadline = budget.phase_deadlines(run_dir / "phases" / "budget.json", cfg.budget, deadline)
 
