@@ -96,7 +96,6 @@ class Pipeline:
         self.run_dir = Path(opts.project) / opts.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
         remove_orphaned_temps(self.run_dir)  # a run killed mid-write left them
-        remove_orphaned_temps(self.run_dir)  # a run killed mid-write left them
         self.hyp = load_hyp(opts.hyp)
         if opts.finetune_hyp:
             self.ft_hyp = load_hyp(opts.finetune_hyp)
