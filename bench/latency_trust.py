@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bench.prune_table import recipe
 from bench.record import command_line, machine, machine_line, markdown_table, record
 from core.checkpoint import model_from_checkpoint
 from core.cli import main_guard
@@ -93,6 +94,32 @@ def with_subnormal_weights(model: nn.Module, share: float) -> nn.Module:
             idx = torch.argsort(w.abs())[: int(share * w.numel())]
             w[idx] = torch.where(w[idx] < 0, -1e-40, 1e-40)
     return out
+
+
+def op_level(threads: int, runs: int, warmup: int) -> str:
+    """One 3x3 conv (64 -> 64 channels, 80x80) and one multiply with normal vs subnormal operands, each flushed
+    and not, interleaved: whether this CPU pays for subnormals at all."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, padding=1).eval()
+    x = torch.rand(1, 64, 80, 80)
+    w_sub = conv.weight.detach() * 1e-39
+    ops = {"conv, normal operands": lambda: conv(x), "conv, subnormal input": lambda: conv(x * 1e-39),
+           "conv, subnormal weights": lambda: nn.functional.conv2d(x, w_sub, None, padding=1),
+           "multiply, normal": lambda: x * 0.5, "multiply, subnormal": lambda: (x * 1e-39) * 0.5}
+    calls = {f"{k}|{f}": with_flush(f, fn) for k, fn in ops.items() for f in (False, True)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            lat = interleaved_latency(calls, warmup, runs)
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
+    rows = [[k, lat[f"{k}|False"].text("{:.3f}"), lat[f"{k}|True"].text("{:.3f}"),
+             f"{lat[f'{k}|False'].median / lat[f'{k}|True'].median:.2f}"] for k in ops]
+    return (f"single operations, {runs} interleaved rounds, {threads} thread(s) (the subnormal operands are made "
+            f"inside the timed call, as a model's activations are)\n\n"
+            + markdown_table(["operation", "not flushed, ms", "flushed, ms", "not / flushed"], rows))
 
 
 def identical_copies(model: nn.Module, imgsz: int, threads: int, runs: int, warmup: int, repeats: int,
@@ -158,6 +185,7 @@ def run(run_dir: Path, imgsz: int, threads: int, runs: int, warmup: int, onnx: b
         lat = interleaved_latency(calls, warmup, runs)
     finally:
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)  # the last call may have been a flushed one
     conditions = [*CONDITIONS, *(("onnxruntime", "onnxruntime flushed") if onnx else ())]
     rows = []
     for stage in stages:
@@ -167,7 +195,7 @@ def run(run_dir: Path, imgsz: int, threads: int, runs: int, warmup: int, onnx: b
                      *(lat[f"{stage}|{k}"].text() for k in conditions)])
     header = ["stage", "subnormal values saved", "in fused weights", "in activations",
               *(f"{k}, ms" for k in conditions)]
-    text = (f"{run_dir}: batch 1, {imgsz} px, {threads} thread(s), {runs} interleaved rounds after {warmup} "
+    text = (f"{run_dir} ({recipe(run_dir)}): batch 1, {imgsz} px, {threads} thread(s), {runs} interleaved rounds after {warmup} "
             f"warm-up rounds; median (p25-p75)\n\n" + markdown_table(header, rows))
     last = models[[s for s in stages if s in STAGES][-1]]
     return text, {"counts": counts, "latency": {k: vars(v) for k, v in lat.items()}, "last": last}
@@ -189,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     meta = machine()
     text, figures = run(args.run, args.imgsz, args.threads, args.runs, args.warmup, args.onnx, args.inject)
+    text += "\n\n" + op_level(args.threads, args.runs, args.warmup)
     if args.repeats:
         text += "\n\n" + identical_copies(figures["last"], args.imgsz, args.threads, args.runs, args.warmup,
                                            args.repeats, args.onnx)
