@@ -42,6 +42,7 @@ from core.val import validate
 
 from prune.distill import Distiller
 from prune.graph import GraphError, trace
+from prune.int8 import INT8_JSON, quantize_stage, write_int8
 from prune.layers import LayerPruneError, block_renames, rank_shortcuts, remove_shortcuts, rename_key
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
 from prune.measure import cpu_latency, latency_backend, measure, model_latency, prunable_channels, zero_subnormals
@@ -289,8 +290,13 @@ class Pipeline:
         o = self.opts
         size = o.latency_imgsz or o.imgsz
         onnx = self.export_stages(size) if o.onnx_latency else {}
+        last = rows[-1]["stage"]
+        (self.run_dir / INT8_JSON).unlink(missing_ok=True)  # an earlier run's column is not this run's
+        int8 = quantize_stage(self.models[last], onnx[last], size, o.imgsz, o.data, self.run_dir) if last in onnx else {}
         lat = cpu_latency(self.models, size, threads=o.latency_threads, runs=o.latency_runs,
-                          onnx={f"onnx:{s}": p for s, p in onnx.items()})
+                          onnx={**{f"onnx:{s}": p for s, p in onnx.items()}, **({"int8": int8[size]} if int8 else {})})
+        if int8:  # the table's INT8 column (prune/int8.py)
+            write_int8(self.run_dir, last, int8, o.imgsz, size, lat["int8"], self.val_loader, self.data["names"])
         for row in rows:
             row.update(latency_imgsz=size, threads=o.latency_threads)
             for col, name in (("latency", row["stage"]), ("onnx_latency", f"onnx:{row['stage']}")):

@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from core.cli import main_guard
+from prune.int8 import with_int8
 
 __all__ = ["LABELS", "TABLE_ROWS", "cells", "classic_table", "summary", "target_summary", "write_prune_report"]
 
 LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
           "unstructured": "Unstructured L1", "channel": "After channels",
-          "layer": "After layers", "finetune": "After finetune"}
+          "layer": "After layers", "finetune": "After finetune", "int8": "INT8 (onnxruntime)"}
 TABLE_ROWS = [("P", "{:.4f}"), ("R", "{:.4f}"), ("mAP50", "{:.4f}"), ("mAP50-95", "{:.4f}"),
               ("fitness", "{:.4f}"), ("params", "{:,.0f}"), ("GFLOPs", "{:.3f}"), ("latency_ms", "{:.2f}"),
-              ("onnx_latency_ms", "{:.2f}"), ("ckpt_MB", "{:.2f}"), ("channels_kept", "{:.0f}"),
+              ("onnx_latency_ms", "{:.2f}"), ("ckpt_MB", "{:.2f}"), ("onnx_MB", "{:.2f}"), ("channels_kept", "{:.0f}"),
               ("channels_pruned", "{:.0f}"), ("prune_ratio", "{:.3f}")]
 
 
@@ -29,9 +30,9 @@ def cells(df: pd.DataFrame, key: str, fmt: str) -> list[str]:
     """One table row's cells; a latency row reads 'median (p25-p75)' where the run recorded the quartiles."""
     lo, hi = key[:-3] + "_p25_ms", key[:-3] + "_p75_ms"
     if not (key.endswith("latency_ms") and lo in df and hi in df):
-        return [fmt.format(v) for v in df[key]]
-    return [fmt.format(m) if math.isnan(a) or math.isnan(b) else f"{fmt.format(m)} ({fmt.format(a)}-{fmt.format(b)})"
-            for m, a, b in zip(df[key], df[lo], df[hi])]
+        return ["-" if pd.isna(v) else fmt.format(v) for v in df[key]]  # "-": a figure the column does not have
+    return ["-" if pd.isna(m) else fmt.format(m) if math.isnan(a) or math.isnan(b)
+            else f"{fmt.format(m)} ({fmt.format(a)}-{fmt.format(b)})" for m, a, b in zip(df[key], df[lo], df[hi])]
 
 
 def classic_table(df: pd.DataFrame) -> str:
@@ -204,7 +205,7 @@ def write_prune_report(run_dir: str | Path, show: bool = True) -> dict[str, Path
         out["channels"] = run_dir / "channels.png"
         plot_channels(pd.read_csv(channels), out["channels"])
     if show:
-        print(classic_table(df))
+        print(classic_table(with_int8(df, run_dir)))  # + the INT8 column where the run has one (prune/int8.py)
         if len(df) > 1 and not math.isnan(df["latency_ms"].iloc[-1]):
             print(summary(df))
         target = target_summary(run_dir, df)

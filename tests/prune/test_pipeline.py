@@ -73,6 +73,11 @@ def test_pipeline_runs_resumes_and_invalidates(tiny, capsys, caplog, monkeypatch
         assert df["onnx_latency_ms"].gt(0).all()
         assert sorted(p.stem for p in (run / "onnx").glob("*.onnx")) == sorted(STAGES)
         assert re.search(r"onnxruntime [0-9.]+ -> [0-9.]+ ms \(speedup", out)
+        # the last stage quantized to INT8 (prune/int8.py): scored, timed in the same loop, a column of the table
+        int8 = json.loads((run / "int8.json").read_text())
+        assert int8["from"] == "finetune" and int8["onnx_latency_ms"] > 0 and 0 <= int8["mAP50-95"] <= 1
+        assert 0 < int8["onnx_MB"] < 0.5 * (run / "onnx" / "finetune.onnx").stat().st_size / 1e6
+        assert "INT8 (onnxruntime)" in out and re.search(r"onnx_MB( +[0-9.]+){8}", out)
     assert re.search(r"round-to: kept channels rounded up to a multiple of (8|16) \(CPU AVX", caplog.text)
     # keep-size: full size, the pruned gammas zeroed; unstructured: full size, ~30% of conv weights zero
     rows = df.set_index("stage")
