@@ -2,16 +2,18 @@
 one or two known genes, with the fix. Each task names the space a user would search for it, the planted genes
 searched (a gene with gain 0 could never be recovered).
 
-- lr:      the built-in shapes (up to 4 solid shapes of 20 px and more on procedural backgrounds), the finetune
-           lr0 a decade too high for AdamW (0.02; the quick study's measured 0.002 is right).
-- mirror:  typeset b, d, p, q on real textures: b/d and p/q are mirror images, so a left-right flip relabels
-           the object as the other class; base fliplr 0.5, fix fliplr 0. No mosaic involved (mosaic is
-           the same on both sides). The base run learns them without flips: the finetune's flips un-teach it.
-- large:   1-3 large shapes per image (34-86 px of 96), AutoMosaic off, base mosaic 1.0, fix mosaic 0.
+- lr:      typeset digits 2, 4, 5, 7 (3-6 per image, 15-30% of its side) on flat colours; the finetune lr0 a
+           decade too high for AdamW (0.02; the quick study's measured 0.002 is right).
+- mirror:  typeset b, d, p, q (2-5 per image) on real textures: b/d and p/q are mirror images, so a left-right
+           flip relabels the object as the other class; base fliplr 0.5, fix fliplr 0. No mosaic involved
+           (off on both sides). The base run learns them without flips: the finetune's flips un-teach it.
+- large:   1-2 large letters A, K, R, Z (45-80% of the image side) on real textures, AutoMosaic off, base
+           mosaic 1.0, fix mosaic 0.
+All three are typeset (bench/sources.py glyphs): at 96 px the built-in shapes learned too slowly for a base run
+this short (fitness 0.02 after 80 epochs, and the lr task's planted gain was then 0.006 ± 0.005, p 0.09).
 
 Data (96 px images, small: the bench runs 150+ trainings on 2 cores) is generated under
-datasets/planted-v1/<task>/ (git-ignored), deterministic for the seed: the shapes tasks by the data yaml's
-`synthetic:` section (core.data), mirror with an RNG per image seeded by (seed, split, index). Every task trains a base run once with its from-scratch hyp
+datasets/planted-v1/<task>/ (git-ignored), deterministic for the seed: an RNG per image seeded by (seed, task, split, index). Every task trains a base run once with its from-scratch hyp
 (`Task.base_run`: large's carries its planted mosaic; lr's planted lr0 is an error of the finetune recipe
 only; mirror's base run is trained right, without flips, so that 5 epochs of a wrong finetune show) and the
 trials finetune its best.pt, as in the quick study. The lr and mirror trials run without mosaic, as their base
@@ -33,10 +35,10 @@ import numpy as np
 import yaml
 
 from bench import sources
-from core.data.config import load_data_config
 from core.hyp import load_hyp
 
-__all__ = ["DATA_ROOT", "PLANTED_SEED", "TASKS", "Task", "render_mirror", "task_data", "task_hyps", "task_space"]
+__all__ = ["DATA_ROOT", "GLYPH_SETS", "PLANTED_SEED", "TASKS", "GlyphSet", "Task", "render_glyphs", "task_data", "task_hyps",
+           "task_space"]
 
 DATA_ROOT = Path("datasets") / "planted-v1"
 PLANTED_SEED = 31  # the planted tasks' data seed (no other use)
@@ -59,14 +61,14 @@ class Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("lr", "built-in shapes, finetune lr0 0.02 (a decade above AdamW's 0.002)", {"lr0": 0.02, "mosaic": 0.0},
-         {"lr0": 0.002}, base_run={}, space={"lr0": {"gain": 1, "low": 1.0e-5, "high": 0.05, "log": True}},
-         names=("circle", "square", "triangle", "star", "cross", "ring")),
+    Task("lr", "typeset digits on flat colours, finetune lr0 0.02 (a decade above AdamW's 0.002)",
+         {"lr0": 0.02, "mosaic": 0.0}, {"lr0": 0.002}, base_run={},
+         space={"lr0": {"gain": 1, "low": 1.0e-5, "high": 0.05, "log": True}}, names=("two", "four", "five", "seven")),
     Task("mirror", "typeset b/d/p/q (mirror-image classes) on real textures, fliplr 0.5", {"fliplr": 0.5,
          "mosaic": 0.0}, {"fliplr": 0.0}, base_run={"fliplr": 0.0}, space={"fliplr": {"gain": 1, "low": 0.0, "high": 1.0}},
          names=("b", "d", "p", "q")),
-    Task("large", "1-3 large shapes (34-86 px of 96), AutoMosaic off, mosaic 1.0", {"mosaic": 1.0},
-         {"mosaic": 0.0}, base_run={"mosaic": 1.0}, close_mosaic=False, names=("circle", "square", "triangle", "star", "cross", "ring")),
+    Task("large", "1-2 large letters (45-80% of the side) on real textures, AutoMosaic off, mosaic 1.0",
+         {"mosaic": 1.0}, {"mosaic": 0.0}, base_run={"mosaic": 1.0}, close_mosaic=False, names=("A", "K", "R", "Z")),
 )}
 
 
@@ -87,7 +89,20 @@ def task_space(task: Task) -> dict[str, dict]:
 
 # --- data ----------------------------------------------------------------------------------------
 
-MIRROR_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold", "cmss10")
+GLYPH_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold", "cmss10")
+
+
+@dataclass(frozen=True)
+class GlyphSet:
+    chars: str                    # class i is chars[i]
+    size: tuple[float, float]     # glyph height, share of the image side
+    count: tuple[int, int]        # glyphs per image, [low, high)
+    textured: bool                # a blurred real texture behind (else a flat colour with a gradient)
+
+
+GLYPH_SETS = {"lr": GlyphSet("2457", (0.15, 0.30), (3, 7), False),
+              "mirror": GlyphSet("bdpq", (0.17, 0.36), (2, 6), True),
+              "large": GlyphSet("AKRZ", (0.45, 0.80), (1, 3), True)}
 
 
 def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
@@ -96,56 +111,51 @@ def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
     img += a * colour
 
 
-def render_mirror(rng: np.random.Generator, hw: tuple[int, int] = (IMGSZ, IMGSZ)) -> tuple[np.ndarray, np.ndarray]:
-    """One image of 2-5 upright letters b, d, p, q (classes 0-3), 17-36% of the image tall, on a blurred real
-    texture; labels (n, 5) [cls, cx, cy, w, h] normalised. Letters do not overlap (a placement that would is
-    skipped)."""
+def _background(rng: np.random.Generator, hw: tuple[int, int], textured: bool) -> np.ndarray:
+    if textured:
+        return cv2.GaussianBlur(sources.texture(rng, hw), (0, 0), rng.uniform(1.0, 3.0))
+    ramp = np.linspace(-1, 1, hw[1], dtype=np.float32)[None, :, None] * rng.uniform(-30, 30, 3).astype(np.float32)
+    return np.clip(rng.uniform(40, 215, 3).astype(np.float32) + ramp + np.zeros((*hw, 3), np.float32), 0, 255)
+
+
+def render_glyphs(rng: np.random.Generator, spec: GlyphSet, hw: tuple[int, int] = (IMGSZ, IMGSZ)) -> tuple[np.ndarray, np.ndarray]:
+    """One image of upright typeset characters (class i = spec.chars[i]), on a background; labels (n, 5)
+    [cls, cx, cy, w, h] normalised. Characters do not overlap (a placement that would is skipped)."""
     h, w = hw
-    img = cv2.GaussianBlur(sources.texture(rng, hw), (0, 0), rng.uniform(1.0, 3.0))
-    taken = np.zeros(hw, bool)
+    img = _background(rng, hw, spec.textured)
+    taken = np.zeros(hw, np.uint8)
     labels = []
-    for _ in range(int(rng.integers(2, 6))):
-        c = int(rng.integers(4))
-        size = rng.uniform(0.17, 0.36) * min(h, w)
+    for _ in range(int(rng.integers(*spec.count))):
+        c = int(rng.integers(len(spec.chars)))
+        size = rng.uniform(*spec.size) * min(h, w)
         center = (rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2))
-        m = sources.warp(sources.glyph("bdpq"[c], MIRROR_FONTS[rng.integers(len(MIRROR_FONTS))]), size,
+        m = sources.warp(sources.glyph(spec.chars[c], GLYPH_FONTS[rng.integers(len(GLYPH_FONTS))]), size,
                          rng.uniform(-8, 8), rng.uniform(-0.1, 0.1), rng.uniform(0.85, 1.15), center, hw)
         own = m >= 0.5
-        if not own.any() or (own & cv2.dilate(taken.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)).any():
+        if not own.any() or (own & cv2.dilate(taken, np.ones((5, 5), np.uint8)).astype(bool)).any():
             continue
         under = float(img[own].mean())
         colour = np.full(3, 20.0 if under > 128 else 235.0, np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
         _paint(img, m, colour)
-        taken |= own
+        taken |= own.astype(np.uint8)
         x, y, bw, bh = cv2.boundingRect(own.astype(np.uint8))
         labels.append([c, (x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h])
     img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(2, 6)
     return np.clip(img, 0, 255).astype(np.uint8), np.array(labels, np.float64).reshape(-1, 5)
 
 
-def _write_rendered(root: Path, seed: int, counts: dict[str, int]) -> None:
+def _write_rendered(root: Path, task: str, seed: int, counts: dict[str, int]) -> None:
+    spec = GLYPH_SETS[task]
     for split_id, (split, n) in enumerate(counts.items()):
         im_dir, lb_dir = root / "images" / split, root / "labels" / split
         im_dir.mkdir(parents=True, exist_ok=True)
         lb_dir.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, labels = render_mirror(np.random.default_rng([seed, zlib.crc32(b"mirror"), split_id, i]))
+            img, labels = render_glyphs(np.random.default_rng([seed, zlib.crc32(task.encode()), split_id, i]), spec)
             buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
             (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
             (lb_dir / f"{i:06d}.txt").write_text("".join(
                 f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in labels))
-
-
-def _synthetic(task: Task, n_train: int, n_val: int, seed: int) -> dict[str, int] | None:
-    """The shapes tasks' `synthetic:` section (core.data generates them); None for mirror (rendered here)."""
-    common = {"seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": IMGSZ}
-    if task.name == "lr":
-        return {**common, "min_size": 20, "max_objects": 4}
-    if task.name == "large":
-        return {**common, "min_size": 34, "max_size": 86, "max_objects": 3}
-    if task.name == "mirror":
-        return None
-    raise ValueError(f"no data generator for task {task.name!r}")
 
 
 def task_data(task: Task, root: Path | str = DATA_ROOT, n_train: int = 400, n_val: int = 100,
@@ -158,20 +168,16 @@ def task_data(task: Task, root: Path | str = DATA_ROOT, n_train: int = 400, n_va
     marker = target / "planted.json"
     if marker.is_file() and json.loads(marker.read_text()) == params and (target / "data.yaml").is_file():
         return target / "data.yaml"
-    synthetic = _synthetic(task, n_train, n_val, seed)
     tmp = target.parent / f".{task.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        if synthetic is None:
-            _write_rendered(tmp / "set", seed, {"train": n_train, "val": n_val})
+        _write_rendered(tmp / "set", task.name, seed, {"train": n_train, "val": n_val})
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = {"path": "set", "train": "images/train", "val": "images/val", "names": dict(enumerate(task.names))}
-    (target / "data.yaml").write_text(yaml.safe_dump({**data, **({"synthetic": synthetic} if synthetic else {})},
-                                                     sort_keys=False))
-    load_data_config(target / "data.yaml")  # generates a shapes task's images
+    (target / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     marker.write_text(json.dumps(params, indent=1))  # written last: a set cut short is redone
     return target / "data.yaml"

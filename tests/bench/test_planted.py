@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.planted import first_reach, recovered_share
-from bench.planted_tasks import TASKS, render_mirror, task_data, task_hyps, task_space
+from bench.planted_tasks import GLYPH_SETS, TASKS, render_glyphs, task_data, task_hyps, task_space
 from core.data.config import load_data_config
 from evolve.space import check_base, load_space
 
@@ -32,10 +32,10 @@ def test_task_is_what_it_claims(name, tmp_path):
 
 
 def test_mirror_is_deterministic_and_labels_every_class():
-    a, la = render_mirror(np.random.default_rng(3))
-    b, lb = render_mirror(np.random.default_rng(3))
+    a, la = render_glyphs(np.random.default_rng(3), GLYPH_SETS["mirror"])
+    b, lb = render_glyphs(np.random.default_rng(3), GLYPH_SETS["mirror"])
     assert np.array_equal(a, b) and np.array_equal(la, lb) and a.shape == (96, 96, 3)
-    classes = {int(c) for i in range(40) for c in render_mirror(np.random.default_rng(i))[1][:, 0]}
+    classes = {int(c) for i in range(40) for c in render_glyphs(np.random.default_rng(i), GLYPH_SETS["mirror"])[1][:, 0]}
     assert classes == {0, 1, 2, 3}
 
 
