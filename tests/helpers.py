@@ -6,8 +6,11 @@ models for the pruning tests, and a fake fit for the orchestration tests. Fixtur
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,3 +162,17 @@ def fake_fit(data, model, hyp, opts, callbacks: Callbacks | None = None):
         best_path.write_text(f"fake {hyp['lr0']} {opts.seed}")
     return SimpleNamespace(history=history, best=best, best_fitness=best.get("fitness", float("-inf")),
                            stop_reason=stop, model=None, save_dir=None, best_path=best_path, last_path=None)
+
+
+# --- the kill-and-resume harness (bench/crash_resume.py) ----------------------------------------------
+
+def run_crash_bench(tmp_path: Path, target: str, seed: int, runs: int = 1) -> dict:
+    """`python -m bench.crash_resume --target TARGET --fit fake` in its own process (its forks must start from a
+    process whose thread pools never ran); its JSON result."""
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "bench.crash_resume", "--target", target, "--fit", "fake", "--runs", str(runs),
+           "--seed", str(seed), "--no-record", "--root", str(tmp_path), "--json", str(out)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode in (0, 1) and out.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads(out.read_text())
