@@ -35,7 +35,8 @@ import pandas as pd  # noqa: E402
 
 from bench.heldout import SETS, generate_heldout  # noqa: E402
 from bench.peers import REPO, RunSpec, measure, warm_up  # noqa: E402
-from bench.record import RESULTS, command_line, machine, markdown_table, record  # noqa: E402
+import bench.record  # noqa: E402  (its RESULTS read at run time: tests point it elsewhere)
+from bench.record import command_line, machine, markdown_table, record  # noqa: E402
 from evolve.stats import t_sf  # noqa: E402
 
 ENGINES = ("ours", "ultralytics")
@@ -104,9 +105,11 @@ def report(rows: list[dict], meta: dict) -> str:
              f"{meta.get('batch')}, workers {meta.get('workers')}, seeds {meta.get('seeds')}; each engine's defaults "
              f"otherwise; mAP50-95 of the best epoch (last epoch beside it); cls loss: each engine's own scale, "
              f"'falls' = the epoch ceil(E/3) value <= {1 - FALL:.2f} x epoch 1's; curves: {meta.get('png', '-')}"]
+    if meta.get("not_run"):
+        lines.append(f"\nplanned but not run (cut for time): {', '.join(meta['not_run'])}")
     failed = [r for r in rows if r.get("rc") != 0]
     if failed:
-        lines.append(f"\nfailed runs (not counted): " + ", ".join(f"{r['set']} {r['arm']} seed {r['seed']} "
+        lines.append("\nfailed runs (not counted): " + ", ".join(f"{r['set']} {r['arm']} seed {r['seed']} "
                                                                     f"(exit {r.get('rc')})" for r in failed))
     for s in dict.fromkeys(r["set"] for r in ok):
         arms = list(dict.fromkeys(r["arm"] for r in ok if r["set"] == s))
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="run folder (default runs/seeded/<date-time>); an earlier one resumes")
     p.add_argument("--report-only", default=None, help="print the tables of a run folder and exit")
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="train nothing: report and record the runs already in "
+                   "--out (a run cut for time); the planned runs missing are named")
     args = p.parse_args(argv)
     if args.report_only:
         saved = json.loads((Path(args.report_only) / "seeded.json").read_text())
@@ -209,16 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     sets, seeds = args.sets.split(","), [int(v) for v in args.seeds.split(",")]
     if any(e == "ultralytics" for _, e, _ in arms) and not Path(args.peer_python).exists():
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
-    yamls = generate_heldout(REPO / args.data_root, sets)
     out = Path(args.out or f"runs/seeded/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    png = (RESULTS / f"{args.name}_cls_loss.png") if not args.no_record else out / "cls_loss.png"
+    png = (bench.record.RESULTS / f"{args.name}_cls_loss.png") if not args.no_record else out / "cls_loss.png"
     meta = {**machine(), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers,
             "seeds": args.seeds, "arms": args.arms, "png": png.name if not args.no_record else str(png)}
-    done = json.loads((out / "seeded.json").read_text())["rows"] if (out / "seeded.json").exists() else []
-    rows = [r for r in done if r.get("rc") == 0]
+    saved = json.loads((out / "seeded.json").read_text()) if (out / "seeded.json").exists() else {"meta": {}, "rows": []}
+    for key in ("epochs", "imgsz", "batch", "workers"):  # a resumed folder's runs must share the command
+        if key in saved["meta"] and saved["meta"][key] != meta[key]:
+            p.error(f"--out {out} was run with {key} {saved['meta'][key]}, not {meta[key]}")
+    rows = [r for r in saved["rows"] if r.get("rc") == 0]
     have = {(r["set"], r["arm"], r["seed"]) for r in rows}
-    warm_up(["ours", *(["yolov5n"] if any(e == "ultralytics" for _, e, _ in arms) else [])], args.peer_python)
+    todo = [(s, seed, *arm) for seed in seeds for s in sets for arm in arms if (s, arm[0], seed) not in have]
+    if args.no_train:
+        meta["not_run"] = [f"{s} {label} seed {seed}" for s, seed, label, _, _ in todo]
+        todo = []
+    else:
+        warm_up(["ours", *(["yolov5n"] if any(e == "ultralytics" for _, e, _ in arms) else [])], args.peer_python)
+    yamls = generate_heldout(REPO / args.data_root, sets) if todo else {}
 
     def one(s: str, seed: int, label: str, engine: str, model: str) -> dict:
         spec = RunSpec(s, "ours" if engine == "ours" else "ultralytics", args.epochs, yamls[s].resolve(), args.imgsz,
@@ -229,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('mAP50-95_best', math.nan):.4f} last {row.get('mAP50-95_last', math.nan):.4f}", flush=True)
         return row
 
-    todo = [(s, seed, *arm) for seed in seeds for s in sets for arm in arms if (s, arm[0], seed) not in have]
     print(f"{len(todo)} trainings to run ({len(have)} kept from {out}), {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         for row in pool.map(lambda job: one(*job), todo):

@@ -66,3 +66,24 @@ def test_report_gives_spreads_and_the_paired_test(tmp_path):
     assert "| 3/3 |" in text and "| 0/3 |" in text and "seed 3 (exit 1)" in text
     png = plot(rows, tmp_path / "cls.png")
     assert png.stat().st_size > 1000
+
+
+def test_no_train_records_a_cut_run_and_names_what_is_missing(tmp_path, results_in_tmp):
+    import json
+
+    from bench.seeded_peers import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = [_row("ours yolov5n-af", 0, 0.03, [8.0, 4.0, 3.0]), _row("ultralytics yolov5n", 0, 0.02, [7.0, 6.0, 5.0])]
+    meta = {"epochs": 3, "imgsz": 160, "batch": 16, "workers": 2}
+    (out / "seeded.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    arms = "ours:studies/models/yolov5n-af.yaml,ultralytics:yolov5n.yaml"
+    args = ["--sets", "glyphs", "--arms", arms, "--seeds", "0,1", "--epochs", "3", "--out", str(out), "--no-train",
+            "--name", "cut"]
+    assert main(args) == 0
+    text = (results_in_tmp / "cut.md").read_text()
+    assert "planned but not run (cut for time): glyphs ours yolov5n-af seed 1, glyphs ultralytics yolov5n seed 1" in text
+    assert "0.0300 ± -" in text and (results_in_tmp / "cut_cls_loss.png").exists()
+    with pytest.raises(SystemExit):  # the folder's runs had 3 epochs: another count would mix commands
+        main([*args[:-4], "--epochs", "30", "--out", str(out), "--no-train"])
