@@ -1,18 +1,22 @@
 """Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half.
 
 The data goes to a temp file in the same folder (so the rename never crosses a file system), then
-`os.replace`s the target. A failed or interrupted write removes its temp. No fsync: this guards
+`os.replace`s the target. A failed or interrupted write removes its temp; on a full disk the error names
+the file (the previous one is kept). No fsync: this guards
 against a killed process (the page cache outlives it), not a power cut, and costs nothing per epoch.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 from typing import Callable, IO
 
 
-__all__ = ["atomic_write", "remove_orphaned_temps", "remove_stale_temps"]
+__all__ = ["DISK_FULL", "atomic_write", "remove_orphaned_temps", "remove_stale_temps"]
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> Path:
@@ -27,8 +31,11 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave a temp file behind
+    except BaseException as e:  # KeyboardInterrupt included: never leave a temp file behind
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:  # the message of a failed write names no file
+            raise OSError(e.errno, f"{e.strerror}: cannot write {path} (the previous {path.name} is kept, "
+                                   f"unchanged)", str(path)) from e
         raise
     return path
 
