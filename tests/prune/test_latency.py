@@ -3,6 +3,7 @@ flushing), no subnormal weight left in a saved stage, and the table's 'median (p
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from core.checkpoint import model_from_checkpoint
@@ -34,7 +35,15 @@ def test_timing_leaves_subnormals_as_the_runtime_does():
     assert seen == [False] * 8
 
 
-def test_saved_stage_carries_no_subnormal_weights(tmp_path):
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: a second thread only spins on a shared CPU
+    yield
+    torch.set_num_threads(before)
+
+
+def test_saved_stage_carries_no_subnormal_weights(tmp_path, one_thread):
     model = random_model("yolov5-cpu.yaml")
     with torch.no_grad():
         model.model[0].conv.weight.view(-1)[:5] = SUBNORMAL
