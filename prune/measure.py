@@ -42,7 +42,7 @@ class Latency:
         return self.p75 - self.p25
 
     @classmethod
-    def of(cls, seconds: list[float]) -> "Latency":
+    def of(cls, seconds: list[float]) -> Latency:
         ms = sorted(1000.0 * t for t in seconds)
         if len(ms) == 1:
             return cls(ms[0], ms[0], ms[0], 1)

@@ -14,8 +14,7 @@ from core.model.yolo import Model
 from prune import pipeline
 from prune.masks import MaskOptions
 from prune.options import parse_args
-from prune.target import (Target, TargetUnreachable, find_share, largest_share, prunable_count, pruned_at,
-                          search_share)
+from prune.target import Target, TargetUnreachable, find_share, largest_share, prunable_count, pruned_at, search_share
 from tests.helpers import MODELS, random_model, synthetic_yaml
 
 MASKS = MaskOptions(global_percent=0.0, layer_keep=0.01, round_to=1)
