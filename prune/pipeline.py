@@ -4,7 +4,8 @@ Side rows (not passed on): keep_size (the pruned gammas zeroed, nothing removed:
 apart from the surgery) and unstructured (YOLOv5-style per-conv L1 weight zeroing). Every stage writes
 a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no pruning code) and a
 json of the options that produced it; re-running reuses stages whose options are unchanged (use
---force to redo all).
+--force to redo all). With --target-gflops/--target-params/--target-latency-ms the global share is searched on
+the real pruned model before the channel stage (prune/target.py) and the table ends with target vs achieved.
 
 Optimizers: every stage defaults to the engine's recipe (`auto`: AdamW for runs this short). The sparse
 stage used SGD, the optimizer network slimming's L1 step assumes, but after a baseline trained with AdamW
