@@ -53,7 +53,6 @@ import pandas as pd
 import torch
 import yaml
 from matplotlib.figure import Figure
-from optuna.storages.journal import JournalFileBackend
 
 from bench.record import markdown_table, publish
 from core.callbacks import Callbacks
@@ -62,6 +61,7 @@ from core.digest import code_version
 from core.model.yolo import Model
 from core import train as core_train
 from core.train import fit as train_fit
+from evolve.storage import JournalFile
 
 __all__ = ["Point", "STUDY_PHASES", "PIPELINE_PHASES", "compare_pipeline", "compare_study", "crash_point",
            "fake_fit", "main", "phase_of", "pick_points", "pipeline_args", "pipeline_attempt", "real_fit",
@@ -117,7 +117,7 @@ def _arm(point: Point | None, log: Path | None) -> None:
         crash_point("write", Path(dst).name)
         return replace(src, dst, *args, **kwargs)
     os.replace = counted_replace
-    append = JournalFileBackend.append_logs
+    append = JournalFile.append_logs
 
     def counted_append(self, logs):
         def half() -> None:
@@ -126,7 +126,7 @@ def _arm(point: Point | None, log: Path | None) -> None:
                 f.write(data[: len(data) // 2])
         crash_point("append", "journal", half)
         return append(self, logs)
-    JournalFileBackend.append_logs = counted_append
+    JournalFile.append_logs = counted_append
 
 
 def _events(log: Path) -> list[Point]:

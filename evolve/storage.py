@@ -9,21 +9,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file  # the lock Optuna's own appends take
 
 from evolve.ledger import RetryStale
 
-__all__ = ["make_storage", "run_dir_for", "open_target", "mask_url"]
+__all__ = ["JournalFile", "make_storage", "run_dir_for", "open_target", "mask_url"]
 
 JOURNAL_NAME = "journal.log"
 RUNS = Path("runs") / "evolve"
@@ -77,6 +78,27 @@ def repair_journal(path: Path) -> int:
             return size - keep
 
 
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose append that fails (a full disk) leaves the journal as it was and says which
+    file: a torn record at the end would make every later append unreadable. The records are Optuna's (one json
+    per line), appended under Optuna's own lock."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
+        with get_lock_file(self._lock):
+            with open(self._file_path, "ab", buffering=0) as f:
+                start = f.seek(0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:  # an unbuffered write may take part of the data
+                        view = view[f.write(view):]
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    f.truncate(start)
+                    raise OSError(e.errno, f"{e.strerror}: cannot append to the study journal {self._file_path} "
+                                           f"(its earlier records are kept, unchanged)", self._file_path) from e
+
+
 def sqlalchemy_url(url: str) -> str:
     """`postgresql://` names no driver, and SQLAlchemy's default for it changed between releases
     (psycopg2 in 2.0, psycopg 3 later): pin psycopg 3, the one our `postgres` extra installs."""
@@ -99,7 +121,7 @@ def make_storage(url: str | None, run_dir: Path | str, heartbeat: float | None =
         path = (Path(url) if url else Path(run_dir) / JOURNAL_NAME).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_journal(path)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFile(str(path)))
     engine_kwargs = {}
     if str(url).startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # many writers: wait for the lock, don't fail
@@ -111,7 +133,8 @@ def make_storage(url: str | None, run_dir: Path | str, heartbeat: float | None =
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs, **live)
+            from evolve.patient_db import PatientRDBStorage  # imports sqlalchemy: only a database needs it
+            return PatientRDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs, **live)  # waits out a restart
     except Exception as e:  # the driver's message may echo the URL: never print it raw
         msg = str(e).replace(sqlalchemy_url(url), mask_url(url)).replace(url, mask_url(url))
         secret = urlsplit(url).password
@@ -178,9 +201,28 @@ def study_lock(url: str | None, run_dir: Path | str, name: str) -> Iterator[None
     key = _lock_key(name)
     take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if dialect == "postgresql" else
                   ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(take), {"k": key if dialect == "postgresql" else str(key)})
+    from evolve.patient_db import PATIENCE_S, connection_lost, patient  # with sqlalchemy, as above
+    arg = {"k": key if dialect == "postgresql" else str(key)}
+    conn = patient(lambda: _locked(engine, take, arg), PATIENCE_S, "taking the study lock")
+    try:
+        yield
+    finally:
         try:
-            yield
+            conn.execute(sqlalchemy.text(give), arg)
+        except sqlalchemy.exc.DBAPIError as e:
+            if not connection_lost(e):
+                raise  # a lost connection ended its session: the server released the lock with it
         finally:
-            conn.execute(sqlalchemy.text(give), {"k": key if dialect == "postgresql" else str(key)})
+            conn.close()
+
+
+def _locked(engine: Any, take: str, arg: dict) -> Any:
+    """A connection holding the study's advisory lock."""
+    import sqlalchemy
+    conn = engine.connect()
+    try:
+        conn.execute(sqlalchemy.text(take), arg)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -198,6 +198,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, cf
             if _caused_by_interrupt(e, interrupts):
                 _fail_interrupted(study, trial, worker)
                 raise KeyboardInterrupt(f"{type(e).__name__} while interrupted") from e
+            if _storage_lost(e):  # not the hyp's failure: the trial stays RUNNING, a rerun takes it over
+                raise
             log(f"worker {worker}: trial {trial.number} failed: {type(e).__name__}: {e}")  # the study goes on
     try:
         if study._storage.get_trial(trial._trial_id).state.is_finished():
@@ -227,6 +229,17 @@ def _caused_by_interrupt(e: BaseException, interrupts: Interrupts | None) -> boo
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _storage_lost(e: BaseException) -> bool:
+    """Did the study's database stop answering (evolve.patient_db gave up waiting)?"""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if type(e).__name__ == "DatabaseUnavailable":  # evolve.patient_db's, imported only with a database
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -270,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerSetupError as e:
         log(str(e))
         return 2
+    except Exception as e:
+        if not _storage_lost(e):
+            raise
+        log(f"worker {args.worker}: stopped: {e}")
+        return 3
     log(f"worker {args.worker}: done, ran {ran} trial(s)")
     return 0
 

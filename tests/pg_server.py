@@ -92,6 +92,12 @@ class PgServer:
         self.url = f"postgresql://evolve:{self.password}@127.0.0.1:{self.port}/evolve"
         return self.url
 
+    def restart(self) -> None:
+        """pg_ctl restart -m fast, as an administrator or a failover does: every connection is closed, the server
+        is down for a moment, then back on the same port."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "server.log"), "-m", "fast", "-w",
+                  "-t", "60", "restart")  # -l: the new server must not hold our pipe open
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")

@@ -244,3 +244,38 @@ def test_machines_joining_a_study_finetune_the_same_base_run(cfg_for, postgres_u
     (b / "base" / "best.pt").write_text("another model")                     # same inputs, other weights
     with pytest.raises(StudyError, match="not the ones its trials finetune"):
         launch(cfg, postgres_url, b, fit_spec=FAKE_FIT, poll=0.2)
+
+
+def test_a_database_restart_mid_study_loses_and_doubles_no_trial(cfg_for, postgres_url, pg_server, tmp_path):
+    """pg_ctl restart while two workers run trials: the workers ride it out (or stop, and the study is run again
+    until done), and the study ends with its N trials, every one COMPLETE (a storage error is not the hyp's
+    failure), none counted twice, the trials finished before the restart unchanged."""
+    n = 8
+    cfg = cfg_for("pg-restart", trials=n, epochs=3)
+    run_dir = tmp_path / "runs" / "evolve" / cfg.name
+    prepare_study(cfg, postgres_url, run_dir)
+    study = optuna.load_study(study_name=cfg.name, storage=make_storage(postgres_url, "."))
+    procs = [_machine(f"w{i}", run_dir, postgres_url, tmp_path / f"w{i}.log", sleep=0.3) for i in range(2)]
+    deadline = time.time() + 120
+    while time.time() < deadline:  # restart once two trials are done and others are mid-training
+        trials = study.get_trials(deepcopy=False)
+        if count_finished(trials) >= 2 and any(t.state == TrialState.RUNNING and t.intermediate_values
+                                               for t in trials):
+            break
+        time.sleep(0.05)
+    before = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
+    pg_server.restart()
+    for p in procs:
+        p.wait(timeout=120)
+    for _ in range(3):  # what a user does after workers stopped: run the study again
+        if count_finished(study.get_trials()) >= n:
+            break
+        run_worker(cfg, run_dir, postgres_url, fit=fake_fit, poll=0.05, log=lambda m: None)
+    trials = study.get_trials()
+    counted = [t for t in trials if t.state.is_finished() and count_finished([t]) == 1
+               and t.number not in {r for u in trials for r in retry_history(u)}]
+    assert count_finished(trials) == n, [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in counted), \
+        [(t.number, t.user_attrs.get("fail_reason")) for t in counted if t.state != TrialState.COMPLETE]
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
