@@ -178,7 +178,8 @@ def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any],
                                                      base=False))
         plan += [{**r, "role": spec, "name": f"{spec.replace('+', '-')}_trial{r['trial']}_seed{r['seed']}"} for r in runs]
         base_trial = df[df.number == 0].fitness
-        res["samplers"][spec] = {"evolve_s": round(wall, 1), "trials": int((df.state == "COMPLETE").sum()),
+        res["samplers"][spec] = {"evolve_s": round(wall, 1), "trials": int(df.state.isin(["COMPLETE", "PRUNED"]).sum()),
+                                 "pruned": int((df.state == "PRUNED").sum()),
                                  "winner": runs[0]["trial"], "winner_trial_fitness": runs[0]["trial_fitness"],
                                  "base_trial_fitness": float(base_trial.iloc[0]) if len(base_trial) else math.nan,
                                  "winner_hyp": {g: runs[0]["hyp"][g] for g in task.fix},
@@ -222,7 +223,7 @@ def search_table(tasks: dict[str, Any]) -> str:
         for spec, s in r.get("samplers", {}).items():
             reach = s["reach_80"]
             hyp = ", ".join(f"{k} {v:.3g}" for k, v in s["winner_hyp"].items())
-            rows.append((name, spec, s["trials"], f"{s['evolve_s']:.0f}", f"{s['winner']} ({hyp})",
+            rows.append((name, spec, f"{s['trials']}" + (f" ({s['pruned']} pruned)" if s.get("pruned") else ""), f"{s['evolve_s']:.0f}", f"{s['winner']} ({hyp})",
                          f"**{s['share']:.0%}** ± {s['share_sd']:.0%}", f"{s['t']:.1f} / {fmt_p(s['p'])}",
                          "-" if reach["trials"] is None else f"{reach['trials']} ({reach['seconds']:.0f} s)",
                          "met" if s["met"] else "not met"))
