@@ -22,7 +22,7 @@ Children use one torch and one OpenCV thread: a pool started before a fork hangs
 
 What is compared: summary.json (timings aside), evolve.csv (counted trials: number, state, params, value,
 metrics; timings, pids and hosts aside), retrain.csv and prune_results.csv (latencies and seconds aside),
-channels.csv; and the work done: training starts plus checkpoint writes over all attempts may exceed the
+channels.csv; and the work done: trainings started plus prune stages saved over all attempts may exceed the
 reference's by at most one per kill (the unit the kill cut), so nothing complete is redone.
 """
 from __future__ import annotations
@@ -115,7 +115,9 @@ def _arm(point: Point | None, log: Path | None) -> None:
 
     def counted_replace(src, dst, *args, **kwargs):
         crash_point("write", Path(dst).name)
-        return replace(src, dst, *args, **kwargs)
+        out = replace(src, dst, *args, **kwargs)
+        crash_point("wrote", Path(dst).name)  # logged (work_done), never armed
+        return out
     os.replace = counted_replace
     append = JournalFile.append_logs
 
@@ -438,8 +440,9 @@ def until_done(attempt: Callable[[], int], points: list[Point], cwd: Path, log: 
 
 
 def work_done(events: list[Point]) -> int:
-    """Units of work in an event log: trainings started and checkpoints written."""
-    return sum(1 for e in events if e.kind == "fit" or (e.kind == "write" and e.name.endswith(".pt")))
+    """Units of work in an event log: trainings started and prune stages saved (renamed into place: a kill before
+    the rename redoes the stage's training, counted there); a training's own checkpoints are its unit's."""
+    return sum(1 for e in events if e.kind == "fit" or (e.kind == "wrote" and e.name in STAGE_FILES))
 
 
 def _timing(key: str) -> bool:
