@@ -111,10 +111,14 @@ def first_reach(df: pd.DataFrame, threshold: float) -> dict[str, Any]:
 
 
 def run_search(cfg: StudyConfig, sampler_spec: str, weights: str) -> tuple[Path, float]:
-    """One study with `sampler_spec` ('tpe', or 'tpe+hyperband' for a pruner); returns its evolve.csv, wall s."""
+    """One study with `sampler_spec` ('tpe'; 'tpe+hyperband' for a pruner; 'ga:random' for the GA's first
+    generation drawn uniformly in the space instead of mutated from the base hyp); returns its evolve.csv, wall s."""
     sampler, _, pruner = sampler_spec.partition("+")
-    scfg = load_study(QUICK, {**vars(cfg), "name": f"{cfg.name}-{sampler_spec.replace('+', '-')}", "sampler": sampler,
-                              "pruner": pruner or "none", "weights": weights, "base": {}})
+    sampler, _, ga_init = sampler.partition(":")
+    ga = {**cfg.ga, "init": ga_init} if ga_init else cfg.ga
+    name = f"{cfg.name}-{sampler_spec.replace('+', '-').replace(':', '-')}"
+    scfg = load_study(QUICK, {**vars(cfg), "name": name, "sampler": sampler, "ga": ga, "pruner": pruner or "none",
+                              "weights": weights, "base": {}})
     run_dir = run_dir_for(scfg.name)
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
@@ -258,7 +262,8 @@ def parse_list(text: str, known: Sequence[str] | None, what: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
-    ap.add_argument("--samplers", default="ga,tpe,random", help="comma list; 'tpe+hyperband': with that pruner")
+    ap.add_argument("--samplers", default="ga,tpe,random", help="comma list; 'tpe+hyperband': with that pruner; 'ga:random': the GA's first "
+                    "generation drawn uniformly in the space")
     ap.add_argument("--trials", type=int, default=12, help="trials per study (the quick study's 12), trial 0 = base hyp")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the quick study's retrain epochs")
