@@ -11,6 +11,7 @@ again below from train.py v7.0, each marked with the train.py lines it follows.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ import peer_yolov5
 peer_yolov5.install_shims()
 import yolov5  # noqa: E402 (after the shims)
 from yolov5.models.yolo import Model  # noqa: E402
+from yolov5.utils.general import LOGGER  # noqa: E402
 from yolov5.utils.loss import ComputeLoss  # noqa: E402
 from yolov5.utils.torch_utils import ModelEMA, smart_optimizer  # noqa: E402
 
@@ -180,8 +182,9 @@ def main() -> None:
     folder = Path(sys.argv[1])
     case = torch.load(folder / "case.pt", weights_only=True)
     torch.set_num_threads(case.get("threads", 1))
+    LOGGER.setLevel(logging.WARNING)  # not the model summary of every build
     model, report = build(case)
-    out: dict = {"build": report, "yolov5": yolov5.__version__, "torch": torch.__version__,
+    out: dict = {"build": report, "yolov5": yolov5.__version__, "torch": str(torch.__version__),
                  "prior": head_prior(case)}
     if not any(report[k] for k in ("missing", "unexpected", "shape")):
         hyp = scaled_hyp(case["hyp"], model.model[-1].nl, case["nc"], case["imgsz"], case["batch_size"])
