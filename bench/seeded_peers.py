@@ -30,14 +30,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is chosen
+import pandas as pd
 
-from bench.heldout import SETS, generate_heldout  # noqa: E402
-from bench.peers import REPO, RunSpec, measure, warm_up  # noqa: E402
-import bench.record  # noqa: E402  (its RESULTS read at run time: tests point it elsewhere)
-from bench.record import command_line, machine, markdown_table, record  # noqa: E402
-from evolve.stats import t_sf  # noqa: E402
+from bench.heldout import SETS, generate_heldout
+from bench.peers import REPO, RunSpec, measure, warm_up
+import bench.record  # its RESULTS read at run time: tests point it elsewhere
+from bench.record import command_line, machine, markdown_table, record
+from evolve.stats import t_sf
 
 ENGINES = ("ours", "ultralytics")
 DEFAULT_ARMS = "ours:studies/models/yolov5n-af.yaml,ultralytics:yolov5n.yaml,ours:studies/models/yolov5n.yaml"
@@ -74,7 +74,7 @@ def paired_t(a: list[float], b: list[float]) -> dict:
     d = [x - y for x, y in zip(a, b)]
     mean, sd = mean_sd(d)
     n = len(d)
-    if n < 2 or not sd == sd:
+    if n < 2 or math.isnan(sd):
         return {"n": n, "mean": mean, "sd": sd, "t": math.nan, "p": math.nan}
     t = mean / (sd / math.sqrt(n)) if sd > 0 else math.copysign(math.inf, mean) if mean else math.nan
     p = 2 * t_sf(abs(t), n - 1) if t == t else math.nan
