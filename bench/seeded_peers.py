@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     sets, seeds = args.sets.split(","), [int(v) for v in args.seeds.split(",")]
-    if any(e == "ultralytics" for _, e, _ in arms) and not Path(args.peer_python).exists():
+    if any(e == "ultralytics" for _, e, _ in arms) and not args.no_train and not Path(args.peer_python).exists():
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
     out = Path(args.out or f"runs/seeded/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
