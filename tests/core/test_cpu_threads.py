@@ -90,7 +90,9 @@ def test_other_load_counts_other_processes_and_not_our_children():
     child = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
         time.sleep(0.3)  # past its interpreter start
-        assert cpu.busy_cores(0.5) < cpu.BUSY_CORES
+        # the least of three samples: a passing job elsewhere on the host (a compiler, another test run) is not ours
+        # either, and would otherwise fail this half; the busy child runs through all three
+        assert min(cpu.busy_cores(0.3) for _ in range(3)) < cpu.BUSY_CORES
     finally:
         child.kill()
         child.wait()
