@@ -55,6 +55,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from bench.record import markdown_table, publish
+from bench.resume_stress import write_tiny_data
 from core.callbacks import Callbacks
 from core.checkpoint import model_from_checkpoint, save_checkpoint
 from core.digest import code_version
@@ -335,15 +336,6 @@ def _blank_pictures() -> None:
 
 
 # --- the two targets ---------------------------------------------------------------------------------------------
-
-def write_tiny_data(root: Path) -> str:
-    """A data yaml for a generated 6-class shapes set of 32 train / 8 val images (made on first use)."""
-    root.mkdir(parents=True, exist_ok=True)
-    yaml_file = root / "tiny.yaml"
-    yaml_file.write_text("path: shapes\ntrain: images/train\nval: images/val\n"
-                         "names: [circle, square, triangle, star, cross, ring]\n"
-                         "synthetic: {seed: 1, n_train: 32, n_val: 8, imgsz: 96}\n")
-    return str(yaml_file)
 
 
 def write_tiny_study(root: Path, data: str, workers: int = 1, trials: int = 5) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, IO
 
 
-__all__ = ["DISK_FULL", "atomic_write", "remove_orphaned_temps", "remove_stale_temps"]
+__all__ = ["DISK_FULL", "atomic_write", "process_alive", "remove_orphaned_temps", "remove_stale_temps"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
 
@@ -57,17 +57,23 @@ def remove_orphaned_temps(folder: str | Path) -> list[Path]:
     gone = []
     for p in Path(folder).rglob(".*.tmp"):
         m = _TEMP.match(p.name)
-        if m and p.is_file() and not _running(int(m.group(1))):
+        if m and p.is_file() and not process_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone
 
 
-def _running(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is process `pid` running in this PID space? A killed child its parent has not reaped yet (a zombie) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux) or it went away meanwhile: alive as far as we know
         return True
     return True

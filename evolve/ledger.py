@@ -44,6 +44,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from core.atomic import process_alive
+
 OWNER = "evolve_owner"          # system attr: {'host', 'boot', 'pidns', 'pid', 'worker'}
 HEARTBEAT = "evolve_heartbeat"  # system attr (journal only): unix time of the last beat
 WITHDRAWN = "evolve_withdrawn"  # system attr: a retry made moot by the original's late result (not counted)
@@ -190,26 +192,12 @@ class Heartbeat:
         self._thread.join()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def died_here(t: FrozenTrial) -> bool:
     """Is `t` RUNNING in a worker that ran in this machine's PID space and is gone?"""
     owner = t.system_attrs.get(OWNER) or {}
     here = process_space()
     same_pids = bool(here["boot"]) and owner.get("boot") == here["boot"] and owner.get("pidns") == here["pidns"]
-    return t.state == TrialState.RUNNING and same_pids and not _pid_alive(int(owner.get("pid", -1)))
+    return t.state == TrialState.RUNNING and same_pids and not process_alive(int(owner.get("pid", -1)))
 
 
 def adoptable(t: FrozenTrial, max_adoptions: int) -> bool:
