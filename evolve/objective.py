@@ -119,6 +119,10 @@ class Objective:
         return time.time() - t0
 
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, dict], None]:
+        # The base hyp's trials (trial 0 and the noise seeds) are the reference every gain is measured against and
+        # the noise floor: no pruner may cut them short (Hyperband pruned trial 0 in bench.planted)
+        prunable = not trial.user_attrs.get("base")
+
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             f = float(metrics["fitness"])
             if not math.isfinite(f):
@@ -126,7 +130,7 @@ class Objective:
             trial.report(f, epoch + 1)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, metrics)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise StopTraining(f"pruned at epoch {epoch + 1}")
         return on_epoch_end
 

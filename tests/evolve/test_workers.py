@@ -211,6 +211,21 @@ def test_median_pruner_stops_bad_trials_early(cfg_for):
                for t in pruned)
 
 
+def test_no_pruner_cuts_the_base_hyp_trials(cfg_for, monkeypatch):
+    """Trial 0 and the noise seeds are the reference and the noise floor: a pruner that would prune every trial
+    after its first epoch prunes only the searched ones."""
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", lambda self, study, trial: True)
+    cfg = cfg_for("prune-base", trials=5, epochs=3, workers=1, pruner="median", sampler="random", noise_seeds=2)
+    run_dir = Path("runs/evolve/prune-base")
+    prepare_study(cfg, None, run_dir)
+    run_worker(cfg, run_dir, fit=fake_fit, log=lambda m: None)
+    trials = _study(cfg, run_dir).get_trials()
+    base = [t for t in trials if t.user_attrs.get("base")]
+    searched = [t for t in trials if not t.user_attrs.get("base")]
+    assert len(base) == 2 and all(t.state == TrialState.COMPLETE and t.user_attrs["epochs"] == 3 for t in base)
+    assert searched and all(t.state == TrialState.PRUNED for t in searched)
+
+
 def test_interrupt_stops_workers_and_rerun_resumes(cfg_for):
     cfg_for("int")  # chdir + data file
     env = {**os.environ, "FAKE_FIT_SLEEP": "0.3"}
