@@ -176,3 +176,34 @@ def run_crash_bench(tmp_path: Path, target: str, seed: int, runs: int = 1) -> di
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode in (0, 1) and out.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+# --- faults and fakes shared by several test files -----------------------------------------------------
+
+def disk_fills(f):
+    """Make open file `f`'s next write put half its bytes on disk, then fail as a full disk does (ENOSPC)."""
+    import errno
+    write = f.write
+
+    def full(data):
+        write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    f.write = full
+    return f
+
+
+def fake_prune_fit(calls: list | None = None):
+    """A stand-in for prune.pipeline's `fit`: the baseline is a fresh model with BN gammas spread over 0.05-1 (so
+    a share prunes a predictable set), every later stage returns its model untouched; `calls` collects
+    (stage name, optimizer) per call."""
+    def fit(data, model, hyp, opts, callbacks=None):
+        if calls is not None:
+            calls.append((opts.name, opts.optimizer))
+        if not isinstance(model, torch.nn.Module):
+            torch.manual_seed(0)
+            model = Model(model, nc=data["nc"])
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.data.uniform_(0.05, 1.0)
+        return SimpleNamespace(model=model, best_path=None)
+    return fit

@@ -14,7 +14,7 @@ from core.checkpoint_saver import CheckpointSaver
 from core.ema import ModelEMA
 from core.model.yolo import Model
 from core.run_dir import read_history
-from tests.helpers import MODEL
+from tests.helpers import MODEL, disk_fills
 
 
 class FullDisk:
@@ -26,14 +26,7 @@ class FullDisk:
     def __call__(self, path, mode="r", *args, **kwargs):
         f = builtins.open(path, mode, *args, **kwargs)
         self.opened += 1
-        if self.opened == self.at:
-            write = f.write
-
-            def full(data):
-                write(bytes(data)[: len(data) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-            f.write = full
-        return f
+        return disk_fills(f) if self.opened == self.at else f
 
 
 def saver_with_an_epoch(tmp_path):

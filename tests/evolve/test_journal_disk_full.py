@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from evolve.storage import make_storage
+from tests.helpers import disk_fills
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -21,18 +22,8 @@ def full_disk(journal):
     """open() whose files opened for appending to `journal` run out of space in their first write."""
     def opener(path, mode="r", *args, **kwargs):
         f = OPEN(path, mode, *args, **kwargs)
-        return _full(f) if str(path) == str(journal) and "a" in mode else f
+        return disk_fills(f) if str(path) == str(journal) and "a" in mode else f
     return opener
-
-
-def _full(f):
-    write = f.write
-
-    def full(data):
-        write(bytes(data)[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-    f.write = full
-    return f
 
 
 def test_a_full_disk_names_the_journal_and_keeps_it(tmp_path, monkeypatch):

@@ -3,15 +3,12 @@ another --finetune-optimizer, every stage when a label file is edited, each sayi
 nothing changed every stage is reused (the control). Training is faked: the keys, not the weights, are tested."""
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
-from core.model.yolo import Model
 from prune import pipeline
 from prune.options import parse_args
-from tests.helpers import MODELS, synthetic_yaml
+from tests.helpers import MODELS, fake_prune_fit, synthetic_yaml
 
 
 @pytest.fixture
@@ -20,17 +17,7 @@ def fits(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="prune")
     calls = []
 
-    def fake_fit(data, model, hyp, opts, callbacks=None):
-        calls.append((opts.name, opts.optimizer))
-        if not isinstance(model, torch.nn.Module):  # the baseline: a fresh model with spread-out gammas
-            torch.manual_seed(0)
-            model = Model(model, nc=data["nc"])
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.data.uniform_(0.05, 1.0)
-        return SimpleNamespace(model=model, best_path=None)
-
-    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    monkeypatch.setattr(pipeline, "fit", fake_prune_fit(calls))
     return calls
 
 

@@ -3,19 +3,17 @@ the least pruning it can, says which figure is the closest when a target is out 
 its stages at the share it found and prints target vs achieved."""
 import json
 import logging
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from core.model.info import model_gflops
-from core.model.yolo import Model
 from prune import pipeline
 from prune.masks import MaskOptions
 from prune.options import parse_args
 from prune.target import Target, TargetUnreachable, find_share, largest_share, prunable_count, pruned_at, search_share
-from tests.helpers import MODELS, random_model, synthetic_yaml
+from tests.helpers import MODELS, fake_prune_fit, random_model, synthetic_yaml
 
 MASKS = MaskOptions(global_percent=0.0, layer_keep=0.01, round_to=1)
 IMGSZ = 64
@@ -98,16 +96,7 @@ def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_pa
     at the share the search found, the table line says target vs achieved, a rerun reuses the search."""
     caplog.set_level(logging.INFO, logger="prune")
 
-    def fake_fit(data, model, hyp, opts, callbacks=None):
-        if not isinstance(model, torch.nn.Module):
-            torch.manual_seed(0)
-            model = Model(model, nc=data["nc"])
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.data.uniform_(0.05, 1.0)
-        return SimpleNamespace(model=model, best_path=None)
-
-    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    monkeypatch.setattr(pipeline, "fit", fake_prune_fit())
     data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
     argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
             "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
