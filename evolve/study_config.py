@@ -14,7 +14,7 @@ __all__ = ["StudyConfig", "StudyError", "load_study"]
 
 REPO = Path(__file__).resolve().parent.parent
 PRUNERS = ("none", "median", "hyperband")
-GA_KEYS = ("parents", "selection", "mp", "sigma", "init")
+GA_KEYS = ("parents", "selection", "mp", "sigma", "init", "explore")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 BASE_KEYS = ("epochs", "close_mosaic", "hyp")
 
@@ -51,7 +51,7 @@ class StudyConfig:
     workers_per_gpu: int = 1            # worker (and retrain) processes per listed GPU: >1 for small models
     storage: str | None = None          # Optuna RDB URL; None = journal file in the run dir
     fitness_weights: list = field(default_factory=lambda: [0.0, 0.0, 0.1, 0.9])
-    ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init
+    ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init, explore
     train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
     retrain: dict = field(default_factory=dict)  # evolve.study: retrain of the best hyps (epochs, top_k, seeds, base)
     prune: dict = field(default_factory=dict)    # evolve.study: prune.pipeline options for the retrained best

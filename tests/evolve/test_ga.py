@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from core.hyp import HYP_KEYS, default_hyp
-from evolve.ga import GASampler, mutate, select_parent
+from evolve.ga import GASampler, explore_draw, mutate, select_parent
 from evolve.samplers import make_sampler
 from evolve.space import Gene, SpaceError, base_params, check_base, distributions, load_space
 from evolve.storage import mask_url
@@ -120,6 +120,53 @@ def test_genes_at_zero_move():
     assert 20 < ratio < 100
 
 
+def test_log_genes_step_in_log_space_and_cross_a_decade():
+    lr0 = Gene("lr0", 1.0, 1e-5, 0.05, log=True)
+    rng = np.random.default_rng(0)
+    kids = np.array([mutate(np.array([0.02]), [lr0], rng)[0] for _ in range(200)])
+    assert kids.min() <= 0.002                              # 10x down within 200 draws (a 0.3 factor clip: never)
+    assert np.all((kids >= lr0.low) & (kids <= lr0.high))
+    # a step is symmetric in log space: about as many children above the parent as below (clipped at 0.05)
+    assert 0.35 < np.mean(kids < 0.02) < 0.65
+    # most draws stay within a factor 3: a step, not a jump across the range
+    assert np.mean(np.abs(np.log(kids / 0.02)) < np.log(3)) > 0.6
+
+
+def test_exploration_draws_cover_every_gene_and_repeat_for_a_seed():
+    genes = [g for g in SPACE.values() if g.gain > 0]
+    n = 8
+    draws = np.array([explore_draw(genes, 5, i, n, np.random.default_rng([5, i])) for i in range(n)])
+    for j, g in enumerate(genes):
+        if g.int:
+            continue
+        q = (np.log(draws[:, j] / g.low) / np.log(g.high / g.low)) if g.log else (draws[:, j] - g.low) / (g.high - g.low)
+        assert sorted(np.minimum((q * n).astype(int), n - 1)) == list(range(n)), g.name  # one draw per stratum
+    again = explore_draw(genes, 5, 3, n, np.random.default_rng([5, 3]))
+    np.testing.assert_array_equal(again, draws[3])
+    assert not np.array_equal(explore_draw(genes, 6, 3, n, np.random.default_rng([5, 3])), draws[3])
+    with pytest.raises(ValueError, match="outside 0..7"):
+        explore_draw(genes, 5, 8, n, np.random.default_rng(0))
+
+
+def test_explore_replaces_the_first_sampled_children_not_the_enqueued_ones():
+    study = _study_with([(TrialState.COMPLETE, 0.5, {})])   # trial 0: the base hyp, complete
+    study.enqueue_trial(base_params(SPACE, BASE))          # trial 1: an enqueued noise seed, not a draw
+    ga = GASampler(SPACE, BASE, seed=2, explore=3)
+    study.sampler = ga
+    t1 = study.ask()
+    assert ga.draw_index(study, t1._cached_frozen_trial) == 1  # trial 0 (added, not enqueued) counts as a draw
+    study.tell(t1, state=TrialState.FAIL)
+    kids = [_sample(ga, study) for _ in range(3)]          # trials 2, 3, 4: draws 1, 2, 3 of explore = 3
+    genes = ga.genes
+    expected = [explore_draw(genes, 2, i, 3, ga.rng(n)) for i, n in ((1, 2), (2, 3))]
+    for kid, exp in zip(kids[:2], expected):
+        np.testing.assert_allclose([kid[g.name] for g in genes], exp)
+    # draw 3 is past the exploration: a child of the only complete trial (the base hyp), box within the clip
+    assert 0.3 * BASE["box"] <= kids[2]["box"] <= 3.0 * BASE["box"]
+    with pytest.raises(ValueError, match="explore"):
+        GASampler(SPACE, BASE, explore=-1)
+
+
 def test_gain_zero_hyps_are_never_suggested():
     study = _study_with([(TrialState.COMPLETE, 0.5, {})])
     ga = GASampler(SPACE, BASE, seed=0)
@@ -130,20 +177,21 @@ def test_gain_zero_hyps_are_never_suggested():
 
 
 def test_parents_come_from_complete_trials_only():
-    study = _study_with([(TrialState.COMPLETE, 0.2, {"lr0": 0.001}), (TrialState.COMPLETE, 0.4, {"lr0": 0.002}),
-                         (TrialState.PRUNED, 0.9, {"lr0": 0.05}), (TrialState.FAIL, None, {"lr0": 0.07})])
-    study.add_trial(create_trial(state=TrialState.RUNNING, params={"lr0": 0.09},
-                                 distributions={"lr0": SPACE["lr0"].distribution()}))
+    # box: a multiplicative gene (low > 0, not log), so a child stays within the factor clip of its parent
+    study = _study_with([(TrialState.COMPLETE, 0.2, {"box": 0.03}), (TrialState.COMPLETE, 0.4, {"box": 0.04}),
+                         (TrialState.PRUNED, 0.9, {"box": 0.15}), (TrialState.FAIL, None, {"box": 0.2})])
+    study.add_trial(create_trial(state=TrialState.RUNNING, params={"box": 0.18},
+                                 distributions={"box": SPACE["box"].distribution()}))
     values, fitness = GASampler(SPACE, BASE, parents=5).parents(study)
-    lr0 = [g.name for g in GASampler(SPACE, BASE).genes].index("lr0")
+    box = [g.name for g in GASampler(SPACE, BASE).genes].index("box")
     assert fitness.tolist() == [0.4, 0.2]                  # best first, pruned/failed/running excluded
-    assert values[:, lr0].tolist() == [0.002, 0.001]
+    assert values[:, box].tolist() == [0.04, 0.03]
     assert len(GASampler(SPACE, BASE, parents=1).parents(study)[0]) == 1
-    # every child descends from a COMPLETE parent: its lr0 is within the factor clip of 0.001 or 0.002
+    # every child descends from a COMPLETE parent: its box is within the factor clip of 0.03 or 0.04
     ga = GASampler(SPACE, BASE, seed=3)
     for _ in range(20):
-        v = _sample(ga, study)["lr0"]
-        assert 0.3 * 0.001 - 1e-12 <= v <= 3.0 * 0.002 + 1e-12
+        v = _sample(ga, study)["box"]
+        assert 0.3 * 0.03 - 1e-12 <= v <= 3.0 * 0.04 + 1e-12
 
 
 def test_selection_weights_are_hand_computed():
@@ -161,7 +209,7 @@ def test_without_complete_trials_the_parent_is_the_base_hyp_or_random():
     child = _sample(GASampler(SPACE, BASE, seed=0), study)
     for name, v in child.items():
         b = BASE[name]
-        if b > 0 and not SPACE[name].int:
+        if b > 0 and not SPACE[name].int and not SPACE[name].log:
             assert 0.3 * b - 1e-12 <= v <= 3.0 * b + 1e-12, name
     rand = _sample(GASampler(SPACE, BASE, seed=0, init="random"), _study_with([]))
     assert rand != child
