@@ -13,6 +13,17 @@ S = the sum of all target scores (at least 1):
 Returned as ComputeLoss does: (total x B, [box, dfl, cls]); the trainer's `obj` columns (train_obj, val_obj)
 hold dfl for this head.
 
+Ablation switches (issue 31: which piece makes the classifier learn), read from the model yaml's optional
+`loss_af:` mapping (it travels with the architecture into checkpoints and pruned models); the defaults are
+YOLOv8's and are what every model without the key trains with:
+- cls_norm: score_sum (above) | targets: YOLOv5's normalisation, the class BCE averaged over positive points x
+  classes and scaled by nc/80 (YOLOv5's gain rule), i.e. sum / (max(positives, 1) x 80); negatives still count
+  (this head has no objectness to suppress them), box and DFL unchanged;
+- targets: quality (the assigner's normalised alignment, an IoU-aware score) | binary: 1 for the assigned
+  class on every positive point (box weights and S stay the quality scores);
+- assigner: tal (alignment s^0.5 x u^6) | iou: alpha = 0, the alignment is u^6 alone, so the predicted class
+  scores no longer choose the positives.
+
 Gains: hyp `box` is in YOLOv5's units (0.05 by default), scaled by BOX_SCALE so the default gives Ultralytics'
 7.5 and the same hyp files and search bounds serve both heads (`scaled_gains_af`); `cls` (0.5) and `dfl` (1.5)
 are used as they are. The hyps `core.hyp.unused_keys(True)` names (anchors, objectness) do not apply to this head.
@@ -30,11 +41,14 @@ from core.assign import TaskAlignedAssigner
 from core.boxes import bbox_iou
 from core.model.head_af import anchor_points, integral
 
-__all__ = ["ComputeLossAF", "scaled_gains_af", "dfl_loss", "BOX_SCALE"]
+__all__ = ["ComputeLossAF", "scaled_gains_af", "dfl_loss", "loss_options", "BOX_SCALE", "LOSS_OPTIONS"]
 
 LOGGER = logging.getLogger(__name__)
 BOX_SCALE = 150.0  # hyp box 0.05 (YOLOv5's default) -> 7.5 (Ultralytics' anchor-free default)
 TOPK, ALPHA, BETA = 10, 0.5, 6.0  # the task-aligned assigner's, as Ultralytics
+# the model yaml's `loss_af:` switches, first value the default (YOLOv8's); see the module docstring
+LOSS_OPTIONS = {"cls_norm": ("score_sum", "targets"), "targets": ("quality", "binary"), "assigner": ("tal", "iou")}
+YOLOV5_CLASSES = 80  # YOLOv5 scales its class gain by nc / 80
 
 
 def scaled_gains_af(hyp: Mapping[str, float]) -> dict:
@@ -51,6 +65,20 @@ def dfl_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     nll_left = -logp.gather(-1, left[..., None]).squeeze(-1)
     nll_right = -logp.gather(-1, (left + 1)[..., None]).squeeze(-1)
     return (nll_left * (1 - w_right) + nll_right * w_right).mean(-1)
+
+
+def loss_options(model: nn.Module) -> dict[str, str]:
+    """The model's `loss_af:` switches (its architecture dict), defaults filled in; ValueError naming a bad one."""
+    model = getattr(model, "module", model)
+    given = (getattr(model, "arch", None) or {}).get("loss_af") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"model yaml key loss_af: want a mapping of {', '.join(LOSS_OPTIONS)}, got {given!r}")
+    for key, value in given.items():
+        if key not in LOSS_OPTIONS:
+            raise ValueError(f"model yaml key loss_af.{key}: unknown (known: {', '.join(LOSS_OPTIONS)})")
+        if value not in LOSS_OPTIONS[key]:
+            raise ValueError(f"model yaml key loss_af.{key}: {value!r} is not one of {', '.join(LOSS_OPTIONS[key])}")
+    return {key: given.get(key, values[0]) for key, values in LOSS_OPTIONS.items()}
 
 
 def _head(model: nn.Module) -> nn.Module:
@@ -70,7 +98,10 @@ class ComputeLossAF:
         self.det = _head(model)
         self.hyp = hyp
         self.nc, self.reg_max, self.no = int(self.det.nc), int(self.det.reg_max), int(self.det.no)
-        self.assigner = TaskAlignedAssigner(self.nc, TOPK, ALPHA, BETA)
+        self.options = loss_options(model)
+        self.assigner = TaskAlignedAssigner(self.nc, TOPK, 0.0 if self.options["assigner"] == "iou" else ALPHA, BETA)
+        if self.options != {key: values[0] for key, values in LOSS_OPTIONS.items()}:
+            LOGGER.info(f"anchor-free loss switches (model yaml loss_af): {self.options}")
         if label_smoothing:
             LOGGER.warning(f"label smoothing {label_smoothing} ignored: the anchor-free loss's class targets are "
                            f"the assigner's scores")
@@ -89,7 +120,10 @@ class ComputeLossAF:
         a = self.assigner(logits.detach().sigmoid(), pred_boxes.detach() * scale, points * scale,
                           gt_labels, gt_boxes, gt_mask)
         total = a.scores.sum().clamp(min=1.0)
-        lcls = F.binary_cross_entropy_with_logits(logits, a.scores, reduction="sum") / total
+        cls_targets = a.scores if self.options["targets"] == "quality" else \
+            F.one_hot(a.labels, self.nc).to(a.scores.dtype) * a.fg[..., None]
+        lcls = F.binary_cross_entropy_with_logits(logits, cls_targets, reduction="sum")
+        lcls = lcls / (total if self.options["cls_norm"] == "score_sum" else a.fg.sum().clamp(min=1) * YOLOV5_CLASSES)
         lbox = ldfl = torch.zeros((), device=device)
         if a.fg.any():
             w = a.scores.sum(-1)[a.fg]  # the points' target scores

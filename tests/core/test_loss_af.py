@@ -201,3 +201,78 @@ def test_label_smoothing_is_ignored_with_a_warning(smoothing, caplog):
     with caplog.at_level(logging.WARNING, logger='core.loss_af'):
         ComputeLossAF(model, scaled_gains_af(default_hyp()), label_smoothing=smoothing)
     assert any('label smoothing' in r.message for r in caplog.records) == (smoothing > 0)
+
+
+def _with_switches(switches: dict | None):
+    """overfit_batch's model with the model yaml's `loss_af:` switches set (None: no key at all)."""
+    model, x, t = overfit_batch()
+    if switches is not None:
+        model.arch['loss_af'] = switches
+    return model, x, t
+
+
+def _recording(loss_fn: ComputeLossAF) -> list:
+    """Keep every Assignment the loss's assigner returns."""
+    seen, assign = [], loss_fn.assigner
+    loss_fn.assigner = lambda *a: seen.append(assign(*a)) or seen[-1]
+    return seen
+
+
+def test_loss_switches_default_to_yolov8s():
+    model, x, t = _with_switches(None)
+    raw, hyp = model(x), scaled_gains_af(default_hyp())
+    plain = ComputeLossAF(model, hyp)
+    assert plain.options == {'cls_norm': 'score_sum', 'targets': 'quality', 'assigner': 'tal'}
+    assert plain.assigner.alpha == 0.5
+    model.arch['loss_af'] = {'cls_norm': 'score_sum', 'targets': 'quality', 'assigner': 'tal'}
+    assert torch.equal(ComputeLossAF(model, hyp)(raw, t)[1], plain(raw, t)[1])
+
+
+def test_cls_norm_targets_divides_by_positives_times_80():
+    model, x, t = _with_switches(None)
+    raw, hyp = model(x), scaled_gains_af(default_hyp())
+    ours = ComputeLossAF(model, hyp)
+    seen = _recording(ours)
+    items = ours(raw, t)[1]
+    model.arch['loss_af'] = {'cls_norm': 'targets'}
+    items5 = ComputeLossAF(model, hyp)(raw, t)[1]
+    a = seen[0]
+    n_fg, total = int(a.fg.sum()), float(a.scores.sum().clamp(min=1))
+    assert n_fg > 0 and total < n_fg  # quality scores sum below the number of positives
+    assert torch.equal(items5[:2], items[:2])  # box and DFL as they were
+    assert abs(float(items5[2]) * n_fg * 80 - float(items[2]) * total) < 1e-4 * float(items[2]) * total
+
+
+def test_binary_targets_are_one_on_the_assigned_class():
+    model, x, t = _with_switches({'targets': 'binary'})
+    raw, hyp = model(x), scaled_gains_af(default_hyp())
+    loss_fn = ComputeLossAF(model, hyp)
+    seen = _recording(loss_fn)
+    items = loss_fn(raw, t)[1]
+    a = seen[0]
+    logits = torch.cat([r.detach().reshape(2, -1, r.shape[-1])[..., -3:] for r in raw], 1)
+    onehot = torch.nn.functional.one_hot(a.labels, 3).float() * a.fg[..., None]
+    assert int(onehot.sum()) == int(a.fg.sum()) > 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction='sum')
+    want = hyp['cls'] * float(bce) / float(a.scores.sum().clamp(min=1))  # S stays the quality scores' sum
+    assert abs(float(items[2]) - want) < 1e-4 * want
+
+
+def test_iou_assigner_ignores_the_class_scores():
+    model, _, _ = _with_switches({'assigner': 'iou'})
+    assert ComputeLossAF(model, scaled_gains_af(default_hyp())).assigner.alpha == 0.0
+    scores, boxes, labels, gts, mask = hand_case()
+    low, high = scores.clone(), scores.clone()
+    high[0, idx(12, 20), 1] = 0.99
+    for alpha, same in ((0.0, True), (0.5, False)):
+        a, b = (TaskAlignedAssigner(nc=2, topk=4, alpha=alpha)(s, boxes, POINTS, labels, gts, mask) for s in (low, high))
+        assert torch.equal(a.scores, b.scores) == same
+
+
+@pytest.mark.parametrize('bad, words', [({'cls_norm': 'mean'}, "loss_af.cls_norm: 'mean' is not one of"),
+                                        ({'assign': 'iou'}, 'loss_af.assign: unknown'),
+                                        ('iou', 'want a mapping')])
+def test_bad_loss_switch_is_a_clear_error(bad, words):
+    model, _, _ = _with_switches(bad)
+    with pytest.raises(ValueError, match=words):
+        ComputeLossAF(model, scaled_gains_af(default_hyp()))
