@@ -10,7 +10,10 @@ is a dataset and a base hyp that is wrong in a known gene, with the fix. With th
 2. one study per sampler at the same trial budget (`--trials`, trial 0 = the base hyp, no noise seeds), its
    winner retrained with the same seeds; the recovered share = (winner - base hyp, paired by seed) / planted
    gain, ± its sd over seeds, with the t test of the winner over the base hyp; and the first trial (by
-   completion time) whose fitness exceeds the base trial's by 80% of the planted gain at the trial budget.
+   completion time) whose fitness exceeds the base trial's by 80% of the planted gain at the trial budget;
+   and whether the trial ranking transfers: `--transfer` more trials spread over the ranking retrained with one
+   seed (the quick study's `retrain: transfer`), Spearman's rho between trial fitness and retrained fitness over
+   them and the winner, with its n (evolve.transfer).
 Prints both tables, writes JSON (default runs/bench/planted.json) and appends them to bench/results/planted.md
 (`--no-record`: not). Studies live in runs/evolve/planted-*/, retrains in runs/bench/planted/<task>/ (reused
 when their inputs are unchanged), data in datasets/planted-v1/.
@@ -40,6 +43,7 @@ from evolve.report import write_outputs
 from evolve.storage import make_storage, run_dir_for
 from evolve.study import RetrainOptions, retrain_plan, run_retrain
 from evolve.study_config import StudyConfig, load_study
+from evolve.transfer import TRANSFER_ROLE, transfer_summary
 
 QUICK = "studies/quick.yaml"
 OUT = Path("runs") / "bench" / "planted"
@@ -110,13 +114,29 @@ def first_reach(df: pd.DataFrame, threshold: float) -> dict[str, Any]:
             "seconds": round((hit.datetime_complete.iloc[0] - start).total_seconds(), 1)}
 
 
+def ga_options(base: dict[str, Any], spec: str) -> dict[str, Any]:
+    """The quick study's GA options changed by a sampler spec's tail: 'random' or 'base' sets `init`, KEY=VALUE
+    sets one option ('explore=0/sigma=0.5': several, '/' between them)."""
+    ga = dict(base)
+    for item in filter(None, spec.split("/")):
+        key, eq, value = item.partition("=")
+        if not eq and key in ("random", "base"):
+            ga["init"] = key
+        elif eq:
+            ga[key] = yaml.safe_load(value)
+        else:
+            raise SystemExit(f"--samplers: GA option {item!r} is neither 'random', 'base' nor KEY=VALUE")
+    return ga
+
+
 def run_search(cfg: StudyConfig, sampler_spec: str, weights: str) -> tuple[Path, float]:
     """One study with `sampler_spec` ('tpe'; 'tpe+hyperband' for a pruner; 'ga:random' for the GA's first
-    generation drawn uniformly in the space instead of mutated from the base hyp); returns its evolve.csv, wall s."""
+    generation drawn uniformly in the space instead of mutated from the base hyp; 'ga:explore=0' for a GA
+    option other than the quick study's); returns its evolve.csv, wall s."""
     sampler, _, pruner = sampler_spec.partition("+")
-    sampler, _, ga_init = sampler.partition(":")
-    ga = {**cfg.ga, "init": ga_init} if ga_init else cfg.ga
-    name = f"{cfg.name}-{sampler_spec.replace('+', '-').replace(':', '-')}"
+    sampler, _, ga_spec = sampler.partition(":")
+    ga = ga_options(cfg.ga, ga_spec)
+    name = f"{cfg.name}-{slug(sampler_spec)}"
     scfg = load_study(QUICK, {**vars(cfg), "name": name, "sampler": sampler, "ga": ga, "pruner": pruner or "none",
                               "weights": weights, "base": {}})
     run_dir = run_dir_for(scfg.name)
@@ -129,6 +149,11 @@ def run_search(cfg: StudyConfig, sampler_spec: str, weights: str) -> tuple[Path,
     study = optuna.load_study(study_name=scfg.name, storage=make_storage(None, run_dir))
     write_outputs(study, run_dir, plots=False)
     return run_dir / "evolve.csv", time.time() - t0
+
+
+def slug(spec: str) -> str:
+    """A sampler spec as a folder name: 'ga:explore=0/sigma=0.5' -> 'ga-explore0-sigma0.5'."""
+    return spec.replace("+", "-").replace(":", "-").replace("/", "-").replace("=", "")
 
 
 def retrain(cfg: StudyConfig, plan: list[dict], epochs: int, folder: Path, weights: str) -> pd.DataFrame:
@@ -167,9 +192,10 @@ def prepare_task(task: Task, args: argparse.Namespace) -> tuple[StudyConfig, str
 
 
 def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any], samplers: list[str],
-                bar: tqdm) -> None:
+                bar: tqdm, transfer: int) -> None:
     """Step 2 for one task: a study per sampler, the winners retrained with step 1's seeds, scored against step
-    1's base hyp runs (same seeds, same budget)."""
+    1's base hyp runs (same seeds, same budget); `transfer` more trials per study retrained with one seed, for
+    the rank correlation between trial and retrained fitness."""
     trial_gain = res["planted"][str(res["trial_epochs"])]["paired"]["diff_mean"]
     planted = res["planted"][str(res["retrain_epochs"])]
     res["samplers"] = {}
@@ -179,8 +205,9 @@ def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any],
         csv, wall = run_search(cfg, spec, weights)
         df = pd.read_csv(csv)
         runs = retrain_plan(csv, cfg, RetrainOptions(epochs=res["retrain_epochs"], top_k=1, seeds=len(res["seeds"]),
-                                                     base=False))
-        plan += [{**r, "role": spec, "name": f"{spec.replace('+', '-')}_trial{r['trial']}_seed{r['seed']}"} for r in runs]
+                                                     base=False, transfer=transfer))
+        plan += [{**r, "role": spec if r["role"] != TRANSFER_ROLE else f"{spec} {TRANSFER_ROLE}",
+                  "name": f"{slug(spec)}_trial{r['trial']}_seed{r['seed']}"} for r in runs]
         base_trial = df[df.number == 0].fitness
         res["samplers"][spec] = {"evolve_s": round(wall, 1), "trials": int(df.state.isin(["COMPLETE", "PRUNED"]).sum()),
                                  "pruned": int((df.state == "PRUNED").sum()),
@@ -196,7 +223,17 @@ def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any],
     for spec, s in res["samplers"].items():
         s["retrain"] = by_seed(df, spec)
         s.update(recovered_share(s["retrain"], planted["base"], planted["paired"]["diff_mean"]))
+        s["transfer"] = sampler_transfer(df, spec)
     bar.update(1)
+
+
+def sampler_transfer(retrain_df: pd.DataFrame, spec: str) -> dict[str, Any]:
+    """Spearman's rho between trial fitness and retrained fitness over one study's retrained trials (its winner,
+    mean over seeds, and its transfer runs), with n (evolve.transfer.transfer_summary)."""
+    rows = retrain_df[retrain_df.role.isin([spec, f"{spec} {TRANSFER_ROLE}"])].copy()
+    rows["role"] = ["best" if r == spec else TRANSFER_ROLE for r in rows.role]
+    t = transfer_summary(rows)
+    return {"rho": t["rho"], "n": t["n"], "points": t["points"]}
 
 
 def fmt_p(p: float) -> str:
@@ -230,9 +267,16 @@ def search_table(tasks: dict[str, Any]) -> str:
             rows.append((name, spec, f"{s['trials']}" + (f" ({s['pruned']} pruned)" if s.get("pruned") else ""), f"{s['evolve_s']:.0f}", f"{s['winner']} ({hyp})",
                          f"**{s['share']:.0%}** ± {s['share_sd']:.0%}", f"{s['t']:.1f} / {fmt_p(s['p'])}",
                          "-" if reach["trials"] is None else f"{reach['trials']} ({reach['seconds']:.0f} s)",
-                         "met" if s["met"] else "not met"))
+                         fmt_transfer(s.get("transfer")), "met" if s["met"] else "not met"))
     return markdown_table(["task", "sampler", "trials", "wall s", "winner (planted genes)",
-                           "recovered share ± sd", "t / p vs base", "trials to 80% (s)", "target"], rows)
+                           "recovered share ± sd", "t / p vs base", "trials to 80% (s)", "transfer rho (n)",
+                           "target"], rows)
+
+
+def fmt_transfer(t: dict[str, Any] | None) -> str:
+    if not t or not t["n"]:
+        return "-"
+    return f"{t['rho']:+.2f} ({t['n']})" if math.isfinite(t["rho"]) else f"nan ({t['n']})"
 
 
 def report(res: dict[str, Any]) -> str:
@@ -247,7 +291,9 @@ def report(res: dict[str, Any]) -> str:
         planted_table(res["tasks"]), "",
         f"Step 2, each sampler's winner retrained with the same seeds: recovered share = paired gain over the base "
         f"hyp / planted gain (target >= {SHARE_TARGET:.0%} and p < 0.05); trials to 80% = the first trial, in "
-        f"completion order, {SHARE_TARGET:.0%} of the planted gain above trial 0 (the base hyp):", "",
+        f"completion order, {SHARE_TARGET:.0%} of the planted gain above trial 0 (the base hyp); transfer rho = "
+        f"Spearman's rho between trial fitness and retrained fitness over the winner (mean of its seeds) and "
+        f"{res.get('transfer', 0)} more trials spread over the ranking (one seed each), n = the retrained trials:", "",
         search_table(res["tasks"]) if any("samplers" in r for r in res["tasks"].values()) else "(not run: --planted-only)"])
 
 
@@ -271,11 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=96, help="train size (the data is generated at 96 px)")
     ap.add_argument("--train-images", type=int, default=128)
     ap.add_argument("--val-images", type=int, default=48)
+    ap.add_argument("--transfer", type=int, default=None, help="trials per study retrained (one seed) for the "
+                    "trial/retrain rank correlation; default: the quick study's retrain: transfer")
     ap.add_argument("--planted-only", action="store_true", help="step 1 only: the planted gains, no search")
     ap.add_argument("--json", default="runs/bench/planted.json")
     ap.add_argument("--no-record", action="store_true", help="do not append the tables to bench/results/planted.md")
     args = ap.parse_args(argv)
     tasks = parse_list(args.tasks, list(TASKS), "tasks")
+    transfer = int(load_study(QUICK).retrain.get("transfer", 0)) if args.transfer is None else args.transfer
+    if transfer < 0:
+        raise SystemExit(f"--transfer {transfer}: must be >= 0")
     args.samplers = parse_list(args.samplers, None, "samplers")
     if args.seeds < 2:
         raise SystemExit(f"--seeds {args.seeds}: a paired t test needs >= 2 seeds")
@@ -284,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     res: dict[str, Any] = {"imgsz": args.imgsz, "train_images": args.train_images, "val_images": args.val_images,
                            "base_epochs": args.base_epochs, "trials": args.trials, "machine": machine_line(meta),
+                           "transfer": transfer,
                            "tasks": {}}
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
         tqdm.write("Step 1, the planted gain (fixed hyp - base hyp, paired by seed):\n" + planted_table(res["tasks"]))
         for name in [] if args.planted_only else tasks:
-            search_task(TASKS[name], *studies[name], res["tasks"][name], args.samplers, bar)
+            search_task(TASKS[name], *studies[name], res["tasks"][name], args.samplers, bar, transfer)
             json_path.write_text(json.dumps(res, indent=1, default=float))
     res["wall_s"] = round(time.time() - t0, 1)
     json_path.write_text(json.dumps(res, indent=1, default=float))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.planted import first_reach, recovered_share
+from bench.planted import first_reach, ga_options, recovered_share, sampler_transfer, slug
 from bench.planted_tasks import GLYPH_SETS, TASKS, render_glyphs, task_data, task_hyps, task_space
 from core.data.config import load_data_config
 from evolve.space import check_base, load_space
@@ -63,3 +63,25 @@ def test_first_reach_counts_completion_order_and_skips_the_base_trial():
     assert first_reach(df, 0.08) == {"trial": 4, "trials": 3, "seconds": 20.0}
     assert first_reach(df, 0.04) == {"trial": 1, "trials": 2, "seconds": 12.0}
     assert first_reach(df, 0.5)["trial"] is None and first_reach(df, -0.1)["trial"] is None
+
+
+def test_sampler_spec_sets_ga_options_and_names_a_folder():
+    quick = {"parents": 5, "init": "base", "explore": 4}
+    assert ga_options(quick, "") == quick
+    assert ga_options(quick, "random") == {**quick, "init": "random"}
+    assert ga_options(quick, "explore=0/sigma=0.5") == {**quick, "explore": 0, "sigma": 0.5}
+    with pytest.raises(SystemExit, match="'sideways'"):
+        ga_options(quick, "sideways")
+    assert slug("ga:explore=0/sigma=0.5") == "ga-explore0-sigma0.5" and slug("tpe+hyperband") == "tpe-hyperband"
+
+
+def test_sampler_transfer_ranks_winner_and_transfer_runs_of_one_sampler_only():
+    # ga: winner (trial 5, 3 seeds, mean 0.30) and 3 transfer trials; tpe's rows must not count
+    rows = [("ga", 5, s, 0.40, v) for s, v in ((1, 0.29), (2, 0.30), (3, 0.31))]
+    rows += [("ga transfer", 7, 1, 0.35, 0.20), ("ga transfer", 2, 1, 0.20, 0.25), ("ga transfer", 9, 1, 0.10, 0.05)]
+    rows += [("tpe", 4, 1, 0.9, 0.0), ("tpe transfer", 3, 1, 0.0, 0.9)]
+    df = pd.DataFrame(rows, columns=["role", "trial", "seed", "trial_fitness", "objective"])
+    t = sampler_transfer(df, "ga")
+    # trial ranks 4, 3, 2, 1 (by 0.40, 0.35, 0.20, 0.10); retrained ranks 4, 2, 3, 1: rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert t["n"] == 4 and t["rho"] == pytest.approx(0.8)
+    assert sampler_transfer(df, "random")["n"] == 0
