@@ -30,7 +30,8 @@ __all__ = ["BUDGET_KEYS", "DEFAULT_EVOLVE_SHARE", "Deadline", "check_budget", "e
 
 LOGGER = logging.getLogger(__name__)
 
-BUDGET_KEYS = ("hours", "evolve")
+BUDGET_KEYS = ("hours", "evolve", "latency_ms", "gflops")  # the cost limits: evolve/objectives.py
+TIME_KEYS = ("hours", "evolve")
 DEFAULT_EVOLVE_SHARE = 0.6  # evolve.study: evolution's share of the hours; retrain and prune get what is left
 START_ATTR = "budget_start"  # study user attr: unix time the budget's clock started
 
@@ -89,6 +90,7 @@ def check_budget(budget: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(budget) - set(BUDGET_KEYS))
     if unknown:
         raise ValueError(f"{where}: 'budget' has unknown option(s) {unknown} (allowed: {', '.join(BUDGET_KEYS)})")
+    budget = {k: v for k, v in budget.items() if k in TIME_KEYS}  # a cost limit alone sets no deadline
     try:
         hours = float(budget.get("hours", 1.0))
         share = float(budget.get("evolve", DEFAULT_EVOLVE_SHARE))
@@ -114,8 +116,8 @@ def budget_start(attrs: Mapping[str, Any], set_attr: Any) -> float:
 def study_deadline(budget: Mapping[str, Any], attrs: Mapping[str, Any], set_attr: Any,
                    share: float = 1.0) -> Deadline:
     """The deadline `budget: {hours}` sets from the study's recorded start (recorded now on first use);
-    `share` of the hours (evolve.study's evolution phase). No budget: no deadline."""
-    if not budget:
+    `share` of the hours (evolve.study's evolution phase). No budget hours: no deadline."""
+    if "hours" not in budget:
         return Deadline()
     hours = float(budget["hours"]) * share
     start = budget_start(attrs, set_attr)
@@ -124,7 +126,7 @@ def study_deadline(budget: Mapping[str, Any], attrs: Mapping[str, Any], set_attr
 
 
 def evolve_share(budget: Mapping[str, Any]) -> float:
-    return float(budget.get("evolve", DEFAULT_EVOLVE_SHARE)) if budget else 1.0
+    return float(budget.get("evolve", DEFAULT_EVOLVE_SHARE)) if "hours" in budget else 1.0
 
 
 def file_deadline(path: Path | str, budget: Mapping[str, Any], share: float = 1.0) -> Deadline:

@@ -19,12 +19,14 @@ from core.atomic import atomic_write
 from core.hyp import load_hyp
 from core.digest import sha256_file
 from evolve import budget
-from evolve.base_run import base_run_change, ensure_base_run
+from evolve.base_run import base_run_change
 from evolve.devices import Slot, device_slots
 from evolve.ledger import count_finished, is_counted, retried_numbers
 from evolve.noise import NOISE_ATTR, NoiseFloor, noise_floor
+from evolve.objectives import fitness_value, study_directions
 from evolve.preflight import preflight
 from evolve.report import write_outputs
+from evolve.shared_base import SHARED_BASE, study_base_run
 from evolve.space import base_params, check_base, evolved, load_space
 from evolve.status import format_status, status_line, study_status
 from evolve.storage import describe, make_storage, study_lock
@@ -60,8 +62,12 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
     base_hyp = load_hyp(cfg.resolved("hyp"))
     check_base(space, base_hyp, cfg.hyp or "base hyp (studies/hyp/scratch.yaml)")
     with study_lock(storage_url, run_dir, cfg.name):  # one machine enqueues the base hyp, once
+        directions = study_directions(cfg.objectives)
         study = optuna.create_study(study_name=cfg.name, storage=make_storage(storage_url, run_dir),
-                                    direction="maximize", load_if_exists=True)
+                                    directions=directions, load_if_exists=True)
+        if len(study.directions) != len(directions):  # Optuna reopens a stored study as it was created
+            raise StudyError(f"study '{cfg.name}' in the storage has {len(study.directions)} objective(s) and the "
+                             f"study file asks for {cfg.objectives}: use --name for a new study")
         record = cfg.as_record()
         old = study.user_attrs.get("config")
         if old is None:
@@ -104,7 +110,8 @@ def check_shared_start(cfg: StudyConfig, base_hyp: dict, storage_url: str | None
         return  # a new study: this machine's start weights will be the study's
     recorded = study.user_attrs.get(START_SHA)
     fix = (f"copy {run_dir / 'base'}/ from the machine that started the study to this one (the base run is "
-           f"reused when its inputs match), or use --name for a new study" if cfg.base and not cfg.weights else
+           f"reused when its inputs match), give every machine `artifacts:` (a folder all reach) to share it, or "
+           f"use --name for a new study" if cfg.base and not cfg.weights else
            "give every machine the same `weights:` file, or use --name for a new study")
     if before_base_run:
         change = base_run_change(cfg, base_hyp, run_dir) if recorded and cfg.base and not cfg.weights else None
@@ -153,11 +160,14 @@ def _line(t: FrozenTrial, best: FrozenTrial | None, floor: NoiseFloor | None = N
     ua = t.user_attrs
     where = f"worker {ua.get('worker', '?')} ({ua.get('device', '?')})"
     secs = f"{ua.get('seconds', float('nan')):7.1f} s"
-    best_txt = f"best {best.value:.4g} (trial {best.number})" if best is not None else "best -"
+    best_txt = f"best {fitness_value(best):.4g} (trial {best.number})" if best is not None else "best -"
     if t.state == TrialState.COMPLETE:
         role = "  base hyp, seed %s" % ua.get("train_seed", "?") if ua.get("base") else ""
-        gain = f" ({floor.gain_sd(t.value):+.1f} sd)" if floor is not None else ""
-        return f"trial {t.number:4d}  COMPLETE  fitness {t.value:.4g}{gain}  {best_txt}  {secs}  {where}{role}"
+        gain = f" ({floor.gain_sd(fitness_value(t)):+.1f} sd)" if floor is not None else ""
+        cost = "".join(f", {k} {ua[k]:.4g}" for k in ("latency_ms", "gflops") if k in ua)  # two-objective study
+        size = f" at {ua['imgsz']} px" if cost else ""
+        return (f"trial {t.number:4d}  COMPLETE  fitness {fitness_value(t):.4g}{gain}{cost}{size}  {best_txt}  {secs}  "
+                f"{where}{role}")
     if t.state == TrialState.PRUNED:
         return f"trial {t.number:4d}  PRUNED    after {len(t.intermediate_values)} epoch(s)  {best_txt}  {secs}  {where}"
     # a trial failed by Optuna's RDB heartbeat check carries no reason of ours
@@ -181,8 +191,8 @@ class _Stop:
 
 
 def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+    done = [t for t in trials if t.state == TrialState.COMPLETE and fitness_value(t) is not None]
+    return max(done, key=lambda t: (fitness_value(t), -t.number)) if done else None
 
 
 def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str | None = None,
@@ -195,9 +205,11 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     space, base_hyp = load_space(cfg.resolved("space")), load_hyp(cfg.resolved("hyp"))
     preflight(cfg, space, base_hyp)  # a missing GPU or broken data fails here, before the study exists
     first_device = "cpu" if cfg.gpus == "cpu" else cfg.gpus.split(",")[0]  # the launcher's own view of the GPUs
-    check_shared_start(cfg, base_hyp, storage_url, run_dir, before_base_run=True)
-    ensure_base_run(cfg, base_hyp, run_dir, first_device, fit=load_callable(fit_spec) if fit_spec else None)
     study = prepare_study(cfg, storage_url, run_dir)
+    if SHARED_BASE not in study.user_attrs:  # a study from before shared base runs records only its start sha256
+        check_shared_start(cfg, base_hyp, storage_url, run_dir, before_base_run=True)
+    study_base_run(cfg, base_hyp, study, storage_url, run_dir, first_device,
+                   fit=load_callable(fit_spec) if fit_spec else None)  # trained once per study, fetched elsewhere
     check_shared_start(cfg, base_hyp, storage_url, run_dir)
     trials = study.get_trials(deepcopy=False)
     done = count_finished(trials)
@@ -269,7 +281,7 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     trials = study.get_trials(deepcopy=False)
     done, best = count_finished(trials), _best(trials)
     LOGGER.info(f"{done}/{cfg.trials} trials finished; best: " +
-                (f"trial {best.number}, fitness {best.value:.4g}" if best else "none") +
+                (f"trial {best.number}, fitness {fitness_value(best):.4g}" if best else "none") +
                 "\n  " + "\n  ".join(f"{k:16s} {p}" for k, p in paths.items()))
     if stop.signum is not None:
         LOGGER.info("interrupted: run the same command again to resume")

@@ -270,7 +270,7 @@ def fail_stale(study: optuna.Study, grace: float, max_retries: int) -> list[int]
     return failed
 
 
-def keep_result(study: optuna.Study, trial_id: int, value: float, user_attrs: dict[str, Any],
+def keep_result(study: optuna.Study, trial_id: int, value: float | list[float], user_attrs: dict[str, Any],
                 intermediate: dict[int, float]) -> int | None:
     """A trial failed as stale while its worker lived on and finished: add its result as a new COMPLETE
     trial and withdraw its still-waiting retry (call under the study lock, so no worker takes it
@@ -291,7 +291,8 @@ def keep_result(study: optuna.Study, trial_id: int, value: float, user_attrs: di
                 pass
     attrs = {k: v for k, v in {**stale.user_attrs, **user_attrs}.items() if k != "fail_reason"}
     result = optuna.create_trial(
-        state=TrialState.COMPLETE, value=value, params=stale.params, distributions=stale.distributions,
+        state=TrialState.COMPLETE, **({"values": value} if isinstance(value, (list, tuple)) else {"value": value}),
+        params=stale.params, distributions=stale.distributions,
         user_attrs={**attrs, RECOVERED_FROM: stale.number}, intermediate_values=dict(intermediate),
         system_attrs={k: v for k, v in stale.system_attrs.items() if k in ("fixed_params",)})
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=result)

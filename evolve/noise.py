@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from evolve.objectives import fitness_value, has_fitness
 from evolve.stats import expected_max_normal, holm, t_ppf, t_sf
 
 __all__ = ["ALPHA", "NOISE_ATTR", "NoiseFloor", "noise_floor", "noise_trials", "is_noise_trial", "summarize", "paired_gain", "compare_to_base",
@@ -71,8 +72,7 @@ def noise_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     seen: set = set()
     out = []
     for t in sorted(trials, key=lambda t: t.number):
-        if not (is_noise_trial(t) and t.state == TrialState.COMPLETE and t.value is not None
-                and math.isfinite(t.value)):
+        if not (is_noise_trial(t) and t.state == TrialState.COMPLETE and has_fitness(t)):
             continue
         seed = t.user_attrs.get("train_seed", t.user_attrs.get(NOISE_ATTR, ("trial", t.number)))
         if seed not in seen:
@@ -86,7 +86,7 @@ def noise_floor(trials: Iterable[FrozenTrial]) -> NoiseFloor | None:
     done = noise_trials(trials)
     if len(done) < 2:
         return None
-    values = [float(t.value) for t in done]
+    values = [float(fitness_value(t)) for t in done]
     return NoiseFloor(statistics.fmean(values), statistics.stdev(values), len(values), [t.number for t in done])
 
 

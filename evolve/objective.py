@@ -8,6 +8,12 @@ fitness goes to trial.report(step = epochs run), so a pruner can stop a bad tria
 (the noise-seed trials of the base hyp) or the study seed: candidates share data order and init.
 Any exception (NaN/inf loss, out of memory, bad hyp, ...) sets user attr `fail_reason` and
 propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records FAIL.
+
+A two-objective study (`objectives: [fitness, latency_ms | gflops]`, evolve/objectives.py) returns
+[value, cost]: the cost of the trained model at the trial's image size (evolve/trial_cost.py), recorded
+as user attrs too. With `imgsz_range` the image size is a gene (`imgsz`, steps of 32; the base hyp's
+trials keep the study's imgsz), recorded as user attr `imgsz` in such a study.
+Per-epoch fitness is reported only in one-objective studies (Optuna's Trial.report is single-objective).
 """
 from __future__ import annotations
 
@@ -26,9 +32,11 @@ from core.data.config import load_data_config
 from core.data.dataset import YoloDataset
 from core.digest import sha256_file
 from core.train import fit as train_fit
+from evolve.objectives import STRIDE, cost_objective
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights, study_mosaic_factor, with_study_mosaic
+from evolve.trial_cost import measure_cost, trial_model
 
 __all__ = ["Objective", "objective_value"]
 
@@ -68,6 +76,9 @@ class Objective:
         self.weights = start_weights(cfg, self.run_dir)  # None: trials train from scratch
         self.on_epoch: Callable[[int, dict], None] | None = None  # e.g. evolve.tracking: each epoch to MLflow
         self._weights_sha: str | None = None
+        self.cost = cost_objective(cfg.objectives)  # None: fitness is the only objective
+        self._gflops: dict[int, dict[str, float]] = {}  # per imgsz: every trial has the architecture of the start
+        self._start_model: Any = None  # the model measured when the fit returns none (injected fits)
 
     def fit(self) -> FitFn:
         if self._fit is None:
@@ -85,11 +96,18 @@ class Objective:
                 self._data_sha = sha256_file(self._data.get("yaml_file"))
         return self._data
 
-    def train_options(self, trial_number: int, seed: int | None = None) -> Any:
+    def train_options(self, trial_number: int, seed: int | None = None, imgsz: int | None = None) -> Any:
         """No pictures (they would cost every trial time); AutoMosaic off: the study's factor is in the hyp."""
         return search_train_options(self.cfg, epochs=self.cfg.epochs, seed=self.cfg.seed if seed is None else seed,
                                     device=self.device, project=self.run_dir / "trials", name=str(trial_number),
-                                    save=False, plots=False, automosaic=False)
+                                    save=False, plots=False, automosaic=False, imgsz=imgsz or self.cfg.imgsz)
+
+    def imgsz(self, trial: optuna.Trial) -> int:
+        """The trial's image size: the `imgsz` gene with `imgsz_range`, the study's for the base hyp's trials."""
+        if not self.cfg.imgsz_range or trial.user_attrs.get("base"):
+            return int(self.cfg.imgsz)
+        low, high = self.cfg.imgsz_range
+        return int(trial.suggest_int("imgsz", int(low), int(high), step=STRIDE))
 
     def mosaic_factor(self) -> float:
         """AutoMosaic's factor of the base hyp on the study's data, once per worker (evolve.train_setup)."""
@@ -122,19 +140,21 @@ class Objective:
         # The base hyp's trials (trial 0 and the noise seeds) are the reference every gain is measured against and
         # the noise floor: no pruner may cut them short (Hyperband pruned trial 0 in bench.planted)
         prunable = not trial.user_attrs.get("base")
+        single = self.cost is None  # Trial.report and pruners are single-objective only
 
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             f = float(metrics["fitness"])
             if not math.isfinite(f):
                 raise FloatingPointError(f"fitness is {f} at epoch {epoch}")
-            trial.report(f, epoch + 1)
+            if single:
+                trial.report(f, epoch + 1)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, metrics)
-            if prunable and trial.should_prune():
+            if single and prunable and trial.should_prune():
                 raise StopTraining(f"pruned at epoch {epoch + 1}")
         return on_epoch_end
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         t0 = time.time()
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("device", self.device_label)
@@ -143,6 +163,9 @@ class Objective:
         trial.set_user_attr("sampler", self.cfg.sampler)
         try:
             params = {g.name: suggest(trial, g) for g in evolved(self.space)}
+            imgsz = self.imgsz(trial)
+            if self.cfg.imgsz_range or self.cost:
+                trial.set_user_attr("imgsz", imgsz)
             hyp = with_study_mosaic(full_hyp(params, self.base_hyp), self.mosaic_factor())
             trial.set_user_attr("mosaic_factor", self.mosaic_factor())
             trial.set_user_attr("mosaic_used", hyp["mosaic"])  # the probability trained with (the gene x factor)
@@ -154,9 +177,11 @@ class Objective:
             if self.weights:
                 self._weights_sha = self._weights_sha or sha256_file(self.weights)
                 trial.set_user_attr("weights_sha256", self._weights_sha)
-            result = self.fit()(data, self.weights or self.model, hyp, self.train_options(trial.number, seed),
+            result = self.fit()(data, self.weights or self.model, hyp, self.train_options(trial.number, seed, imgsz),
                                 Callbacks(on_epoch_end=self._epoch_reporter(trial)))
             value = self._record(trial, result, t0)
+            if self.cost is not None and not str(result.stop_reason).startswith("callback: pruned"):
+                value = [value, self._record_cost(trial, result, imgsz)]
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -165,6 +190,24 @@ class Objective:
             raise
         if str(result.stop_reason).startswith("callback: pruned"):
             raise optuna.TrialPruned(result.stop_reason)
+        return value
+
+    def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int) -> float:
+        """Measure the trained model's cost at the trial's image size; record every figure; return the objective."""
+        model = getattr(result, "model", None)
+        if model is None and self._start_model is None:
+            self._start_model = trial_model(None, self.weights, self.model)
+        if self.cost == "gflops":  # a count, not a timing: once per image size
+            if imgsz not in self._gflops:
+                self._gflops[imgsz] = measure_cost(self.cost, model or self._start_model, imgsz)
+            measured = self._gflops[imgsz]
+        else:
+            measured = measure_cost(self.cost, model or self._start_model, imgsz)
+        for key, v in measured.items():
+            trial.set_user_attr(key, float(v))
+        value = float(measured[self.cost])
+        if not math.isfinite(value) or value <= 0:
+            raise FloatingPointError(f"{self.cost} measured {value}")
         return value
 
     def _record(self, trial: optuna.Trial, result: Any, t0: float) -> float:

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS, default_hyp
+from evolve.objectives import COST_ATTRS, fitness_value, has_fitness
 from evolve.noise import is_noise_trial, noise_floor, noise_trials
 
 __all__ = ["best_searched", "best_trial", "trials_frame", "write_tables"]
@@ -63,8 +64,8 @@ def log_scaled(study: optuna.Study) -> tuple[str, ...]:
 
 def trial_fitness(t: FrozenTrial) -> float:
     """Best-epoch fitness: the value of a COMPLETE trial, the recorded/last-reported one of a PRUNED trial."""
-    if t.state == TrialState.COMPLETE and t.value is not None:
-        return float(t.value)
+    if t.state == TrialState.COMPLETE and fitness_value(t) is not None:
+        return float(fitness_value(t))
     if "fitness" in t.user_attrs:
         return float(t.user_attrs["fitness"])
     if t.intermediate_values:
@@ -79,6 +80,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     floor = noise_floor(trials)
     counted = {t.number for t in noise_trials(trials)}
+    costs = [k for k in COST_ATTRS if any(k in t.user_attrs for t in trials)]  # two-objective or imgsz-searching
     rows: list[dict[str, Any]] = []
     for t in trials:
         ua = t.user_attrs
@@ -99,17 +101,18 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["retry_of"] = ua.get("retry_of", "")
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
+        row.update({k: ua.get(k, math.nan) for k in costs})
         rows.append(row)
     columns = ["number", "state", "sampler", "worker", "device", "base", "noise", "seed", *HYP_KEYS, "mosaic_used",
                *METRICS, "fitness", "gain_sd", "epochs", "seconds",
-               "overhead_seconds", "fail_reason", "retry_of", "datetime_start", "datetime_complete"]
+               "overhead_seconds", "fail_reason", "retry_of", "datetime_start", "datetime_complete", *costs]
     return pd.DataFrame(rows, columns=columns)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
-    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+            if has_fitness(t)]
+    return max(done, key=lambda t: (fitness_value(t), -t.number)) if done else None
 
 
 def best_hyp_text(study: optuna.Study) -> str | None:
@@ -118,10 +121,10 @@ def best_hyp_text(study: optuna.Study) -> str | None:
     if t is None:
         return None
     hyp = {**base_hyp_of(study), **{k: float(v) for k, v in t.params.items()}}
-    header = {"_study": study.study_name, "_trial": t.number, "_fitness": round(float(t.value), 6)}
+    header = {"_study": study.study_name, "_trial": t.number, "_fitness": round(float(fitness_value(t)), 6)}
     header.update({f"_{m}": round(float(t.user_attrs[m]), 6) for m in METRICS if m in t.user_attrs})
     ua = t.user_attrs
-    lines = [f"# Best hyp of study '{study.study_name}': trial {t.number}, fitness {t.value:.5f}",
+    lines = [f"# Best hyp of study '{study.study_name}': trial {t.number}, fitness {fitness_value(t):.5f}",
              "# " + ", ".join(f"{m} {ua[m]:.4f}" for m in METRICS if m in ua),
              f"# {ua.get('epochs', '?')} epochs, {ua.get('seconds', float('nan')):.1f} s on {ua.get('device', '?')}; "
              "keys starting with '_' are provenance (ignored when loaded as a hyp)"]

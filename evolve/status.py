@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evolve import budget
 from evolve.ledger import count_finished, count_running
 from evolve.noise import NoiseFloor, expected_best_sd, noise_floor
+from evolve.objectives import fitness_value, has_fitness
 from evolve.storage import open_target
 
 __all__ = ["StudyStatus", "format_status", "main", "status_line", "study_status"]
@@ -73,8 +74,8 @@ def study_status(study: optuna.Study, total: int | None = None) -> StudyStatus:
     config = study.user_attrs.get("config") or {}
     total = int(total if total is not None else config.get("trials", 0))
     done = count_finished(trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and has_fitness(t)]
+    best = max(complete, key=lambda t: (fitness_value(t), -t.number)) if complete else None
     floor = noise_floor(trials)
     durations = [s for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                  if math.isfinite(s := _seconds(t))]
@@ -90,8 +91,8 @@ def study_status(study: optuna.Study, total: int | None = None) -> StudyStatus:
         name=study.study_name, done=done, total=total, running=count_running(trials),
         pruned=sum(t.state == TrialState.PRUNED for t in trials),
         failed=sum(t.state == TrialState.FAIL for t in trials),
-        best_number=best.number if best else None, best_value=best.value if best else math.nan,
-        best_gain_sd=floor.gain_sd(best.value) if best and floor else math.nan,
+        best_number=best.number if best else None, best_value=fitness_value(best) if best else math.nan,
+        best_gain_sd=floor.gain_sd(fitness_value(best)) if best and floor else math.nan,
         searched=sum(not t.user_attrs.get("base") for t in complete), floor=floor, trial_s=trial_s,
         parallel=parallel, eta_s=eta, deadline=deadline)
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 
 from evolve.budget import check_budget
+from evolve.objectives import check_objectives
 from evolve.samplers import SAMPLERS
 from evolve.yaml_mapping import read_mapping
 
@@ -50,7 +51,12 @@ class StudyConfig:
     workers: int = 2                    # worker processes on CPU
     workers_per_gpu: int = 1            # worker (and retrain) processes per listed GPU: >1 for small models
     storage: str | None = None          # Optuna RDB URL; None = journal file in the run dir
+    artifacts: str | None = None        # folder (or s3://bucket/prefix) every machine reaches: the base run is
+                                        # shared through it (evolve/shared_base.py); default beside a journal path
     fitness_weights: list = field(default_factory=lambda: [0.0, 0.0, 0.1, 0.9])
+    objectives: list = field(default_factory=lambda: ["fitness"])  # or [fitness, latency_ms | gflops]: a Pareto
+                                                # front, `budget: {latency_ms: X}` picks from it (evolve/objectives.py)
+    imgsz_range: list = field(default_factory=list)  # [LOW, HIGH]: imgsz is a gene (steps of 32); [] = fixed imgsz
     ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init, explore
     train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
     retrain: dict = field(default_factory=dict)  # evolve.study: retrain of the best hyps (epochs, top_k, seeds, base)
@@ -124,6 +130,11 @@ def _check(cfg: StudyConfig, where: str) -> None:
     cfg.budget = dict(cfg.budget or {})
     try:
         check_budget(cfg.budget, where)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
+    try:
+        cfg.objectives = check_objectives(cfg.objectives, cfg.budget, cfg.sampler, cfg.pruner, cfg.imgsz_range,
+                                          cfg.imgsz, where)
     except ValueError as e:
         raise StudyError(str(e)) from None
     if cfg.pruner_warmup is not None and not 0 <= int(cfg.pruner_warmup) < cfg.epochs:

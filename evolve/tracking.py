@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.trackers import METRIC_NAMES, SCALARS, tensorboard_available
+from evolve.objectives import fitness_value, has_fitness
 
 __all__ = ["MLflowTrials", "TensorBoardTrials", "TrialTrackers", "trial_trackers"]
 
@@ -77,8 +78,8 @@ class MLflowTrials:
         t = study._storage.get_trial(trial_id)
         tags = {"state": t.state.name, "study": study.study_name,
                 **{k: str(v)[:5000] for k, v in t.user_attrs.items()}}
-        finite = t.value is not None and math.isfinite(t.value)
-        metrics = [Metric("objective", float(t.value), _ms(), 0)] if finite else []
+        finite = has_fitness(t)
+        metrics = [Metric("objective", float(fitness_value(t)), _ms(), 0)] if finite else []
         self.client.log_batch(self.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in t.params.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, STATUS.get(t.state, "FAILED"))
@@ -115,7 +116,7 @@ class TensorBoardTrials:
         if self.writer is None:
             return
         t = study._storage.get_trial(trial_id)
-        value = {"hparam/objective": float(t.value)} if t.value is not None and math.isfinite(t.value) else {}
+        value = {"hparam/objective": float(fitness_value(t))} if has_fitness(t) else {}
         self.writer.add_hparams({k: float(v) for k, v in t.params.items()}, value, run_name=".")
         self.writer.close()
         self.writer = None

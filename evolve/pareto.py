@@ -1,0 +1,78 @@
+"""The accuracy-vs-cost front of a two-objective study, and the point a cost budget picks.
+
+Each trial is a point (fitness f: higher is better, cost c: latency in ms or GFLOPs, lower is better).
+Point a dominates point b when a is no worse in both and better in at least one: f_a >= f_b and c_a <= c_b
+and (f_a, c_a) != (f_b, c_b). The Pareto front is the set of points no other point dominates. Ties:
+points equal in both objectives do not dominate each other, so all of them stay on the front; a point
+equal to another in one objective and worse in the other is dominated.
+
+The budget picks the best fitness among points with c <= budget (ties: the lower cost, then the lower trial
+number): that point is always on the front, since a point dominating it would fit the budget too and be at
+least as good. When no point fits, nothing is chosen and the message names the cheapest point.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+__all__ = ["BudgetChoice", "Point", "choose_within", "dominates", "pareto_front"]
+
+
+@dataclass(frozen=True)
+class Point:
+    trial: int
+    fitness: float
+    cost: float
+
+    def finite(self) -> bool:
+        return math.isfinite(self.fitness) and math.isfinite(self.cost)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dominates(a: Point, b: Point) -> bool:
+    """a is no worse than b in both objectives and better in one."""
+    return (a.fitness >= b.fitness and a.cost <= b.cost) and (a.fitness > b.fitness or a.cost < b.cost)
+
+
+def pareto_front(points: Iterable[Point]) -> list[Point]:
+    """The non-dominated points (NaN or infinite objectives left out), cheapest first.
+
+    One sweep in cost order (cost up, fitness down, trial up): a point is on the front when its fitness beats
+    every cheaper-or-equal point's, or when it equals the last front point in both objectives (a tie)."""
+    front: list[Point] = []
+    best = -math.inf
+    for p in sorted((p for p in points if p.finite()), key=lambda p: (p.cost, -p.fitness, p.trial)):
+        if p.fitness > best:
+            front.append(p)
+            best = p.fitness
+        elif front and (p.fitness, p.cost) == (front[-1].fitness, front[-1].cost):
+            front.append(p)
+    return front
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The point a budget picks (None when no point fits), the cheapest point, and a sentence saying which."""
+    chosen: Point | None
+    cheapest: Point | None
+    message: str
+
+
+def choose_within(points: Iterable[Point], budget: float, cost_name: str = "cost") -> BudgetChoice:
+    """The best fitness among the points with cost <= budget (ties: lower cost, then lower trial number)."""
+    finite = [p for p in points if p.finite()]
+    cheapest = min(finite, key=lambda p: (p.cost, -p.fitness, p.trial)) if finite else None
+    fits = [p for p in finite if p.cost <= budget]
+    if not fits:
+        if cheapest is None:
+            return BudgetChoice(None, None, f"no trial has both a fitness and a {cost_name}: nothing to choose")
+        return BudgetChoice(None, cheapest, f"no trial fits the budget {cost_name} <= {budget:g}: the closest is "
+                                            f"trial {cheapest.trial} at {cheapest.cost:.4g} (fitness "
+                                            f"{cheapest.fitness:.4f}); raise the budget or search cheaper settings")
+    chosen = min(fits, key=lambda p: (-p.fitness, p.cost, p.trial))
+    return BudgetChoice(chosen, cheapest, f"trial {chosen.trial}: the best fitness {chosen.fitness:.4f} within "
+                                          f"{cost_name} <= {budget:g} (its {cost_name} {chosen.cost:.4g}; "
+                                          f"{len(fits)} of {len(finite)} trials fit)")
