@@ -4,7 +4,8 @@
 (seed, set, arm) at the same command (imgsz, batch, workers, epochs; each engine's defaults otherwise) through
 bench.peers' runner, seeds outermost so that a cut run still holds complete seeds. An arm is `ENGINE:MODEL`:
 - `ours:studies/models/yolov5n-af.yaml`  our trainer, any model yaml (here the anchor-free decoupled head);
-- `ultralytics:yolov5n.yaml`             Ultralytics in the peer venv (.venv-peer), built from the yaml, no weights.
+- `ultralytics:yolov5n.yaml`             Ultralytics in the peer venv (.venv-peer), built from the yaml, no weights;
+- `ours:studies/models/yolov5n.yaml:studies/hyp/ablation/cls-over-classes.yaml`  ours with a hyp file (ablations).
 
 It records to bench/results/<name>.md (bench.record): per set and arm the best epoch's mAP50-95 (as issue 31
 reads it) and the last epoch's, mean +- sd over seeds with every seed's value; per pair of arms the paired
@@ -45,12 +46,16 @@ FALL = 0.10  # "the cls loss falls": at least 10% below its first epoch by the e
 CLS_COLUMN = {"ours": "train_cls", "ultralytics": "train/cls_loss"}
 
 
-def parse_arm(text: str) -> tuple[str, str, str]:
-    """'ours:studies/models/yolov5n-af.yaml' -> (label 'ours yolov5n-af', engine 'ours', model)."""
-    engine, sep, model = text.partition(":")
+def parse_arm(text: str) -> tuple[str, str, str, str]:
+    """'ours:studies/models/yolov5n-af.yaml' -> (label 'ours yolov5n-af', engine 'ours', model, hyp '');
+    'ours:MODEL:HYP' adds our trainer's --hyp HYP, its stem ending the label."""
+    engine, sep, rest = text.partition(":")
+    model, _, hyp = rest.partition(":")
     if not sep or engine not in ENGINES or not model:
-        raise ValueError(f"arm {text!r}: want ENGINE:MODEL with ENGINE one of {', '.join(ENGINES)}")
-    return f"{engine} {Path(model).stem}", engine, model
+        raise ValueError(f"arm {text!r}: want ENGINE:MODEL[:HYP] with ENGINE one of {', '.join(ENGINES)}")
+    if hyp and engine != "ours":
+        raise ValueError(f"arm {text!r}: a hyp file is for our trainer only (ours:MODEL:HYP)")
+    return f"{engine} {Path(model).stem}" + (f" {Path(hyp).stem}" if hyp else ""), engine, model, hyp
 
 
 def cls_curve(run_dir: Path, engine: str) -> list[float]:
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.seeded_peers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sets", default="glyphs", help=f"held-out sets, of: {', '.join(SETS)}")
-    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated ENGINE:MODEL (engines: ours, ultralytics)")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics; HYP: ours only)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=160)
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     sets, seeds = args.sets.split(","), [int(v) for v in args.seeds.split(",")]
-    if any(e == "ultralytics" for _, e, _ in arms) and not args.no_train and not Path(args.peer_python).exists():
+    if any(a[1] == "ultralytics" for a in arms) and not args.no_train and not Path(args.peer_python).exists():
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
     out = Path(args.out or f"runs/seeded/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -227,15 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     have = {(r["set"], r["arm"], r["seed"]) for r in rows}
     todo = [(s, seed, *arm) for seed in seeds for s in sets for arm in arms if (s, arm[0], seed) not in have]
     if args.no_train:
-        meta["not_run"] = [f"{s} {label} seed {seed}" for s, seed, label, _, _ in todo]
+        meta["not_run"] = [f"{job[0]} {job[2]} seed {job[1]}" for job in todo]
         todo = []
     else:
-        warm_up(["ours", *(["yolov5n"] if any(e == "ultralytics" for _, e, _ in arms) else [])], args.peer_python)
+        warm_up(["ours", *(["yolov5n"] if any(a[1] == "ultralytics" for a in arms) else [])], args.peer_python)
     yamls = generate_heldout(REPO / args.data_root, sets) if todo else {}
 
-    def one(s: str, seed: int, label: str, engine: str, model: str) -> dict:
+    def one(s: str, seed: int, label: str, engine: str, model: str, hyp: str) -> dict:
         spec = RunSpec(s, "ours" if engine == "ours" else "ultralytics", args.epochs, yamls[s].resolve(), args.imgsz,
-                       args.batch, args.workers, out / s / f"{label.replace(' ', '-')}-s{seed}", model=model, seed=seed)
+                       args.batch, args.workers, out / s / f"{label.replace(' ', '-')}-s{seed}", model=model, seed=seed,
+                       ours_args=("--hyp", hyp) if hyp else ())
         row = {"arm": label, "seed": seed, **measure(spec, args.peer_python)}
         row["cls_curve"] = cls_curve(spec.out, engine) if row["rc"] == 0 else []
         print(f"{s} {label} seed {seed}: {row['wall_s']:.0f} s, mAP50-95 best "

@@ -41,7 +41,7 @@ from core.assign import TaskAlignedAssigner
 from core.boxes import bbox_iou
 from core.model.head_af import anchor_points, integral
 
-__all__ = ["ComputeLossAF", "scaled_gains_af", "dfl_loss", "loss_options", "BOX_SCALE", "LOSS_OPTIONS"]
+__all__ = ["BOX_SCALE", "LOSS_OPTIONS", "ComputeLossAF", "dfl_loss", "loss_options", "scaled_gains_af"]
 
 LOGGER = logging.getLogger(__name__)
 BOX_SCALE = 150.0  # hyp box 0.05 (YOLOv5's default) -> 7.5 (Ultralytics' anchor-free default)

@@ -31,9 +31,12 @@ def test_third_fall_reads_the_end_of_the_first_third():
 
 
 def test_parse_arm():
-    assert parse_arm("ours:studies/models/yolov5n-af.yaml") == ("ours yolov5n-af", "ours", "studies/models/yolov5n-af.yaml")
+    assert parse_arm("ours:studies/models/yolov5n-af.yaml") == ("ours yolov5n-af", "ours",
+                                                                "studies/models/yolov5n-af.yaml", "")
     assert parse_arm("ultralytics:yolov5n.yaml")[0] == "ultralytics yolov5n"
-    for bad in ("yolov5n.yaml", "mmdet:x.yaml", "ours:"):
+    assert parse_arm("ours:m/yolov5n.yaml:h/cls-over-classes.yaml") == ("ours yolov5n cls-over-classes", "ours",
+                                                                        "m/yolov5n.yaml", "h/cls-over-classes.yaml")
+    for bad in ("yolov5n.yaml", "mmdet:x.yaml", "ours:", "ultralytics:yolov5n.yaml:h.yaml"):
         with pytest.raises(ValueError):
             parse_arm(bad)
 
@@ -87,3 +90,26 @@ def test_no_train_records_a_cut_run_and_names_what_is_missing(tmp_path, results_
     assert "0.0300 ± -" in text and (results_in_tmp / "cut_cls_loss.png").exists()
     with pytest.raises(SystemExit):  # the folder's runs had 3 epochs: another count would mix commands
         main([*args[:-4], "--epochs", "30", "--out", str(out), "--no-train"])
+
+
+def test_a_hyp_arm_trains_ours_with_that_hyp(tmp_path, monkeypatch):
+    import bench.seeded_peers as sp
+
+    specs = []
+
+    def fake_measure(spec, peer_python):
+        specs.append(spec)
+        spec.out.mkdir(parents=True, exist_ok=True)
+        (spec.out / "results.csv").write_text("epoch,train_cls\n0,2.0\n1,1.0\n")
+        return {"set": spec.set, "rc": 0, "wall_s": 1.0, "mAP50-95_best": 0.1, "mAP50-95_last": 0.1}
+
+    monkeypatch.setattr(sp, "measure", fake_measure)
+    monkeypatch.setattr(sp, "warm_up", lambda *a: None)
+    monkeypatch.setattr(sp, "generate_heldout", lambda root, sets: {s: tmp_path / s / "data.yaml" for s in sets})
+    arms = "ours:m/yolov5n.yaml:h/cls-over-classes.yaml,ours:m/yolov5n-af.yaml"
+    assert sp.main(["--arms", arms, "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "run"), "--no-record"]) == 0
+    assert [(s.model, s.ours_args) for s in specs] == [("m/yolov5n.yaml", ("--hyp", "h/cls-over-classes.yaml")),
+                                                        ("m/yolov5n-af.yaml", ())]
+    assert specs[0].out.name == "ours-yolov5n-cls-over-classes-s0"
+    argv, _ = command(specs[0], "py")
+    assert argv[argv.index("--hyp") + 1] == "h/cls-over-classes.yaml"
