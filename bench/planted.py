@@ -50,8 +50,10 @@ OUT = Path("runs") / "bench" / "planted"
 SHARE_TARGET = 0.8  # the issue's target: the winner recovers >= 80% of the planted gain
 
 
-def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials: int) -> StudyConfig:
-    """The quick study on the task's data, hyp and space (written to runs/bench/planted/<task>/)."""
+def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials: int,
+               trial_epochs: int | None = None) -> StudyConfig:
+    """The quick study on the task's data, hyp and space (written to runs/bench/planted/<task>/); `trial_epochs`:
+    other than the quick study's (longer trials, for a pruner to have epochs to cut)."""
     folder = OUT / task.name
     folder.mkdir(parents=True, exist_ok=True)
     hyps = task_hyps(task)
@@ -63,6 +65,7 @@ def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials
     return load_study(QUICK, {
         "name": f"planted-{task.name}", "data": str(data_yaml.resolve()), "hyp": str(files["hyp"].resolve()),
         "space": str(files["space"].resolve()), "imgsz": imgsz, "trials": trials, "noise_seeds": 0, "gpus": "cpu",
+        "epochs": trial_epochs or quick.epochs,
         "base": {"epochs": base_epochs, "close_mosaic": base_epochs // 4 if task.close_mosaic else 0,
                  "hyp": str(files["base_run_hyp"].resolve())},
         "train": {**quick.train, "automosaic": False}})  # the planted mosaic gene means what it says
@@ -179,7 +182,7 @@ def prepare_task(task: Task, args: argparse.Namespace) -> tuple[StudyConfig, str
     """Step 1 for one task: its data, its study, its base run, and the planted gain at each budget."""
     seeds = list(range(1, args.seeds + 1))  # retrain_plan's seeds: study seed + 1 ...
     data = task_data(task, n_train=args.train_images, n_val=args.val_images)
-    cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials)
+    cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials, args.trial_epochs)
     retrain_epochs = args.retrain_epochs or int(cfg.retrain.get("epochs", cfg.epochs))
     t0 = time.time()
     with quiet_evolution():
@@ -312,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                     "generation drawn uniformly in the space")
     ap.add_argument("--trials", type=int, default=12, help="trials per study (the quick study's 12), trial 0 = base hyp")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
+    ap.add_argument("--trial-epochs", type=int, default=None, help="default: the quick study's epochs; longer "
+                    "trials give a pruner (--samplers tpe+hyperband) epochs to cut")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the quick study's retrain epochs")
     ap.add_argument("--base-epochs", type=int, default=80, help="each task's base run (trials finetune it)")
     ap.add_argument("--imgsz", type=int, default=96, help="train size (the data is generated at 96 px)")
