@@ -51,7 +51,7 @@ SHARE_TARGET = 0.8  # the issue's target: the winner recovers >= 80% of the plan
 
 
 def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials: int,
-               trial_epochs: int | None = None) -> StudyConfig:
+               trial_epochs: int | None = None, pruner_warmup: int | None = None) -> StudyConfig:
     """The quick study on the task's data, hyp and space (written to runs/bench/planted/<task>/); `trial_epochs`:
     other than the quick study's (longer trials, for a pruner to have epochs to cut)."""
     folder = OUT / task.name
@@ -65,7 +65,7 @@ def task_study(task: Task, data_yaml: Path, imgsz: int, base_epochs: int, trials
     return load_study(QUICK, {
         "name": f"planted-{task.name}", "data": str(data_yaml.resolve()), "hyp": str(files["hyp"].resolve()),
         "space": str(files["space"].resolve()), "imgsz": imgsz, "trials": trials, "noise_seeds": 0, "gpus": "cpu",
-        "epochs": trial_epochs or quick.epochs,
+        "epochs": trial_epochs or quick.epochs, "pruner_warmup": pruner_warmup,
         "base": {"epochs": base_epochs, "close_mosaic": base_epochs // 4 if task.close_mosaic else 0,
                  "hyp": str(files["base_run_hyp"].resolve())},
         "train": {**quick.train, "automosaic": False}})  # the planted mosaic gene means what it says
@@ -182,7 +182,7 @@ def prepare_task(task: Task, args: argparse.Namespace) -> tuple[StudyConfig, str
     """Step 1 for one task: its data, its study, its base run, and the planted gain at each budget."""
     seeds = list(range(1, args.seeds + 1))  # retrain_plan's seeds: study seed + 1 ...
     data = task_data(task, n_train=args.train_images, n_val=args.val_images)
-    cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials, args.trial_epochs)
+    cfg = task_study(task, data, args.imgsz, args.base_epochs, args.trials, args.trial_epochs, args.pruner_warmup)
     retrain_epochs = args.retrain_epochs or int(cfg.retrain.get("epochs", cfg.epochs))
     t0 = time.time()
     with quiet_evolution():
@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
     ap.add_argument("--trial-epochs", type=int, default=None, help="default: the quick study's epochs; longer "
                     "trials give a pruner (--samplers tpe+hyperband) epochs to cut")
+    ap.add_argument("--pruner-warmup", type=int, default=None, help="epochs before a pruner may stop a trial "
+                    "(default: half the trial; Hyperband's first rung)")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="default: the quick study's retrain epochs")
     ap.add_argument("--base-epochs", type=int, default=80, help="each task's base run (trials finetune it)")
     ap.add_argument("--imgsz", type=int, default=96, help="train size (the data is generated at 96 px)")
