@@ -17,12 +17,19 @@ imported, and none of its files is changed:
 
     .venv-peer/bin/python bench/peer_yolov5.py --check            # versions, and the model builds
     .venv-peer/bin/python bench/peer_yolov5.py train --data D.yaml --cfg yolov5n.yaml --weights '' ...
+    .venv-peer/bin/python bench/peer_yolov5.py train --timing T.json --data D.yaml ...   # bench.peers' arm
+
+`--timing T.json` (first after `train`) adds three callbacks, as bench/peer_ultralytics.py's, that write
+`{"epochs": [{"epoch", "train_seconds", "batches", "images"}]}` after each epoch: train_seconds spans
+on_train_epoch_start -> on_train_epoch_end (before validation), images counts the batches' images.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -88,12 +95,43 @@ def check() -> None:
 
 
 def train(argv: list[str]) -> None:
-    """YOLOv5's train.py with `argv`, as `python train.py ARGV` would run it."""
+    """YOLOv5's train.py with `argv`, as `python train.py ARGV` would run it (`--timing T.json` first: timed)."""
     install_shims()
+    timing = None
+    if argv[:1] == ["--timing"]:
+        if len(argv) < 2:
+            raise SystemExit("usage: peer_yolov5.py train --timing OUT.json ARGS")
+        timing, argv = argv[1], argv[2:]
     sys.argv = ["train.py", *argv]
     from yolov5 import train as yolov5_train
+    from yolov5.utils.callbacks import Callbacks
 
-    yolov5_train.main(yolov5_train.parse_opt())
+    callbacks = Callbacks()
+    if timing:
+        for hook, fn in epoch_timer(timing).items():
+            callbacks.register_action(hook, name=f"bench-{hook}", callback=fn)
+    yolov5_train.main(yolov5_train.parse_opt(), callbacks=callbacks)
+
+
+def epoch_timer(out: str) -> dict:
+    """YOLOv5 callbacks (hook -> function) that write each epoch's training seconds and images to `out`."""
+    record: dict = {"epochs": []}
+    state: dict = {}
+
+    def start() -> None:
+        state.update(t0=time.perf_counter(), batches=0, images=0)
+
+    def batch_end(model, ni, imgs, *rest) -> None:
+        state["batches"] += 1
+        state["images"] += int(imgs.shape[0])
+
+    def epoch_end(epoch: int) -> None:
+        record["epochs"].append({"epoch": int(epoch), "train_seconds": time.perf_counter() - state["t0"],
+                                 "batches": state["batches"], "images": state["images"]})
+        with open(out, "w") as f:
+            json.dump(record, f, indent=1)
+
+    return {"on_train_epoch_start": start, "on_train_batch_end": batch_end, "on_train_epoch_end": epoch_end}
 
 
 def main() -> None:

@@ -17,7 +17,11 @@ Trainers (every one with its engine's defaults otherwise; equal imgsz, batch, wo
 - ours:  `python -m core.train --model studies/models/yolov5n.yaml` (our YOLOv5n, anchor-based head);
 - yolov5n: `yolo train model=yolov5n.yaml pretrained=False` (Ultralytics' YOLOv5n: v5 backbone, its
   anchor-free v8 head; the closest architecture it has);
-- yolov8n: `yolo train model=yolov8n.yaml pretrained=False`.
+- yolov8n: `yolo train model=yolov8n.yaml pretrained=False`;
+- yolov5-v7: YOLOv5 v7.0 itself (pip `yolov5` 7.0.14, `make .venv-peer/.yolov5`), `train.py --cfg yolov5n.yaml
+  --weights ''` through bench/peer_yolov5.py (its shims; per-epoch timings from its callbacks). Its mAP is
+  YOLOv5's own count (multi-label NMS, interpolated AP), which scores one checkpoint 1.3-1.7x higher than ours
+  (docs/recipe-vs-yolov5.md, Validation): compare it with ours through bench.fidelity_train.
 Ultralytics runs with YOLO_OFFLINE=1 (no downloads, no font fetch), YOLO_AUTOINSTALL=False,
 plots=False, device=cpu, its settings under the run folder. Note: on CPU Ultralytics sets
 workers=0 whatever is asked (its trainer: "time dominated by inference"), so its RSS has no workers.
@@ -50,7 +54,10 @@ from core.model.info import model_info
 from core.model.yolo import Model
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINERS = ("ours", "yolov5n", "yolov8n")
+TRAINERS = ("ours", "yolov5n", "yolov8n", "yolov5-v7")
+YOLOV5_V7 = "yolov5-v7"  # YOLOv5 v7.0 itself
+# the mAP50-95 column of each engine's results.csv (Ultralytics for the rest)
+MAP_COLUMN = {"ours": "mAP50-95", YOLOV5_V7: "metrics/mAP_0.5:0.95"}
 OUR_MODEL = "studies/models/yolov5n.yaml"
 
 
@@ -131,7 +138,8 @@ class RunSpec:
     workers: int
     out: Path  # run folder
     ours_args: tuple[str, ...] = ()  # extra flags of our command (e.g. --bf16 on)
-    model: str = ""  # model yaml: ours a path (default OUR_MODEL), Ultralytics a name (default <trainer>.yaml)
+    model: str = ""  # model yaml: ours a path (default OUR_MODEL), the peers a name (default <trainer>.yaml,
+    # YOLOv5 v7.0: yolov5n.yaml)
     seed: int | None = None  # None: each engine's default seed
 
 
@@ -143,6 +151,12 @@ def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
                 "--epochs", str(spec.epochs), "--imgsz", str(spec.imgsz), "--batch-size", str(spec.batch),
                 "--workers", str(spec.workers), "--project", str(spec.out.parent), "--name", spec.out.name,
                 "--exist-ok", "--no-progress", *seed, *spec.ours_args], {}
+    if spec.trainer == YOLOV5_V7:
+        return [peer_python, str(REPO / "bench" / "peer_yolov5.py"), "train", "--timing", str(spec.out / "timing.json"),
+                "--data", str(spec.data), "--cfg", spec.model or "yolov5n.yaml", "--weights", "",
+                "--epochs", str(spec.epochs), "--img", str(spec.imgsz), "--batch-size", str(spec.batch),
+                "--workers", str(spec.workers), "--device", "cpu", "--project", str(spec.out.parent),
+                "--name", spec.out.name, "--exist-ok", *(() if spec.seed is None else ("--seed", str(spec.seed)))], {}
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(spec.out.parent / "ultralytics-config")}
     return [peer_python, str(REPO / "bench" / "peer_ultralytics.py"), "--timing", str(spec.out / "timing.json"),
             "train", f"model={spec.model or spec.trainer + '.yaml'}", f"data={spec.data}", f"epochs={spec.epochs}",
@@ -190,7 +204,7 @@ def measure(spec: RunSpec, peer_python: str) -> dict:
         hist = _read_csv(spec.out / "results.csv")
         timing = json.loads((spec.out / "timing.json").read_text())
         timed = [(e["images"], e["train_seconds"]) for e in timing["epochs"]]
-        maps = [h["metrics/mAP50-95(B)"] for h in hist]
+        maps = [h[MAP_COLUMN.get(spec.trainer, "metrics/mAP50-95(B)")] for h in hist]
         gflops = timing.get("gflops", float("nan"))
     steady = timed[1:] or timed  # the first epoch starts workers and warms up
     ips = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
@@ -204,9 +218,12 @@ def warm_up(trainers: list[str], peer_python: str) -> None:
     """Import each stack once untimed, so the first timed run does not pay for a cold file cache."""
     if "ours" in trainers:
         subprocess.run([sys.executable, "-c", "import torch, cv2, core.train"], cwd=REPO, check=False)
-    if any(t != "ours" for t in trainers):
+    if any(t not in ("ours", YOLOV5_V7) for t in trainers):
         subprocess.run([peer_python, "-c", "import torch, torchvision, ultralytics.models"], cwd=REPO, check=False,
                        env={**os.environ, "YOLO_OFFLINE": "1"})
+    if YOLOV5_V7 in trainers:
+        subprocess.run([peer_python, "-c", "import sys; sys.path.insert(0, 'bench'); import peer_yolov5; "
+                        "peer_yolov5.install_shims(); import yolov5.train"], cwd=REPO, check=False)
 
 
 # --- machine, suite, report ---------------------------------------------------------------------------
@@ -287,7 +304,7 @@ def headline(rows: list[dict]) -> dict[str, str]:
                 f"{o['train_images_per_s'] / y['train_images_per_s']:.2f}x (wall {o['wall_s'] / y['wall_s']:.2f})")
     full = [r for r in ok if r.get("run") == "full"]
     maps = {(r["set"], r["trainer"]): r["mAP50-95_last"] for r in full}
-    for peer in (t for t in TRAINERS if t != "ours"):
+    for peer in (t for t in TRAINERS if t not in ("ours", YOLOV5_V7)):  # YOLOv5 counts its mAP its own way
         if all((s, t) in maps for s in SETS for t in ("ours", peer)):
             out[ACCURACY.format(epochs=full[0]["epochs"], peer=peer)] = ", ".join(
                 f"{s} {maps[s, 'ours'] / maps[s, peer]:.2f}" for s in SETS) + " (one seed each)"

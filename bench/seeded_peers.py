@@ -5,6 +5,8 @@
 bench.peers' runner, seeds outermost so that a cut run still holds complete seeds. An arm is `ENGINE:MODEL`:
 - `ours:studies/models/yolov5n-af.yaml`  our trainer, any model yaml (here the anchor-free decoupled head);
 - `ultralytics:yolov5n.yaml`             Ultralytics in the peer venv (.venv-peer), built from the yaml, no weights;
+- `yolov5:yolov5n.yaml`                  YOLOv5 v7.0 itself in the peer venv (bench.peers' yolov5-v7; its mAP is
+                                          YOLOv5's own count, multi-label, see bench/peers.py);
 - `ours:studies/models/yolov5n.yaml:studies/hyp/ablation/cls-over-classes.yaml`  ours with a hyp file (ablations).
 
 It records to bench/results/<name>.md (bench.record): per set and arm the best epoch's mAP50-95 (as issue 31
@@ -35,15 +37,16 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 import pandas as pd
 
 from bench.heldout import SETS, generate_heldout
-from bench.peers import REPO, RunSpec, measure, warm_up
+from bench.peers import REPO, YOLOV5_V7, RunSpec, measure, warm_up
 import bench.record  # its RESULTS read at run time: tests point it elsewhere
 from bench.record import command_line, machine, markdown_table, record
 from evolve.stats import t_sf
 
-ENGINES = ("ours", "ultralytics")
+ENGINES = ("ours", "ultralytics", "yolov5")
+TRAINER = {"ours": "ours", "ultralytics": "ultralytics", "yolov5": YOLOV5_V7}  # bench.peers' name
 DEFAULT_ARMS = "ours:studies/models/yolov5n-af.yaml,ultralytics:yolov5n.yaml,ours:studies/models/yolov5n.yaml"
 FALL = 0.10  # "the cls loss falls": at least 10% below its first epoch by the end of the first third
-CLS_COLUMN = {"ours": "train_cls", "ultralytics": "train/cls_loss"}
+CLS_COLUMN = {"ours": "train_cls", "ultralytics": "train/cls_loss", "yolov5": "train/cls_loss"}
 
 
 def parse_arm(text: str) -> tuple[str, str, str, str]:
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.seeded_peers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sets", default="glyphs", help=f"held-out sets, of: {', '.join(SETS)}")
-    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics; HYP: ours only)")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics, yolov5; HYP: ours only)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=160)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     sets, seeds = args.sets.split(","), [int(v) for v in args.seeds.split(",")]
-    if any(a[1] == "ultralytics" for a in arms) and not args.no_train and not Path(args.peer_python).exists():
+    if any(a[1] != "ours" for a in arms) and not args.no_train and not Path(args.peer_python).exists():
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
     out = Path(args.out or f"runs/seeded/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -235,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         meta["not_run"] = [f"{job[0]} {job[2]} seed {job[1]}" for job in todo]
         todo = []
     else:
-        warm_up(["ours", *(["yolov5n"] if any(a[1] == "ultralytics" for a in arms) else [])], args.peer_python)
+        warm_up(["ours", *(TRAINER[a[1]] if a[1] != "ultralytics" else "yolov5n" for a in arms if a[1] != "ours")],
+                args.peer_python)
     yamls = generate_heldout(REPO / args.data_root, sets) if todo else {}
 
     def one(s: str, seed: int, label: str, engine: str, model: str, hyp: str) -> dict:
-        spec = RunSpec(s, "ours" if engine == "ours" else "ultralytics", args.epochs, yamls[s].resolve(), args.imgsz,
+        spec = RunSpec(s, TRAINER[engine], args.epochs, yamls[s].resolve(), args.imgsz,
                        args.batch, args.workers, out / s / f"{label.replace(' ', '-')}-s{seed}", model=model, seed=seed,
                        ours_args=("--hyp", hyp) if hyp else ())
         row = {"arm": label, "seed": seed, **measure(spec, args.peer_python)}
