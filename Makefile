@@ -15,6 +15,8 @@ TRIALS ?=
 NAME ?= quick
 SAMPLER ?=
 STORAGE ?=
+# ARTIFACTS: a folder (or s3://bucket/prefix) every machine of a study reaches; its base run is shared through it
+ARTIFACTS ?=
 PORT ?= 8080
 USE_ARGS ?=
 
@@ -130,7 +132,7 @@ headline: install  # README.md's headline table, rendered from bench/results/hea
 	$(PY) -m bench.headline
 
 evolve: install
-	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE))
+	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 prune: install
 	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
@@ -138,7 +140,7 @@ prune: install
 	  --finetune-epochs 20 --global-percent 0.65 --round-to auto --shortcuts 5 --unstructured 0.3 --latency-imgsz 640
 
 study: install  # DATA=D.yaml: the quick study's settings on your data (runs/study/<its name>)
-	$(PY) -m evolve.study --study $(STUDY) $(if $(DATA),--data $(DATA)) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
+	$(PY) -m evolve.study --study $(STUDY) $(if $(DATA),--data $(DATA)) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 dashboard: install  # optuna-dashboard on STORAGE (a database URL) or on NAME's journal file
 	$(PY) -m pip install --quiet -e ".[dashboard]"

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pruner", choices=PRUNERS, default=None)
     ap.add_argument("--storage", default=None,
                     help="Optuna RDB URL (sqlite:///x.db, postgresql://user:pass@host/db); default: journal file")
+    ap.add_argument("--artifacts", default=None, metavar="DIR",
+                    help="folder (or s3://bucket/prefix) every machine reaches: the base run is shared through it")
     ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME)")
     ap.add_argument("--epochs", type=t.positive_int, default=None, help="epochs per trial")
     ap.add_argument("--seed", type=int, default=None)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["status"]:  # python -m evolve status NAME: read the storage, start nothing
         return status_main(argv[1:])
     args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("gpus", "workers", "workers_per_gpu", "trials", "sampler", "pruner", "storage", "name",
+    overrides = {k: getattr(args, k) for k in ("gpus", "workers", "workers_per_gpu", "trials", "sampler", "pruner", "storage", "artifacts", "name",
                                                "epochs", "seed", "imgsz", "batch", "data", "model", "hyp")}
     try:
         study = Path(args.study)

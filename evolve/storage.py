@@ -182,10 +182,13 @@ def _lock_key(name: str) -> int:
 @contextlib.contextmanager
 def study_lock(url: str | None, run_dir: Path | str, name: str) -> Iterator[None]:
     """Hold the study's lock: the database's session advisory lock on PostgreSQL/MySQL (released by the
-    server if this process dies), else an exclusive file lock in `run_dir` (journal, SQLite: one machine)."""
+    server if this process dies), else an exclusive file lock beside a journal given as a path, or in `run_dir`
+    (the run dir's own journal, SQLite: one machine); the kernel releases it if this process dies."""
     dialect = str(url).split(":", 1)[0].split("+", 1)[0] if is_url(url) else ""
     if dialect not in ("postgresql", "mysql"):
-        path = Path(run_dir) / "claim.lock"
+        # beside a journal given as a path (machines sharing it on a network folder share the lock), else per run dir
+        path = Path(url).absolute().with_name(Path(url).name + ".claim.lock") if url and not is_url(url) else \
+            Path(run_dir) / "claim.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)

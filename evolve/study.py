@@ -567,6 +567,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="processes per GPU for evolution and retrain (default 1; 2-3 for small models)")
     ap.add_argument("--trials", type=int, default=None, help="finished evolution trials in total")
     ap.add_argument("--storage", default=None, help="Optuna RDB URL (default: journal file in runs/evolve/NAME)")
+    ap.add_argument("--artifacts", default=None, metavar="DIR",
+                    help="folder (or s3://bucket/prefix) every machine reaches: the base run is shared through it")
     ap.add_argument("--name", default=None, help="study name (outputs in runs/evolve/NAME and runs/study/NAME)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for retrain/prune (default: half the cores)")
     ap.add_argument("--force", action="store_true", help="redo retrain and prune (evolution always resumes)")
@@ -605,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         if not study.exists() and (REPO / study).exists():
             study = REPO / study
         overrides = {"gpus": args.gpus, "workers": args.workers, "workers_per_gpu": args.workers_per_gpu,
-                     "trials": args.trials, "storage": args.storage,
+                     "trials": args.trials, "storage": args.storage, "artifacts": args.artifacts,
                      "name": args.name or (data_study_name(args.data) if args.data else None),
                      "data": str(Path(args.data).expanduser().absolute()) if args.data else None}
         cfg = load_study(study, overrides)

@@ -19,6 +19,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from core.data.automosaic import check_mosaic
 from core.data.config import load_data_config
 from core.data.dataset import YoloDataset
@@ -39,7 +41,11 @@ def search_train_options(cfg: StudyConfig, *, epochs: int, seed: int, device: st
     opts: dict[str, Any] = dict(epochs=epochs, batch_size=cfg.batch, imgsz=cfg.imgsz, device=device, workers=0,
                                 cache="ram", seed=seed, project=str(project), name=name, exist_ok=True, save=save,
                                 fitness_weights=tuple(cfg.fitness_weights), progress=False, patience=0,
-                                optimizer="SGD", close_mosaic=0)
+                                optimizer="SGD", close_mosaic=0,
+                                # this process's threads (the worker's or retrain slot's), pinned: auto threads follow
+                                # the machine's load, and a thread count changes float sums, so a rerun or a resume of
+                                # the same run would not give the same numbers
+                                threads=torch.get_num_threads())
     opts.update(cfg.train)
     opts.update(overrides)
     return TrainOptions(**opts)
