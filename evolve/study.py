@@ -55,6 +55,7 @@ from evolve import budget
 from evolve.launcher import launch
 from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
+from evolve.prune_hyp import prune_hyp
 from evolve.report import write_outputs
 from evolve.storage import describe, open_target
 from evolve.study_config import REPO, StudyConfig, StudyError, load_study
@@ -534,7 +535,9 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         LOGGER.warning(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
-    popts = prune_options(cfg, weights, run_dir / "best_hyp.yaml", run_dir, device, threads, force)
+    phyp, note = prune_hyp(cfg, next(r for r in plan if r["trial"] == choice["chosen"]))
+    write_hyp(run_dir / "prune_hyp.yaml", phyp, f"trial {choice['chosen']} as the prune phase trains it: {note}")
+    popts = prune_options(cfg, weights, run_dir / "prune_hyp.yaml", run_dir, device, threads, force)
     inputs = {"options": {k: v for k, v in asdict(popts).items() if k not in ("force", "progress", "threads")},
               "weights_sha256": sha256_file(weights), **keys}
     change = "the retrain ran" if dirty else phase_change(run_dir, "prune", inputs)
