@@ -19,7 +19,7 @@ Trainers (every one with its engine's defaults otherwise; equal imgsz, batch, wo
   anchor-free v8 head; the closest architecture it has);
 - yolov8n: `yolo train model=yolov8n.yaml pretrained=False`;
 - yolov5-v7: YOLOv5 v7.0 itself (pip `yolov5` 7.0.14, `make .venv-peer/.yolov5`), `train.py --cfg yolov5n.yaml
-  --weights ''` through bench/peer_yolov5.py (its shims; per-epoch timings from its callbacks). Its mAP is
+  --weights '' --noplots` through bench/peer_yolov5.py (its shims; per-epoch timings from its callbacks). Its mAP is
   YOLOv5's own count (multi-label NMS, interpolated AP), which scores one checkpoint 1.3-1.7x higher than ours
   (docs/recipe-vs-yolov5.md, Validation): compare it with ours through bench.fidelity_train.
 Ultralytics runs with YOLO_OFFLINE=1 (no downloads, no font fetch), YOLO_AUTOINSTALL=False,
@@ -156,7 +156,8 @@ def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
                 "--data", str(spec.data), "--cfg", spec.model or "yolov5n.yaml", "--weights", "",
                 "--epochs", str(spec.epochs), "--img", str(spec.imgsz), "--batch-size", str(spec.batch),
                 "--workers", str(spec.workers), "--device", "cpu", "--project", str(spec.out.parent),
-                "--name", spec.out.name, "--exist-ok", *(() if spec.seed is None else ("--seed", str(spec.seed)))], {}
+                "--name", spec.out.name, "--exist-ok", "--noplots",
+                *(() if spec.seed is None else ("--seed", str(spec.seed)))], {}
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(spec.out.parent / "ultralytics-config")}
     return [peer_python, str(REPO / "bench" / "peer_ultralytics.py"), "--timing", str(spec.out / "timing.json"),
             "train", f"model={spec.model or spec.trainer + '.yaml'}", f"data={spec.data}", f"epochs={spec.epochs}",
