@@ -33,6 +33,7 @@ SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitnes
             "pruning": "Pruning stages",
             "detect": "Detections: best vs pruned",
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
+PARETO_TITLE = "Accuracy vs cost: the Pareto front"  # two-objective studies only
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
 STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
                 "unstructured": "Unstructured L1", "channel": "After channels",
@@ -472,6 +473,32 @@ def detections(run: Run) -> str:
     return note + f'<div class="det" style="grid-template-columns:repeat({len(roles)},minmax(0,420px))">{"".join(cells)}</div>'
 
 
+def pareto(run: Run) -> str:
+    """A two-objective study's front (evolve/pareto.py): the figure, the front's points, the budget's choice."""
+    p = run.summary.get("pareto") or {}
+    cost = p["objectives"][1]
+    limit = (p.get("budget") or {}).get(cost)
+    out = (f"<p>Objectives: fitness (maximized) and {esc(cost)} (minimized), {p['trials']} complete trial(s); "
+           f"{len(p['front'])} on the Pareto front (no other trial is at least as good in both and better in one).")
+    out += (f" Budget: <b>{esc(cost)} &le; {fmt(limit, '{:g}')}</b>.</p>" if limit is not None else
+            " No budget (<code>budget: {" + esc(cost) + ": X}</code>) picks a point: the retrain takes the best fitness.</p>")
+    if p.get("message"):
+        cls = "note" if p.get("chosen") else "warn"
+        out += f'<p class="{cls}">{esc(p["message"])}.</p>'
+    chosen = (p.get("chosen") or {}).get("trial")
+    rows = [[f"{q['trial']}" + (" (base hyp)" if q.get("base") else "") + (" <b>chosen</b>" if q["trial"] == chosen else ""),
+             fmt(q.get("imgsz"), "{:.0f}"), fmt(q["fitness"]),
+             fmt(q["cost"]) + (f" ({fmt(q.get('latency_p25'), '{:.3g}')}–{fmt(q.get('latency_p75'), '{:.3g}')})"
+                               if q.get("latency_p25") is not None else "")] for q in p["front"]]
+    spread = " (p25–p75)" if cost == "latency_ms" else ""
+    out += table(["trial", "imgsz", "fitness", f"{cost}{spread}"], rows)
+    return out + figure(run, "evolve/pareto.png", "fitness vs cost", "Pareto plot", "No evolution results yet.",
+                        "Every complete trial; the red step line is the front (the best fitness reachable at each "
+                        "cost), the dashed line the budget, the star the chosen trial. Latency is measured on the "
+                        "trial's model on 1 CPU thread while other trials may train beside it: the grey bars are its "
+                        "p25–p75 spread.")
+
+
 def build_report(run_dir: Path | str) -> Path:
     """Write run_dir/report.html from the run dir's files; returns its path."""
     run = Run(Path(run_dir))
@@ -487,9 +514,15 @@ def build_report(run_dir: Path | str) -> Path:
         "channels": figure(run, "prune/channels.png", "channels per layer", "per-layer channels",
                            "They come from the prune phase (prune/channels.csv)."),
     }
+    sections = dict(SECTIONS)
+    if run.summary.get("pareto"):  # a two-objective study: its front after the fitness plot
+        keys = list(sections)
+        sections = {k: sections.get(k, PARETO_TITLE) for k in keys[:keys.index("fitness") + 1] + ["pareto"] +
+                    keys[keys.index("fitness") + 1:]}
+        body["pareto"] = pareto(run)
     name = run.study.get("name") or run.dir.name
-    nav = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in SECTIONS.items())
-    parts = [f'<section id="{k}"><h2>{esc(SECTIONS[k])}</h2>{body[k]}</section>' for k in SECTIONS]
+    nav = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in sections.items())
+    parts = [f'<section id="{k}"><h2>{esc(sections[k])}</h2>{body[k]}</section>' for k in sections]
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Study {esc(name)}</title>'
            f"<style>{CSS}</style></head><body><h1>Study '{esc(name)}': evolve → retrain → prune</h1>"
            f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")

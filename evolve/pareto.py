@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-__all__ = ["BudgetChoice", "Point", "choose_within", "dominates", "pareto_front"]
+__all__ = ["BudgetChoice", "Point", "choose_within", "dominates", "pareto_front", "study_front", "table_points"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,43 @@ def choose_within(points: Iterable[Point], budget: float, cost_name: str = "cost
     return BudgetChoice(chosen, cheapest, f"trial {chosen.trial}: the best fitness {chosen.fitness:.4f} within "
                                           f"{cost_name} <= {budget:g} (its {cost_name} {chosen.cost:.4g}; "
                                           f"{len(fits)} of {len(finite)} trials fit)")
+
+
+def table_points(df: Any, cost: str) -> list[Point]:
+    """The complete trials of evolve.csv (a DataFrame) with a finite fitness and cost, as points."""
+    if cost not in df or "fitness" not in df:
+        return []
+    done = df[df.state == "COMPLETE"]
+    points = [Point(int(r.number), float(r.fitness), float(r[cost])) for _, r in done.iterrows()]
+    return [p for p in points if p.finite()]
+
+
+def study_front(df: Any, objectives: list[str], budget: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """summary.json's `pareto`: the objectives, the cost budget, the front's points (cheapest first, with the
+    trial's image size and latency quartiles where recorded) and the chosen point with the sentence saying
+    why; None for a fitness-only study."""
+    if len(objectives) < 2:
+        return None
+    cost = objectives[1]
+    points = table_points(df, cost)
+    rows = df.set_index("number") if "number" in df else None
+
+    def row(p: Point | None) -> dict[str, Any] | None:
+        if p is None:
+            return None
+        extra = {}
+        if rows is not None:
+            for key in ("imgsz", "latency_p25", "latency_p75", "base"):
+                if key in rows and p.trial in rows.index:
+                    v = rows.loc[p.trial, key]
+                    extra[key] = bool(v) if key == "base" else int(v) if key == "imgsz" and v == v else float(v)
+        return {**p.as_dict(), **extra}
+    limit = float(budget[cost]) if budget and cost in budget else None
+    out: dict[str, Any] = {"objectives": list(objectives), "directions": ["maximize", "minimize"],
+                           "budget": {cost: limit} if limit is not None else None, "trials": len(points),
+                           "front": [row(p) for p in pareto_front(points)], "chosen": None, "message": None}
+    if limit is not None:
+        choice = choose_within(points, limit, cost)
+        out.update(chosen=row(choice.chosen), closest=row(choice.cheapest) if choice.chosen is None else None,
+                   message=choice.message)
+    return out

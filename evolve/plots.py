@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from evolve.pareto import choose_within, pareto_front, table_points  # noqa: E402
 from evolve.results import best_searched, searched_ranked  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(study, params=params)
+            fitness = (lambda t: t.values[0]) if len(study.directions) > 1 else None  # two objectives: fitness's
+            imp = optuna.importance.get_param_importances(study, params=params, target=fitness)
     except Exception as e:  # e.g. all values equal: importances are undefined
         LOGGER.warning(f"importances skipped: {type(e).__name__}: {e}")
         return None
@@ -150,6 +152,55 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
     ax.set_title(f"Hyperparameter importances\n({len(complete)} complete trials{rough})", fontsize=10)
     ax.tick_params(axis="y", labelsize=9)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+COST_LABELS = {"latency_ms": "latency (ms, batch 1, CPU, median)", "gflops": "GFLOPs at the trial's image size"}
+
+
+def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | None = None,
+                title: str = "") -> Path | None:
+    """Fitness vs cost of every complete trial (coloured by image size where searched; latency's p25-p75 as a
+    bar), the Pareto front as a step line (the best fitness reachable at each cost), the budget as a vertical
+    line and the point it chooses ringed."""
+    points = table_points(df, cost)
+    if not points:
+        return None
+    rows = df.set_index("number")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    x = [p.cost for p in points]
+    y = [p.fitness for p in points]
+    if cost == "latency_ms" and {"latency_p25", "latency_p75"} <= set(rows):
+        lo = [p.cost - float(rows.loc[p.trial, "latency_p25"]) for p in points]
+        hi = [float(rows.loc[p.trial, "latency_p75"]) - p.cost for p in points]
+        ax.errorbar(x, y, xerr=[lo, hi], fmt="none", ecolor="#bbbbbb", elinewidth=1, zorder=1)
+    sizes = [rows.loc[p.trial, "imgsz"] for p in points] if "imgsz" in rows else None
+    sc = ax.scatter(x, y, c=sizes if sizes is not None else "tab:blue", cmap="viridis", s=28, zorder=2,
+                    label="trials")
+    if sizes is not None and len(set(sizes)) > 1:
+        fig.colorbar(sc, ax=ax, label="image size (px)")
+    front = pareto_front(points)
+    fx, fy = [p.cost for p in front], [p.fitness for p in front]
+    ax.step(fx + [max(x)], fy + [fy[-1]], where="post", color="tab:red", lw=1.5, zorder=3,
+            label=f"Pareto front ({len(front)} trials)")
+    ax.scatter(fx, fy, facecolors="none", edgecolors="tab:red", s=70, zorder=3)
+    if budget is not None:
+        ax.axvline(budget, color="black", ls="--", lw=1, label=f"budget {cost} <= {budget:g}")
+        choice = choose_within(points, budget, cost)
+        if choice.chosen is not None:
+            c = choice.chosen
+            ax.scatter([c.cost], [c.fitness], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
+                       label=f"chosen: trial {c.trial}")
+    for p in front:
+        ax.annotate(str(p.trial), (p.cost, p.fitness), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(COST_LABELS.get(cost, cost))
+    ax.set_ylabel("fitness (trial value)")
+    ax.set_title(title or f"Fitness vs {cost}: {len(points)} complete trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """Redraw a study's outputs from its storage alone: `python -m evolve.report RUN_DIR_OR_STORAGE_URL`.
 
-Writes evolve.csv, best_hyp.yaml, evolve.png, fitness.png and (with enough complete trials)
-importances.png into the run dir (or --out). The launcher calls `write_outputs` as trials finish.
+Writes evolve.csv, best_hyp.yaml, evolve.png, fitness.png, (with enough complete trials) importances.png and,
+for a two-objective study, pareto.png (fitness vs cost, the front, the budget) into the run dir (or --out). The launcher calls `write_outputs` as trials finish.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import optuna
 
-from evolve.plots import plot_evolve, plot_fitness, plot_importances
+from evolve.objectives import cost_budget, cost_objective
+from evolve.plots import plot_evolve, plot_fitness, plot_importances, plot_pareto
 from evolve.results import evolved_names, log_scaled, trials_frame, write_tables
 from evolve.storage import mask_url, open_target
 from core.cli import main_guard
@@ -34,11 +35,22 @@ def write_outputs(study: optuna.Study, out_dir: Path | str, plots: bool = True) 
     title = f"Study '{study.study_name}': fitness per trial ({cfg.get('sampler', '?')} sampler, {done} complete)"
     for kind, draw in (("evolve_png", lambda: plot_evolve(df, names, out / "evolve.png", log_names)),
                        ("fitness_png", lambda: plot_fitness(df, out / "fitness.png", title)),
-                       ("importances_png", lambda: plot_importances(study, names, out / "importances.png"))):
+                       ("importances_png", lambda: plot_importances(study, names, out / "importances.png")),
+                       ("pareto_png", lambda: _pareto(df, cfg, out / "pareto.png"))):
         p = draw()
         if p:
             paths[kind] = p
     return paths
+
+
+def _pareto(df, cfg: dict, path: Path) -> Path | None:
+    """pareto.png of a two-objective study (None for a fitness-only one)."""
+    cost = cost_objective(cfg.get("objectives") or ["fitness"])
+    if cost is None:
+        return None
+    limit = cost_budget(cfg.get("budget") or {})
+    return plot_pareto(df, cost, path, limit[1] if limit else None,
+                       f"Study '{cfg.get('name', '?')}': fitness vs {cost} ({cfg.get('sampler', '?')} sampler)")
 
 
 @main_guard("evolve.report")

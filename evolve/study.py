@@ -6,6 +6,8 @@ Phases (outputs in runs/study/NAME/, the evolution itself in runs/evolve/NAME/ a
            to its trial count (a finished study is not re-run)
   retrain  the top-k trials' hyps (optionally the base hyp too) for the `retrain: epochs` budget, each with
            `seeds` fresh seeds                                          -> retrain/<trialN_seedS>/, retrain.csv
+           (a two-objective study with `budget: {latency_ms: X}`: the top-k among the trials within the budget,
+           each at its own image size; the base hyp's runs over the budget are the reference, never chosen)
            and `transfer` more trials spread over the ranking, one seed each: does the trial ranking hold at
            full training? (evolve/transfer.py)
   prune    prune.pipeline on the retrained hyp with the highest mean over its seeds (its best run's best.pt,
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -55,6 +58,8 @@ from evolve import budget
 from evolve.launcher import launch
 from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
+from evolve.objectives import cost_budget
+from evolve.pareto import choose_within, table_points
 from evolve.prune_hyp import prune_hyp
 from evolve.report import write_outputs
 from evolve.storage import describe, open_target
@@ -191,6 +196,19 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
     searched = done[~is_base.loc[done.index]].sort_values(["fitness", "number"], ascending=[False, True])
     if searched.empty and done.empty:
         raise StudyError(f"{evolve_csv}: no complete trial to retrain")
+    limit = cost_budget(cfg.budget)
+    over: set[int] = set()  # trials over the cost budget: never candidates
+    if limit is not None:
+        cost, value = limit
+        over = {int(n) for n, c in zip(df.number, df[cost] if cost in df else [math.nan] * len(df))
+                if not c <= value}
+        fits = searched[~searched.number.isin(over)]
+        if fits.empty:
+            choice = choose_within(table_points(done, cost), value, cost)
+            raise StudyError(f"{evolve_csv}: no searched trial fits the budget ({choice.message})")
+        LOGGER.info(f"retrain: {len(fits)} of {len(searched)} searched trials fit the budget {cost} <= {value:g}; "
+                    f"{choose_within(table_points(searched, cost), value, cost).message}")
+        searched = fits
     picked = [(int(r.number), "best" if i == 0 else f"top-{i + 1}")
               for i, r in enumerate(searched.head(ropts.top_k).itertuples())]
     if (ropts.base or not picked) and 0 in set(df.number):
@@ -202,7 +220,11 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
     for number, role in picked:
         hyp = {k: float(rows.loc[number, k]) for k in HYP_KEYS}
         hyp["anchors"] = int(round(hyp["anchors"]))
-        extra = {}
+        extra: dict[str, Any] = {}
+        if "imgsz" in rows and pd.notna(rows.loc[number, "imgsz"]):  # a searched image size: train at it
+            extra["imgsz"] = int(rows.loc[number, "imgsz"])
+        if number in over:
+            extra["over_budget"] = True
         if factor is not None:  # the mosaic the trials trained with: the gene x the study's AutoMosaic factor
             used = rows.loc[number, "mosaic_used"]
             extra["mosaic"] = float(used) if pd.notna(used) else hyp["mosaic"] * factor
@@ -247,7 +269,8 @@ def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str 
                keys: dict[str, Any]) -> dict[str, Any]:
     """Everything that changes what one retrain run produces or its row holds (files by content; `keys`:
     study_keys). The objective is in: the row's `objective` column, which picks the pruned hyp, is computed with it."""
-    return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": cfg.imgsz, "batch": cfg.batch,
+    return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": run.get("imgsz", cfg.imgsz),
+            "batch": cfg.batch,
             "train": cfg.train, "data": cfg.data, "objective": cfg.objective,
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
             "weights_sha256": sha256_file(weights), "fitness_weights": cfg.fitness_weights,
@@ -262,6 +285,8 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     shutil.rmtree(run_dir, ignore_errors=True)  # results.csv appends: no rows left from an older run
     t0 = time.time()
     study_mosaic = {} if run.get("mosaic") is None else {"automosaic": False}  # as the trials (train_setup)
+    if "imgsz" in run:  # the trial's searched image size
+        study_mosaic["imgsz"] = run["imgsz"]
     opts = search_train_options(cfg, epochs=ropts.epochs, seed=run["seed"], device=device, project=out,
                                 name=run["name"], save=True, **study_mosaic)
     hyp = run["hyp"] if run.get("mosaic") is None else {**run["hyp"], "mosaic": run["mosaic"]}
@@ -272,7 +297,8 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
            **{k: float(best.get(k, float("nan"))) for k in ("P", "R", "mAP50", "mAP50-95", "fitness")},
            "objective": objective_value(list(result.history or []), cfg.objective),
            "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
-           "stop_reason": str(result.stop_reason), "run": run["name"]}
+           "stop_reason": str(result.stop_reason), "run": run["name"],
+           **{k: run[k] for k in ("imgsz", "over_budget") if k in run}}
     if result.best_path is None:
         raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
     return row
@@ -356,7 +382,8 @@ def choose_candidate(retrain_csv: Path) -> dict[str, Any]:
     for trial, g in df.groupby("trial", sort=False):
         groups.append({"trial": int(trial), "role": str(g.role.iloc[0]), "seeds": [int(s) for s in g.seed],
                        "fitness": [float(f) for f in g[value]], "trial_fitness": float(g.trial_fitness.iloc[0]),
-                       **summarize(g[value].tolist())})
+                       **summarize(g[value].tolist()),
+                       **({"over_budget": True} if "over_budget" in g and g.over_budget.fillna(False).any() else {})})
     chosen = choose(groups)
     base = next((c for c in groups if c["role"] == "base"), None)
     runs = df[df.trial == chosen["trial"]].sort_values(["fitness", "seed"], ascending=[False, True])  # its best.pt
@@ -375,7 +402,17 @@ def choose(groups: list[dict[str, Any]]) -> dict[str, Any]:
         for c in groups:
             if c is not base:
                 c["paired_vs_base"] = compared[c["trial"]]
-    return max(groups, key=lambda c: (c["mean"], -c["trial"]))
+    eligible = [c for c in groups if not c.get("over_budget")] or groups  # the base hyp over a cost budget: reference only
+    return max(eligible, key=lambda c: (c["mean"], -c["trial"]))
+
+
+def chosen_imgsz(retrain_csv: Path, run: str) -> int | None:
+    """The image size the chosen retrain run trained at (None: the study's, no imgsz was searched)."""
+    df = pd.read_csv(retrain_csv)
+    if "imgsz" not in df:
+        return None
+    sizes = df.loc[df.run == run, "imgsz"].dropna()
+    return int(sizes.iloc[0]) if len(sizes) else None
 
 
 def verdict(chosen: dict, base: dict | None) -> str:
@@ -396,10 +433,12 @@ def verdict(chosen: dict, base: dict | None) -> str:
 # ---- prune ---------------------------------------------------------------------------------------------------
 
 def prune_options(cfg: StudyConfig, weights: Path, hyp: Path, run_dir: Path, device: str, threads: int,
-                  force: bool) -> Any:
+                  force: bool, imgsz: int | None = None) -> Any:
+    """`imgsz`: the chosen trial's searched image size (a study with `imgsz_range`), else the study's."""
     from prune.pipeline import PruneOptions  # optional: see the note above the imports
     given = check_prune_section(cfg)
-    base = dict(data=cfg.resolved("data"), weights=str(weights), hyp=str(hyp), imgsz=cfg.imgsz, batch_size=cfg.batch,
+    base = dict(data=cfg.resolved("data"), weights=str(weights), hyp=str(hyp), imgsz=imgsz or cfg.imgsz,
+                batch_size=cfg.batch,
                 device=device, workers=int(cfg.train.get("workers", 0)), threads=threads, seed=cfg.seed,
                 nbs=int(cfg.train.get("nbs", 64)),  # the same gradient accumulation as the trials
                 project=str(run_dir), name="prune", force=force, progress=False)
@@ -535,9 +574,10 @@ def run_study(cfg: StudyConfig, run_dir: Path, evolve_dir: Path, study_file: str
         LOGGER.warning(f"prune: skipped, the pruning package cannot be imported ({prune_error})")
         print(f"report: {write_study_report(run_dir, evolve_dir, cfg.storage)}")
         return 1
-    phyp, note = prune_hyp(cfg, next(r for r in plan if r["trial"] == choice["chosen"]))
+    imgsz = chosen_imgsz(out / "retrain.csv", choice["chosen_run"])
+    phyp, note = prune_hyp(cfg, next(r for r in plan if r["trial"] == choice["chosen"]), imgsz)
     write_hyp(run_dir / "prune_hyp.yaml", phyp, f"trial {choice['chosen']} as the prune phase trains it: {note}")
-    popts = prune_options(cfg, weights, run_dir / "prune_hyp.yaml", run_dir, device, threads, force)
+    popts = prune_options(cfg, weights, run_dir / "prune_hyp.yaml", run_dir, device, threads, force, imgsz)
     inputs = {"options": {k: v for k, v in asdict(popts).items() if k not in ("force", "progress", "threads")},
               "weights_sha256": sha256_file(weights), **keys}
     change = "the retrain ran" if dirty else phase_change(run_dir, "prune", inputs)

@@ -4,7 +4,8 @@ Users script on it and the benchmarks read it: the noise floor (the base hyp ove
 trial and its gain in noise units beside the expected best of as many noise draws, every retrained candidate's mean and sd with its paired gain over
 the base hyp, the chosen candidate and the verdict, the transfer from trials to full training (Spearman's rho
 between trial and retrained values, its n, a warning when the ranking is not to be trusted: evolve/transfer.py),
-pruning before/after, and each phase's wall time.
+pruning before/after, and each phase's wall time. A two-objective study adds `pareto`: its front, the cost budget
+and the point chosen within it (evolve/pareto.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from core.atomic import atomic_write
 from evolve.noise import expected_best_sd
+from evolve.pareto import study_front
 from evolve.results import best_searched, complete_ranked, searched_ranked
 from evolve.transfer import transfer_summary
 
@@ -110,6 +112,8 @@ def build_summary(run_dir: Path | str) -> dict[str, Any]:
     if base_run.get("seconds") is not None:
         phases["base"] = base_run["seconds"]  # inside the evolve phase's time
     choice = _read_json(run_dir / "retrain" / "choice.json")
+    config = study.get("config") or {}
+    pareto = study_front(df, config.get("objectives") or ["fitness"], config.get("budget")) if df is not None else None
     return {
         "study": study.get("name"), "updated": study.get("updated"), "config": study.get("config"),
         "base_run": {k: base_run.get(k) for k in ("fitness", "mAP50-95", "best_epoch", "seconds")} if base_run else None,
@@ -120,4 +124,5 @@ def build_summary(run_dir: Path | str) -> dict[str, Any]:
         "transfer": _transfer(run_dir / "retrain" / "retrain.csv"),
         "prune": _prune(run_dir / "prune" / "prune_results.csv"),
         "seconds": phases,
+        **({"pareto": pareto} if pareto else {}),  # two-objective studies only
     }
