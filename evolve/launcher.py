@@ -223,7 +223,8 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
     devices = ", ".join(sorted({s.label for s in plan}))
     LOGGER.info(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
                 f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {devices} "
-                f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}; "
+                f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}"
+                f"{' (searched: %d-%d)' % tuple(cfg.imgsz_range) if cfg.imgsz_range else ''}; "
                 f"logs in {run_dir}/worker_*.log")
     if done:
         LOGGER.info(format_status(study_status(study, cfg.trials)))
