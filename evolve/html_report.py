@@ -168,6 +168,11 @@ def summary(run: Run) -> str:
             line += (f". The highest trial is the base hyp's own trial {int(top.number)} (seed "
                      f"{fmt(top.get('seed'), '{:.0f}')}, {fmt(top.fitness)}): no searched hyp scored above it")
         items.append(line)
+        front = run.summary.get("pareto")
+        if front and front.get("message"):  # a two-objective study with a cost budget: what the retrain took
+            items.append(f'<span class="{"" if front.get("chosen") else "caveat"}">Budget '
+                         f'{esc(front["objectives"][1])} &le; {fmt((front.get("budget") or {}).get(front["objectives"][1]), "{:g}")}: '
+                         f'{esc(front["message"])} (<a href="#pareto">the Pareto front</a>)</span>')
         if noise and best is not None:
             items.append(f"Noise floor: the base hyp over {noise['n']} seeds scores {fmt(noise['mean'])} ± "
                          f"{fmt(noise['sd'])} (sd); the best searched trial is "
@@ -241,7 +246,9 @@ def settings(run: Run) -> str:
             ("evolution", f"{cfg.get('trials')} trials × {cfg.get('epochs')} epochs, imgsz {cfg.get('imgsz')}, batch "
                           f"{cfg.get('batch')}, sampler {cfg.get('sampler')}, pruner {cfg.get('pruner')}, fitness "
                           f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}, objective "
-                          f"{cfg.get('objective', 'best')}, noise seeds {cfg.get('noise_seeds', 0)}"),
+                          f"{cfg.get('objective', 'best')}, noise seeds {cfg.get('noise_seeds', 0)}"
+                          + (f", objectives {cfg['objectives']}, imgsz searched {cfg.get('imgsz_range') or 'no'}, "
+                             f"budget {cfg.get('budget')}" if len(cfg.get("objectives") or []) > 1 else "")),
             ("trials start from", cfg.get("weights") or (f"the base run {cfg.get('base')}" if cfg.get("base")
                                                           else "scratch (the model yaml)")),
             ("train options", cfg.get("train")), ("retrain options", cfg.get("retrain") or "defaults"),
@@ -494,7 +501,8 @@ def pareto(run: Run) -> str:
     out += table(["trial", "imgsz", "fitness", f"{cost}{spread}"], rows)
     return out + figure(run, "evolve/pareto.png", "fitness vs cost", "Pareto plot", "No evolution results yet.",
                         "Every complete trial; the red step line is the front (the best fitness reachable at each "
-                        "cost), the dashed line the budget, the star the chosen trial. Latency is measured on the "
+                        "cost), the dashed line the budget, the star the chosen trial (the best searched trial within the "
+                        "budget: the retrain's candidate; squares are the base hyp's trials, its reference). Latency is measured on the "
                         "trial's model on 1 CPU thread while other trials may train beside it: the grey bars are its "
                         "p25–p75 spread.")
 

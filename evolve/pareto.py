@@ -78,11 +78,14 @@ def choose_within(points: Iterable[Point], budget: float, cost_name: str = "cost
                                           f"{len(fits)} of {len(finite)} trials fit)")
 
 
-def table_points(df: Any, cost: str) -> list[Point]:
-    """The complete trials of evolve.csv (a DataFrame) with a finite fitness and cost, as points."""
+def table_points(df: Any, cost: str, searched: bool = False) -> list[Point]:
+    """The complete trials of evolve.csv (a DataFrame) with a finite fitness and cost, as points; `searched`: only
+    the trials a sampler chose (not the base hyp's own trials, the `base` column)."""
     if cost not in df or "fitness" not in df:
         return []
     done = df[df.state == "COMPLETE"]
+    if searched and "base" in done:
+        done = done[~done.base.fillna(False).astype(bool)]
     points = [Point(int(r.number), float(r.fitness), float(r[cost])) for _, r in done.iterrows()]
     return [p for p in points if p.finite()]
 
@@ -90,7 +93,8 @@ def table_points(df: Any, cost: str) -> list[Point]:
 def study_front(df: Any, objectives: list[str], budget: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """summary.json's `pareto`: the objectives, the cost budget, the front's points (cheapest first, with the
     trial's image size and latency quartiles where recorded) and the chosen point with the sentence saying
-    why; None for a fitness-only study."""
+    why; None for a fitness-only study. The front is drawn over every trial; the choice is among the searched
+    ones, as the retrain's candidates are (the base hyp's trials are the reference it is compared with)."""
     if len(objectives) < 2:
         return None
     cost = objectives[1]
@@ -112,7 +116,7 @@ def study_front(df: Any, objectives: list[str], budget: Mapping[str, Any] | None
                            "budget": {cost: limit} if limit is not None else None, "trials": len(points),
                            "front": [row(p) for p in pareto_front(points)], "chosen": None, "message": None}
     if limit is not None:
-        choice = choose_within(points, limit, cost)
+        choice = choose_within(table_points(df, cost, searched=True), limit, cost)
         out.update(chosen=row(choice.chosen), closest=row(choice.cheapest) if choice.chosen is None else None,
                    message=choice.message)
     return out

@@ -163,9 +163,9 @@ COST_LABELS = {"latency_ms": "latency (ms, batch 1, CPU, median)", "gflops": "GF
 
 def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | None = None,
                 title: str = "") -> Path | None:
-    """Fitness vs cost of every complete trial (coloured by image size where searched; latency's p25-p75 as a
-    bar), the Pareto front as a step line (the best fitness reachable at each cost), the budget as a vertical
-    line and the point it chooses ringed."""
+    """Fitness vs cost of every complete trial (coloured by image size where searched, the base hyp's trials as
+    squares; latency's p25-p75 as a bar), the Pareto front as a step line (the best fitness reachable at each
+    cost), the budget as a vertical line and the searched trial it chooses as a star."""
     points = table_points(df, cost)
     if not points:
         return None
@@ -177,11 +177,16 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
         lo = [p.cost - float(rows.loc[p.trial, "latency_p25"]) for p in points]
         hi = [float(rows.loc[p.trial, "latency_p75"]) - p.cost for p in points]
         ax.errorbar(x, y, xerr=[lo, hi], fmt="none", ecolor="#bbbbbb", elinewidth=1, zorder=1)
-    sizes = [rows.loc[p.trial, "imgsz"] for p in points] if "imgsz" in rows else None
-    sc = ax.scatter(x, y, c=sizes if sizes is not None else "tab:blue", cmap="viridis", s=28, zorder=2,
-                    label="trials")
-    if sizes is not None and len(set(sizes)) > 1:
-        fig.colorbar(sc, ax=ax, label="image size (px)")
+    sizes = [rows.loc[p.trial, "imgsz"] for p in points] if "imgsz" in rows else [np.nan] * len(points)
+    base = [bool(rows.loc[p.trial, "base"]) if "base" in rows else False for p in points]
+    norm = plt.Normalize(np.nanmin(sizes), np.nanmax(sizes)) if np.isfinite(sizes).any() else None
+    for is_base, marker, label in ((False, "o", "searched trials"), (True, "s", "base hyp (reference)")):
+        idx = [i for i, b in enumerate(base) if b == is_base]
+        if idx:
+            sc = ax.scatter([x[i] for i in idx], [y[i] for i in idx], c=[sizes[i] for i in idx] if norm else "tab:blue",
+                            cmap="viridis", norm=norm, marker=marker, s=30, zorder=2, label=label)
+    if norm is not None and len(set(sizes)) > 1:
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="image size (px)")
     front = pareto_front(points)
     fx, fy = [p.cost for p in front], [p.fitness for p in front]
     ax.step(fx + [max(x)], fy + [fy[-1]], where="post", color="tab:red", lw=1.5, zorder=3,
@@ -189,7 +194,7 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
     ax.scatter(fx, fy, facecolors="none", edgecolors="tab:red", s=70, zorder=3)
     if budget is not None:
         ax.axvline(budget, color="black", ls="--", lw=1, label=f"budget {cost} <= {budget:g}")
-        choice = choose_within(points, budget, cost)
+        choice = choose_within(table_points(df, cost, searched=True), budget, cost)  # as the retrain chooses
         if choice.chosen is not None:
             c = choice.chosen
             ax.scatter([c.cost], [c.fitness], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
@@ -200,7 +205,7 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
     ax.set_ylabel("fitness (trial value)")
     ax.set_title(title or f"Fitness vs {cost}: {len(points)} complete trials")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
