@@ -83,6 +83,9 @@ def check_objectives(objectives: Any, budget: Mapping[str, Any], sampler: str, p
                 or not imgsz_range[0] < imgsz_range[1]):
             raise ValueError(f"{where}: 'imgsz_range'={imgsz_range!r} must be [LOW, HIGH], multiples of {STRIDE} "
                              f"with LOW < HIGH (the searched image size)")
+        if sampler == "ga":
+            raise ValueError(f"{where}: 'imgsz_range'={list(imgsz_range)} with sampler 'ga': the GA evolves the space "
+                             f"file's genes and would draw imgsz at random; use nsga2, tpe or random")
         if not imgsz_range[0] <= imgsz <= imgsz_range[1]:
             raise ValueError(f"{where}: 'imgsz'={imgsz} is the base hyp's size (trial 0 and the noise seeds) and "
                              f"must lie in imgsz_range {list(imgsz_range)}")

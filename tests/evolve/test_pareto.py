@@ -81,9 +81,10 @@ def test_no_point_fits_names_the_closest():
     ({"objectives": ["fitness", "gflops"], "sampler": "nsga2", "budget": {"latency_ms": 5}}, "objectives: \\[fitness, latency_ms\\]"),
     ({"objectives": ["fitness", "gflops"], "sampler": "nsga2", "budget": {"gflops": -1}}, "'budget.gflops'=-1 must be > 0"),
     ({"objectives": ["fitness", "gflops"], "sampler": "nsga2", "budget": {"gflops": "low"}}, "must be a number"),
-    ({"imgsz_range": [96, 200]}, "multiples of 32"),
-    ({"imgsz_range": [192, 96]}, "LOW < HIGH"),
-    ({"imgsz_range": [192, 256]}, "'imgsz'=160 .* must lie in imgsz_range"),
+    ({"imgsz_range": [96, 200], "sampler": "tpe"}, "multiples of 32"),
+    ({"imgsz_range": [192, 96], "sampler": "tpe"}, "LOW < HIGH"),
+    ({"imgsz_range": [192, 256], "sampler": "tpe"}, "'imgsz'=160 .* must lie in imgsz_range"),
+    ({"imgsz_range": [96, 256]}, "with sampler 'ga': the GA .* would draw imgsz at random"),
 ])
 def test_study_errors_name_the_field(fields, msg):
     with pytest.raises(StudyError, match=msg) as e:
