@@ -3,7 +3,7 @@
 evolve.study writes RUN/summary.json (evolve/summary.py): the base run, the noise floor (the base hyp over
 its seeds), the best trials, every retrained candidate with its paired gain over the base hyp, the verdict,
 the transfer (Spearman's rho between trial and retrained values, its n, a warning when it is low),
-pruning before and after, and each phase's seconds. This command renders it as one markdown table and
+pruning before and after, each phase's seconds, and a two-objective study's Pareto front and budget choice. This command renders it as one markdown table and
 appends it to bench/results/study.md (`--no-record`: print only). `--headline` also puts the noise floor in
 the README's headline table: `make record-study` does, for the quick study (NAME=quick).
 """
@@ -40,6 +40,14 @@ def rows(s: dict) -> list[tuple[str, str]]:
                 out.append((label, f"trial {t['number']}, fitness {t['fitness']:.4f} "
                                    f"({_f(t.get('gain_sd'), '+.1f')} sd)"
                                    + (", a seed of the base hyp" if t.get("base") else "")))
+    if s.get("pareto"):  # a two-objective study (evolve/pareto.py)
+        p = s["pareto"]
+        cost = p["objectives"][1]
+        out.append((f"Pareto front: fitness vs {cost}, {len(p['front'])} of {p['trials']} trials",
+                    "; ".join(f"trial {q['trial']}" + (f" ({q['imgsz']} px)" if q.get("imgsz") else "") +
+                              f" {q['fitness']:.4f} at {q['cost']:.4g}" for q in p["front"])))
+        if p.get("message"):
+            out.append((f"budget {cost} <= {_f((p.get('budget') or {}).get(cost), 'g')}", p["message"]))
     if s.get("retrain"):
         r = s["retrain"]
         for c in r.get("candidates") or []:

@@ -87,6 +87,10 @@ def test_two_objective_study_front_budget_retrain_and_prune(cfg_for, tmp_path, m
     chosen_size = int(done.set_index("number").loc[choice["chosen"], "imgsz"])
     assert len(pruned) == 1 and pruned[0].imgsz == chosen_size
 
+    from bench.study_table import rows  # the recorded table carries the front and the choice too
+    table = dict(rows(summary))
+    assert table[f"Pareto front: fitness vs gflops, {len(brute)} of 10 trials"].count("trial ") == len(brute)
+    assert table[f"budget gflops <= {BUDGET:g}"].startswith(f"trial {p['chosen']['trial']}: the best fitness")
     doc = (run_dir / "report.html").read_text()
     assert 'id="pareto"' in doc and "Accuracy vs cost" in doc and (run_dir / "evolve" / "pareto.png").is_file()
 
