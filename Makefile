@@ -20,7 +20,7 @@ ARTIFACTS ?=
 PORT ?= 8080
 USE_ARGS ?=
 
-.PHONY: install test train val bench bench-pictures bench-search bench-planted bench-peer bench-fidelity bench-tp bench-use heldout evolve prune report study dashboard clean
+.PHONY: install test train val bench bench-pictures bench-search bench-planted bench-peer bench-fidelity bench-tp bench-use deploy heldout evolve prune report study dashboard clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ $(TP_VENV)/.installed: | $(VENV)/.installed
 	  assert v == '$(subst torch==,,$(firstword $(TORCH_SPEC)))', f'.venv-tp sees torch {v}, not .venv\'s'; \
 	  print('torch-pruning', torch_pruning.__version__, 'on torch', torch.__version__, 'from', torch.__file__)"
 	touch $@
+
+DEPLOY_ARGS ?=
+
+deploy: install $(TP_VENV)/.installed  # a trained model + a latency budget -> pruned, distilled, INT8, Torch-Pruning beside (bench/results/deploy.md)
+	$(TP_VENV)/bin/python -m bench.deploy $(DEPLOY_ARGS)
 
 bench-pictures: install  # what the run folder's pictures cost in a 30-epoch training (bench/results/pictures.md)
 	$(PY) -m bench.picture_cost $(PICTURES_ARGS)

@@ -103,10 +103,11 @@ class Match:
 
 
 def match_gflops(prune_at: Callable[[float], M], gflops: Callable[[M], float], target: float,
-                 tol: float = 0.01, lo: float = 0.0, hi: float = 0.95, max_iter: int = 16) -> tuple[M, Match]:
+                 tol: float = 0.01, lo: float = 0.0, hi: float = 0.95, max_iter: int = 16,
+                 unit: str = "GFLOPs") -> tuple[M, Match]:
     """Bisect the pruning ratio in [lo, hi] until gflops(prune_at(ratio)) is within `tol` of `target`.
 
-    GFLOPs must not grow with the ratio. Returns the closest model seen (and how close); raises
+    GFLOPs (or any cost in `unit`, such as a latency: bench.deploy) must not grow with the ratio. Returns the closest model seen (and how close); raises
     TPBenchError when even `hi` keeps more GFLOPs than the target allows."""
     best: tuple[float, M, float, float] | None = None
     trials: list[tuple[float, float]] = []
@@ -117,13 +118,13 @@ def match_gflops(prune_at: Callable[[float], M], gflops: Callable[[M], float], t
         g = gflops(model)
         trials.append((r, g))
         err = g / target - 1.0
-        LOGGER.info(f"  ratio {r:.4f}: {g:.4f} GFLOPs ({err:+.2%} of the target)")
+        LOGGER.info(f"  ratio {r:.4f}: {g:.4f} {unit} ({err:+.2%} of the target)")
         if best is None or abs(err) < abs(best[3]):
             best = (r, model, g, err)
         return err
 
     if evaluate(hi) > tol:
-        raise TPBenchError(f"pruning ratio {hi} still leaves {trials[-1][1]:.4f} GFLOPs, more than the target "
+        raise TPBenchError(f"pruning ratio {hi} still leaves {trials[-1][1]:.4f} {unit}, more than the target "
                            f"{target:.4f} (+{tol:.0%}); prune less on our side (--global-percent)")
     for _ in range(max_iter):
         if abs(best[3]) <= tol:

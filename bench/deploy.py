@@ -1,0 +1,353 @@
+"""`python -m bench.deploy` (make deploy): a trained model and a latency budget to its deployable form, with
+Torch-Pruning at the same budget beside it. A benchmark, not a library.
+
+From one trained checkpoint (`--weights`; default: the quick study's base run, trained once and cached in
+runs/evolve/bench-base, as make bench-tp does) and a budget (`--speedup S`: the baseline's onnxruntime latency
+/ S, or `--target-latency-ms T`), at one deploy image size (`--imgsz`: training, validation and timing alike):
+- baseline fp32: the checkpoint as it is;
+- pruned to target: prune.pipeline with a sparse stage (`--sparse-epochs`), the global share searched on the
+  real pruned model to the latency target in onnxruntime (prune/target.py), `--shortcuts` blocks removed,
+  then `--finetune-epochs` (run folder NAME/plain);
+- + distillation: the same stages reused (their files copied), only the finetune redone with --distill
+  (NAME/distill);
+- + INT8: the distilled model quantized by the pipeline (prune/int8.py: onnxruntime static QDQ);
+- Torch-Pruning (BN-scale and L1, bench/torch_pruning.py): from the same checkpoint, its ratio bisected until
+  its onnxruntime latency meets the same target, then finetuned as long as ours trained after the baseline
+  (sparse + finetune epochs), same hyp, optimizer and seed.
+Every deployable is then exported to ONNX at `--imgsz` and timed in one interleaved loop (batch 1,
+`--latency-threads`, median and quartiles of `--final-runs` rounds), so the speedups are ratios measured side by
+side. A row meets the budget when its speedup over the baseline is >= S and its mAP50-95 >= baseline - `--max-drop`.
+The table goes to bench/results/deploy.md (`--no-record`: not); the figures to NAME/deploy.json.
+
+One seed: the mAP differences carry no seed spread (bench.distill measures the distillation arm over seeds).
+torch_pruning lives in .venv-tp only (make deploy runs there); `--no-tp` leaves its rows out.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from torch import nn
+
+from bench.evolve_speed import shared_start
+from bench.record import (
+    command_line,
+    machine,
+    machine_line,
+    markdown_table,
+    record,
+    write_json,
+)
+from bench.torch_pruning import (
+    TP_IMPORTANCE,
+    Clock,
+    TPBenchError,
+    _torch_pruning,
+    _tp_version,
+    match_gflops,
+    tp_prune,
+)
+from core import argtypes as t
+from core.checkpoint import model_from_checkpoint
+from core.cli import main_guard
+from core.export import export_onnx
+from core.val import validate
+from prune.distill import DEFAULT_DISTILL_WEIGHT
+from prune.int8 import INT8_JSON
+from prune.measure import cpu_latency, model_latency
+from prune.options import PruneOptions, check_prune_options
+from prune.pipeline import Pipeline, load_weights
+from prune.pipeline import run as run_pipeline
+from prune.target import TargetUnreachable, largest_share
+
+LOGGER = logging.getLogger(__name__)
+
+# the stages the distilled arm takes from the plain one (everything before the finetune), and the search's record
+SHARED_FILES = [f"{s}.{ext}" for s in ("baseline", "sparse", "keep_size", "channel", "layer") for ext in ("pt", "json")]
+SHARED_FILES += ["target.json", "gamma.jsonl"]
+TP_MAX_RATIO = 0.95  # the largest Torch-Pruning ratio tried (bench.torch_pruning's bisection bound)
+
+
+class DeployError(ValueError):
+    """An input of the deploy bench cannot be used."""
+
+
+@dataclass
+class DeployOptions:
+    weights: str = ""  # '' = the quick study's base run (trained once, cached)
+    data: str | None = None
+    speedup: float = 3.0  # the budget: baseline onnxruntime latency / this ...
+    target_latency_ms: float = 0.0  # ... unless this is > 0
+    max_drop: float = 0.01  # the budget's accuracy side: mAP50-95 >= baseline - this
+    imgsz: int = 160  # train, validate and time at this size: the deploy size
+    sparse_epochs: int = 10
+    s: float = 2e-3  # sparsity rate (polar penalty, step schedule: make prune's recipe)
+    finetune_epochs: int = 10
+    shortcuts: int = 5
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT
+    tp: list[str] = field(default_factory=lambda: list(TP_IMPORTANCE))  # [] = no Torch-Pruning rows
+    tp_steps: int = 5
+    target_tolerance: float = 0.02  # a latency within target x (1 + this) meets it (timing noise)
+    batch_size: int = 16
+    workers: int = 2
+    latency_threads: int = 1
+    latency_runs: int = 30  # per candidate of the searches
+    final_runs: int = 100  # the final interleaved loop
+    seed: int = 0
+    project: str = "runs/deploy"
+    name: str = "exp"
+    progress: bool = True
+    record: bool = True
+
+
+def prune_options(o: DeployOptions, target_ms: float, run_dir: Path) -> PruneOptions:
+    """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size."""
+    return PruneOptions(weights=o.weights, data=o.data, sr=True, s=o.s, s_schedule="step", penalty="polar",
+                        sparse_epochs=o.sparse_epochs, finetune_epochs=o.finetune_epochs, shortcuts=o.shortcuts,
+                        imgsz=o.imgsz, batch_size=o.batch_size, workers=o.workers, seed=o.seed,
+                        latency_imgsz=o.imgsz, latency_threads=o.latency_threads, latency_runs=o.latency_runs,
+                        latency_backend="onnxruntime", target_latency_ms=target_ms,
+                        target_tolerance=o.target_tolerance, distill_weight=o.distill_weight,
+                        project=str(run_dir), name="plain", progress=o.progress)
+
+
+def share_stages(src: Path, dst: Path) -> list[str]:
+    """Copy the stages before the finetune (and the share search) from one pipeline folder to another, so a
+    pipeline run there reuses them (records are keyed by content, not path); the names copied."""
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in SHARED_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str]:
+    """One pipeline run to the latency target; ({stage: row}, note). A target out of reach is not an error
+    here: the arm is pruned at the largest share instead and the note says by how much the target was missed."""
+    try:
+        return {r["stage"]: r for r in run_pipeline(popts)}, ""
+    except TargetUnreachable as e:
+        run_dir = Path(popts.project) / popts.name
+        sparse = model_from_checkpoint(run_dir / "sparse.pt")
+        popts.target_latency_ms, popts.global_percent = 0.0, largest_share(sparse, popts.layer_keep)
+        LOGGER.warning(f"{e}; pruning at the largest share {popts.global_percent:.4f} instead")
+        return {r["stage"]: r for r in run_pipeline(popts)}, f"target out of reach: {e}"
+
+
+def onnx_latency_ms(model: nn.Module, o: DeployOptions, path: Path) -> float:
+    return model_latency(model, o.imgsz, o.latency_threads, o.latency_runs, "onnxruntime", path).median
+
+
+def run_tp(o: DeployOptions, popts: PruneOptions, target_ms: float, clock: Clock) -> dict[str, dict]:
+    """Torch-Pruning rows: each importance's ratio bisected to `target_ms` (our pruned model's latency), then
+    finetuned as long as our arm trained after the baseline. {key: {'model', 'ratio', 'latency_search_ms', 'note'}}."""
+    tp_opts = replace(popts, name="tp", target_latency_ms=0.0, sr=False)
+    pipe = Pipeline(tp_opts)
+    base = load_weights(tp_opts, pipe.data["nc"])
+    epochs = o.sparse_epochs + o.finetune_epochs
+    out = {}
+    for key in o.tp:
+        print(f"--- Torch-Pruning {TP_IMPORTANCE[key]}: bisecting the ratio to {target_ms:.3f} ms in onnxruntime "
+              f"(+-{o.target_tolerance:.0%}) ---", flush=True)
+        try:
+            model, match = clock(f"search {key}", lambda k=key: match_gflops(
+                lambda r: tp_prune(base, k, r, o.tp_steps, pipe.round_to, o.imgsz),
+                lambda m: onnx_latency_ms(m, o, pipe.run_dir / "candidate.onnx"), target_ms, o.target_tolerance,
+                hi=TP_MAX_RATIO, unit="ms"))
+            ratio, ms = match.ratio, match.gflops
+            note = "" if abs(match.error) <= o.target_tolerance else \
+                f"{key}: the closest ratio {ratio:.3f} is {match.error:+.1%} off our latency"
+        except TPBenchError as e:  # slower than ours even at its largest ratio: its fastest model is shown
+            ratio = TP_MAX_RATIO
+            model = tp_prune(base, key, ratio, o.tp_steps, pipe.round_to, o.imgsz)
+            ms = onnx_latency_ms(model, o, pipe.run_dir / "candidate.onnx")
+            note = f"{key}: cannot reach our latency ({e}); shown at its largest ratio"
+            LOGGER.warning(note)
+        print(f"--- finetune {key} ({epochs} epochs) ---", flush=True)
+        tuned = clock(f"finetune {key}", lambda k=key, m=model: pipe._fit(f"finetune_{k}", m, pipe.ft_hyp, epochs,
+                                                                         tp_opts.finetune_optimizer))
+        metrics = validate(tuned, pipe.val_loader, names=pipe.data["names"], progress=False)
+        out[key] = {"model": tuned, "ratio": ratio, "latency_search_ms": ms, "mAP50-95": float(metrics["mAP50-95"]),
+                    "mAP50": float(metrics["mAP50"]), "epochs": epochs, "note": note}
+    return out
+
+
+def run(o: DeployOptions) -> dict:
+    """Baseline -> pruned -> distilled -> INT8, Torch-Pruning beside; all timed together. Returns the report."""
+    if o.tp:
+        _torch_pruning()  # fail before any training
+    clock, t0 = Clock(), time.perf_counter()
+    run_dir = Path(o.project) / o.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**machine(), "options": asdict(o), "torch_pruning": _tp_version() if o.tp else ""}
+    print(f"deploy bench {meta['date']} on {machine_line(meta)}; weights {o.weights}; {o.imgsz} px", flush=True)
+
+    popts = prune_options(o, 0.0, run_dir)
+    check_prune_options(popts)
+    base = model_from_checkpoint(o.weights)
+    base_ms = onnx_latency_ms(base, o, run_dir / "baseline_timing.onnx") if not o.target_latency_ms else None
+    target_ms = o.target_latency_ms or base_ms / o.speedup
+    popts.target_latency_ms = target_ms
+    print(f"--- budget: onnxruntime latency <= {target_ms:.3f} ms at {o.imgsz} px"
+          + (f" (baseline {base_ms:.3f} ms / {o.speedup:g})" if base_ms else "") + " ---", flush=True)
+
+    plain, plain_note = clock("plain arm", lambda: run_arm(popts))
+    share_stages(run_dir / "plain", run_dir / "distill")
+    dopts = replace(popts, name="distill", distill=True)
+    distill, _ = clock("distill arm", lambda: run_arm(dopts))
+    int8 = json.loads((run_dir / "distill" / INT8_JSON).read_text())
+    # Torch-Pruning at our latency (the target, or the fastest we reached when it was out of reach), timed the same way
+    ours_ms = onnx_latency_ms(model_from_checkpoint(run_dir / "plain" / "finetune.pt"), o, run_dir / "ours_timing.onnx")
+    tp = clock("Torch-Pruning", lambda: run_tp(o, popts, ours_ms, clock)) if o.tp else {}
+
+    deployables = {"baseline": (model_from_checkpoint(run_dir / "plain" / "baseline.pt"), plain["baseline"]),
+                   "pruned": (model_from_checkpoint(run_dir / "plain" / "finetune.pt"), plain["finetune"]),
+                   "distilled": (model_from_checkpoint(run_dir / "distill" / "finetune.pt"), distill["finetune"])}
+    (run_dir / "onnx").mkdir(parents=True, exist_ok=True)
+    files = {k: export_onnx(m, run_dir / "onnx" / f"{k}.onnx", imgsz=o.imgsz) for k, (m, _) in deployables.items()}
+    files["int8"] = run_dir / "distill" / "int8" / "finetune.int8.onnx"
+    files.update({k: export_onnx(v["model"], run_dir / "onnx" / f"{k}.onnx", imgsz=o.imgsz)
+                  for k, v in tp.items()})
+    print(f"--- latency: {len(files)} onnx files interleaved, {o.final_runs} rounds, batch 1, {o.imgsz} px, "
+          f"{o.latency_threads} thread(s) ---", flush=True)
+    lat = clock("latency", lambda: cpu_latency({}, o.imgsz, o.latency_threads, runs=o.final_runs, onnx=files))
+
+    ours_epochs = o.sparse_epochs + o.finetune_epochs
+    rows = [{"model": k, "mAP50-95": r["mAP50-95"], "mAP50": r["mAP50"], "params": r["params"],
+             "epochs": 0 if k == "baseline" else ours_epochs} for k, (_, r) in deployables.items()]
+    rows.append({"model": "int8", "mAP50-95": int8["mAP50-95"], "mAP50": int8["mAP50"],
+                 "params": distill["finetune"]["params"], "epochs": ours_epochs})
+    rows += [{"model": k, "mAP50-95": v["mAP50-95"], "mAP50": v["mAP50"], "ratio": v["ratio"],
+              "params": sum(p.numel() for p in v["model"].parameters()), "epochs": v["epochs"], "note": v["note"]}
+             for k, v in tp.items()]
+    for row in rows:
+        ms = lat[row["model"]]
+        row.update(ms=ms.median, p25_ms=ms.p25, p75_ms=ms.p75, speedup=lat["baseline"].median / ms.median,
+                   onnx_MB=files[row["model"]].stat().st_size / 1e6)
+    clock.seconds["total"] = time.perf_counter() - t0
+    search = json.loads((run_dir / "plain" / "target.json").read_text()) if (run_dir / "plain" / "target.json").is_file() else {}
+    report = {"meta": meta, "rows": rows, "target_ms": target_ms, "baseline_search_ms": base_ms, "tp_target_ms": ours_ms,
+              "share": popts.global_percent, "search": {k: search.get(k) for k in ("share", "achieved", "met")},
+              "plain_note": plain_note, "tp_notes": {k: v["note"] for k, v in tp.items()}, "seconds": clock.seconds}
+    write_json(report, run_dir / "deploy.json")
+    return report
+
+
+LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "distilled": "+ distillation",
+          "int8": "+ INT8", "tp_bn": "Torch-Pruning BN-scale", "tp_l1": "Torch-Pruning L1"}
+
+
+def meets(row: dict, base: dict, speedup: float, max_drop: float) -> bool:
+    """The budget: at least `speedup` times faster than the baseline and at most `max_drop` mAP50-95 below it."""
+    return row["speedup"] >= speedup and row["mAP50-95"] >= base["mAP50-95"] - max_drop
+
+
+def table(report: dict) -> str:
+    """The markdown table and the verdict lines of a report (a pure function of its json)."""
+    o, rows = report["meta"]["options"], report["rows"]
+    base = next(r for r in rows if r["model"] == "baseline")
+    speedup = o["speedup"] if not o["target_latency_ms"] else base["ms"] / o["target_latency_ms"]
+    header = ["model", "mAP50-95", "Δ vs baseline", "mAP50",
+              f"ORT ms ({o['imgsz']} px, {o['latency_threads']} thr): median (p25-p75)", "speedup", "params", "ONNX MB", "epochs after baseline", "meets budget"]
+    body = [[LABELS.get(r["model"], r["model"]) + (f" (ratio {r['ratio']:.3f})" if "ratio" in r else ""),
+             f"{r['mAP50-95']:.4f}", f"{r['mAP50-95'] - base['mAP50-95']:+.4f}", f"{r['mAP50']:.4f}",
+             f"{r['ms']:.3f} ({r['p25_ms']:.3f}-{r['p75_ms']:.3f})", f"{r['speedup']:.2f}x", f"{r['params']:,}",
+             f"{r['onnx_MB']:.2f}", r["epochs"], "-" if r is base else
+             ("yes" if meets(r, base, speedup, o["max_drop"]) else "no")] for r in rows]
+    s = report["search"]
+    lines = [markdown_table(header, body), "",
+             f"Budget: >= {speedup:.2f}x faster than the baseline in onnxruntime (target {report['target_ms']:.3f} ms"
+             + (f", from the baseline's {report['baseline_search_ms']:.3f} ms before the run" if report["baseline_search_ms"] else "")
+             + f") with mAP50-95 >= {base['mAP50-95'] - o['max_drop']:.4f} (baseline - {o['max_drop']:g}). "
+             f"Ours: sparse {o['sparse_epochs']} epochs (polar, s {o['s']:g}, step), global share {report['share']:.4f} "
+             + (f"searched to the target ({s['achieved']:.3f} ms in the search)" if s.get("achieved") else
+                "(the largest: the target is out of reach)")
+             + f", {o['shortcuts']} shortcut blocks removed, finetune {o['finetune_epochs']} epochs; distillation weight "
+             f"{o['distill_weight']:g}; INT8 = the distilled model, onnxruntime static QDQ. Torch-Pruning: from the same "
+             f"checkpoint, ratio bisected to our pruned model's latency ({report.get('tp_target_ms', 0):.3f} ms), {o['tp_steps']} steps, finetuned {o['sparse_epochs'] + o['finetune_epochs']} "
+             f"epochs. One seed ({o['seed']}); speedups from one interleaved loop of {o['final_runs']} rounds."]
+    ours = [r for r in rows if r["model"] in ("pruned", "distilled", "int8")]
+    met = [r for r in ours if meets(r, base, speedup, o["max_drop"])]
+    best = max(met or ours, key=lambda r: (r["mAP50-95"], r["speedup"]) if met else r["speedup"])
+    lines.append(f"Verdict: {'met' if met else 'NOT met'} — {LABELS[best['model']]}: {best['speedup']:.2f}x, "
+                 f"mAP50-95 {best['mAP50-95']:.4f} ({best['mAP50-95'] - base['mAP50-95']:+.4f})"
+                 + ("" if met else " (the fastest of ours)"))
+    tps = [r for r in rows if r["model"] in TP_IMPORTANCE]
+    if tps:
+        tp = max(tps, key=lambda r: r["mAP50-95"])
+        lines.append(f"Torch-Pruning's best at this budget: {LABELS[tp['model']]} {tp['mAP50-95']:.4f} at "
+                     f"{tp['speedup']:.2f}x; ours {'ahead' if best['mAP50-95'] > tp['mAP50-95'] else 'NOT ahead'} "
+                     f"by {best['mAP50-95'] - tp['mAP50-95']:+.4f} (one seed)")
+    for note in [report.get("plain_note"), *report.get("tp_notes", {}).values()]:
+        if note:
+            lines.append(f"Note: {note}")
+    lines.append("wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DeployOptions:
+    d = DeployOptions()
+    p = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default=d.weights, help="trained checkpoint (default: the quick study's 30-epoch "
+                   "base run, trained once into runs/evolve/bench-base)")
+    p.add_argument("--data", type=t.existing_file, default=d.data, help="data yaml (default: the built-in dataset)")
+    p.add_argument("--speedup", type=t.non_negative_float, default=d.speedup, help="budget: baseline ORT latency / this")
+    p.add_argument("--target-latency-ms", type=t.non_negative_float, default=d.target_latency_ms,
+                   help="budget in ms instead of --speedup (0 = use --speedup)")
+    p.add_argument("--max-drop", type=t.non_negative_float, default=d.max_drop, help="allowed mAP50-95 drop")
+    p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz, help="the deploy size: train, validate, time")
+    for key in ("sparse_epochs", "finetune_epochs", "shortcuts", "tp_steps", "batch_size", "workers"):
+        p.add_argument("--" + key.replace("_", "-"), type=t.non_negative_int, default=getattr(d, key))
+    p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate of the sparse stage")
+    p.add_argument("--distill-weight", type=t.non_negative_float, default=d.distill_weight)
+    p.add_argument("--tp", nargs="*", choices=list(TP_IMPORTANCE), default=d.tp, help="Torch-Pruning importances")
+    p.add_argument("--no-tp", dest="tp", action="store_const", const=[], help="no Torch-Pruning rows")
+    p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance)
+    p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)
+    p.add_argument("--latency-runs", type=t.positive_int, default=d.latency_runs, help="per search candidate")
+    p.add_argument("--final-runs", type=t.positive_int, default=d.final_runs, help="rounds of the final loop")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not append the table to bench/results/deploy.md")
+    opts = DeployOptions(**{k: v for k, v in vars(p.parse_args(argv)).items()})
+    if opts.weights and not Path(opts.weights).is_file():
+        raise DeployError(f"--weights {opts.weights}: file not found")
+    if opts.speedup <= 1 and not opts.target_latency_ms:
+        raise DeployError(f"--speedup {opts.speedup}: must be > 1 (a budget faster than the baseline)")
+    return opts
+
+
+@main_guard("bench.deploy")
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    t0 = time.perf_counter()
+    if not opts.weights:  # a fresh clone: the quick study's base run, shared with make bench-tp and bench-search
+        opts.weights = shared_start("studies/quick.yaml", {"gpus": "cpu"})["weights"]
+    report = run(opts)
+    text = table(report)
+    print(text)
+    if opts.record:
+        record("deploy", text, report["meta"], command_line("bench.deploy", argv))
+    run_dir = Path(opts.project) / opts.name
+    print(f"\npipeline folders {run_dir / 'plain'}, {run_dir / 'distill'}" + (f", {run_dir / 'tp'}" if opts.tp else "")
+          + f"; onnx files {run_dir / 'onnx'}; report {run_dir / 'deploy.json'}; "
+          f"{datetime.timedelta(seconds=round(time.perf_counter() - t0))} in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""bench.deploy: a checkpoint and a latency budget to the deployable table, training faked (tests.helpers) and the
+search's latency faked by parameter count; the budget verdict of the table, hand-made."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import deploy
+from core.checkpoint import save_checkpoint
+from core.model.yolo import Model
+from prune import pipeline
+from prune.measure import Latency
+from tests.helpers import MODELS, fake_prune_fit
+
+NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]  # tiny_data's classes
+
+
+def params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def fake_ms(m: torch.nn.Module) -> float:  # 1 ms per 100k parameters: a latency with no clock involved
+    return params(m) / 1e5
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    model = Model(str(MODELS / "yolov5-cpu.yaml"), nc=len(NAMES))
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.05, 1.0)  # gammas that differ: something to prune
+    model.names = NAMES
+    return save_checkpoint(tmp_path / "w.pt", model.eval()), fake_ms(model)
+
+
+def deploy_opts(tmp_path, weights: str, **kw) -> deploy.DeployOptions:
+    return deploy.DeployOptions(weights=weights, imgsz=64, sparse_epochs=1, finetune_epochs=1, shortcuts=1, tp=[],
+                                batch_size=8, workers=0, latency_runs=1, final_runs=2, project=str(tmp_path),
+                                name="d", progress=False, record=False, **kw)
+
+
+@pytest.fixture
+def faked(monkeypatch, tiny_data):
+    calls: list = []
+    fake = fake_prune_fit(calls)
+
+    def fit(data, model, hyp, opts, callbacks=None):  # the sparse stage's trainer needs its first gamma log row
+        out = fake(data, model, hyp, opts, callbacks)
+        if callbacks is not None:
+            callbacks.call("on_train_start", out.model)
+        return out
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    monkeypatch.setattr(pipeline, "model_latency", lambda m, *a, **k: Latency(fake_ms(m), fake_ms(m), fake_ms(m), 1))
+    monkeypatch.setattr(deploy, "onnx_latency_ms", lambda m, o, path: fake_ms(m))
+    monkeypatch.setattr(pipeline, "write_prune_report", lambda run_dir: None)  # plots: not under test
+    torch.set_num_threads(1)
+    return tiny_data, calls
+
+
+def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, weights, faked):
+    data, calls = faked
+    path, base_ms = weights
+    o = deploy_opts(tmp_path, str(path), data=data, speedup=2.0)
+    report = deploy.run(o)
+    assert report["target_ms"] == pytest.approx(base_ms / 2.0)
+    search = json.loads((tmp_path / "d" / "plain" / "target.json").read_text())
+    assert search["met"] and search["achieved"] <= report["target_ms"] * (1 + o.target_tolerance)
+    # the distilled arm trained its finetune only: the sparse stage and the search were taken from the plain arm
+    assert [name for name, _ in calls] == ["sparse", "finetune", "finetune"]
+    assert json.loads((tmp_path / "d" / "distill" / "finetune.json").read_text())["options"]["finetune"]["distill"]
+    rows = {r["model"]: r for r in report["rows"]}
+    assert list(rows) == ["baseline", "pruned", "distilled", "int8"]
+    assert rows["pruned"]["params"] == rows["distilled"]["params"] < rows["baseline"]["params"]
+    assert rows["int8"]["onnx_MB"] < rows["distilled"]["onnx_MB"]  # int8 weights
+    text = deploy.table(report)
+    assert "| + INT8 |" in text and "Verdict:" in text
+
+
+def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path, weights, faked):
+    data, _ = faked
+    path, base_ms = weights
+    popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data), base_ms / 1000, tmp_path)
+    popts.onnx_latency = False  # the stages' own latency table is not what this test is about
+    rows, note = deploy.run_arm(popts)
+    assert note.startswith("target out of reach") and "the largest share" in note
+    assert popts.global_percent > 0.9 and popts.target_latency_ms == 0
+    assert rows["finetune"]["channels_kept"] < rows["baseline"]["channels_kept"] / 2
+
+
+def row(model: str, mAP: float, speedup: float) -> dict:
+    return {"model": model, "mAP50-95": mAP, "mAP50": mAP, "params": 1000, "epochs": 20, "ms": 3.0 / speedup,
+            "p25_ms": 3.0 / speedup, "p75_ms": 3.0 / speedup, "speedup": speedup, "onnx_MB": 1.0}
+
+
+def report(rows: list[dict], note: str = "") -> dict:
+    return {"meta": {"options": {**vars(deploy.DeployOptions()), "target_latency_ms": 0.0}}, "rows": rows,
+            "target_ms": 1.0, "baseline_search_ms": 3.0, "tp_target_ms": 1.0, "share": 0.7, "search": {}, "plain_note": note, "tp_notes": {},
+            "seconds": {"total": 1.0}}
+
+
+def test_the_verdict_needs_both_the_speedup_and_the_accuracy():
+    base = row("baseline", 0.200, 1.0)
+    met = deploy.table(report([base, row("pruned", 0.195, 3.2), row("distilled", 0.185, 3.3),
+                               row("int8", 0.192, 2.9), row("tp_l1", 0.150, 3.1)]))
+    lines = {line.split(" |")[0]: line for line in met.splitlines() if line.startswith("|")}
+    assert lines["| pruned to target"].endswith("| yes |")
+    assert lines["| + distillation"].endswith("| no |")  # 3.3x, but 0.015 below the baseline
+    assert lines["| + INT8"].endswith("| no |")  # within 0.01, but 2.9x
+    assert "Verdict: met — pruned to target: 3.20x, mAP50-95 0.1950 (-0.0050)" in met
+    assert "ours ahead by +0.0450" in met
+    missed = deploy.table(report([base, row("pruned", 0.150, 3.2), row("distilled", 0.195, 2.5),
+                                  row("int8", 0.150, 3.4)], note="target out of reach: X"))
+    assert "Verdict: NOT met — + INT8: 3.40x" in missed  # none meets: the fastest is named
+    assert "Note: target out of reach: X" in missed
