@@ -1,4 +1,5 @@
-"""Channel masks from BN gammas: one global threshold, a per-layer floor, coupled unions, rounding."""
+"""Channel masks from BN gammas: one global threshold on the channels' scores (|gamma|, or a layer-adaptive score:
+prune/allocation.py), a per-layer floor, coupled unions, rounding."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prune.allocation import ALLOCATIONS, channel_scores, gammas
 from prune.graph import PruneGraph
 
 
@@ -18,6 +20,11 @@ class MaskOptions:
     global_percent: float = 0.2  # share of all prunable |gamma| below the threshold, in [0, 1)
     layer_keep: float = 0.01  # floor per layer: max(1, ceil(C * layer_keep)); 0 = strict (error if emptied)
     round_to: int = 1  # kept channels of each group rounded up to a multiple of this
+    allocation: str = "global"  # what the threshold ranks: global |gamma|, lamp, sensitivity (prune/allocation.py)
+    sensitivity: dict[str, float] | None = None  # conv -> measured mAP drop (allocation 'sensitivity')
+
+    def scores(self, graph: PruneGraph) -> dict[str, torch.Tensor]:
+        return channel_scores(graph, self.allocation, self.sensitivity)
 
 
 @dataclass
@@ -28,11 +35,6 @@ class Threshold:
     tightest: str  # first conv of the group that empties first
 
 
-def gammas(graph: PruneGraph) -> dict[str, torch.Tensor]:
-    """|gamma| of every prunable conv's BN (detached, cpu, float)."""
-    return {n: m.bn.weight.detach().abs().float().cpu() for n, m in graph.convs.items()}
-
-
 def check_options(opts: MaskOptions) -> None:
     if not 0.0 <= opts.global_percent < 1.0:
         raise PruneOptionError(f"--global-percent {opts.global_percent} is outside [0, 1)")
@@ -40,11 +42,16 @@ def check_options(opts: MaskOptions) -> None:
         raise PruneOptionError(f"--layer-keep {opts.layer_keep} is outside [0, 1]")
     if opts.round_to < 1:
         raise PruneOptionError(f"--round-to {opts.round_to} must be >= 1")
+    if opts.allocation not in ALLOCATIONS:
+        raise PruneOptionError(f"--allocation {opts.allocation!r}: choose one of {', '.join(ALLOCATIONS)}")
+    if opts.allocation == "sensitivity" and not opts.sensitivity:
+        raise PruneOptionError("--allocation sensitivity needs --sensitivity FILE (python -m prune.sensitivity)")
 
 
-def threshold(graph: PruneGraph, percent: float) -> Threshold:
-    """Global |gamma| threshold at `percent` and the safe maximum leaving every group a channel."""
-    g = gammas(graph)
+def threshold(graph: PruneGraph, percent: float, scores: dict[str, torch.Tensor] | None = None) -> Threshold:
+    """Global threshold at `percent` on the channels' scores (default |gamma|) and the safe maximum leaving every
+    group a channel."""
+    g = gammas(graph) if scores is None else scores
     flat = torch.sort(torch.cat(list(g.values()))).values
     n_prune = min(int(math.floor(percent * flat.numel())), flat.numel() - 1)
     value = float(flat[n_prune]) if percent > 0 else 0.0
@@ -64,13 +71,13 @@ def _top(score: torch.Tensor, k: int) -> torch.Tensor:
 def compute_masks(graph: PruneGraph, opts: MaskOptions) -> tuple[dict[str, torch.Tensor], Threshold]:
     """Keep-masks (bool, per output channel) for every prunable conv; coupled convs get one mask."""
     check_options(opts)
-    thr = threshold(graph, opts.global_percent)
+    g = opts.scores(graph)
+    thr = threshold(graph, opts.global_percent, g)
     if opts.layer_keep == 0 and thr.value > thr.safe_value:
         raise PruneOptionError(
             f"--global-percent {opts.global_percent} would empty layer {thr.tightest} "
             f"(all |gamma| < threshold {thr.value:.4g}); the safe maximum is "
             f"{thr.safe_percent:.3f} (threshold {thr.safe_value:.4g}), or use --layer-keep > 0")
-    g = gammas(graph)
     masks: dict[str, torch.Tensor] = {}
     for grp in graph.groups():
         keep = torch.zeros_like(g[grp[0]], dtype=torch.bool)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core import argtypes as t
 from core.yaml_file import load_yaml
+from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.masks import MaskOptions, PruneOptionError, check_options
 from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
@@ -27,6 +28,8 @@ class PruneOptions:
     epochs: int = 30  # baseline training epochs (ignored with --weights)
     global_percent: float = 0.2
     layer_keep: float = 0.01
+    allocation: str = "global"  # what the global threshold ranks: |gamma|, LAMP scores, sensitivity-weighted |gamma|
+    sensitivity: str | None = None  # sensitivity.csv of prune.sensitivity (for --allocation sensitivity)
     shortcuts: int = 0
     sr: bool = False
     s: float = 1e-4
@@ -85,7 +88,10 @@ def _round_to(value: str) -> str | int:
 
 def check_prune_options(opts: PruneOptions) -> None:
     """PruneOptionError for a value out of range or a missing --weights file (options built in Python skip argparse)."""
-    check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to)))
+    check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to),
+                              opts.allocation, {"": 0.0} if opts.sensitivity else None))
+    if opts.sensitivity and not Path(opts.sensitivity).is_file():
+        raise PruneOptionError(f"--sensitivity {opts.sensitivity}: file not found")
     if not 0.0 <= opts.unstructured < 1.0:
         raise PruneOptionError(f"--unstructured {opts.unstructured} is outside [0, 1)")
     if opts.iterative < 1 or opts.iterative_epochs < 0:
@@ -127,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
     p.add_argument("--epochs", type=t.positive_int, default=d.epochs, help="baseline training epochs")
     p.add_argument("--global-percent", type=t.fraction, default=d.global_percent, help="share of |gamma| pruned, [0, 1)")
     p.add_argument("--layer-keep", type=t.fraction, default=d.layer_keep, help="per-layer floor share (0 = strict)")
+    p.add_argument("--allocation", default=d.allocation, choices=ALLOCATIONS,
+                   help="what the global threshold ranks: |gamma| (global), LAMP scores (lamp: layer-adaptive), or "
+                   "|gamma| weighted by measured per-layer mAP drops (sensitivity; needs --sensitivity)")
+    p.add_argument("--sensitivity", type=t.existing_file, help="sensitivity.csv from python -m prune.sensitivity")
     p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
     p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
     p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate on BN gammas (per-sample scale: README, Prune)")

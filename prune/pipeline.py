@@ -51,6 +51,7 @@ from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, pars
 from prune.records import NO_RECORD, SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
 from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
+from prune.sensitivity import load_sensitivity
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
 from prune.target import find_share, target_from
@@ -136,8 +137,10 @@ class Pipeline:
         if o.shortcuts > n:
             raise LayerPruneError(f"--shortcuts {o.shortcuts}: {source} has {n} shortcut Bottlenecks in C3 blocks")
 
-    def mask_options(self) -> MaskOptions:
-        return MaskOptions(self.opts.global_percent, self.opts.layer_keep, self.round_to)
+    def mask_options(self, percent: float | None = None) -> MaskOptions:
+        o = self.opts
+        return MaskOptions(o.global_percent if percent is None else percent, o.layer_keep, self.round_to,
+                           o.allocation, load_sensitivity(o.sensitivity) if o.sensitivity else None)
 
     def enabled(self, stage: str) -> bool:
         return {"sparse": self.opts.sr, "unstructured": self.opts.unstructured > 0}.get(stage, True)
@@ -145,7 +148,8 @@ class Pipeline:
     # options that produce each stage; a stage's record holds its own and all earlier chain stages'
     def stage_options(self, stage: str) -> dict:
         o = self.opts
-        masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to}
+        masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to,
+                 **self.allocation_key()}
         per_stage = {  # files by content (sha256), not path: a moved file is the same, an edited one is not
             "baseline": {"data": self.data_identity,  # images, labels, yaml, generator settings (core.data.identity)
                          "model": file_digest(o.model or DEFAULT_MODEL) if not o.weights else None,
@@ -169,6 +173,13 @@ class Pipeline:
                          "close_mosaic": stage_close_mosaic("finetune", o.finetune_epochs)},
         }
         return {s: per_stage[s] for s in STAGES[: STAGES.index(stage) + 1] if s not in SIDE_STAGES or s == stage}
+
+    def allocation_key(self) -> dict:
+        """The allocation in a stage's options; none under the default (global), so older records still match."""
+        o = self.opts
+        if o.allocation == "global":
+            return {}
+        return {"allocation": o.allocation, **({"sensitivity": file_digest(o.sensitivity)} if o.sensitivity else {})}
 
     def iterative_epochs(self) -> int:
         o = self.opts
@@ -237,12 +248,14 @@ class Pipeline:
     def _prune(self, model, percent: float, label: str):
         o = self.opts
         graph = trace(model)
-        masks, thr = compute_masks(graph, MaskOptions(percent, o.layer_keep, self.round_to))
+        opts = self.mask_options(percent)
+        masks, thr = compute_masks(graph, opts)
         kept = {n: int(k.sum()) for n, k in masks.items()}
-        LOGGER.info(f"channel ({label}): threshold |gamma| < {thr.value:.4g} at global percent {percent:.3f}; largest "
+        what = "|gamma|" if o.allocation == "global" else f"{o.allocation} score"
+        LOGGER.info(f"channel ({label}): threshold {what} < {thr.value:.4g} at global percent {percent:.3f}; largest "
               f"threshold leaving every layer a channel: {thr.safe_value:.4g} (percent {thr.safe_percent:.3f}, "
               f"set by {thr.tightest})")
-        floored = [n for n, m in graph.convs.items() if float(m.bn.weight.detach().abs().max()) < thr.value]
+        floored = [n for n, v in opts.scores(graph).items() if float(v.max()) < thr.value]
         if floored:
             more = f" and {len(floored) - 5} more" if len(floored) > 5 else ""
             LOGGER.info(f"channel: the threshold would empty {', '.join(floored[:5])}{more}; they keep the "
@@ -322,7 +335,8 @@ class Pipeline:
         backend = latency_backend(o.latency_backend) if self.target.metric == "latency_ms" else None
         source = "sparse" if self.enabled("sparse") else "baseline"
         key = {"target": vars(self.target), "from": file_digest(self.run_dir / f"{source}.pt"),
-               "masks": {"layer_keep": o.layer_keep, "round_to": self.round_to}, "shortcuts": o.shortcuts,
+               "masks": {"layer_keep": o.layer_keep, "round_to": self.round_to, **self.allocation_key()},
+               "shortcuts": o.shortcuts,
                "imgsz": o.imgsz, "latency": [backend, size, o.latency_threads, o.latency_runs] if backend else None}
         old = json.loads(path.read_text()) if path.is_file() else {}
         if old.get("key") == json.loads(json.dumps(key)) and not o.force:
