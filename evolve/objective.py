@@ -195,14 +195,15 @@ class Objective:
     def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int) -> float:
         """Measure the trained model's cost at the trial's image size; record every figure; return the objective."""
         model = getattr(result, "model", None)
-        if model is None and self._start_model is None:
-            self._start_model = trial_model(None, self.weights, self.model)
+        if model is None:
+            self._start_model = self._start_model or trial_model(None, self.weights, self.model)
+            model = self._start_model
         if self.cost == "gflops":  # a count, not a timing: once per image size
             if imgsz not in self._gflops:
-                self._gflops[imgsz] = measure_cost(self.cost, model or self._start_model, imgsz)
+                self._gflops[imgsz] = measure_cost(self.cost, model, imgsz)
             measured = self._gflops[imgsz]
         else:
-            measured = measure_cost(self.cost, model or self._start_model, imgsz)
+            measured = measure_cost(self.cost, model, imgsz)
         for key, v in measured.items():
             trial.set_user_attr(key, float(v))
         value = float(measured[self.cost])
