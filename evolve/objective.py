@@ -196,7 +196,8 @@ class Objective:
         """Measure the trained model's cost at the trial's image size; record every figure; return the objective."""
         model = getattr(result, "model", None)
         if model is None:
-            self._start_model = self._start_model or trial_model(None, self.weights, self.model)
+            if self._start_model is None:
+                self._start_model = trial_model(None, self.weights, self.model)
             model = self._start_model
         if self.cost == "gflops":  # a count, not a timing: once per image size
             if imgsz not in self._gflops:
