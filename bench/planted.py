@@ -132,16 +132,17 @@ def ga_options(base: dict[str, Any], spec: str) -> dict[str, Any]:
     return ga
 
 
-def run_search(cfg: StudyConfig, sampler_spec: str, weights: str) -> tuple[Path, float]:
+def run_search(cfg: StudyConfig, sampler_spec: str, weights: str, study_seed: int = 0) -> tuple[Path, float]:
     """One study with `sampler_spec` ('tpe'; 'tpe+hyperband' for a pruner; 'ga:random' for the GA's first
     generation drawn uniformly in the space instead of mutated from the base hyp; 'ga:explore=0' for a GA
-    option other than the quick study's); returns its evolve.csv, wall s."""
+    option other than the quick study's); `study_seed`: the search's seed (its samplers' and trials'), not the
+    retrains' (seeds 1.. as in step 1, so they stay paired); returns its evolve.csv, wall s."""
     sampler, _, pruner = sampler_spec.partition("+")
     sampler, _, ga_spec = sampler.partition(":")
     ga = ga_options(cfg.ga, ga_spec)
-    name = f"{cfg.name}-{slug(sampler_spec)}"
+    name = f"{cfg.name}-{slug(sampler_spec)}" + (f"-seed{study_seed}" if study_seed else "")
     scfg = load_study(QUICK, {**vars(cfg), "name": name, "sampler": sampler, "ga": ga, "pruner": pruner or "none",
-                              "weights": weights, "base": {}})
+                              "weights": weights, "base": {}, "seed": study_seed})
     run_dir = run_dir_for(scfg.name)
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
@@ -195,7 +196,7 @@ def prepare_task(task: Task, args: argparse.Namespace) -> tuple[StudyConfig, str
 
 
 def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any], samplers: list[str],
-                bar: tqdm, transfer: int) -> None:
+                bar: tqdm, transfer: int, study_seed: int = 0) -> None:
     """Step 2 for one task: a study per sampler, the winners retrained with step 1's seeds, scored against step
     1's base hyp runs (same seeds, same budget); `transfer` more trials per study retrained with one seed, for
     the rank correlation between trial and retrained fitness."""
@@ -205,7 +206,7 @@ def search_task(task: Task, cfg: StudyConfig, weights: str, res: dict[str, Any],
     plan = []
     for spec in samplers:
         bar.set_postfix_str(f"{task.name}: {spec}")
-        csv, wall = run_search(cfg, spec, weights)
+        csv, wall = run_search(cfg, spec, weights, study_seed)
         df = pd.read_csv(csv)
         runs = retrain_plan(csv, cfg, RetrainOptions(epochs=res["retrain_epochs"], top_k=1, seeds=len(res["seeds"]),
                                                      base=False, transfer=transfer))
@@ -288,7 +289,8 @@ def report(res: dict[str, Any]) -> str:
         f"planted-gain bench ({', '.join(res['tasks'])}; the quick study's settings at {res['imgsz']} px: "
         f"{res['train_images']} train / {res['val_images']} val images, base run {res['base_epochs']} epochs, "
         f"trials finetune it {first['trial_epochs']} epochs, retrains {first['retrain_epochs']} epochs, "
-        f"seeds {', '.join(map(str, first['seeds']))}, scored by mean_last_3; {res['wall_s'] / 60:.1f} min on "
+        f"seeds {', '.join(map(str, first['seeds']))}, search seed {res.get('study_seed', 0)}, scored by mean_last_3; "
+        f"{res['wall_s'] / 60:.1f} min on "
         f"{res['machine']})", "",
         "Step 1, the planted gain (fixed hyp - base hyp, paired by seed), measured before any search:", "",
         planted_table(res["tasks"]), "",
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samplers", default="ga,tpe,random", help="comma list; 'tpe+hyperband': with that pruner; 'ga:random': the GA's first "
                     "generation drawn uniformly in the space")
     ap.add_argument("--trials", type=int, default=12, help="trials per study (the quick study's 12), trial 0 = base hyp")
+    ap.add_argument("--study-seed", type=int, default=0, help="the searches' seed (samplers, trials; default the "
+                    "quick study's 0); the retrains keep seeds 1..--seeds")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per side of every paired comparison (>= 2)")
     ap.add_argument("--trial-epochs", type=int, default=None, help="default: the quick study's epochs; longer "
                     "trials give a pruner (--samplers tpe+hyperband) epochs to cut")
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     res: dict[str, Any] = {"imgsz": args.imgsz, "train_images": args.train_images, "val_images": args.val_images,
                            "base_epochs": args.base_epochs, "trials": args.trials, "machine": machine_line(meta),
-                           "transfer": transfer,
+                           "transfer": transfer, "study_seed": args.study_seed,
                            "tasks": {}}
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
         tqdm.write("Step 1, the planted gain (fixed hyp - base hyp, paired by seed):\n" + planted_table(res["tasks"]))
         for name in [] if args.planted_only else tasks:
-            search_task(TASKS[name], *studies[name], res["tasks"][name], args.samplers, bar, transfer)
+            search_task(TASKS[name], *studies[name], res["tasks"][name], args.samplers, bar, transfer, args.study_seed)
             json_path.write_text(json.dumps(res, indent=1, default=float))
     res["wall_s"] = round(time.time() - t0, 1)
     json_path.write_text(json.dumps(res, indent=1, default=float))
