@@ -203,6 +203,8 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
         over = {int(n) for n, c in zip(df.number, df[cost] if cost in df else [math.nan] * len(df))
                 if not c <= value}
         fits = searched[~searched.number.isin(over)]
+        if cost in fits:  # ties in fitness: the cheaper first, as the budget's choice (evolve/pareto.py)
+            fits = fits.sort_values(["fitness", cost, "number"], ascending=[False, True, True])
         if fits.empty:
             choice = choose_within(table_points(done, cost), value, cost)
             raise StudyError(f"{evolve_csv}: no searched trial fits the budget ({choice.message})")
