@@ -104,11 +104,12 @@ def test_no_trial_within_the_budget_names_the_closest(cfg_for, tmp_path):
     with pytest.raises(StudyError, match=r"no searched trial fits the budget \(no trial fits the budget latency_ms "
                                          r"<= 8: the closest is trial 2 at 8.5 \(fitness 0.2000\)"):
         st.retrain_plan(tmp_path / "evolve.csv", cfg, st.retrain_options(cfg))
+    cfg.budget = {"latency_ms": 10.0}
     rows.append({**rows[2], "number": 4, "latency_ms": 7.5})  # as good as trial 2 and cheaper: the budget's choice
     pd.DataFrame(rows).to_csv(tmp_path / "evolve.csv", index=False)
     assert st.retrain_plan(tmp_path / "evolve.csv", cfg, st.retrain_options(cfg))[0]["trial"] == 4
     pd.DataFrame(rows[:4]).to_csv(tmp_path / "evolve.csv", index=False)
-    cfg.budget = {"latency_ms": 10.0}  # trial 0 (the base hyp) fits too, but is no candidate: trial 2 is
+    # trial 0 (the base hyp) fits too, but is no candidate: trial 2 is
     plan = st.retrain_plan(tmp_path / "evolve.csv", cfg, st.retrain_options(cfg))  # quick: 3 seeds, base, transfer
     assert [(r["trial"], r["role"]) for r in plan] == [(2, "best")] * 3 + [(0, "base")] * 3
     assert not any(r.get("over_budget") for r in plan) and all(r["imgsz"] == 160 for r in plan)
