@@ -114,8 +114,8 @@ bench-use: install  # export, ONNX validation and latency, TTA, ensembles, trans
 bench-search: install  # GA vs TPE vs random at equal budget, winners retrained with 3 seeds beside the base hyp
 	$(PY) -m bench.search --trials 16 --seeds 3
 
-bench-planted: install  # does the search recover a known (planted) gain? 3 tasks x ga/tpe/random, 8 trials (2-core budget), 3 seeds
-	$(PY) -m bench.planted --trials 8 --seeds 3
+bench-planted: install  # does the search recover a known (planted) gain? 3 tasks x ga/tpe/random, the quick study's 12 trials, 3 seeds
+	$(PY) -m bench.planted --trials 12 --seeds 3
 
 # Every bench command appends its table to bench/results/<bench>.md (--no-record: not). Runs of make prune,
 # make study and core.train are recorded after the fact: their run folder's table goes to prune.md, study.md,
