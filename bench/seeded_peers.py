@@ -15,7 +15,8 @@ difference over the seeds both finished, its sd and a two-sided t test with n-1 
 the engines draw different random streams from one seed); and the per-epoch train cls loss (each engine's own
 scale, so it is compared as a fraction of its first epoch): the epoch-1 value, the value at the end of the
 first third of training and the last, with whether it fell at least FALL of its epoch-1 value by that third.
-The curves go to bench/results/<name>_cls_loss.png (rewritten by each run; the section names it).
+The curves go to bench/results/<name>_<run folder's name>_cls_loss.png (the section names it; a run folder
+recorded again rewrites its own, no other section's).
 Rows are kept in <out>/seeded.json after every run, so `--out` of a cut run resumes it (finished runs are
 kept) and `--report-only <out>` prints the tables again.
 """
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
     out = Path(args.out or f"runs/seeded/{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    png = (bench.record.RESULTS / f"{args.name}_cls_loss.png") if not args.no_record else out / "cls_loss.png"
+    png = (bench.record.RESULTS / f"{args.name}_{out.name}_cls_loss.png") if not args.no_record else out / "cls_loss.png"
     meta = {**machine(), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers,
             "seeds": args.seeds, "arms": args.arms, "png": png.name if not args.no_record else str(png)}
     saved = json.loads((out / "seeded.json").read_text()) if (out / "seeded.json").exists() else {"meta": {}, "rows": []}

@@ -87,7 +87,8 @@ def test_no_train_records_a_cut_run_and_names_what_is_missing(tmp_path, results_
     assert main(args) == 0
     text = (results_in_tmp / "cut.md").read_text()
     assert "planned but not run (cut for time): glyphs ours yolov5n-af seed 1, glyphs ultralytics yolov5n seed 1" in text
-    assert "0.0300 ± -" in text and (results_in_tmp / "cut_cls_loss.png").exists()
+    assert "0.0300 ± -" in text and (results_in_tmp / "cut_run_cls_loss.png").exists()
+    assert "curves: cut_run_cls_loss.png" in text  # one picture per run folder: no section loses its own
     with pytest.raises(SystemExit):  # the folder's runs had 3 epochs: another count would mix commands
         main([*args[:-4], "--epochs", "30", "--out", str(out), "--no-train"])
 
