@@ -117,6 +117,11 @@ def study_base_run(cfg: StudyConfig, base_hyp: Mapping[str, float], study: optun
 
 
 def _publish(study: optuna.Study, weights: Path, store: Any | None, log: Callable[[str], None]) -> None:
+    other = study.user_attrs.get(SHARED_BASE)
+    if other is not None:  # only when the lock was lost while training (a database restart ends its session)
+        raise StudyError(f"study '{study.study_name}': {other.get('host', '?')} published the study's base run "
+                         f"(sha256 {other['sha256'][:12]}) while this machine trained its own (the study's lock was "
+                         f"lost meanwhile): move {weights.parent}/ away and run again to fetch the study's")
     record = base_record(weights.parent.parent) or {}
     artifact_id = upload_artifact(artifact_store=store, file_path=str(weights), study_or_trial=study) if store else None
     study.set_user_attr(SHARED_BASE, {

@@ -135,3 +135,18 @@ def test_without_an_artifact_store_a_joining_machine_is_told_what_to_do(publishe
     cfg_b, dir_b = machine("machine-b")
     with pytest.raises(StudyError, match="copy its runs/evolve/shared/base/ here, or give every machine `artifacts:`"):
         study_base_run(cfg_b, hyp, study, storage, dir_b, "cpu", fit=counting_fit)
+
+
+def test_a_base_run_published_while_this_machine_trained_is_not_overwritten(published, tmp_path):
+    """The first publisher wins: a machine that trained while the lock was lost (a database restart) stops with
+    what to do instead of replacing the file other machines' trials already finetune."""
+    storage, study, hyp, machine = published
+    first = study.user_attrs[SHARED_BASE]
+    cfg_b, dir_b = machine("machine-b")
+    from evolve.shared_base import _publish
+    weights = dir_b / "base" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_text("machine B's own base run")
+    with pytest.raises(StudyError, match="published the study's base run .* while this machine trained its own"):
+        _publish(study, weights, None, print)
+    assert study.user_attrs[SHARED_BASE] == first
