@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.seeded_peers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sets", default="glyphs", help=f"held-out sets, of: {', '.join(SETS)}")
-    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics, yolov5; HYP: ours only)")
+    p.add_argument("--arms", default=DEFAULT_ARMS,
+                   help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics, yolov5; HYP: ours only)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=160)
