@@ -71,7 +71,8 @@ def explore_draw(genes: Sequence[Gene], seed: int, index: int, n: int, rng: np.r
     inside it. Draws 0..n-1 of one seed take n different strata of every gene."""
     if not 0 <= index < n:
         raise ValueError(f"exploration draw {index} outside 0..{n - 1}")
-    # one stream per study seed, apart from the per-trial ones ([seed, trial number]): every worker gets the same strata
+    # one stream per study seed, so every worker gets the same strata (0x1A7: any constant; the stream is trial
+    # 423's mutation stream too, harmlessly: one draws strata, the other steps)
     perm = np.random.default_rng([int(seed), 0x1A7]).permuted(np.tile(np.arange(n), (len(genes), 1)), axis=1)
     u = (perm[:, index] + rng.random(len(genes))) / n
     out = []
