@@ -59,20 +59,25 @@ from core import argtypes as t
 from core.checkpoint import model_from_checkpoint
 from core.cli import main_guard
 from core.export import export_onnx
+from core.model.info import model_gflops
 from core.val import validate
 from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.int8 import INT8_JSON
+from prune.layers import rank_shortcuts
+from prune.masks import MaskOptions
 from prune.measure import cpu_latency, model_latency
 from prune.options import PruneOptions, check_prune_options
 from prune.pipeline import Pipeline, load_weights
 from prune.pipeline import run as run_pipeline
-from prune.target import TargetUnreachable, largest_share
+from prune.rounding import resolve_round_to
+from prune.target import TargetUnreachable, largest_share, pruned_at
 
 LOGGER = logging.getLogger(__name__)
 
 # the stages the distilled arm takes from the plain one (everything before the finetune), and the search's record
 SHARED_FILES = [f"{s}.{ext}" for s in ("baseline", "sparse", "keep_size", "channel", "layer") for ext in ("pt", "json")]
 SHARED_FILES += ["target.json", "gamma.jsonl"]
+REACH_SHARES = (0.5, 0.7, 0.85, 0.95)  # --reach: the shares timed (and the largest)
 TP_MAX_RATIO = 0.95  # the largest Torch-Pruning ratio tried (bench.torch_pruning's bisection bound)
 
 
@@ -243,6 +248,45 @@ def run(o: DeployOptions) -> dict:
     return report
 
 
+def reach(weights: str, imgsz: int, shares: Sequence[float], shortcuts: Sequence[int], threads: int = 1,
+          runs: int = 30, out_dir: Path = Path("runs/deploy/reach")) -> list[dict]:
+    """What our pruner can reach at all, no training: the onnxruntime latency of the model pruned at each share
+    (the largest added) with each number of shortcut blocks removed, all timed in one interleaved loop. At the
+    largest share every coupled group keeps only its floor (rounded to the conv block), whatever the weights."""
+    base = model_from_checkpoint(weights).float().eval()
+    masks = MaskOptions(0.0, PruneOptions.layer_keep, resolve_round_to("auto", "cpu")[0])
+    n_shortcuts = len(rank_shortcuts(base))
+    top = largest_share(base, masks.layer_keep)
+    models, rows = {"baseline": base}, [{"model": "baseline", "share": 0.0, "shortcuts": 0}]
+    for sc in sorted({min(n, n_shortcuts) for n in shortcuts}):
+        for share in sorted({*shares, top}):
+            key = f"{share:.4f}/{sc}"
+            models[key] = pruned_at(base, min(share, top), masks, sc)
+            rows.append({"model": key, "share": min(share, top), "shortcuts": sc})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {k: export_onnx(m, out_dir / f"{i}.onnx", imgsz=imgsz) for i, (k, m) in enumerate(models.items())}
+    lat = cpu_latency({}, imgsz, threads, runs=runs, onnx=files)
+    for row in rows:
+        m, ms = models[row["model"]], lat[row["model"]]
+        row.update(GFLOPs=model_gflops(m, imgsz), params=sum(p.numel() for p in m.parameters()), ms=ms.median,
+                   p25_ms=ms.p25, p75_ms=ms.p75, speedup=lat["baseline"].median / ms.median)
+    return rows
+
+
+def reach_table(rows: list[dict], imgsz: int, weights: str, runs: int) -> str:
+    base = rows[0]
+    body = [["baseline" if r is base else f"{r['share']:.4f}", r["shortcuts"], f"{r['GFLOPs']:.4f}",
+             f"{base['GFLOPs'] / r['GFLOPs']:.2f}x", f"{r['params']:,}", f"{r['ms']:.3f} ({r['p25_ms']:.3f}-{r['p75_ms']:.3f})",
+             f"{r['speedup']:.2f}x"] for r in rows]
+    best = max(rows, key=lambda r: r["speedup"])
+    header = ["global share", "shortcut blocks removed", f"GFLOPs ({imgsz} px)", "FLOPs ratio", "params",
+              f"ORT ms ({imgsz} px, 1 thr): median (p25-p75)", "speedup"]
+    note = (f"Reach of the pruner, no training: {weights} pruned at each share (the last: the largest, every group at "
+            f"its floor) and timed in one interleaved loop of {runs} rounds. Fastest: share {best['share']:.4f} with "
+            f"{best['shortcuts']} blocks removed, {best['speedup']:.2f}x.")
+    return "\n".join([markdown_table(header, body), "", note])
+
+
 LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "distilled": "+ distillation",
           "int8": "+ INT8", "tp_bn": "Torch-Pruning BN-scale", "tp_l1": "Torch-Pruning L1"}
 
@@ -295,7 +339,7 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> DeployOptions:
+def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Namespace:
     d = DeployOptions()
     p = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -323,7 +367,14 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-record", dest="record", action="store_false",
                    help="do not append the table to bench/results/deploy.md")
-    opts = DeployOptions(**{k: v for k, v in vars(p.parse_args(argv)).items()})
+    p.add_argument("--reach", action="store_true", help="only time the pruned model at a few shares and shortcut "
+                   "counts, no training: the fastest our pruner can make this model (needs --weights)")
+    args = vars(p.parse_args(argv))
+    if args.pop("reach"):
+        if not args["weights"]:
+            raise DeployError("--reach needs --weights")
+        return argparse.Namespace(**args)
+    opts = DeployOptions(**args)
     if opts.weights and not Path(opts.weights).is_file():
         raise DeployError(f"--weights {opts.weights}: file not found")
     if opts.speedup <= 1 and not opts.target_latency_ms:
@@ -335,6 +386,14 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     t0 = time.perf_counter()
+    if isinstance(opts, argparse.Namespace):  # --reach
+        rows = reach(opts.weights, opts.imgsz, REACH_SHARES, (0, opts.shortcuts, 99), opts.latency_threads,
+                     opts.final_runs, Path(opts.project) / opts.name / "reach")
+        text = reach_table(rows, opts.imgsz, opts.weights, opts.final_runs)
+        print(text)
+        if opts.record:
+            record("deploy", text, machine(), command_line("bench.deploy", argv))
+        return 0
     if not opts.weights:  # a fresh clone: the quick study's base run, shared with make bench-tp and bench-search
         opts.weights = shared_start("studies/quick.yaml", {"gpus": "cpu"})["weights"]
     report = run(opts)

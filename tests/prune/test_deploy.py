@@ -115,3 +115,11 @@ def test_the_verdict_needs_both_the_speedup_and_the_accuracy():
                                   row("int8", 0.150, 3.4)], note="target out of reach: X"))
     assert "Verdict: NOT met — + INT8: 3.40x" in missed  # none meets: the fastest is named
     assert "Note: target out of reach: X" in missed
+
+
+def test_reach_times_the_pruned_model_down_to_the_largest_share(tmp_path, weights):
+    path, _ = weights
+    rows = deploy.reach(str(path), 64, shares=[0.5], shortcuts=[0, 1], runs=1, out_dir=tmp_path)
+    assert [(r["share"] > 0.99, r["shortcuts"]) for r in rows[1:]] == [(False, 0), (True, 0), (False, 1), (True, 1)]
+    assert rows[0]["speedup"] == 1.0 and min(rows, key=lambda r: r["GFLOPs"]) is rows[-1]  # the most pruned
+    assert "Fastest: share" in deploy.reach_table(rows, 64, "w.pt", 1)
