@@ -257,7 +257,7 @@ def reach(weights: str, imgsz: int, shares: Sequence[float], shortcuts: Sequence
     masks = MaskOptions(0.0, PruneOptions.layer_keep, resolve_round_to("auto", "cpu")[0])
     n_shortcuts = len(rank_shortcuts(base))
     top = largest_share(base, masks.layer_keep)
-    models, rows = {"baseline": base}, [{"model": "baseline", "share": 0.0, "shortcuts": 0}]
+    models, rows = {"baseline": base}, [{"model": "baseline", "share": 0.0, "shortcuts": 0, "round_to": masks.round_to}]
     for sc in sorted({min(n, n_shortcuts) for n in shortcuts}):
         for share in sorted({*shares, top}):
             key = f"{share:.4f}/{sc}"
@@ -282,7 +282,8 @@ def reach_table(rows: list[dict], imgsz: int, weights: str, runs: int) -> str:
     header = ["global share", "shortcut blocks removed", f"GFLOPs ({imgsz} px)", "FLOPs ratio", "params",
               f"ORT ms ({imgsz} px, 1 thr): median (p25-p75)", "speedup"]
     note = (f"Reach of the pruner, no training: {weights} pruned at each share (the last: the largest, every group at "
-            f"its floor) and timed in one interleaved loop of {runs} rounds. Fastest: share {best['share']:.4f} with "
+            f"its floor; kept channels rounded up to a multiple of {base.get('round_to', '?')}, the machine's conv block) "
+            f"and timed in one interleaved loop of {runs} rounds. Fastest: share {best['share']:.4f} with "
             f"{best['shortcuts']} blocks removed, {best['speedup']:.2f}x.")
     return "\n".join([markdown_table(header, body), "", note])
 
