@@ -97,6 +97,7 @@ class DeployOptions:
     s: float = 2e-3  # sparsity rate (polar penalty, step schedule: make prune's recipe)
     finetune_epochs: int = 10
     shortcuts: int = 5
+    round_to: str | int = "auto"  # kept channels rounded up to a multiple ('auto': the machine's conv block)
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     tp: list[str] = field(default_factory=lambda: list(TP_IMPORTANCE))  # [] = no Torch-Pruning rows
     tp_steps: int = 5
@@ -117,6 +118,7 @@ def prune_options(o: DeployOptions, target_ms: float, run_dir: Path) -> PruneOpt
     """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size."""
     return PruneOptions(weights=o.weights, data=o.data, sr=True, s=o.s, s_schedule="step", penalty="polar",
                         sparse_epochs=o.sparse_epochs, finetune_epochs=o.finetune_epochs, shortcuts=o.shortcuts,
+                        round_to=o.round_to,
                         imgsz=o.imgsz, batch_size=o.batch_size, workers=o.workers, seed=o.seed,
                         latency_imgsz=o.imgsz, latency_threads=o.latency_threads, latency_runs=o.latency_runs,
                         latency_backend="onnxruntime", target_latency_ms=target_ms,
@@ -249,12 +251,12 @@ def run(o: DeployOptions) -> dict:
 
 
 def reach(weights: str, imgsz: int, shares: Sequence[float], shortcuts: Sequence[int], threads: int = 1,
-          runs: int = 30, out_dir: Path = Path("runs/deploy/reach")) -> list[dict]:
+          runs: int = 30, out_dir: Path = Path("runs/deploy/reach"), round_to: str | int = "auto") -> list[dict]:
     """What our pruner can reach at all, no training: the onnxruntime latency of the model pruned at each share
     (the largest added) with each number of shortcut blocks removed, all timed in one interleaved loop. At the
     largest share every coupled group keeps only its floor (rounded to the conv block), whatever the weights."""
     base = model_from_checkpoint(weights).float().eval()
-    masks = MaskOptions(0.0, PruneOptions.layer_keep, resolve_round_to("auto", "cpu")[0])
+    masks = MaskOptions(0.0, PruneOptions.layer_keep, resolve_round_to(round_to, "cpu")[0])
     n_shortcuts = len(rank_shortcuts(base))
     top = largest_share(base, masks.layer_keep)
     models, rows = {"baseline": base}, [{"model": "baseline", "share": 0.0, "shortcuts": 0, "round_to": masks.round_to}]
@@ -282,7 +284,7 @@ def reach_table(rows: list[dict], imgsz: int, weights: str, runs: int) -> str:
     header = ["global share", "shortcut blocks removed", f"GFLOPs ({imgsz} px)", "FLOPs ratio", "params",
               f"ORT ms ({imgsz} px, 1 thr): median (p25-p75)", "speedup"]
     note = (f"Reach of the pruner, no training: {weights} pruned at each share (the last: the largest, every group at "
-            f"its floor; kept channels rounded up to a multiple of {base.get('round_to', '?')}, the machine's conv block) "
+            f"its floor; kept channels rounded up to a multiple of {base.get('round_to', '?')}) "
             f"and timed in one interleaved loop of {runs} rounds. Fastest: share {best['share']:.4f} with "
             f"{best['shortcuts']} blocks removed, {best['speedup']:.2f}x.")
     return "\n".join([markdown_table(header, body), "", note])
@@ -355,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
     for key in ("sparse_epochs", "finetune_epochs", "shortcuts", "tp_steps", "batch_size", "workers"):
         p.add_argument("--" + key.replace("_", "-"), type=t.non_negative_int, default=getattr(d, key))
     p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate of the sparse stage")
+    p.add_argument("--round-to", type=lambda v: v if v == "auto" else t.positive_int(v), default=d.round_to,
+                   help="kept channels rounded up to a multiple of this (auto: the machine's conv block)")
     p.add_argument("--distill-weight", type=t.non_negative_float, default=d.distill_weight)
     p.add_argument("--tp", nargs="*", choices=list(TP_IMPORTANCE), default=d.tp, help="Torch-Pruning importances")
     p.add_argument("--no-tp", dest="tp", action="store_const", const=[], help="no Torch-Pruning rows")
@@ -389,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     if isinstance(opts, argparse.Namespace):  # --reach
         rows = reach(opts.weights, opts.imgsz, REACH_SHARES, (0, opts.shortcuts, 99), opts.latency_threads,
-                     opts.final_runs, Path(opts.project) / opts.name / "reach")
+                     opts.final_runs, Path(opts.project) / opts.name / "reach", opts.round_to)
         text = reach_table(rows, opts.imgsz, opts.weights, opts.final_runs)
         print(text)
         if opts.record:
