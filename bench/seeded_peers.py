@@ -151,7 +151,7 @@ def report(rows: list[dict], meta: dict) -> str:
                 ratio = statistics.fmean(x) / statistics.fmean(y) if common and statistics.fmean(y) else math.nan
                 beyond = t["p"] == t["p"] and t["p"] < 0.05
                 pairs.append((f"{a} - {b}", t["n"], f"{_f(t['mean'])} ± {_f(t['sd'])}", _f(ratio, ".2f"),
-                              _f(t["t"], ".2f"), _f(t["p"], ".3f"),
+                              _f(t["t"], ".2f"), _f(t["p"], ".3f" if not t["p"] < 0.001 else ".1e"),
                               "yes" if beyond else "no" if t["p"] == t["p"] else "-"))
         if pairs:
             lines += ["", markdown_table(["paired difference (best mAP50-95)", "n", "mean ± sd", "ratio of means",

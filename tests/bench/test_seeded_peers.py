@@ -67,6 +67,11 @@ def test_report_gives_spreads_and_the_paired_test(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("| ours yolov5n-af - ultralytics yolov5n"))
     assert "0.0200 ± 0.0100" in line and "3.46" in line and "0.074" in line and line.rstrip(" |").endswith("no")
     assert "| 3/3 |" in text and "| 0/3 |" in text and "seed 3 (exit 1)" in text
+    # differences 0.25, 0.26, 0.27: t = 0.26 / (0.01 / sqrt 3) = 45.03 over 2 df, p = 1 - 45.03 / sqrt(45.03^2 + 2)
+    # = 4.9e-04 (printed so, not as 0.000)
+    far = report([_row("a", s, 0.25 + 0.01 * s, [1.0]) for s in range(3)] + [_row("b", s, 0.0, [1.0]) for s in range(3)],
+                 {"epochs": 1})
+    assert "| 45.03 | 4.9e-04 | yes |" in far
     png = plot(rows, tmp_path / "cls.png")
     assert png.stat().st_size > 1000
 
