@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(r: dict, args: argparse.Namespace) -> str:
-    ft = f"after {args.finetune_epochs}-epoch finetune"
-    header = ["allocation", "global share", "mAP50-95 after channels+layers", f"mAP50-95 {ft}", f"mAP50 {ft}",
+    after = f"after {args.finetune_epochs}-epoch finetune"
+    header = ["allocation", "global share", "mAP50-95 after channels+layers", f"mAP50-95 {after}", f"mAP50 {after}",
               f"ORT ms ({args.imgsz} px, 1 thr): median (p25-p75)", "speedup", "params", "GFLOPs"]
     base = r["baseline"]
     rows = [["baseline (unpruned)", "-", f"{base['mAP50-95']:.4f}", "-", f"{base['mAP50']:.4f}",
