@@ -179,6 +179,9 @@ def plot(rows: list[dict], path: Path) -> Path:
                     label=f"{a} (n={len(curves)}, epoch 1: {statistics.fmean(first):.3g})")
             ax.axvline(math.ceil(n / 3), color="grey", ls=":", lw=1)
         ax.set(title=f"{s}: train cls loss / its epoch-1 value", xlabel="epoch", ylabel="cls loss / epoch 1")
+        drawn = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+        if drawn and max(drawn) / min(drawn) > 5:  # an arm whose loss rises would flatten the others
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
