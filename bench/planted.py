@@ -283,6 +283,24 @@ def fmt_transfer(t: dict[str, Any] | None) -> str:
     return f"{t['rho']:+.2f} ({t['n']})" if math.isfinite(t["rho"]) else f"nan ({t['n']})"
 
 
+def headline_rows(res: dict[str, Any]) -> dict[str, str]:
+    """The README's row for the run's first sampler (the one a run is about: `--samplers ga,tpe` puts ga first):
+    its recovered share per task with p, whether the target holds on every task, and a study's wall time."""
+    tasks = {n: r for n, r in res["tasks"].items() if r.get("samplers")}
+    if not tasks:
+        return {}
+    spec = next(iter(next(iter(tasks.values()))["samplers"]))
+    got = {n: r["samplers"][spec] for n, r in tasks.items() if spec in r["samplers"]}
+    shares = ", ".join(f"{n} {s['share']:.0%} ± {s['share_sd']:.0%} (p {fmt_p(s['p'])})" for n, s in got.items())
+    met = sum(bool(s["met"]) for s in got.values())
+    walls = [s["evolve_s"] for s in got.values()]
+    first = next(iter(tasks.values()))
+    label = (f"Planted gain recovered by the search, winner retrained with {len(first['seeds'])} seeds "
+             f"({res['trials']} trials of {first['trial_epochs']} epochs): {spec}")
+    return {label: f"{shares}; target >= {SHARE_TARGET:.0%} above noise met on {met} of {len(got)}; a study "
+                   f"{min(walls):.0f}-{max(walls):.0f} s"}
+
+
 def report(res: dict[str, Any]) -> str:
     first = next(iter(res["tasks"].values()))
     return "\n".join([
@@ -368,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     print(text)
     if not args.no_record:
-        path = record("planted", text, meta, command_line("bench.planted", argv))
+        path = record("planted", text, meta, command_line("bench.planted", argv), headline=headline_rows(res))
         print(f"\nrecorded in {path}")
     print(f"figures: {args.json}; studies: runs/evolve/planted-*/; retrains: {OUT}/<task>/; data: datasets/planted-v1/")
     return 0

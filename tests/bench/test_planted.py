@@ -85,3 +85,16 @@ def test_sampler_transfer_ranks_winner_and_transfer_runs_of_one_sampler_only():
     # trial ranks 4, 3, 2, 1 (by 0.40, 0.35, 0.20, 0.10); retrained ranks 4, 2, 3, 1: rho = 1 - 6 * 2 / (4 * 15) = 0.8
     assert t["n"] == 4 and t["rho"] == pytest.approx(0.8)
     assert sampler_transfer(df, "random")["n"] == 0
+
+
+def test_the_headline_row_is_the_first_sampler_with_every_task_and_the_target_count():
+    from bench.planted import headline_rows
+    s = lambda share, met, secs: {"share": share, "share_sd": 0.1, "p": 0.01, "met": met, "evolve_s": secs}
+    task = lambda ga, tpe: {"seeds": [1, 2, 3], "trial_epochs": 5, "samplers": {"ga": ga, "tpe": tpe}}
+    res = {"trials": 12, "tasks": {"lr": task(s(1.2, True, 30), s(0.5, False, 40)),
+                                   "mirror": task(s(0.6, False, 42), s(0.9, True, 41))}}
+    [(label, figure)] = headline_rows(res).items()
+    assert label.endswith(": ga") and "12 trials of 5 epochs" in label and "3 seeds" in label
+    assert figure.startswith("lr 120% ± 10% (p 0.010), mirror 60% ± 10%") and "met on 1 of 2" in figure
+    assert figure.endswith("a study 30-42 s")
+    assert headline_rows({"trials": 12, "tasks": {"lr": {"seeds": [1], "trial_epochs": 5}}}) == {}
