@@ -18,6 +18,7 @@ from bench.run_table import run_table_main
 from evolve.transfer import transfer_line
 
 HEADLINE = "Study noise floor: the base hyp over its noise seeds (fitness mean ± sd)"
+TRANSFER_HEADLINE = "Study transfer: trial ranking vs the same hyps retrained (the quick study, built-in data)"
 
 
 def rows(s: dict) -> list[tuple[str, str]]:
@@ -83,8 +84,15 @@ def table(run_dir: Path) -> str:
 
 
 def headline(run_dir: Path) -> dict[str, str]:
-    n = json.loads((run_dir / "summary.json").read_text()).get("noise")
-    return {HEADLINE: f"{n['mean']:.4f} ± {n['sd']:.4f} (sd, {n['n']} seeds)"} if n else {}
+    """The noise floor and, when the study measured it, the transfer of its trial ranking to the retrain budget."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    n, t, out = s.get("noise"), s.get("transfer"), {}
+    if n:
+        out[HEADLINE] = f"{n['mean']:.4f} ± {n['sd']:.4f} (sd, {n['n']} seeds)"
+    if t and t.get("n"):
+        rho = "undefined (retrained values tied)" if t.get("rho") is None else f"{t['rho']:+.2f}"
+        out[TRANSFER_HEADLINE] = f"Spearman rho {rho} over n = {t['n']} retrained trials"
+    return out
 
 
 main = functools.partial(run_table_main, "study", "bench.study_table", table, headline)

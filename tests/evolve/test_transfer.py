@@ -224,7 +224,7 @@ def test_study_reports_transfer_in_summary_and_report_and_resume_keeps_finished_
 
 
 def test_study_table_records_rho_n_and_the_warning(tmp_path):
-    from bench.study_table import rows
+    from bench.study_table import TRANSFER_HEADLINE, headline, rows
     from evolve.summary import write_json_atomic
 
     frame = _retrain_frame([(3, "best", [0.0], 0.9), (0, "base", [0.31], 0.6), (5, "transfer", [0.5], 0.8),
@@ -233,7 +233,9 @@ def test_study_table_records_rho_n_and_the_warning(tmp_path):
     table = dict(rows(json.loads((tmp_path / "summary.json").read_text())))
     line = table["transfer: trials 3, 0, 5, 7, 9"]
     assert line.startswith("Spearman rho -0.60 between trial and retrained objective over n = 5") and LOW_RHO in line
+    assert headline(tmp_path)[TRANSFER_HEADLINE] == "Spearman rho -0.60 over n = 5 retrained trials"
     # all retrained values tied: rho is NaN, null in summary.json, and said to be undefined
     write_json_atomic(tmp_path / "summary.json", {"transfer": transfer_summary(frame.assign(objective=0.3))})
     line = dict(rows(json.loads((tmp_path / "summary.json").read_text())))["transfer: trials 3, 0, 5, 7, 9"]
     assert "rho undefined" in line and "WARNING: the rank correlation is undefined" in line
+    assert headline(tmp_path)[TRANSFER_HEADLINE].startswith("Spearman rho undefined")
