@@ -138,7 +138,12 @@ def _adopt(cfg: StudyConfig, base_hyp: Mapping[str, float], shared: Mapping[str,
     weights = base_weights_path(run_dir)
     sha = shared["sha256"]
     inputs = base_inputs(cfg, base_hyp)
-    change = describe_change(shared.get("inputs"), portable_inputs(inputs))
+    ours, theirs = portable_inputs(inputs), dict(shared.get("inputs") or {})
+    code = describe_change(theirs.pop("code_version", None), ours.pop("code_version", None))
+    if code:  # the checkpoint is what the trials finetune; newer code must not strand a study mid-way
+        LOGGER.warning(f"base run: trained by code {shared['inputs'].get('code_version')}, this machine runs "
+                       f"{inputs.get('code_version')}: reused, as the study's trials already finetune it")
+    change = describe_change(theirs, ours)
     if change:  # as for a local base run: trials already finetuned it, a new one would mix two start points
         raise StudyError(f"study '{cfg.name}': its base run (sha256 {sha[:12]}, trained on {shared.get('host', '?')}) "
                          f"was trained with other inputs than this machine's ({change}): run with the inputs it was "

@@ -150,3 +150,18 @@ def test_a_base_run_published_while_this_machine_trained_is_not_overwritten(publ
     with pytest.raises(StudyError, match="published the study's base run .* while this machine trained its own"):
         _publish(study, weights, None, print)
     assert study.user_attrs[SHARED_BASE] == first
+
+
+def test_a_study_resumes_on_its_base_run_after_the_code_changed(published, monkeypatch, caplog):
+    """A commit (or a pull) between two runs of a study must not strand it: the base run is what its trials
+    finetune, so it is reused with a warning, on the machine that trained it and on one that fetches it."""
+    storage, study, hyp, machine = published
+    log = Path(os.environ[BASE_LOG_ENV])
+    monkeypatch.setenv("YEP_CODE_VERSION", "9.9.9+gnewer")
+    cfg_a, dir_a = machine("machine-a")
+    assert study_base_run(cfg_a, hyp, study, storage, dir_a, "cpu", fit=counting_fit) == dir_a / "base" / "best.pt"
+    cfg_b, dir_b = machine("machine-b")
+    got = study_base_run(cfg_b, hyp, study, storage, dir_b, "cpu", fit=counting_fit)
+    assert sha256_file(got) == study.user_attrs[SHARED_BASE]["sha256"]
+    assert len(log.read_text().split()) == 1  # trained once, before the code changed
+    assert "this machine runs 9.9.9+gnewer: reused" in caplog.text
