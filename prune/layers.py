@@ -16,6 +16,8 @@ import torch.nn as nn
 from prune.graph import trace
 from prune.surgery import absorb_constants, build_model
 
+__all__ = ["LayerPruneError", "rank_shortcuts", "remove_shortcuts"]
+
 _C3_BLOCK = re.compile(r"^(model\.\d+)\.m\.(\d+)$")
 
 

@@ -10,6 +10,8 @@ import torch
 from prune.allocation import ALLOCATIONS, channel_scores, gammas
 from prune.graph import PruneGraph
 
+__all__ = ["MaskOptions", "PruneOptionError", "Threshold", "check_options", "compute_masks", "threshold"]
+
 
 class PruneOptionError(ValueError):
     """A pruning option is out of range or would break the model."""

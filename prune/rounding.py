@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["CPU_BLOCK", "auto_round_to", "cpu_isa", "resolve_round_to"]
+
 CPU_BLOCK = {"avx512": 16, "avx2": 8, "sse": 4}
 
 

@@ -38,7 +38,7 @@ from prune.allocation import gammas
 from prune.graph import trace
 from prune.surgery import zero_pruned
 
-__all__ = ["DEFAULT_SHARES", "SensitivityError", "group_keep", "load_sensitivity", "measure_sensitivity"]
+__all__ = ["DEFAULT_SHARES", "SensitivityError", "group_keep", "load_sensitivity", "measure_sensitivity", "val_subset"]
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_SHARES = (0.25, 0.5, 0.75)

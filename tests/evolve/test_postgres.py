@@ -242,7 +242,7 @@ def test_machines_joining_a_study_finetune_the_same_base_run(cfg_for, postgres_u
     assert launch(cfg_for(cfg.name, trials=3, epochs=2, workers=1, base={"epochs": 2}), postgres_url, b,
                   fit_spec=FAKE_FIT, poll=0.2) == 0
     (b / "base" / "best.pt").write_text("another model")                     # same inputs, other weights
-    with pytest.raises(StudyError, match="not the ones its trials finetune"):
+    with pytest.raises(StudyError, match="here is another file: move .* away to fetch the study's"):
         launch(cfg, postgres_url, b, fit_spec=FAKE_FIT, poll=0.2)
 
 
