@@ -7,7 +7,7 @@ import os
 import pytest
 
 from core.digest import CODE_VERSION_ENV, code_version
-from tests.helpers import REPO, SHAPE_NAMES, synthetic_yaml
+from tests.helpers import MEDIUM_SHAPES, REPO, SHAPE_NAMES, synthetic_yaml
 from tests.pg_server import PgServer
 
 
@@ -59,3 +59,9 @@ def tiny_data(tmp_path_factory):
     """A generated 6-class shapes set of 32 train / 8 val images, one per test module."""
     return synthetic_yaml(tmp_path_factory.mktemp("tiny"), "tiny", SHAPE_NAMES,
                           "seed: 1, n_train: 32, n_val: 8, imgsz: 96")
+
+
+@pytest.fixture(scope="module")
+def medium_data(tmp_path_factory):
+    """Objects of 20-55 px on 96: AutoMosaic halves the quick study's base hyp's mosaic here (factor ~0.52)."""
+    return synthetic_yaml(tmp_path_factory.mktemp("medium"), "medium", SHAPE_NAMES, MEDIUM_SHAPES)

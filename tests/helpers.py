@@ -65,6 +65,19 @@ def synthetic_yaml(root: Path, name: str, names: str, synthetic: str) -> str:
     return str(root / f"{name}.yaml")
 
 
+MEDIUM_SHAPES = "seed: 3, n_train: 16, n_val: 4, imgsz: 96, min_size: 20, max_size: 55, max_objects: 2"
+
+
+def automosaic_on(data: str, hyp, imgsz: int):
+    """AutoMosaic's check of `hyp` on the training labels of `data` at `imgsz` (what core.train decides)."""
+    from core.data.automosaic import check_mosaic
+    from core.data.config import load_data_config
+    from core.data.dataset import YoloDataset
+    cfg = load_data_config(data)
+    ds = YoloDataset(cfg["train"], imgsz=imgsz, nc=int(cfg["nc"]))
+    return check_mosaic(ds.labels, ds.shapes, imgsz, hyp)
+
+
 # --- random models for the pruning tests --------------------------------------------------------------
 
 def random_model(yaml_name: str, seed: int = 0, ch: int = 3) -> Model:

@@ -11,32 +11,20 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from core.data.automosaic import check_mosaic
-from core.data.config import load_data_config
-from core.data.dataset import YoloDataset
 from core.hyp import load_hyp
 from evolve import study as st
 from evolve.prune_hyp import prune_hyp
 from evolve.storage import make_storage
 from evolve.study_config import load_study
-from tests.helpers import REPO, SHAPE_NAMES, synthetic_yaml
+from tests.helpers import REPO, automosaic_on
 
 QUICK = REPO / "studies" / "quick.yaml"
 IMGSZ = 96
 
 
-@pytest.fixture(scope="module")
-def medium_data(tmp_path_factory):
-    """Objects of 20-55 px on 96: AutoMosaic scales the base hyp's mosaic by ~0.5, more with larger warps."""
-    return synthetic_yaml(tmp_path_factory.mktemp("medium"), "medium", SHAPE_NAMES,
-                          "seed: 3, n_train: 16, n_val: 4, imgsz: 96, min_size: 20, max_size: 55, max_objects: 2")
-
-
 def _pipeline_mosaic(data, hyp):
     """What prune.pipeline's stages train with: AutoMosaic on the hyp they are given (core.train)."""
-    cfg = load_data_config(data)
-    ds = YoloDataset(cfg["train"], imgsz=IMGSZ, nc=int(cfg["nc"]))
-    return check_mosaic(ds.labels, ds.shapes, IMGSZ, hyp)
+    return automosaic_on(data, hyp, IMGSZ)
 
 
 def test_the_pipeline_trains_the_chosen_hyp_at_the_trials_mosaic(medium_data):

@@ -8,9 +8,6 @@ import optuna
 import pandas as pd
 import pytest
 
-from core.data.automosaic import check_mosaic
-from core.data.config import load_data_config
-from core.data.dataset import YoloDataset
 from core.hyp import load_hyp
 from evolve.launcher import prepare_study
 from evolve.report import write_outputs
@@ -18,24 +15,15 @@ from evolve.storage import make_storage
 from evolve.study import retrain_options, retrain_plan, run_retrain
 from evolve.study_config import load_study
 from evolve.worker import run_worker
-from tests.helpers import REPO, SHAPE_NAMES, fake_fit, synthetic_yaml
+from tests.helpers import REPO, automosaic_on, fake_fit
 
 QUICK = REPO / "studies" / "quick.yaml"
 IMGSZ = 96
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(scope="module")
-def medium_data(tmp_path_factory):
-    """Objects of 20-55 px on 96: AutoMosaic halves the quick study's base hyp's mosaic here (factor ~0.52)."""
-    return synthetic_yaml(tmp_path_factory.mktemp("medium"), "medium", SHAPE_NAMES,
-                          "seed: 3, n_train: 16, n_val: 4, imgsz: 96, min_size: 20, max_size: 55, max_objects: 2")
-
-
 def _factor(data, hyp):
-    cfg = load_data_config(data)
-    ds = YoloDataset(cfg["train"], imgsz=IMGSZ, nc=int(cfg["nc"]))
-    return check_mosaic(ds.labels, ds.shapes, IMGSZ, hyp).factor
+    return automosaic_on(data, hyp, IMGSZ).factor
 
 
 def test_trials_and_retrains_train_with_the_base_hyps_automosaic_factor_and_record_it(medium_data, tmp_path,
