@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 import pandas as pd
 
 from bench.heldout import SETS, generate_heldout
+from core.data.config import DEFAULT_DATA, load_data_config
 from bench.peers import REPO, YOLOV5_V7, RunSpec, measure, warm_up
 import bench.record  # its RESULTS read at run time: tests point it elsewhere
 from bench.record import command_line, machine, markdown_table, record
@@ -195,10 +196,32 @@ def _save(out: Path, rows: list[dict], meta: dict) -> None:
     (out / "seeded.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
+BUILTIN = "builtin"  # the built-in synthetic set (studies/data/shapes.yaml) beside the held-out ones
+
+
+def builtin_yaml() -> Path:
+    """The built-in set as a plain data.yaml beside its generated images (every engine reads it; ours generates
+    the images on first use), so the default model can be compared on it like on a held-out set."""
+    cfg = load_data_config(DEFAULT_DATA)
+    root = Path(cfg["path"])
+    out = root / "data.yaml"
+    text = "".join([f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n",
+                    *(f"  {i}: {n}\n" for i, n in enumerate(cfg["names"]))])
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out
+
+
+def data_yamls(root: Path, sets: list[str]) -> dict[str, Path]:
+    held = [s for s in sets if s != BUILTIN]
+    yamls = generate_heldout(root, held) if held else {}
+    return {**yamls, **({BUILTIN: builtin_yaml()} if BUILTIN in sets else {})}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.seeded_peers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sets", default="glyphs", help=f"held-out sets, of: {', '.join(SETS)}")
+    p.add_argument("--sets", default="glyphs", help=f"held-out sets, of: {', '.join(SETS)}; or {BUILTIN} (the built-in set)")
     p.add_argument("--arms", default=DEFAULT_ARMS,
                    help="comma-separated ENGINE:MODEL[:HYP] (engines: ours, ultralytics, yolov5; HYP: ours only)")
     p.add_argument("--seeds", default="0,1,2")
@@ -245,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         warm_up(["ours", *(TRAINER[a[1]] if a[1] != "ultralytics" else "yolov5n" for a in arms if a[1] != "ours")],
                 args.peer_python)
-    yamls = generate_heldout(REPO / args.data_root, sets) if todo else {}
+    yamls = data_yamls(REPO / args.data_root, sets) if todo else {}
 
     def one(s: str, seed: int, label: str, engine: str, model: str, hyp: str) -> dict:
         spec = RunSpec(s, TRAINER[engine], args.epochs, yamls[s].resolve(), args.imgsz,
