@@ -78,7 +78,8 @@ def compute_masks(graph: PruneGraph, opts: MaskOptions) -> tuple[dict[str, torch
     if opts.layer_keep == 0 and thr.value > thr.safe_value:
         raise PruneOptionError(
             f"--global-percent {opts.global_percent} would empty layer {thr.tightest} "
-            f"(all |gamma| < threshold {thr.value:.4g}); the safe maximum is "
+            f"(all {'|gamma|' if opts.allocation == 'global' else opts.allocation + ' scores'} < threshold "
+            f"{thr.value:.4g}); the safe maximum is "
             f"{thr.safe_percent:.3f} (threshold {thr.safe_value:.4g}), or use --layer-keep > 0")
     masks: dict[str, torch.Tensor] = {}
     for grp in graph.groups():

@@ -448,11 +448,15 @@ def write_channels(run_dir: Path, models: dict, renames: dict) -> Path:
 def run(opts: PruneOptions) -> list[dict]:
     """Run (or resume) the pipeline; writes the results table, channels.csv and the plots."""
     check_prune_options(opts)
+    before = torch.get_num_threads()  # a caller (a study, a bench) keeps its own thread count afterwards
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
-    pipe = Pipeline(opts)
-    rows = pipe.run()
-    write_prune_report(pipe.run_dir)
+    try:
+        pipe = Pipeline(opts)
+        rows = pipe.run()
+        write_prune_report(pipe.run_dir)
+    finally:
+        torch.set_num_threads(before)
     return rows
 
 
