@@ -81,6 +81,10 @@ def prepare_study(cfg: StudyConfig, storage_url: str | None, run_dir: Path | str
                 LOGGER.warning(f"warning: resuming study '{cfg.name}' with changed " +
                                ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in changed) +
                                ": old and new trials are not comparable (use --name for a new study)")
+            if old.get("budget") != record.get("budget"):  # chosen after the search: the trials stay comparable
+                LOGGER.info(f"study '{cfg.name}': budget {old.get('budget')!r} -> {record.get('budget')!r}; the "
+                            f"choice within it and pareto.png use the new one")
+                study.set_user_attr("config", {**old, "budget": record.get("budget")})
         trials = study.get_trials(deepcopy=False)
         if all(t.user_attrs.get("base") for t in trials):  # nothing drawn yet: enqueue the noise seeds not in it
             have = {t.user_attrs.get(NOISE_ATTR) for t in trials}  # (a run killed between two enqueues left some)

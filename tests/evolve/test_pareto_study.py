@@ -135,3 +135,16 @@ def test_fitness_only_study_is_unchanged(cfg_for, tmp_path, monkeypatch):
     with pytest.raises(StudyError, match="has 1 objective"):
         prepare_study(cfg_for("single", sampler="nsga2", objectives=["fitness", "gflops"]), None,
                       tmp_path / "runs" / "evolve" / "single")
+
+
+def test_a_budget_changed_on_resume_is_the_one_the_choice_and_plot_use(cfg_for, tmp_path, caplog):
+    """The budget is chosen within after the search, so a resumed study takes the study file's new budget (the
+    stored config's, read by pareto.png) without calling the trials incomparable."""
+    kw = dict(trials=4, objectives=["fitness", "gflops"], imgsz_range=[64, 256], sampler="nsga2")
+    study = prepare_study(cfg_for("rebudget", budget={"gflops": 0.1}, **kw), None, tmp_path)
+    assert study.user_attrs["config"]["budget"] == {"gflops": 0.1}
+    with caplog.at_level("INFO"):
+        study = prepare_study(cfg_for("rebudget", budget={"gflops": 0.05}, **kw), None, tmp_path)
+    assert study.user_attrs["config"]["budget"] == {"gflops": 0.05}
+    assert "budget {'gflops': 0.1} -> {'gflops': 0.05}" in caplog.text
+    assert "not comparable" not in caplog.text
