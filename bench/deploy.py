@@ -5,8 +5,9 @@ From one trained checkpoint (`--weights`; default: the quick study's base run, t
 runs/evolve/bench-base, as make bench-tp does) and a budget (`--speedup S`: the baseline's onnxruntime latency
 / S, or `--target-latency-ms T`), at one deploy image size (`--imgsz`: training, validation and timing alike):
 - baseline fp32: the checkpoint as it is;
-- pruned to target: prune.pipeline with a sparse stage (`--sparse-epochs`), the global share searched on the
-  real pruned model to the latency target in onnxruntime (prune/target.py), `--shortcuts` blocks removed,
+- pruned to target: prune.pipeline (a sparse stage only with `--sparse-epochs` > 0), the global share searched on
+  the real pruned model to the latency target in onnxruntime (prune/target.py), with `--shortcuts` blocks removed
+  (default auto: the fewest that let a share meet the target),
   then `--finetune-epochs` (run folder NAME/plain);
 - + distillation: the same stages reused (their files copied), only the finetune redone with --distill
   (NAME/distill);
@@ -66,7 +67,7 @@ from prune.int8 import INT8_JSON
 from prune.layers import rank_shortcuts
 from prune.masks import MaskOptions
 from prune.measure import cpu_latency, model_latency
-from prune.options import PruneOptions, check_prune_options
+from prune.options import PruneOptions, check_prune_options, shortcuts_arg
 from prune.pipeline import Pipeline, load_weights
 from prune.pipeline import run as run_pipeline
 from prune.rounding import resolve_round_to
@@ -93,10 +94,10 @@ class DeployOptions:
     target_latency_ms: float = 0.0  # ... unless this is > 0
     max_drop: float = 0.01  # the budget's accuracy side: mAP50-95 >= baseline - this
     imgsz: int = 160  # train, validate and time at this size: the deploy size
-    sparse_epochs: int = 10
-    s: float = 2e-3  # sparsity rate (polar penalty, step schedule: make prune's recipe)
-    finetune_epochs: int = 10
-    shortcuts: int = 5
+    sparse_epochs: int = 0  # 0: no sparse stage (at equal epochs it cost accuracy at a latency budget: deploy.md)
+    s: float = 2e-3  # sparsity rate (polar penalty, step schedule: make prune's recipe) when sparse_epochs > 0
+    finetune_epochs: int = 20
+    shortcuts: int | str = "auto"  # the fewest shortcut blocks that let the share meet the budget
     round_to: str | int = "auto"  # kept channels rounded up to a multiple ('auto': the machine's conv block)
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     tp: list[str] = field(default_factory=lambda: list(TP_IMPORTANCE))  # [] = no Torch-Pruning rows
@@ -116,7 +117,7 @@ class DeployOptions:
 
 def prune_options(o: DeployOptions, target_ms: float, run_dir: Path) -> PruneOptions:
     """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size."""
-    return PruneOptions(weights=o.weights, data=o.data, sr=True, s=o.s, s_schedule="step", penalty="polar",
+    return PruneOptions(weights=o.weights, data=o.data, sr=o.sparse_epochs > 0, s=o.s, s_schedule="step", penalty="polar",
                         sparse_epochs=o.sparse_epochs, finetune_epochs=o.finetune_epochs, shortcuts=o.shortcuts,
                         round_to=o.round_to,
                         imgsz=o.imgsz, batch_size=o.batch_size, workers=o.workers, seed=o.seed,
@@ -145,8 +146,10 @@ def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str]:
         return {r["stage"]: r for r in run_pipeline(popts)}, ""
     except TargetUnreachable as e:
         run_dir = Path(popts.project) / popts.name
-        sparse = model_from_checkpoint(run_dir / "sparse.pt")
-        popts.target_latency_ms, popts.global_percent = 0.0, largest_share(sparse, popts.layer_keep)
+        source = model_from_checkpoint(run_dir / ("sparse.pt" if popts.sr else "baseline.pt"))
+        if popts.shortcuts == "auto":  # out of reach even with every block removed: remove them all
+            popts.shortcuts = len(rank_shortcuts(source))
+        popts.target_latency_ms, popts.global_percent = 0.0, largest_share(source, popts.layer_keep)
         LOGGER.warning(f"{e}; pruning at the largest share {popts.global_percent:.4f} instead")
         return {r["stage"]: r for r in run_pipeline(popts)}, f"target out of reach: {e}"
 
@@ -210,7 +213,8 @@ def run(o: DeployOptions) -> dict:
 
     plain, plain_note = clock("plain arm", lambda: run_arm(popts))
     share_stages(run_dir / "plain", run_dir / "distill")
-    dopts = replace(popts, name="distill", distill=True)
+    # the same stages and search: --shortcuts auto again (the plain run set its count), so the search is reused
+    dopts = replace(popts, name="distill", distill=True, shortcuts=o.shortcuts if popts.target_latency_ms else popts.shortcuts)
     distill, _ = clock("distill arm", lambda: run_arm(dopts))
     int8 = json.loads((run_dir / "distill" / INT8_JSON).read_text())
     # Torch-Pruning at our latency (the target, or the fastest we reached when it was out of reach), timed the same way
@@ -244,7 +248,7 @@ def run(o: DeployOptions) -> dict:
     clock.seconds["total"] = time.perf_counter() - t0
     search = json.loads((run_dir / "plain" / "target.json").read_text()) if (run_dir / "plain" / "target.json").is_file() else {}
     report = {"meta": meta, "rows": rows, "target_ms": target_ms, "baseline_search_ms": base_ms, "tp_target_ms": ours_ms,
-              "share": popts.global_percent, "search": {k: search.get(k) for k in ("share", "achieved", "met")},
+              "share": popts.global_percent, "shortcuts": popts.shortcuts, "search": {k: search.get(k) for k in ("share", "achieved", "met")},
               "plain_note": plain_note, "tp_notes": {k: v["note"] for k, v in tp.items()}, "seconds": clock.seconds}
     write_json(report, run_dir / "deploy.json")
     return report
@@ -316,10 +320,12 @@ def table(report: dict) -> str:
              f"Budget: >= {speedup:.2f}x faster than the baseline in onnxruntime (target {report['target_ms']:.3f} ms"
              + (f", from the baseline's {report['baseline_search_ms']:.3f} ms before the run" if report["baseline_search_ms"] else "")
              + f") with mAP50-95 >= {base['mAP50-95'] - o['max_drop']:.4f} (baseline - {o['max_drop']:g}). "
-             f"Ours: sparse {o['sparse_epochs']} epochs (polar, s {o['s']:g}, step), global share {report['share']:.4f} "
+             + (f"Ours: sparse {o['sparse_epochs']} epochs (polar, s {o['s']:g}, step), " if o["sparse_epochs"] else
+                "Ours: no sparse stage, ") + f"global share {report['share']:.4f} "
              + (f"searched to the target ({s['achieved']:.3f} ms in the search)" if s.get("achieved") else
                 "(the largest: the target is out of reach)")
-             + f", {o['shortcuts']} shortcut blocks removed, finetune {o['finetune_epochs']} epochs; distillation weight "
+             + f", {report.get('shortcuts', o['shortcuts'])} shortcut blocks removed"
+             + (" (the fewest that meet the budget)" if o["shortcuts"] == "auto" else "") + f", finetune {o['finetune_epochs']} epochs; distillation weight "
              f"{o['distill_weight']:g}; INT8 = the distilled model, onnxruntime static QDQ. Torch-Pruning: from the same "
              f"checkpoint, ratio bisected to our pruned model's latency ({report.get('tp_target_ms', 0):.3f} ms), {o['tp_steps']} steps, finetuned {o['sparse_epochs'] + o['finetune_epochs']} "
              f"epochs. One seed ({o['seed']}); speedups from one interleaved loop of {o['final_runs']} rounds."]
@@ -354,8 +360,10 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
                    help="budget in ms instead of --speedup (0 = use --speedup)")
     p.add_argument("--max-drop", type=t.non_negative_float, default=d.max_drop, help="allowed mAP50-95 drop")
     p.add_argument("--imgsz", type=t.positive_int, default=d.imgsz, help="the deploy size: train, validate, time")
-    for key in ("sparse_epochs", "finetune_epochs", "shortcuts", "tp_steps", "batch_size", "workers"):
+    for key in ("sparse_epochs", "finetune_epochs", "tp_steps", "batch_size", "workers"):
         p.add_argument("--" + key.replace("_", "-"), type=t.non_negative_int, default=getattr(d, key))
+    p.add_argument("--shortcuts", type=shortcuts_arg, default=d.shortcuts,
+                   help="shortcut blocks to remove, or 'auto': the fewest that let the share meet the budget")
     p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate of the sparse stage")
     p.add_argument("--round-to", type=lambda v: v if v == "auto" else t.positive_int(v), default=d.round_to,
                    help="kept channels rounded up to a multiple of this (auto: the machine's conv block)")
@@ -392,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     t0 = time.perf_counter()
     if isinstance(opts, argparse.Namespace):  # --reach
-        rows = reach(opts.weights, opts.imgsz, REACH_SHARES, (0, opts.shortcuts, 99), opts.latency_threads,
+        rows = reach(opts.weights, opts.imgsz, REACH_SHARES, (0, 5 if opts.shortcuts == "auto" else opts.shortcuts, 99),
+                     opts.latency_threads,
                      opts.final_runs, Path(opts.project) / opts.name / "reach", opts.round_to)
         text = reach_table(rows, opts.imgsz, opts.weights, opts.final_runs)
         print(text)

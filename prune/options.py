@@ -30,7 +30,7 @@ class PruneOptions:
     layer_keep: float = 0.01
     allocation: str = "global"  # what the global threshold ranks: |gamma|, LAMP scores, sensitivity-weighted |gamma|
     sensitivity: str | None = None  # sensitivity.csv of prune.sensitivity (for --allocation sensitivity)
-    shortcuts: int = 0
+    shortcuts: int | str = 0  # or "auto" with a --target-*: the fewest blocks that let the share meet it
     sr: bool = False
     s: float = 1e-4
     s_schedule: str = "const"
@@ -86,6 +86,15 @@ def _round_to(value: str) -> str | int:
     return value if value == "auto" else t.positive_int(value)  # else: an integer >= 1
 
 
+def shortcuts_arg(value: str) -> str | int:
+    return value if value == "auto" else t.non_negative_int(value)
+
+
+def target_count(opts: PruneOptions) -> int:
+    """How many of --target-gflops, --target-params, --target-latency-ms are set."""
+    return sum(1 for k in ("target_gflops", "target_params", "target_latency_ms") if getattr(opts, k))
+
+
 def check_prune_options(opts: PruneOptions) -> None:
     """PruneOptionError for a value out of range or a missing --weights file (options built in Python skip argparse)."""
     check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to),
@@ -97,8 +106,12 @@ def check_prune_options(opts: PruneOptions) -> None:
     if opts.iterative < 1 or opts.iterative_epochs < 0:
         raise PruneOptionError(f"--iterative {opts.iterative} must be >= 1 and --iterative-epochs "
                                f"{opts.iterative_epochs} >= 0")
-    if opts.shortcuts < 0:
-        raise PruneOptionError(f"--shortcuts {opts.shortcuts} must be >= 0")
+    if opts.shortcuts == "auto":
+        if target_count(opts) == 0:
+            raise PruneOptionError("--shortcuts auto needs a --target-gflops, --target-params or --target-latency-ms "
+                                   "(it removes the fewest blocks that let the target be met)")
+    elif not isinstance(opts.shortcuts, int) or opts.shortcuts < 0:
+        raise PruneOptionError(f"--shortcuts {opts.shortcuts!r} must be an integer >= 0 or 'auto'")
     if opts.s_schedule not in SCHEDULES:
         raise PruneOptionError(f"--s-schedule {opts.s_schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if opts.s < 0:
@@ -137,7 +150,8 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
                    help="what the global threshold ranks: |gamma| (global), LAMP scores (lamp: layer-adaptive), or "
                    "|gamma| weighted by measured per-layer mAP drops (sensitivity; needs --sensitivity)")
     p.add_argument("--sensitivity", type=t.existing_file, help="sensitivity.csv from python -m prune.sensitivity")
-    p.add_argument("--shortcuts", type=t.non_negative_int, default=d.shortcuts, help="shortcut Bottlenecks to remove")
+    p.add_argument("--shortcuts", type=shortcuts_arg, default=d.shortcuts,
+                   help="shortcut Bottlenecks to remove, or 'auto' with a --target-*: the fewest that meet it")
     p.add_argument("--sr", action="store_true", help="run the sparse-training stage")
     p.add_argument("--s", type=t.non_negative_float, default=d.s, help="sparsity rate on BN gammas (per-sample scale: README, Prune)")
     p.add_argument("--s-schedule", default=d.s_schedule, choices=SCHEDULES)

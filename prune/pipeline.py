@@ -54,7 +54,7 @@ from prune.rounding import resolve_round_to
 from prune.sensitivity import load_sensitivity
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
-from prune.target import find_share, target_from
+from prune.target import fewest_shortcuts, find_share, target_from
 from prune.unstructured import prune_unstructured, sparsity
 
 __all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
@@ -134,7 +134,8 @@ class Pipeline:
         except GraphError as e:
             raise PruneOptionError(f"{source} cannot be channel-pruned: {e}") from None
         n = len(rank_shortcuts(model))
-        if o.shortcuts > n:
+        self.available_shortcuts = n
+        if o.shortcuts != "auto" and o.shortcuts > n:
             raise LayerPruneError(f"--shortcuts {o.shortcuts}: {source} has {n} shortcut Bottlenecks in C3 blocks")
 
     def mask_options(self, percent: float | None = None) -> MaskOptions:
@@ -341,6 +342,8 @@ class Pipeline:
         old = json.loads(path.read_text()) if path.is_file() else {}
         if old.get("key") == json.loads(json.dumps(key)) and not o.force:
             o.global_percent = old["share"]
+            if o.shortcuts == "auto":
+                o.shortcuts = old["shortcuts_chosen"]
             LOGGER.info(f"target: reusing the share {o.global_percent:.4f} found before ({path})")
             return
         path.unlink(missing_ok=True)
@@ -349,13 +352,20 @@ class Pipeline:
             def timer(m):
                 return model_latency(m, size, o.latency_threads, o.latency_runs, backend,
                                      self.run_dir / "target_candidate.onnx").median
+        tried = []
+        if o.shortcuts == "auto":  # the fewest blocks first, then the share with them
+            LOGGER.info(f"--- target: the fewest shortcut blocks (of {self.available_shortcuts}) that let "
+                        f"{self.target.metric} <= {self.target.value:g} be met ---")
+            o.shortcuts, tried = fewest_shortcuts(model, self.target, self.mask_options(), self.available_shortcuts,
+                                                  o.imgsz, timer)
         LOGGER.info(f"--- target: searching the global share for {self.target.metric} <= {self.target.value:g} "
                     f"(+{self.target.tolerance:.0%}) on the {source} model, {o.shortcuts} shortcut(s) removed ---")
         result = find_share(model, self.target, self.mask_options(), o.shortcuts, o.imgsz, timer)
         o.global_percent = result.share
         LOGGER.info(f"target: global share {result.share:.4f} -> {self.target.show(result.achieved)} "
                     f"({len(result.trials)} candidates)")
-        atomic_write(path, json.dumps({"key": key, "backend": backend, **result.as_dict()}, indent=1))
+        atomic_write(path, json.dumps({"key": key, "backend": backend, "shortcuts_chosen": o.shortcuts,
+                                       "shortcuts_tried": tried, **result.as_dict()}, indent=1))
 
     def export_stages(self, imgsz: int) -> dict[str, Path]:
         """Each stage's model as run_dir/onnx/<stage>.onnx (float32, batch 1, imgsz), checked by core.export

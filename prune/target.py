@@ -29,8 +29,8 @@ from prune.layers import remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, compute_masks, threshold
 from prune.surgery import prune_channels
 
-__all__ = ["METRICS", "SearchResult", "Target", "TargetUnreachable", "find_share", "largest_share", "prunable_count",
-           "pruned_at", "search_share", "target_from"]
+__all__ = ["METRICS", "SearchResult", "Target", "TargetUnreachable", "fewest_shortcuts", "find_share", "largest_share",
+           "prunable_count", "pruned_at", "search_share", "target_from"]
 
 LOGGER = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -150,15 +150,39 @@ def prunable_count(model: nn.Module) -> int:
     return sum(m.bn.weight.numel() for m in trace(model).convs.values())
 
 
-def find_share(model: nn.Module, target: Target, masks: MaskOptions, shortcuts: int, imgsz: int,
-               timer: Callable[[nn.Module], float] | None = None) -> SearchResult:
-    """The smallest global share whose pruned model (pruned_at) meets `target`: GFLOPs at `imgsz`, parameters,
-    or `timer(model)` ms (a latency target needs one: prune.measure.model_latency's median where it will run)."""
+def _cost(model: nn.Module, target: Target, imgsz: int, timer: Callable[[nn.Module], float] | None):
     if target.metric == "latency_ms" and timer is None:
         raise PruneOptionError("a latency target needs a timer")
     cost = {"GFLOPs": lambda m: model_gflops(m, imgsz), "params": lambda m: sum(p.numel() for p in m.parameters()),
             "latency_ms": timer}[target.metric]
     if target.metric == "GFLOPs" and math.isnan(cost(model)):
         raise PruneOptionError("--target-gflops needs thop to count GFLOPs (pip install thop)")
+    return cost
+
+
+def fewest_shortcuts(model: nn.Module, target: Target, masks: MaskOptions, available: int, imgsz: int,
+                     timer: Callable[[nn.Module], float] | None = None) -> tuple[int, list[tuple[int, float]]]:
+    """`--shortcuts auto`: the fewest shortcut blocks (0, 1, ... `available`) whose removal, with the largest
+    share, lets the model meet `target`; and (blocks, cost) of each count tried. Depth is removed only as far as
+    the budget needs it: at equal latency a deeper, narrower model kept more accuracy (bench/results/deploy.md).
+    None meeting it raises TargetUnreachable with the closest figure (every block removed)."""
+    cost, top, tried = _cost(model, target, imgsz, timer), largest_share(model, masks.layer_keep), []
+    for k in range(available + 1):
+        tried.append((k, cost(pruned_at(model, top, masks, k))))
+        LOGGER.info(f"target: {k} shortcut block(s) removed, largest share -> {target.show(tried[-1][1])}")
+        if target.met(tried[-1][1]):
+            return k, tried
+    last = tried[-1][1]
+    raise TargetUnreachable(f"--target-{target.flag} {target.value:g} cannot be met: with every shortcut block "
+                            f"removed ({available}) the largest share leaves {target.show(last)} "
+                            f"({last / target.value - 1:+.1%} of the target), the closest achievable here; lower "
+                            f"--layer-keep or --round-to, or raise the target")
+
+
+def find_share(model: nn.Module, target: Target, masks: MaskOptions, shortcuts: int, imgsz: int,
+               timer: Callable[[nn.Module], float] | None = None) -> SearchResult:
+    """The smallest global share whose pruned model (pruned_at) meets `target`: GFLOPs at `imgsz`, parameters,
+    or `timer(model)` ms (a latency target needs one: prune.measure.model_latency's median where it will run)."""
+    cost = _cost(model, target, imgsz, timer)
     return search_share(lambda s: pruned_at(model, s, masks, shortcuts), cost, target,
                         largest_share(model, masks.layer_keep), resolution=1.0 / prunable_count(model))

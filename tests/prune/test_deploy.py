@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from bench import deploy
-from core.checkpoint import save_checkpoint
+from core.checkpoint import model_from_checkpoint, save_checkpoint
 from core.model.yolo import Model
 from prune import pipeline
+from prune.layers import rank_shortcuts
 from prune.measure import Latency
 from tests.helpers import MODELS, fake_prune_fit
 
@@ -36,9 +37,10 @@ def weights(tmp_path):
 
 
 def deploy_opts(tmp_path, weights: str, **kw) -> deploy.DeployOptions:
-    return deploy.DeployOptions(weights=weights, imgsz=64, sparse_epochs=1, finetune_epochs=1, shortcuts=1, tp=[],
-                                batch_size=8, workers=0, latency_runs=1, final_runs=2, project=str(tmp_path),
-                                name="d", progress=False, record=False, **kw)
+    return deploy.DeployOptions(**{"weights": weights, "imgsz": 64, "sparse_epochs": 1, "finetune_epochs": 1,
+                                   "shortcuts": 1, "tp": [], "batch_size": 8, "workers": 0, "latency_runs": 1,
+                                   "final_runs": 2, "project": str(tmp_path), "name": "d", "progress": False,
+                                   "record": False, **kw})
 
 
 @pytest.fixture
@@ -79,15 +81,20 @@ def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, 
     assert "| + INT8 |" in text and "Verdict:" in text
 
 
-def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path, weights, faked):
+@pytest.mark.parametrize("layers", [{}, {"sparse_epochs": 0, "shortcuts": "auto"}], ids=["sparse+1", "defaults"])
+def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path, weights, faked, layers):
+    """With a sparse stage and one block, or (the defaults) no sparse stage and `auto` blocks: all of them go."""
     data, _ = faked
     path, base_ms = weights
-    popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data), base_ms / 1000, tmp_path)
+    popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data, **layers), base_ms / 1000, tmp_path)
     popts.onnx_latency = False  # the stages' own latency table is not what this test is about
+    assert popts.sr == (layers.get("sparse_epochs", 1) > 0)
     rows, note = deploy.run_arm(popts)
     assert note.startswith("target out of reach") and "the largest share" in note
     assert popts.global_percent > 0.9 and popts.target_latency_ms == 0
     assert rows["finetune"]["channels_kept"] < rows["baseline"]["channels_kept"] / 2
+    removed = json.loads((tmp_path / "plain" / "layer.json").read_text())["extra"]["removed"]
+    assert len(removed) == (1 if layers.get("shortcuts", 1) == 1 else len(rank_shortcuts(model_from_checkpoint(path))))
 
 
 def row(model: str, mAP: float, speedup: float) -> dict:

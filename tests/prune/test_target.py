@@ -12,7 +12,9 @@ from core.model.info import model_gflops
 from prune import pipeline
 from prune.masks import MaskOptions
 from prune.options import parse_args
-from prune.target import Target, TargetUnreachable, find_share, largest_share, prunable_count, pruned_at, search_share
+from prune.layers import rank_shortcuts
+from prune.target import (Target, TargetUnreachable, fewest_shortcuts, find_share, largest_share, prunable_count,
+                          pruned_at, search_share)
 from tests.helpers import MODELS, fake_prune_fit, random_model, synthetic_yaml
 
 MASKS = MaskOptions(global_percent=0.0, layer_keep=0.01, round_to=1)
@@ -91,6 +93,23 @@ def test_unreachable_target_names_the_closest_figure(model):
     assert "closest achievable" in str(e.value)
 
 
+def test_auto_shortcuts_removes_the_fewest_blocks_that_meet_the_target(model):
+    """--shortcuts auto: a target between what 1 and 2 removed blocks leave at the largest share needs 2 of them."""
+    hi, n = largest_share(model, MASKS.layer_keep), len(rank_shortcuts(model))
+    at = [params(pruned_at(model, hi, MASKS, k)) for k in range(n + 1)]
+    assert n >= 3 and at[1] > at[2] > at[3]
+    k, tried = fewest_shortcuts(model, Target("params", (at[1] + at[2]) / 2, tolerance=0.0), MASKS, n, IMGSZ)
+    assert k == 2 and tried == [(0, at[0]), (1, at[1]), (2, at[2])]
+    assert fewest_shortcuts(model, Target("params", at[0] * 1.0001), MASKS, n, IMGSZ)[0] == 0
+    with pytest.raises(TargetUnreachable, match=f"{at[n]:,} params .* closest achievable"):
+        fewest_shortcuts(model, Target("params", at[n] / 2, tolerance=0.0), MASKS, n, IMGSZ)
+
+
+def test_auto_shortcuts_needs_a_target():
+    with pytest.raises(ValueError, match="--shortcuts auto needs a --target"):
+        pipeline.check_prune_options(parse_args(["--shortcuts", "auto"]))
+
+
 def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_path, monkeypatch, caplog, capsys):
     """Training faked (the baseline a random model, later stages return the model as is): the channel stage runs
     at the share the search found, the table line says target vs achieved, a rerun reuses the search."""
@@ -115,3 +134,26 @@ def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_pa
     caplog.clear()
     pipeline.run(parse_args(argv))
     assert "searching" not in caplog.text and "target: reusing the share" in caplog.text
+
+
+def test_pipeline_with_auto_shortcuts_records_and_reuses_the_count(tmp_path, monkeypatch, caplog):
+    """A params target out of the share's reach without layer removal: the pipeline removes the fewest blocks
+    that meet it, records the count in target.json, and a rerun reuses both."""
+    caplog.set_level(logging.INFO, logger="prune")
+    monkeypatch.setattr(pipeline, "fit", fake_prune_fit())
+    data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
+    base = fake_prune_fit()({"nc": 2}, str(MODELS / "yolov5-cpu.yaml"), None, None).model  # the baseline it trains
+    hi = largest_share(base, 0.01)
+    target = (params(pruned_at(base, hi, MASKS, 0)) + params(pruned_at(base, hi, MASKS, 1))) // 2
+    argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
+            "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
+            "--latency-runs", "1", "--no-onnx-latency", "--project", str(tmp_path), "--name", "run", "--no-progress",
+            "--target-params", str(target), "--target-tolerance", "0.0", "--shortcuts", "auto"]
+    pipeline.run(parse_args(argv))
+    found = json.loads((tmp_path / "run" / "target.json").read_text())
+    layer = json.loads((tmp_path / "run" / "layer.json").read_text())
+    assert found["shortcuts_chosen"] == 1 == layer["options"]["layer"]["shortcuts"]
+    assert [k for k, _ in found["shortcuts_tried"]] == [0, 1] and found["met"]
+    caplog.clear()
+    pipeline.run(parse_args(argv))
+    assert "fewest shortcut blocks" not in caplog.text and "target: reusing the share" in caplog.text
