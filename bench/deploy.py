@@ -202,12 +202,11 @@ def run(o: DeployOptions) -> dict:
     meta = {**machine(), "options": asdict(o), "torch_pruning": _tp_version() if o.tp else ""}
     print(f"deploy bench {meta['date']} on {machine_line(meta)}; weights {o.weights}; {o.imgsz} px", flush=True)
 
-    popts = prune_options(o, 0.0, run_dir)
-    check_prune_options(popts)
+    check_prune_options(prune_options(o, o.target_latency_ms or 1.0, run_dir))  # fail before the baseline is timed
     base = model_from_checkpoint(o.weights)
     base_ms = onnx_latency_ms(base, o, run_dir / "baseline_timing.onnx") if not o.target_latency_ms else None
     target_ms = o.target_latency_ms or base_ms / o.speedup
-    popts.target_latency_ms = target_ms
+    popts = prune_options(o, target_ms, run_dir)
     print(f"--- budget: onnxruntime latency <= {target_ms:.3f} ms at {o.imgsz} px"
           + (f" (baseline {base_ms:.3f} ms / {o.speedup:g})" if base_ms else "") + " ---", flush=True)
 

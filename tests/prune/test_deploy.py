@@ -65,13 +65,15 @@ def faked(monkeypatch, tiny_data):
 def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, weights, faked):
     data, calls = faked
     path, base_ms = weights
-    o = deploy_opts(tmp_path, str(path), data=data, speedup=2.0)
+    o = deploy_opts(tmp_path, str(path), data=data, speedup=2.0, sparse_epochs=0, shortcuts="auto")  # the defaults
     report = deploy.run(o)
     assert report["target_ms"] == pytest.approx(base_ms / 2.0)
     search = json.loads((tmp_path / "d" / "plain" / "target.json").read_text())
     assert search["met"] and search["achieved"] <= report["target_ms"] * (1 + o.target_tolerance)
-    # the distilled arm trained its finetune only: the sparse stage and the search were taken from the plain arm
-    assert [name for name, _ in calls] == ["sparse", "finetune", "finetune"]
+    assert report["shortcuts"] == search["shortcuts_chosen"] == len(search["shortcuts_tried"]) - 1
+    # no sparse stage; the distilled arm trained its finetune only, the search taken from the plain arm
+    assert [name for name, _ in calls] == ["finetune", "finetune"]
+    assert (tmp_path / "d" / "distill" / "target.json").read_text() == (tmp_path / "d" / "plain" / "target.json").read_text()
     assert json.loads((tmp_path / "d" / "distill" / "finetune.json").read_text())["options"]["finetune"]["distill"]
     rows = {r["model"]: r for r in report["rows"]}
     assert list(rows) == ["baseline", "pruned", "distilled", "int8"]
