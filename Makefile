@@ -8,6 +8,7 @@ GPUS ?= cpu
 WORKERS ?= 2
 WORKERS_PER_GPU ?=
 STUDY ?= studies/quick.yaml
+MODEL ?= studies/models/yolov5-cpu-af.yaml  # make train / make prune (the anchor head: studies/models/yolov5-cpu.yaml)
 EPOCHS ?= 30
 IMGSZ ?= 160
 DEVICE ?= cpu
@@ -35,7 +36,7 @@ test: install
 	$(PY) -m pytest tests
 
 train: install
-	$(PY) -m core.train --model studies/models/yolov5-cpu.yaml --epochs $(EPOCHS) --imgsz $(IMGSZ) --device $(DEVICE)
+	$(PY) -m core.train --model $(MODEL) --epochs $(EPOCHS) --imgsz $(IMGSZ) --device $(DEVICE)
 
 val: install
 	$(PY) -m core.val --weights $(WEIGHTS) --imgsz $(IMGSZ) --device $(DEVICE)
@@ -140,7 +141,7 @@ evolve: install
 	$(PY) -m evolve --study $(STUDY) --gpus $(GPUS) --workers $(WORKERS) $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(SAMPLER),--sampler $(SAMPLER)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 prune: install
-	$(PY) -m prune.pipeline --name shapes --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
+	$(PY) -m prune.pipeline --name shapes --model $(MODEL) --imgsz $(IMGSZ) --device $(DEVICE) --threads 1 \
 	  --epochs 30 --sr --penalty polar --s 2e-3 --s-schedule step --sparse-epochs 30 \
 	  --finetune-epochs 20 --global-percent 0.65 --round-to auto --shortcuts 5 --unstructured 0.3 --latency-imgsz 640
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from core import argtypes as t
+from core.train_cli import DEFAULT_MODEL
 from core.yaml_file import load_yaml
 from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
@@ -14,7 +15,6 @@ from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 
 __all__ = ["PruneOptions", "check_prune_options", "parse_args"]
 
-DEFAULT_MODEL = "studies/models/yolov5-cpu.yaml"
 LATENCY_BACKENDS = ("auto", "onnxruntime", "torch")
 
 
