@@ -100,7 +100,7 @@ def third_fall(curve: list[float]) -> dict:
         return {"first": math.nan, "third": math.nan, "last": math.nan, "falls": False, "share": math.nan}
     first, third, last = curve[0], curve[math.ceil(len(curve) / 3) - 1], curve[-1]
     whole = first - last
-    return {"first": first, "third": third, "last": last, "falls": third <= (1 - FALL) * first,
+    return {"first": first, "third": third, "last": last, "falls": first > 0 and third <= (1 - FALL) * first,
             "share": (first - third) / whole if whole > 0 else math.nan}
 
 
@@ -163,7 +163,8 @@ def report(rows: list[dict], meta: dict) -> str:
 def plot(rows: list[dict], path: Path) -> Path:
     """Train cls loss per epoch as a fraction of epoch 1's, one panel per set: thin lines per seed, thick the mean;
     the dotted line marks the end of the first third."""
-    ok = [r for r in rows if r.get("rc") == 0 and r.get("cls_curve")]
+    # a curve is drawn relative to its first epoch: one starting at 0 (no class loss: a one-class set) has no shape
+    ok = [r for r in rows if r.get("rc") == 0 and r.get("cls_curve") and r["cls_curve"][0] > 0]
     sets = list(dict.fromkeys(r["set"] for r in ok))
     fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(6 * max(len(sets), 1), 4.2), squeeze=False)
     for ax, s in zip(axes[0], sets):

@@ -28,6 +28,16 @@ def test_third_fall_reads_the_end_of_the_first_third():
     assert x["falls"] and x["third"] == 0.3 and x["share"] == pytest.approx(1.0)
     late = [1.0] * 10 + [0.5] * 20  # falls at epoch 11: one epoch too late
     assert not third_fall(late)["falls"] and third_fall(late)["share"] == pytest.approx(0.0)
+    assert not third_fall([0.0] * 10)["falls"]  # no class loss at all (one class, anchor head): nothing fell
+
+
+def test_plot_skips_curves_without_a_class_loss(tmp_path):
+    """A one-class set gives the anchor head a cls loss of 0 from epoch 1: drawn relative to epoch 1 it has no
+    shape, so it is left out, not divided by zero."""
+    rows = [{**_row("ours yolov5-cpu", 0, 0.4, [0.0, 0.0, 0.0]), "set": "single"},
+            {**_row("ours yolov5-cpu-af", 0, 0.6, [2.0, 1.0, 0.5]), "set": "single"}]
+    plot(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_parse_arm():

@@ -132,3 +132,24 @@ def test_reach_times_the_pruned_model_down_to_the_largest_share(tmp_path, weight
     assert [(r["share"] > 0.99, r["shortcuts"]) for r in rows[1:]] == [(False, 0), (True, 0), (False, 1), (True, 1)]
     assert rows[0]["speedup"] == 1.0 and min(rows, key=lambda r: r["GFLOPs"]) is rows[-1]  # the most pruned
     assert "Fastest: share" in deploy.reach_table(rows, 64, "w.pt", 1)
+
+
+def test_torch_pruning_is_compared_with_our_best_model_at_least_as_fast():
+    """Ours at 1.26x (0.30) and 1.30x (0.22): Torch-Pruning at 1.19x (0.27) is behind the 1.26x model; at 1.11x
+    (0.29) too; at 1.40x nothing of ours is as fast, and the line says so."""
+    ours = [row("pruned", 0.30, 1.26), row("distilled", 0.22, 1.30)]
+    assert "ours ahead by +0.0300 at 1.26x (pruned to target" in deploy.versus_tp(ours, row("tp_l1", 0.27, 1.19))
+    assert "ours ahead by +0.0100 at 1.26x" in deploy.versus_tp(ours, row("tp_bn", 0.29, 1.11))
+    assert "ours NOT ahead by -0.0600 at 1.26x" in deploy.versus_tp(ours, row("tp_bn", 0.36, 1.20))
+    line = deploy.versus_tp(ours, row("tp_l1", 0.31, 1.40))
+    assert "faster than every model of ours (our fastest + distillation 1.30x, 0.2200) and more accurate" in line
+
+
+def test_report_only_renders_a_run_again(tmp_path, capsys):
+    rep = report([row("baseline", 0.2, 1.0), row("pruned", 0.21, 1.6), row("distilled", 0.2, 1.6), row("int8", 0.2, 1.2),
+                  row("tp_l1", 0.22, 1.5)])
+    rep["meta"]["date"] = "2026-12-07T13:40"
+    (tmp_path / "deploy.json").write_text(json.dumps(rep))
+    assert deploy.main(["--report-only", str(tmp_path), "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert "| pruned to target | 0.2100 |" in out and "ours NOT ahead by -0.0100 at 1.60x" in out
