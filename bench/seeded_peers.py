@@ -166,11 +166,12 @@ def plot(rows: list[dict], path: Path) -> Path:
     # a curve is drawn relative to its first epoch: one starting at 0 (no class loss: a one-class set) has no shape
     ok = [r for r in rows if r.get("rc") == 0 and r.get("cls_curve") and r["cls_curve"][0] > 0]
     sets = list(dict.fromkeys(r["set"] for r in ok))
+    colours = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(r["arm"] for r in rows))}  # one colour per arm everywhere
     fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(6 * max(len(sets), 1), 4.2), squeeze=False)
     for ax, s in zip(axes[0], sets):
         arms = list(dict.fromkeys(r["arm"] for r in ok if r["set"] == s))
-        for i, a in enumerate(arms):
-            colour = f"C{i}"
+        for a in arms:
+            colour = colours[a]
             curves = [[v / r["cls_curve"][0] for v in r["cls_curve"]] for r in ok if r["set"] == s and r["arm"] == a]
             for c in curves:
                 ax.plot(range(1, len(c) + 1), c, color=colour, alpha=0.3, lw=0.8)
