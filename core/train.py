@@ -60,7 +60,11 @@ from core.seeding import init_seeds, rng_state, set_rng_state
 from core.transfer import transfer_weights
 
 LOGGER = logging.getLogger(__name__)
-__all__ = ["fit", "TrainOptions", "FitResult", "Callbacks", "StopTraining"]
+__all__ = ["fit", "TrainOptions", "FitResult", "Callbacks", "StopTraining", "DEFAULT_MODEL"]
+
+# The model a command trains without --model: the anchor-free head, ahead of the anchor head on the built-in set and
+# every held-out set (bench/results/default_model.md)
+DEFAULT_MODEL = "studies/models/yolov5-cpu-af.yaml"
 
 
 @dataclass

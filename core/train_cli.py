@@ -6,11 +6,9 @@ import argparse
 from core import argtypes as t
 from core.cli import main_guard
 from core.device import BF16_MODES, dist_context
-from core.train import FitResult, TrainOptions, fit
+from core.train import DEFAULT_MODEL, FitResult, TrainOptions, fit
 from core.trackers import TRACKER_MODES
 
-# The anchor-free head: ahead of the anchor head on the built-in set and every held-out set (bench/results/default_model.md)
-DEFAULT_MODEL = "studies/models/yolov5-cpu-af.yaml"
 
 
 def parse_args(argv: list[str] | None = None):

@@ -6,14 +6,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from core import argtypes as t
-from core.train_cli import DEFAULT_MODEL
+from core.train import DEFAULT_MODEL
 from core.yaml_file import load_yaml
 from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.masks import MaskOptions, PruneOptionError, check_options
 from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
 
-__all__ = ["PruneOptions", "check_prune_options", "parse_args"]
+__all__ = ["PruneOptions", "check_prune_options", "parse_args", "shortcuts_arg"]
 
 LATENCY_BACKENDS = ("auto", "onnxruntime", "torch")
 
