@@ -138,6 +138,7 @@ class RunSpec:
     workers: int
     out: Path  # run folder
     ours_args: tuple[str, ...] = ()  # extra flags of our command (e.g. --bf16 on)
+    peer_args: tuple[str, ...] = ()  # extra flags of a peer's command (YOLOv5 v7.0: e.g. --hyp H --optimizer AdamW)
     model: str = ""  # model yaml: ours a path (default OUR_MODEL), the peers a name (default <trainer>.yaml,
     # YOLOv5 v7.0: yolov5n.yaml)
     seed: int | None = None  # None: each engine's default seed
@@ -157,13 +158,13 @@ def command(spec: RunSpec, peer_python: str) -> tuple[list[str], dict]:
                 "--epochs", str(spec.epochs), "--img", str(spec.imgsz), "--batch-size", str(spec.batch),
                 "--workers", str(spec.workers), "--device", "cpu", "--project", str(spec.out.parent),
                 "--name", spec.out.name, "--exist-ok", "--noplots",
-                *(() if spec.seed is None else ("--seed", str(spec.seed)))], {}
+                *(() if spec.seed is None else ("--seed", str(spec.seed))), *spec.peer_args], {}
     env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_CONFIG_DIR": str(spec.out.parent / "ultralytics-config")}
     return [peer_python, str(REPO / "bench" / "peer_ultralytics.py"), "--timing", str(spec.out / "timing.json"),
             "train", f"model={spec.model or spec.trainer + '.yaml'}", f"data={spec.data}", f"epochs={spec.epochs}",
             f"imgsz={spec.imgsz}", f"batch={spec.batch}", f"workers={spec.workers}", "device=cpu",
             "pretrained=False", "plots=False", f"project={spec.out.parent}", f"name={spec.out.name}",
-            "exist_ok=True", *(() if spec.seed is None else (f"seed={spec.seed}",))], env
+            "exist_ok=True", *(() if spec.seed is None else (f"seed={spec.seed}",)), *spec.peer_args], env
 
 
 def _our_gflops(data: Path, imgsz: int, model: str = OUR_MODEL) -> float:

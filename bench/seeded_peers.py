@@ -9,6 +9,14 @@ bench.peers' runner, seeds outermost so that a cut run still holds complete seed
                                           YOLOv5's own count, multi-label, see bench/peers.py);
 - `ours:studies/models/yolov5n.yaml:studies/hyp/ablation/cls-over-classes.yaml`  ours with a hyp file (ablations).
 
+`--recipe SGD|AdamW` trains every arm with one recipe (issue 31's "same recipe, same result as YOLOv5 v7.0"):
+YOLOv5's hyp.scratch-low (studies/hyp/recipe/, AdamW at one lr0) and that optimizer for ours and for YOLOv5 v7.0,
+ours with YOLOv5's behaviour where we differ by default (no close-mosaic, no AutoMosaic). Both engines' mAP are
+then counted YOLOv5's way (multi-label NMS, interpolated AP): ours' best.pt and last.pt are validated again with
+`core.val --multi-label --ap-method yolov5`; YOLOv5's figures are its own results.csv (its checkpoints are pickled
+models, which we do not load). Ours' best.pt is the best epoch by fitness under our counting, YOLOv5's figure the
+best epoch under its own, so the comparison leans, if anything, YOLOv5's way.
+
 It records to bench/results/<name>.md (bench.record): per set and arm the best epoch's mAP50-95 (as issue 31
 reads it) and the last epoch's, mean +- sd over seeds with every seed's value; per pair of arms the paired
 difference over the seeds both finished, its sd and a two-sided t test with n-1 df (seeds pair by number only:
@@ -48,6 +56,8 @@ ENGINES = ("ours", "ultralytics", "yolov5")
 TRAINER = {"ours": "ours", "ultralytics": "ultralytics", "yolov5": YOLOV5_V7}  # bench.peers' name
 DEFAULT_ARMS = "ours:studies/models/yolov5n-af.yaml,ultralytics:yolov5n.yaml,ours:studies/models/yolov5n.yaml"
 FALL = 0.10  # "the cls loss falls": at least 10% below its first epoch by the end of the first third
+RECIPES = {"SGD": "studies/hyp/recipe/yolov5-sgd.yaml", "AdamW": "studies/hyp/recipe/yolov5-adamw.yaml"}
+OURS_AS_YOLOV5 = ("--close-mosaic", "0", "--no-automosaic")  # our two defaults that YOLOv5 v7.0 does not have
 CLS_COLUMN = {"ours": "train_cls", "ultralytics": "train/cls_loss", "yolov5": "train/cls_loss"}
 
 
@@ -61,6 +71,25 @@ def parse_arm(text: str) -> tuple[str, str, str, str]:
     if hyp and engine != "ours":
         raise ValueError(f"arm {text!r}: a hyp file is for our trainer only (ours:MODEL:HYP)")
     return f"{engine} {Path(model).stem}" + (f" {Path(hyp).stem}" if hyp else ""), engine, model, hyp
+
+
+def recipe_args(recipe: str, engine: str) -> tuple[str, ...]:
+    """The flags that give one engine the recipe (--recipe); none without one."""
+    if not recipe:
+        return ()
+    common = ("--hyp", str(REPO / RECIPES[recipe]), "--optimizer", recipe)
+    return common + OURS_AS_YOLOV5 if engine == "ours" else common
+
+
+def yolov5_counting(run_dir: Path, data: Path, imgsz: int) -> dict:
+    """Our run's best.pt and last.pt validated YOLOv5's way, as the seeded row's mAP keys."""
+    from core.val import run as validate  # imported here: only --recipe needs the validator
+
+    counted = {}
+    for key, ckpt in (("mAP50-95_best", "best.pt"), ("mAP50-95_last", "last.pt")):
+        counted[key] = validate(["--weights", str(run_dir / ckpt), "--data", str(data), "--imgsz", str(imgsz),
+                                 "--multi-label", "--ap-method", "yolov5", "--workers", "0"])["mAP50-95"]
+    return counted
 
 
 def cls_curve(run_dir: Path, engine: str) -> list[float]:
@@ -111,10 +140,12 @@ def _f(v: float, spec: str = ".4f") -> str:
 def report(rows: list[dict], meta: dict) -> str:
     """The markdown tables of a run, a pure function of its rows."""
     ok = [r for r in rows if r.get("rc") == 0]
+    recipe = (f"; one recipe for every arm: {meta['recipe']} with {RECIPES[meta['recipe']]}, "
+              f"mAP counted YOLOv5's way (multi-label, interpolated AP)") if meta.get("recipe") else ""
     lines = [f"seeded peer comparison: {meta.get('epochs')} epochs, imgsz {meta.get('imgsz')}, batch "
              f"{meta.get('batch')}, workers {meta.get('workers')}, seeds {meta.get('seeds')}; each engine's defaults "
              f"otherwise; mAP50-95 of the best epoch (last epoch beside it); cls loss: each engine's own scale, "
-             f"'falls' = the epoch ceil(E/3) value <= {1 - FALL:.2f} x epoch 1's; curves: {meta.get('png', '-')}"]
+             f"'falls' = the epoch ceil(E/3) value <= {1 - FALL:.2f} x epoch 1's; curves: {meta.get('png', '-')}{recipe}"]
     if meta.get("not_run"):
         lines.append(f"\nplanned but not run (cut for time): {', '.join(meta['not_run'])}")
     failed = [r for r in rows if r.get("rc") != 0]
@@ -237,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="seeded_peers", help="results file bench/results/<name>.md")
     p.add_argument("--out", default=None, help="run folder (default runs/seeded/<date-time>); an earlier one resumes")
     p.add_argument("--report-only", default=None, help="print the tables of a run folder and exit")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="one recipe for every arm (ours and yolov5 engines, no hyp of their own): YOLOv5's "
+                        "scratch-low with this optimizer; mAP counted YOLOv5's way")
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--no-train", action="store_true", help="train nothing: report and record the runs already in "
                    "--out (a run cut for time); the planned runs missing are named")
@@ -249,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         arms = [parse_arm(a) for a in args.arms.split(",")]
     except ValueError as e:
         p.error(str(e))
+    if args.recipe and any(a[1] == "ultralytics" or a[3] for a in arms):
+        p.error(f"--recipe {args.recipe} gives every arm YOLOv5's recipe: ours and yolov5 arms only, without a hyp "
+                f"of their own (got {args.arms})")
     sets, seeds = args.sets.split(","), [int(v) for v in args.seeds.split(",")]
     if any(a[1] != "ours" for a in arms) and not args.no_train and not Path(args.peer_python).exists():
         p.error(f"--peer-python {args.peer_python} does not exist: `make .venv-peer/.installed` installs it")
@@ -256,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     png = (bench.record.RESULTS / f"{args.name}_{out.name}_cls_loss.png") if not args.no_record else out / "cls_loss.png"
     meta = {**machine(), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers,
-            "seeds": args.seeds, "arms": args.arms, "png": png.name if not args.no_record else str(png)}
+            "seeds": args.seeds, "arms": args.arms, "recipe": args.recipe, "png": png.name if not args.no_record else str(png)}
     saved = json.loads((out / "seeded.json").read_text()) if (out / "seeded.json").exists() else {"meta": {}, "rows": []}
-    for key in ("epochs", "imgsz", "batch", "workers"):  # a resumed folder's runs must share the command
+    for key in ("epochs", "imgsz", "batch", "workers", "recipe"):  # a resumed folder's runs must share the command
         if key in saved["meta"] and saved["meta"][key] != meta[key]:
             p.error(f"--out {out} was run with {key} {saved['meta'][key]}, not {meta[key]}")
     rows = [r for r in saved["rows"] if r.get("rc") == 0]
@@ -275,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     def one(s: str, seed: int, label: str, engine: str, model: str, hyp: str) -> dict:
         spec = RunSpec(s, TRAINER[engine], args.epochs, yamls[s].resolve(), args.imgsz,
                        args.batch, args.workers, out / s / f"{label.replace(' ', '-')}-s{seed}", model=model, seed=seed,
-                       ours_args=("--hyp", hyp) if hyp else ())
+                       ours_args=("--hyp", hyp) if hyp else recipe_args(args.recipe, "ours"),
+                       peer_args=recipe_args(args.recipe, engine))
         row = {"arm": label, "seed": seed, **measure(spec, args.peer_python)}
+        if args.recipe and engine == "ours" and row["rc"] == 0:
+            row["own_counting"] = {k: row[k] for k in ("mAP50-95_best", "mAP50-95_last")}
+            row.update(yolov5_counting(spec.out, yamls[s], args.imgsz))
         row["cls_curve"] = cls_curve(spec.out, engine) if row["rc"] == 0 else []
         print(f"{s} {label} seed {seed}: {row['wall_s']:.0f} s, mAP50-95 best "
               f"{row.get('mAP50-95_best', math.nan):.4f} last {row.get('mAP50-95_last', math.nan):.4f}", flush=True)
