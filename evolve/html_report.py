@@ -493,12 +493,13 @@ def pareto(run: Run) -> str:
         cls = "note" if p.get("chosen") else "warn"
         out += f'<p class="{cls}">{esc(p["message"])}.</p>'
     chosen = (p.get("chosen") or {}).get("trial")
+    pruned = any(q.get("prune_share") is not None for q in p["front"])  # a prune-aware study (evolve/prune_gene.py)
     rows = [[f"{q['trial']}" + (" (base hyp)" if q.get("base") else "") + (" <b>chosen</b>" if q["trial"] == chosen else ""),
-             fmt(q.get("imgsz"), "{:.0f}"), fmt(q["fitness"]),
+             fmt(q.get("imgsz"), "{:.0f}"), *([fmt(q.get("prune_share"), "{:.2f}")] if pruned else []), fmt(q["fitness"]),
              fmt(q["cost"]) + (f" ({fmt(q.get('latency_p25'), '{:.3g}')}–{fmt(q.get('latency_p75'), '{:.3g}')})"
                                if q.get("latency_p25") is not None else "")] for q in p["front"]]
     spread = " (p25–p75)" if cost == "latency_ms" else ""
-    out += table(["trial", "imgsz", "fitness", f"{cost}{spread}"], rows)
+    out += table(["trial", "imgsz", *(["pruned share"] if pruned else []), "fitness", f"{cost}{spread}"], rows)
     return out + figure(run, "evolve/pareto.png", "fitness vs cost", "Pareto plot", "No evolution results yet.",
                         "Every complete trial; the red step line is the front (the best fitness reachable at each "
                         "cost), the dashed line the budget, the star the chosen trial (the best searched trial within the "

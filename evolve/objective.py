@@ -12,7 +12,8 @@ propagates, so Optuna (study.optimize(catch=...) or our ask/tell worker) records
 A two-objective study (`objectives: [fitness, latency_ms | gflops]`, evolve/objectives.py) returns
 [value, cost]: the cost of the trained model at the trial's image size (evolve/trial_cost.py), recorded
 as user attrs too. With `imgsz_range` the image size is a gene (`imgsz`, steps of 32; the base hyp's
-trials keep the study's imgsz), recorded as user attr `imgsz` in such a study.
+trials keep the study's imgsz), recorded as user attr `imgsz` in such a study. With `prune_range` each searched
+trial finetunes the warm start pruned at its `prune_share` gene (evolve/prune_gene.py; the base hyp's trials: 0).
 Per-epoch fitness is reported only in one-objective studies (Optuna's Trial.report is single-objective).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from core.data.dataset import YoloDataset
 from core.digest import sha256_file
 from core.train import fit as train_fit
 from evolve.objectives import STRIDE, cost_objective
+from evolve.prune_gene import GENE as PRUNE_GENE, pruned_start, round_to_for, suggest_share
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights, study_mosaic_factor, with_study_mosaic
@@ -77,7 +79,8 @@ class Objective:
         self.on_epoch: Callable[[int, dict], None] | None = None  # e.g. evolve.tracking: each epoch to MLflow
         self._weights_sha: str | None = None
         self.cost = cost_objective(cfg.objectives)  # None: fitness is the only objective
-        self._gflops: dict[int, dict[str, float]] = {}  # per imgsz: every trial has the architecture of the start
+        self._gflops: dict[tuple, dict[str, float]] = {}  # per (imgsz, start): the start fixes the architecture
+        self._round_to: int | None = None  # a prune-aware study's channel multiple, asked once
         self._start_model: Any = None  # the model measured when the fit returns none (injected fits)
 
     def fit(self) -> FitFn:
@@ -101,6 +104,17 @@ class Objective:
         return search_train_options(self.cfg, epochs=self.cfg.epochs, seed=self.cfg.seed if seed is None else seed,
                                     device=self.device, project=self.run_dir / "trials", name=str(trial_number),
                                     save=False, plots=False, automosaic=False, imgsz=imgsz or self.cfg.imgsz)
+
+    def start(self, trial: optuna.Trial) -> str | None:
+        """The checkpoint the trial finetunes: the study's, pruned at the trial's `prune_share` gene in a
+        prune-aware study (the base hyp's trials: unpruned, the reference)."""
+        if not self.cfg.prune_range:
+            return self.weights
+        share = 0.0 if trial.user_attrs.get("base") else suggest_share(trial, self.cfg.prune_range)
+        trial.set_user_attr(PRUNE_GENE, share)
+        if self._round_to is None:
+            self._round_to = round_to_for(self.cfg.prune, self.device)
+        return pruned_start(self.weights, share, self.run_dir / "pruned", self._round_to)
 
     def imgsz(self, trial: optuna.Trial) -> int:
         """The trial's image size: the `imgsz` gene with `imgsz_range`, the study's for the base hyp's trials."""
@@ -164,6 +178,7 @@ class Objective:
         try:
             params = {g.name: suggest(trial, g) for g in evolved(self.space)}
             imgsz = self.imgsz(trial)
+            start = self.start(trial)
             if self.cfg.imgsz_range or self.cost:
                 trial.set_user_attr("imgsz", imgsz)
             hyp = with_study_mosaic(full_hyp(params, self.base_hyp), self.mosaic_factor())
@@ -177,11 +192,11 @@ class Objective:
             if self.weights:
                 self._weights_sha = self._weights_sha or sha256_file(self.weights)
                 trial.set_user_attr("weights_sha256", self._weights_sha)
-            result = self.fit()(data, self.weights or self.model, hyp, self.train_options(trial.number, seed, imgsz),
+            result = self.fit()(data, start or self.model, hyp, self.train_options(trial.number, seed, imgsz),
                                 Callbacks(on_epoch_end=self._epoch_reporter(trial)))
             value = self._record(trial, result, t0)
             if self.cost is not None and not str(result.stop_reason).startswith("callback: pruned"):
-                value = [value, self._record_cost(trial, result, imgsz)]
+                value = [value, self._record_cost(trial, result, imgsz, start)]
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -192,17 +207,17 @@ class Objective:
             raise optuna.TrialPruned(result.stop_reason)
         return value
 
-    def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int) -> float:
+    def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int, start: str | None) -> float:
         """Measure the trained model's cost at the trial's image size; record every figure; return the objective."""
         model = getattr(result, "model", None)
         if model is None:
-            if self._start_model is None:
-                self._start_model = trial_model(None, self.weights, self.model)
-            model = self._start_model
-        if self.cost == "gflops":  # a count, not a timing: once per image size
-            if imgsz not in self._gflops:
-                self._gflops[imgsz] = measure_cost(self.cost, model, imgsz)
-            measured = self._gflops[imgsz]
+            if self._start_model is None or self._start_model[0] != start:
+                self._start_model = (start, trial_model(None, start, self.model))
+            model = self._start_model[1]
+        if self.cost == "gflops":  # a count, not a timing: once per image size and start
+            if (imgsz, start) not in self._gflops:
+                self._gflops[imgsz, start] = measure_cost(self.cost, model, imgsz)
+            measured = self._gflops[imgsz, start]
         else:
             measured = measure_cost(self.cost, model, imgsz)
         for key, v in measured.items():

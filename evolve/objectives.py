@@ -23,7 +23,8 @@ __all__ = ["COST_ATTRS", "COSTS", "FITNESS", "MULTI_SAMPLERS", "check_objectives
 FITNESS = "fitness"
 COSTS = {"latency_ms": "batch-1 CPU latency, ms (median of timed runs)", "gflops": "GFLOPs at the trial's imgsz"}
 MULTI_SAMPLERS = ("nsga2", "tpe", "random")
-COST_ATTRS = ("imgsz", "latency_ms", "latency_p25", "latency_p75", "gflops")  # trial user attrs, evolve.csv columns
+# trial user attrs that are evolve.csv columns: the speed genes (imgsz, prune_share: evolve/prune_gene.py), the cost
+COST_ATTRS = ("imgsz", "prune_share", "latency_ms", "latency_p25", "latency_p75", "gflops")
 STRIDE = 32  # the detector's largest stride: every image size is a multiple of it
 
 

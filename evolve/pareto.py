@@ -106,7 +106,7 @@ def study_front(df: Any, objectives: list[str], budget: Mapping[str, Any] | None
             return None
         extra = {}
         if rows is not None:
-            for key in ("imgsz", "latency_p25", "latency_p75", "base"):
+            for key in ("imgsz", "prune_share", "latency_p25", "latency_p75", "base"):
                 if key in rows and p.trial in rows.index:
                     v = rows.loc[p.trial, key]
                     extra[key] = bool(v) if key == "base" else int(v) if key == "imgsz" and v == v else float(v)

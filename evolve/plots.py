@@ -199,8 +199,10 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
             c = choice.chosen
             ax.scatter([c.cost], [c.fitness], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
                        label=f"chosen: trial {c.trial}")
+    shares = rows["prune_share"] if "prune_share" in rows else None  # a prune-aware study: each front point's share
     for p in front:
-        ax.annotate(str(p.trial), (p.cost, p.fitness), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        share = f" (pruned {shares[p.trial]:.2f})" if shares is not None and shares[p.trial] > 0 else ""
+        ax.annotate(f"{p.trial}{share}", (p.cost, p.fitness), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel("fitness (trial value)")
     ax.set_title(title or f"Fitness vs {cost}: {len(points)} complete trials")

@@ -60,6 +60,7 @@ from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
 from evolve.objectives import cost_budget
 from evolve.pareto import choose_within, table_points
+from evolve.prune_gene import GENE as PRUNE_GENE, pruned_start, round_to_for
 from evolve.prune_hyp import prune_hyp
 from evolve.report import write_outputs
 from evolve.storage import describe, open_target
@@ -225,6 +226,8 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
         extra: dict[str, Any] = {}
         if "imgsz" in rows and pd.notna(rows.loc[number, "imgsz"]):  # a searched image size: train at it
             extra["imgsz"] = int(rows.loc[number, "imgsz"])
+        if PRUNE_GENE in rows and pd.notna(rows.loc[number, PRUNE_GENE]):  # a prune-aware study: its pruned start
+            extra[PRUNE_GENE] = float(rows.loc[number, PRUNE_GENE])
         if number in over:
             extra["over_budget"] = True
         if factor is not None:  # the mosaic the trials trained with: the gene x the study's AutoMosaic factor
@@ -272,6 +275,7 @@ def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str 
     """Everything that changes what one retrain run produces or its row holds (files by content; `keys`:
     study_keys). The objective is in: the row's `objective` column, which picks the pruned hyp, is computed with it."""
     return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": run.get("imgsz", cfg.imgsz),
+            **{k: run[k] for k in (PRUNE_GENE,) if k in run},  # a prune-aware study's pruned start
             "batch": cfg.batch,
             "train": cfg.train, "data": cfg.data, "objective": cfg.objective,
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
@@ -292,6 +296,8 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     opts = search_train_options(cfg, epochs=ropts.epochs, seed=run["seed"], device=device, project=out,
                                 name=run["name"], save=True, **study_mosaic)
     hyp = run["hyp"] if run.get("mosaic") is None else {**run["hyp"], "mosaic": run["mosaic"]}
+    if run.get(PRUNE_GENE):  # the trial's pruned start, as its search trial finetuned it
+        weights = pruned_start(weights, run[PRUNE_GENE], out / "pruned", round_to_for(cfg.prune, device))
     result = fit(cfg.resolved("data"), weights or cfg.resolved("model"), hyp, opts)
     best = dict(result.best or {})
     row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
@@ -300,7 +306,7 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
            "objective": objective_value(list(result.history or []), cfg.objective),
            "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
            "stop_reason": str(result.stop_reason), "run": run["name"],
-           **{k: run[k] for k in ("imgsz", "over_budget") if k in run}}
+           **{k: run[k] for k in ("imgsz", PRUNE_GENE, "over_budget") if k in run}}
     if result.best_path is None:
         raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
     return row

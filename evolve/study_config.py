@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 
 from evolve.budget import check_budget
-from evolve.objectives import check_objectives
+from evolve.objectives import check_objectives, cost_objective
+from evolve.prune_gene import check_prune_range
 from evolve.samplers import SAMPLERS
 from evolve.yaml_mapping import read_mapping
 
@@ -57,6 +58,8 @@ class StudyConfig:
     objectives: list = field(default_factory=lambda: ["fitness"])  # or [fitness, latency_ms | gflops]: a Pareto
                                                 # front, `budget: {latency_ms: X}` picks from it (evolve/objectives.py)
     imgsz_range: list = field(default_factory=list)  # [LOW, HIGH]: imgsz is a gene (steps of 32); [] = fixed imgsz
+    prune_range: list = field(default_factory=list)  # [LOW, HIGH]: each trial prunes the warm start at a share of
+                                                # BN gammas, a gene (evolve/prune_gene.py); [] = no pruning in trials
     ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init, explore
     train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
     retrain: dict = field(default_factory=dict)  # evolve.study: retrain of the best hyps (epochs, top_k, seeds, base)
@@ -135,6 +138,8 @@ def _check(cfg: StudyConfig, where: str) -> None:
     try:
         cfg.objectives = check_objectives(cfg.objectives, cfg.budget, cfg.sampler, cfg.pruner, cfg.imgsz_range,
                                           cfg.imgsz, where)
+        cfg.prune_range = check_prune_range(cfg.prune_range, where, bool(cfg.base or cfg.weights),
+                                            cost_objective(cfg.objectives))
     except ValueError as e:
         raise StudyError(str(e)) from None
     if cfg.pruner_warmup is not None and not 0 <= int(cfg.pruner_warmup) < cfg.epochs:
