@@ -12,6 +12,7 @@ from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.masks import MaskOptions, PruneOptionError, check_options
 from prune.sparsity import DEFAULT_PENALTY, PENALTIES, SCHEDULES
+from prune.target import TARGET_FIELDS
 
 __all__ = ["PruneOptions", "check_prune_options", "parse_args", "shortcuts_arg"]
 
@@ -90,11 +91,6 @@ def shortcuts_arg(value: str) -> str | int:
     return value if value == "auto" else t.non_negative_int(value)
 
 
-def target_count(opts: PruneOptions) -> int:
-    """How many of --target-gflops, --target-params, --target-latency-ms are set."""
-    return sum(1 for k in ("target_gflops", "target_params", "target_latency_ms") if getattr(opts, k))
-
-
 def check_prune_options(opts: PruneOptions) -> None:
     """PruneOptionError for a value out of range or a missing --weights file (options built in Python skip argparse)."""
     check_options(MaskOptions(opts.global_percent, opts.layer_keep, 1 if opts.round_to == "auto" else int(opts.round_to),
@@ -106,8 +102,9 @@ def check_prune_options(opts: PruneOptions) -> None:
     if opts.iterative < 1 or opts.iterative_epochs < 0:
         raise PruneOptionError(f"--iterative {opts.iterative} must be >= 1 and --iterative-epochs "
                                f"{opts.iterative_epochs} >= 0")
+    targets = [k for k in TARGET_FIELDS if getattr(opts, k)]  # --target-gflops, --target-params, --target-latency-ms
     if opts.shortcuts == "auto":
-        if target_count(opts) == 0:
+        if not targets:
             raise PruneOptionError("--shortcuts auto needs a --target-gflops, --target-params or --target-latency-ms "
                                    "(it removes the fewest blocks that let the target be met)")
     elif not isinstance(opts.shortcuts, int) or opts.shortcuts < 0:
@@ -119,7 +116,6 @@ def check_prune_options(opts: PruneOptions) -> None:
     for key in ("epochs", "sparse_epochs", "finetune_epochs"):
         if getattr(opts, key) < 0:
             raise PruneOptionError(f"--{key.replace('_', '-')} {getattr(opts, key)} must be >= 0")
-    targets = [k for k in ("target_gflops", "target_params", "target_latency_ms") if getattr(opts, k)]
     flags = {k: "--" + k.replace("_", "-") for k in targets}
     if len(targets) > 1:
         raise PruneOptionError(f"{' and '.join(flags.values())}: give one target at a time")

@@ -29,13 +29,14 @@ from prune.layers import remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, compute_masks, threshold
 from prune.surgery import prune_channels
 
-__all__ = ["METRICS", "SearchResult", "Target", "TargetUnreachable", "fewest_shortcuts", "find_share", "largest_share",
+__all__ = ["METRICS", "TARGET_FIELDS", "SearchResult", "Target", "TargetUnreachable", "fewest_shortcuts", "find_share", "largest_share",
            "prunable_count", "pruned_at", "search_share", "target_from"]
 
 LOGGER = logging.getLogger(__name__)
 M = TypeVar("M")
 
 METRICS = {"GFLOPs": "{:.4f} GFLOPs", "params": "{:,.0f} params", "latency_ms": "{:.2f} ms"}
+TARGET_FIELDS = {"target_gflops": "GFLOPs", "target_params": "params", "target_latency_ms": "latency_ms"}  # options
 
 
 class TargetUnreachable(PruneOptionError):
@@ -124,7 +125,7 @@ def search_share(build: Callable[[float], M], cost: Callable[[M], float], target
 
 def target_from(opts) -> Target | None:
     """The target that options name (target_gflops, target_params or target_latency_ms > 0), else None."""
-    for key, metric in (("target_gflops", "GFLOPs"), ("target_params", "params"), ("target_latency_ms", "latency_ms")):
+    for key, metric in TARGET_FIELDS.items():
         if getattr(opts, key, 0):
             return Target(metric, float(getattr(opts, key)), opts.target_tolerance)
     return None
