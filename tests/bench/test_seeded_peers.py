@@ -129,3 +129,46 @@ def test_a_hyp_arm_trains_ours_with_that_hyp(tmp_path, monkeypatch):
     assert specs[0].out.name == "ours-yolov5n-cls-over-classes-s0"
     argv, _ = command(specs[0], "py")
     assert argv[argv.index("--hyp") + 1] == "h/cls-over-classes.yaml"
+
+
+def test_a_recipe_gives_both_engines_one_recipe_and_counts_ours_yolov5s_way(tmp_path, monkeypatch):
+    import bench.seeded_peers as sp
+
+    specs, counted = [], []
+
+    def fake_measure(spec, peer_python):
+        specs.append(spec)
+        spec.out.mkdir(parents=True, exist_ok=True)
+        (spec.out / "results.csv").write_text("epoch,train_cls,train/cls_loss\n0,2.0,2.0\n1,1.0,1.0\n")
+        return {"set": spec.set, "rc": 0, "wall_s": 1.0, "mAP50-95_best": 0.1, "mAP50-95_last": 0.08}
+
+    monkeypatch.setattr(sp, "measure", fake_measure)
+    monkeypatch.setattr(sp, "warm_up", lambda *a: None)
+    monkeypatch.setattr(sp, "generate_heldout", lambda root, sets: {s: tmp_path / s / "data.yaml" for s in sets})
+    monkeypatch.setattr(sp, "yolov5_counting", lambda run, data, imgsz: counted.append(run) or
+                        {"mAP50-95_best": 0.2, "mAP50-95_last": 0.19})
+    peer = tmp_path / "peer-python"
+    peer.touch()
+    out = tmp_path / "run"
+    assert sp.main(["--arms", "ours:m/yolov5n.yaml,yolov5:yolov5n.yaml", "--recipe", "SGD", "--seeds", "0",
+                    "--epochs", "2", "--out", str(out), "--no-record", "--peer-python", str(peer)]) == 0
+    hyp = str(sp.REPO / sp.RECIPES["SGD"])
+    ours, theirs = (command(s, "py")[0] for s in specs)
+    assert ours[ours.index("--hyp") + 1] == hyp and ours[ours.index("--optimizer") + 1] == "SGD"
+    assert ours[ours.index("--close-mosaic") + 1] == "0" and "--no-automosaic" in ours
+    assert theirs[theirs.index("--hyp") + 1] == hyp and theirs[theirs.index("--optimizer") + 1] == "SGD"
+    assert "--no-automosaic" not in theirs
+    assert counted == [specs[0].out]  # ours recounted YOLOv5's way, YOLOv5's own figures kept
+    rows = {r["arm"]: r for r in __import__("json").loads((out / "seeded.json").read_text())["rows"]}
+    assert rows["ours yolov5n"]["mAP50-95_best"] == 0.2 and rows["ours yolov5n"]["own_counting"]["mAP50-95_best"] == 0.1
+    assert rows["yolov5 yolov5n"]["mAP50-95_best"] == 0.1
+    with pytest.raises(SystemExit):  # a recipe folder resumed without it would mix recipes
+        sp.main(["--arms", "ours:m/yolov5n.yaml,yolov5:yolov5n.yaml", "--seeds", "0", "--epochs", "2", "--out", str(out),
+                 "--no-record", "--peer-python", str(peer)])
+    for arms in ("ours:m/yolov5n.yaml:h.yaml,yolov5:yolov5n.yaml", "ultralytics:yolov5n.yaml,ours:m/yolov5n.yaml"):
+        with pytest.raises(SystemExit):  # one recipe for every arm: no own hyp, no Ultralytics
+            sp.main(["--arms", arms, "--recipe", "AdamW", "--out", str(tmp_path / "x"), "--no-record",
+                     "--peer-python", str(peer)])
+    for recipe in sp.RECIPES.values():  # both engines read every key; YOLOv5 must not rebuild the anchors
+        keys = __import__("yaml").safe_load((sp.REPO / recipe).read_text())
+        assert "anchors" not in keys and {"lr0", "momentum", "fl_gamma", "copy_paste"} <= set(keys)
