@@ -78,6 +78,7 @@ def test_prune_aware_study_trials_retrain_and_cost(cfg_for, tmp_path, monkeypatc
     summary = json.loads((run_dir / "summary.json").read_text())
     chosen = summary["pareto"]["chosen"]
     assert chosen["prune_share"] == done.loc[chosen["trial"], "prune_share"] and chosen["cost"] <= 0.07
+    assert "<th>pruned share</th>" in (run_dir / "report.html").read_text()  # the front table has the gene
     retrain = pd.read_csv(run_dir / "retrain" / "retrain.csv")
     best = retrain[retrain.role == "best"].iloc[0]
     assert best.prune_share == pytest.approx(chosen["prune_share"]) and best.prune_share > 0
