@@ -21,6 +21,13 @@ HEADLINE = "Study noise floor: the base hyp over its noise seeds (fitness mean Â
 TRANSFER_HEADLINE = "Study transfer: trial ranking vs the same hyps retrained (the quick study, built-in data)"
 
 
+def _speed_genes(point: dict) -> str:
+    """' (192 px, pruned 0.35)': a front point's searched image size and pruning share, where searched."""
+    genes = [f"{point['imgsz']} px"] if point.get("imgsz") else []
+    genes += [f"pruned {point['prune_share']:.2f}"] if point.get("prune_share") is not None else []
+    return f" ({', '.join(genes)})" if genes else ""
+
+
 def rows(s: dict) -> list[tuple[str, str]]:
     """(figure, value) for each part of the summary that the run holds."""
     out = []
@@ -45,8 +52,8 @@ def rows(s: dict) -> list[tuple[str, str]]:
         p = s["pareto"]
         cost = p["objectives"][1]
         out.append((f"Pareto front: fitness vs {cost}, {len(p['front'])} of {p['trials']} trials",
-                    "; ".join(f"trial {q['trial']}" + (f" ({q['imgsz']} px)" if q.get("imgsz") else "") +
-                              f" {q['fitness']:.4f} at {q['cost']:.4g}" for q in p["front"])))
+                    "; ".join(f"trial {q['trial']}" + _speed_genes(q) + f" {q['fitness']:.4f} at {q['cost']:.4g}"
+                              for q in p["front"])))
         if p.get("message"):
             out.append((f"budget {cost} <= {_f((p.get('budget') or {}).get(cost), 'g')}", p["message"]))
     if s.get("retrain"):

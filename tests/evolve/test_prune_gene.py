@@ -79,6 +79,9 @@ def test_prune_aware_study_trials_retrain_and_cost(cfg_for, tmp_path, monkeypatc
     chosen = summary["pareto"]["chosen"]
     assert chosen["prune_share"] == done.loc[chosen["trial"], "prune_share"] and chosen["cost"] <= 0.07
     assert "<th>pruned share</th>" in (run_dir / "report.html").read_text()  # the front table has the gene
+    from bench.study_table import rows  # the recorded table names each front point's share
+    front = dict(rows(summary))[next(k for k, _ in rows(summary) if k.startswith("Pareto front"))]
+    assert f"pruned {chosen['prune_share']:.2f}" in front
     retrain = pd.read_csv(run_dir / "retrain" / "retrain.csv")
     best = retrain[retrain.role == "best"].iloc[0]
     assert best.prune_share == pytest.approx(chosen["prune_share"]) and best.prune_share > 0
