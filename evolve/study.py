@@ -431,11 +431,17 @@ def verdict(chosen: dict, base: dict | None) -> str:
         return (f"the base hyp has the highest retrain mean ({chosen['mean']:.4f} over {chosen['n']} seeds): "
                 f"evolution found nothing better at this budget")
     p = chosen["paired_vs_base"]
+    paired = f"paired over seeds {p['seeds']}, standard error {p['diff_se']:.4f}"
+    if p["diff_mean"] < 0:  # below the base: the one-sided test the other way (t with n-1 df, p_less = 1 - p)
+        word = "beyond" if 1 - p["p"] < p["alpha"] else "within"
+        cost = (" - the base hyp is over the cost budget (the reference, not a choice): this is what the budget costs"
+                if base.get("over_budget") else "")
+        return (f"trial {chosen['trial']} is below the base hyp by {p['diff_mean']:+.4f} fitness ({paired}; one-sided "
+                f"t-test for a loss p {1 - p['p']:.3f}): {word} seed noise at {p['alpha']:.0%}{cost}")
     word = "above" if p["above_noise"] else "within"
     holm = f", Holm over {p['tested']} candidates {p['p_holm']:.3f}" if p.get("tested", 1) > 1 else ""
-    return (f"trial {chosen['trial']} beats the base hyp by {p['diff_mean']:+.4f} fitness (paired over seeds "
-            f"{p['seeds']}, standard error {p['diff_se']:.4f}; one-sided t-test p {p['p']:.3f}{holm}): "
-            f"{word} seed noise at {p['alpha']:.0%}")
+    return (f"trial {chosen['trial']} beats the base hyp by {p['diff_mean']:+.4f} fitness ({paired}; one-sided "
+            f"t-test p {p['p']:.3f}{holm}): {word} seed noise at {p['alpha']:.0%}")
 
 
 # ---- prune ---------------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ def test_prune_aware_study_trials_retrain_and_cost(cfg_for, tmp_path, monkeypatc
     retrain = pd.read_csv(run_dir / "retrain" / "retrain.csv")
     best = retrain[retrain.role == "best"].iloc[0]
     assert best.prune_share == pytest.approx(chosen["prune_share"]) and best.prune_share > 0
+    verdict = json.loads((run_dir / "retrain" / "choice.json").read_text())["verdict"]
+    assert verdict.startswith(f"trial {int(best.trial)} is below the base hyp by -") and "what the budget costs" in verdict
     started = dict(pruning_fit.starts)[best.run]
     assert share_of(started) == pytest.approx(best.prune_share) and "retrain" in started
 
