@@ -177,7 +177,11 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
         lo = [p.cost - float(rows.loc[p.trial, "latency_p25"]) for p in points]
         hi = [float(rows.loc[p.trial, "latency_p75"]) - p.cost for p in points]
         ax.errorbar(x, y, xerr=[lo, hi], fmt="none", ecolor="#bbbbbb", elinewidth=1, zorder=1)
-    sizes = [rows.loc[p.trial, "imgsz"] for p in points] if "imgsz" in rows else [np.nan] * len(points)
+    # colour: the searched image size, else a prune-aware study's pruning share (evolve/prune_gene.py)
+    gene, gene_label = "imgsz", "image size (px)"
+    if ("imgsz" not in rows or rows["imgsz"].nunique() < 2) and "prune_share" in rows:
+        gene, gene_label = "prune_share", "pruned share of BN gammas"
+    sizes = [rows.loc[p.trial, gene] for p in points] if gene in rows else [np.nan] * len(points)
     base = [bool(rows.loc[p.trial, "base"]) if "base" in rows else False for p in points]
     norm = plt.Normalize(np.nanmin(sizes), np.nanmax(sizes)) if np.isfinite(sizes).any() else None
     for is_base, marker, label in ((False, "o", "searched trials"), (True, "s", "base hyp (reference)")):
@@ -186,7 +190,7 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
             sc = ax.scatter([x[i] for i in idx], [y[i] for i in idx], c=[sizes[i] for i in idx] if norm else "tab:blue",
                             cmap="viridis", norm=norm, marker=marker, s=30, zorder=2, label=label)
     if norm is not None and len(set(sizes)) > 1:
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="image size (px)")
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label=gene_label)
     front = pareto_front(points)
     fx, fy = [p.cost for p in front], [p.fitness for p in front]
     ax.step(fx + [max(x)], fy + [fy[-1]], where="post", color="tab:red", lw=1.5, zorder=3,
@@ -200,9 +204,10 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
             ax.scatter([c.cost], [c.fitness], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
                        label=f"chosen: trial {c.trial}")
     shares = rows["prune_share"] if "prune_share" in rows else None  # a prune-aware study: each front point's share
-    for p in front:
+    for i, p in enumerate(front):  # labels alternate above and below: neighbours on the front do not overlap
         share = f" (pruned {shares[p.trial]:.2f})" if shares is not None and shares[p.trial] > 0 else ""
-        ax.annotate(f"{p.trial}{share}", (p.cost, p.fitness), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(f"{p.trial}{share}", (p.cost, p.fitness), textcoords="offset points",
+                    xytext=(5, 4 if i % 2 == 0 else -12), fontsize=8)
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel("fitness (trial value)")
     ax.set_title(title or f"Fitness vs {cost}: {len(points)} complete trials")
