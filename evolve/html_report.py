@@ -247,7 +247,7 @@ def settings(run: Run) -> str:
                           f"{cfg.get('batch')}, sampler {cfg.get('sampler')}, pruner {cfg.get('pruner')}, fitness "
                           f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}, objective "
                           f"{cfg.get('objective', 'best')}, noise seeds {cfg.get('noise_seeds', 0)}"
-                          + (f", objectives {cfg['objectives']}, imgsz searched {cfg.get('imgsz_range') or 'no'}, "
+                          + (f", objectives {cfg['objectives']}, imgsz searched {cfg.get('imgsz_range') or 'no'}, pruning share searched {cfg.get('prune_range') or 'no'}, "
                              f"budget {cfg.get('budget')}" if len(cfg.get("objectives") or []) > 1 else "")),
             ("trials start from", cfg.get("weights") or (f"the base run {cfg.get('base')}" if cfg.get("base")
                                                           else "scratch (the model yaml)")),
