@@ -108,20 +108,27 @@ def test_no_train_records_a_cut_run_and_names_what_is_missing(tmp_path, results_
         main([*args[:-4], "--epochs", "30", "--out", str(out), "--no-train"])
 
 
-def test_a_hyp_arm_trains_ours_with_that_hyp(tmp_path, monkeypatch):
-    import bench.seeded_peers as sp
-
+def fake_trainings(sp, monkeypatch, tmp_path, last: float = 0.1) -> list:
+    """bench.seeded_peers with every training faked (a 2-epoch results.csv in both engines' columns, best mAP
+    0.1): returns the list the RunSpecs it was asked to train are appended to."""
     specs = []
 
     def fake_measure(spec, peer_python):
         specs.append(spec)
         spec.out.mkdir(parents=True, exist_ok=True)
-        (spec.out / "results.csv").write_text("epoch,train_cls\n0,2.0\n1,1.0\n")
-        return {"set": spec.set, "rc": 0, "wall_s": 1.0, "mAP50-95_best": 0.1, "mAP50-95_last": 0.1}
+        (spec.out / "results.csv").write_text("epoch,train_cls,train/cls_loss\n0,2.0,2.0\n1,1.0,1.0\n")
+        return {"set": spec.set, "rc": 0, "wall_s": 1.0, "mAP50-95_best": 0.1, "mAP50-95_last": last}
 
     monkeypatch.setattr(sp, "measure", fake_measure)
     monkeypatch.setattr(sp, "warm_up", lambda *a: None)
     monkeypatch.setattr(sp, "generate_heldout", lambda root, sets: {s: tmp_path / s / "data.yaml" for s in sets})
+    return specs
+
+
+def test_a_hyp_arm_trains_ours_with_that_hyp(tmp_path, monkeypatch):
+    import bench.seeded_peers as sp
+
+    specs = fake_trainings(sp, monkeypatch, tmp_path)
     arms = "ours:m/yolov5n.yaml:h/cls-over-classes.yaml,ours:m/yolov5n-af.yaml"
     assert sp.main(["--arms", arms, "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "run"), "--no-record"]) == 0
     assert [(s.model, s.ours_args) for s in specs] == [("m/yolov5n.yaml", ("--hyp", "h/cls-over-classes.yaml")),
@@ -134,17 +141,7 @@ def test_a_hyp_arm_trains_ours_with_that_hyp(tmp_path, monkeypatch):
 def test_a_recipe_gives_both_engines_one_recipe_and_counts_ours_yolov5s_way(tmp_path, monkeypatch):
     import bench.seeded_peers as sp
 
-    specs, counted = [], []
-
-    def fake_measure(spec, peer_python):
-        specs.append(spec)
-        spec.out.mkdir(parents=True, exist_ok=True)
-        (spec.out / "results.csv").write_text("epoch,train_cls,train/cls_loss\n0,2.0,2.0\n1,1.0,1.0\n")
-        return {"set": spec.set, "rc": 0, "wall_s": 1.0, "mAP50-95_best": 0.1, "mAP50-95_last": 0.08}
-
-    monkeypatch.setattr(sp, "measure", fake_measure)
-    monkeypatch.setattr(sp, "warm_up", lambda *a: None)
-    monkeypatch.setattr(sp, "generate_heldout", lambda root, sets: {s: tmp_path / s / "data.yaml" for s in sets})
+    specs, counted = fake_trainings(sp, monkeypatch, tmp_path, last=0.08), []
     monkeypatch.setattr(sp, "yolov5_counting", lambda run, data, imgsz: counted.append(run) or
                         {"mAP50-95_best": 0.2, "mAP50-95_last": 0.19})
     peer = tmp_path / "peer-python"
