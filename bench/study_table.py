@@ -22,9 +22,11 @@ TRANSFER_HEADLINE = "Study transfer: trial ranking vs the same hyps retrained (t
 
 
 def _speed_genes(point: dict) -> str:
-    """' (192 px, pruned 0.35)': a front point's searched image size and pruning share, where searched."""
+    """' (192 px, pruned 0.35, width 0.125)': a front point's searched speed genes, where searched."""
     genes = [f"{point['imgsz']} px"] if point.get("imgsz") else []
     genes += [f"pruned {point['prune_share']:.2f}"] if point.get("prune_share") is not None else []
+    genes += [f"{name} {point[gene]:g}" for gene, name in (("width_multiple", "width"), ("depth_multiple", "depth"))
+              if point.get(gene) is not None]
     return f" ({', '.join(genes)})" if genes else ""
 
 

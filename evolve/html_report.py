@@ -20,6 +20,7 @@ import pandas as pd
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.detections import DETECT_JSON
+from evolve.objectives import SPEED_GENES
 from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
 from evolve.results import best_searched, complete_ranked, searched_ranked
 from evolve.transfer import TRANSFER_ROLE, transfer_line, transfer_summary
@@ -35,6 +36,8 @@ SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitnes
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
 PARETO_TITLE = "Accuracy vs cost: the Pareto front"  # two-objective studies only
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
+GENE_HEADERS = {"imgsz": "imgsz", "prune_share": "pruned share", "width_multiple": "width", "depth_multiple": "depth"}
+GENE_FORMATS = {"imgsz": "{:.0f}", "prune_share": "{:.2f}", "width_multiple": "{:.4g}", "depth_multiple": "{:.3g}"}
 STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
                 "unstructured": "Unstructured L1", "channel": "After channels",
                 "layer": "After layers", "finetune": "After finetune"}
@@ -247,8 +250,10 @@ def settings(run: Run) -> str:
                           f"{cfg.get('batch')}, sampler {cfg.get('sampler')}, pruner {cfg.get('pruner')}, fitness "
                           f"weights [P, R, mAP50, mAP50-95] = {cfg.get('fitness_weights')}, objective "
                           f"{cfg.get('objective', 'best')}, noise seeds {cfg.get('noise_seeds', 0)}"
-                          + (f", objectives {cfg['objectives']}, imgsz searched {cfg.get('imgsz_range') or 'no'}, pruning share searched {cfg.get('prune_range') or 'no'}, "
-                             f"budget {cfg.get('budget')}" if len(cfg.get("objectives") or []) > 1 else "")),
+                          + (f", objectives {cfg['objectives']}, imgsz searched {cfg.get('imgsz_range') or 'no'}, pruning share "
+                             f"searched {cfg.get('prune_range') or 'no'}, width searched {cfg.get('width_range') or 'no'}, "
+                             f"depth searched {cfg.get('depth_range') or 'no'}, budget {cfg.get('budget')}"
+                             if len(cfg.get("objectives") or []) > 1 else "")),
             ("trials start from", cfg.get("weights") or (f"the base run {cfg.get('base')}" if cfg.get("base")
                                                           else "scratch (the model yaml)")),
             ("train options", cfg.get("train")), ("retrain options", cfg.get("retrain") or "defaults"),
@@ -493,13 +498,14 @@ def pareto(run: Run) -> str:
         cls = "note" if p.get("chosen") else "warn"
         out += f'<p class="{cls}">{esc(p["message"])}.</p>'
     chosen = (p.get("chosen") or {}).get("trial")
-    pruned = any(q.get("prune_share") is not None for q in p["front"])  # a prune-aware study (evolve/prune_gene.py)
+    # the speed genes the front's trials record: imgsz always, a pruned share and the multiples where searched
+    genes = ["imgsz"] + [g for g in SPEED_GENES[1:] if any(q.get(g) is not None for q in p["front"])]
     rows = [[f"{q['trial']}" + (" (base hyp)" if q.get("base") else "") + (" <b>chosen</b>" if q["trial"] == chosen else ""),
-             fmt(q.get("imgsz"), "{:.0f}"), *([fmt(q.get("prune_share"), "{:.2f}")] if pruned else []), fmt(q["fitness"]),
+             *[fmt(q.get(g), GENE_FORMATS[g]) for g in genes], fmt(q["fitness"]),
              fmt(q["cost"]) + (f" ({fmt(q.get('latency_p25'), '{:.3g}')}–{fmt(q.get('latency_p75'), '{:.3g}')})"
                                if q.get("latency_p25") is not None else "")] for q in p["front"]]
     spread = " (p25–p75)" if cost == "latency_ms" else ""
-    out += table(["trial", "imgsz", *(["pruned share"] if pruned else []), "fitness", f"{cost}{spread}"], rows)
+    out += table(["trial", *[GENE_HEADERS[g] for g in genes], "fitness", f"{cost}{spread}"], rows)
     return out + figure(run, "evolve/pareto.png", "fitness vs cost", "Pareto plot", "No evolution results yet.",
                         "Every complete trial; the red step line is the front (the best fitness reachable at each "
                         "cost), the dashed line the budget, the star the chosen trial (the best searched trial within the "

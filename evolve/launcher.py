@@ -225,10 +225,13 @@ def launch(cfg: StudyConfig, storage_url: str | None = None, run_dir: Path | str
         return 0
     plan = device_slots(cfg, threads)
     devices = ", ".join(sorted({s.label for s in plan}))
+    searched = "".join(f", {name} searched {r[0]:g}-{r[1]:g}" for name, r in (
+        ("pruned share", cfg.prune_range), ("width", cfg.width_range), ("depth", cfg.depth_range)) if r)
     LOGGER.info(f"study '{cfg.name}': {cfg.sampler} sampler, {done}/{cfg.trials} trials finished, storage "
                 f"{describe(storage_url, run_dir)}\n  {len(plan)} worker(s) on {devices} "
                 f"({plan[0].threads} thread(s) each), {cfg.epochs} epoch(s)/trial at imgsz {cfg.imgsz}"
-                f"{' (searched: %d-%d)' % tuple(cfg.imgsz_range) if cfg.imgsz_range else ''}; "
+                f"{' (searched: %d-%d)' % tuple(cfg.imgsz_range) if cfg.imgsz_range else ''}"
+                f"{searched}; "
                 f"logs in {run_dir}/worker_*.log")
     if done:
         LOGGER.info(format_status(study_status(study, cfg.trials)))

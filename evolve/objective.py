@@ -14,6 +14,8 @@ A two-objective study (`objectives: [fitness, latency_ms | gflops]`, evolve/obje
 as user attrs too. With `imgsz_range` the image size is a gene (`imgsz`, steps of 32; the base hyp's
 trials keep the study's imgsz), recorded as user attr `imgsz` in such a study. With `prune_range` each searched
 trial finetunes the warm start pruned at its `prune_share` gene (evolve/prune_gene.py; the base hyp's trials: 0).
+With `width_range` / `depth_range` each searched trial trains, from scratch, the model yaml at its
+`width_multiple` / `depth_multiple` genes (evolve/scale_gene.py; the base hyp's trials: the yaml's own).
 Per-epoch fitness is reported only in one-objective studies (Optuna's Trial.report is single-objective).
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from core.digest import sha256_file
 from core.train import fit as train_fit
 from evolve.objectives import STRIDE, cost_objective
 from evolve.prune_gene import GENE as PRUNE_GENE, pruned_start, round_to_for, suggest_share
+from evolve.scale_gene import scaled_model, trial_multiples
 from evolve.space import Gene, Space, evolved, full_hyp
 from evolve.study_config import StudyConfig, objective_epochs
 from evolve.train_setup import search_train_options, start_weights, study_mosaic_factor, with_study_mosaic
@@ -79,7 +82,7 @@ class Objective:
         self.on_epoch: Callable[[int, dict], None] | None = None  # e.g. evolve.tracking: each epoch to MLflow
         self._weights_sha: str | None = None
         self.cost = cost_objective(cfg.objectives)  # None: fitness is the only objective
-        self._gflops: dict[tuple, dict[str, float]] = {}  # per (imgsz, start): the start fixes the architecture
+        self._gflops: dict[tuple, dict[str, float]] = {}  # per (imgsz, checkpoint or yaml): the architecture
         self._round_to: int | None = None  # a prune-aware study's channel multiple, asked once
         self._start_model: Any = None  # the model measured when the fit returns none (injected fits)
 
@@ -115,6 +118,15 @@ class Objective:
         if self._round_to is None:
             self._round_to = round_to_for(self.cfg.prune, self.device)
         return pruned_start(self.weights, share, self.run_dir / "pruned", self._round_to)
+
+    def architecture(self, trial: optuna.Trial) -> str:
+        """The model yaml the trial builds: the study's, at the trial's width and depth multiples where they are
+        genes (recorded as user attrs in such a study; the base hyp's trials keep the yaml's own)."""
+        ranges = {"width_range": self.cfg.width_range, "depth_range": self.cfg.depth_range}
+        multiples = trial_multiples(trial, ranges, self.model, base=bool(trial.user_attrs.get("base")))
+        for gene, value in multiples.items():
+            trial.set_user_attr(gene, value)
+        return scaled_model(self.model, multiples, self.run_dir / "models")
 
     def imgsz(self, trial: optuna.Trial) -> int:
         """The trial's image size: the `imgsz` gene with `imgsz_range`, the study's for the base hyp's trials."""
@@ -179,6 +191,7 @@ class Objective:
             params = {g.name: suggest(trial, g) for g in evolved(self.space)}
             imgsz = self.imgsz(trial)
             start = self.start(trial)
+            model = self.architecture(trial)
             if self.cfg.imgsz_range or self.cost:
                 trial.set_user_attr("imgsz", imgsz)
             hyp = with_study_mosaic(full_hyp(params, self.base_hyp), self.mosaic_factor())
@@ -192,11 +205,11 @@ class Objective:
             if self.weights:
                 self._weights_sha = self._weights_sha or sha256_file(self.weights)
                 trial.set_user_attr("weights_sha256", self._weights_sha)
-            result = self.fit()(data, start or self.model, hyp, self.train_options(trial.number, seed, imgsz),
+            result = self.fit()(data, start or model, hyp, self.train_options(trial.number, seed, imgsz),
                                 Callbacks(on_epoch_end=self._epoch_reporter(trial)))
             value = self._record(trial, result, t0)
             if self.cost is not None and not str(result.stop_reason).startswith("callback: pruned"):
-                value = [value, self._record_cost(trial, result, imgsz, start)]
+                value = [value, self._record_cost(trial, result, imgsz, start, model)]
         except optuna.TrialPruned:
             raise
         except Exception as e:
@@ -207,17 +220,19 @@ class Objective:
             raise optuna.TrialPruned(result.stop_reason)
         return value
 
-    def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int, start: str | None) -> float:
-        """Measure the trained model's cost at the trial's image size; record every figure; return the objective."""
+    def _record_cost(self, trial: optuna.Trial, result: Any, imgsz: int, start: str | None, model_yaml: str) -> float:
+        """Measure the trained model's cost at the trial's image size; record every figure; return the objective.
+        The trial's checkpoint start, else its model yaml, fixes the architecture."""
+        built = start or model_yaml
         model = getattr(result, "model", None)
         if model is None:
-            if self._start_model is None or self._start_model[0] != start:
-                self._start_model = (start, trial_model(None, start, self.model))
+            if self._start_model is None or self._start_model[0] != built:
+                self._start_model = (built, trial_model(None, start, model_yaml))
             model = self._start_model[1]
-        if self.cost == "gflops":  # a count, not a timing: once per image size and start
-            if (imgsz, start) not in self._gflops:
-                self._gflops[imgsz, start] = measure_cost(self.cost, model, imgsz)
-            measured = self._gflops[imgsz, start]
+        if self.cost == "gflops":  # a count, not a timing: once per image size and architecture
+            if (imgsz, built) not in self._gflops:
+                self._gflops[imgsz, built] = measure_cost(self.cost, model, imgsz)
+            measured = self._gflops[imgsz, built]
         else:
             measured = measure_cost(self.cost, model, imgsz)
         for key, v in measured.items():

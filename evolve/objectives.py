@@ -17,14 +17,16 @@ from typing import Any, Mapping, Sequence
 
 from optuna.trial import FrozenTrial
 
-__all__ = ["COST_ATTRS", "COSTS", "FITNESS", "MULTI_SAMPLERS", "check_objectives", "cost_budget", "cost_objective",
-           "fitness_value", "has_fitness", "study_directions"]
+__all__ = ["COST_ATTRS", "COSTS", "FITNESS", "MULTI_SAMPLERS", "SPEED_GENES", "check_objectives", "cost_budget",
+           "cost_objective", "fitness_value", "has_fitness", "study_directions"]
 
 FITNESS = "fitness"
 COSTS = {"latency_ms": "batch-1 CPU latency, ms (median of timed runs)", "gflops": "GFLOPs at the trial's imgsz"}
 MULTI_SAMPLERS = ("nsga2", "tpe", "random")
-# trial user attrs that are evolve.csv columns: the speed genes (imgsz, prune_share: evolve/prune_gene.py), the cost
-COST_ATTRS = ("imgsz", "prune_share", "latency_ms", "latency_p25", "latency_p75", "gflops")
+# the genes that change a trial's speed (imgsz; prune_share: evolve/prune_gene.py; the multiples:
+# evolve/scale_gene.py): trial user attrs and evolve.csv columns, carried to the retrain, the front and the report
+SPEED_GENES = ("imgsz", "prune_share", "width_multiple", "depth_multiple")
+COST_ATTRS = (*SPEED_GENES, "latency_ms", "latency_p25", "latency_p75", "gflops")  # evolve.csv columns
 STRIDE = 32  # the detector's largest stride: every image size is a multiple of it
 
 

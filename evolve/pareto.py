@@ -16,6 +16,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
+from evolve.objectives import SPEED_GENES
+
 __all__ = ["BudgetChoice", "Point", "choose_within", "dominates", "pareto_front", "study_front", "table_points"]
 
 
@@ -106,7 +108,7 @@ def study_front(df: Any, objectives: list[str], budget: Mapping[str, Any] | None
             return None
         extra = {}
         if rows is not None:
-            for key in ("imgsz", "prune_share", "latency_p25", "latency_p75", "base"):
+            for key in (*SPEED_GENES, "latency_p25", "latency_p75", "base"):
                 if key in rows and p.trial in rows.index:
                     v = rows.loc[p.trial, key]
                     extra[key] = bool(v) if key == "base" else int(v) if key == "imgsz" and v == v else float(v)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from evolve.objectives import SPEED_GENES  # noqa: E402
 from evolve.pareto import choose_within, pareto_front, table_points  # noqa: E402
 from evolve.results import best_searched, searched_ranked  # noqa: E402
 
@@ -159,6 +160,10 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
 
 
 COST_LABELS = {"latency_ms": "latency (ms, batch 1, CPU, median)", "gflops": "GFLOPs at the trial's image size"}
+GENE_LABELS = {"imgsz": "image size (px)", "prune_share": "pruned share of BN gammas",
+               "width_multiple": "width multiple", "depth_multiple": "depth multiple"}
+GENE_TAGS = {"imgsz": "{:.0f} px", "prune_share": "pruned {:.2f}", "width_multiple": "w {:.4g}",
+             "depth_multiple": "d {:.3g}"}
 
 
 def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | None = None,
@@ -177,10 +182,10 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
         lo = [p.cost - float(rows.loc[p.trial, "latency_p25"]) for p in points]
         hi = [float(rows.loc[p.trial, "latency_p75"]) - p.cost for p in points]
         ax.errorbar(x, y, xerr=[lo, hi], fmt="none", ecolor="#bbbbbb", elinewidth=1, zorder=1)
-    # colour: the searched image size, else a prune-aware study's pruning share (evolve/prune_gene.py)
-    gene, gene_label = "imgsz", "image size (px)"
-    if ("imgsz" not in rows or rows["imgsz"].nunique() < 2) and "prune_share" in rows:
-        gene, gene_label = "prune_share", "pruned share of BN gammas"
+    # colour: the first speed gene the trials vary (image size, pruning share, width, depth), else the image size
+    varied = [g for g in SPEED_GENES if g in rows and rows[g].nunique() >= 2]
+    gene = varied[0] if varied else "imgsz"
+    gene_label = GENE_LABELS[gene]
     sizes = [rows.loc[p.trial, gene] for p in points] if gene in rows else [np.nan] * len(points)
     base = [bool(rows.loc[p.trial, "base"]) if "base" in rows else False for p in points]
     norm = plt.Normalize(np.nanmin(sizes), np.nanmax(sizes)) if np.isfinite(sizes).any() else None
@@ -203,10 +208,11 @@ def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | N
             c = choice.chosen
             ax.scatter([c.cost], [c.fitness], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
                        label=f"chosen: trial {c.trial}")
-    shares = rows["prune_share"] if "prune_share" in rows else None  # a prune-aware study: each front point's share
+    named = [g for g in varied if g != "imgsz"]  # a pruned share or multiples: each front point's own in its label
     for i, p in enumerate(front):  # labels alternate above and below: neighbours on the front do not overlap
-        share = f" (pruned {shares[p.trial]:.2f})" if shares is not None and shares[p.trial] > 0 else ""
-        ax.annotate(f"{p.trial}{share}", (p.cost, p.fitness), textcoords="offset points",
+        genes = ", ".join(GENE_TAGS[g].format(rows.loc[p.trial, g]) for g in named
+                          if not (g == "prune_share" and rows.loc[p.trial, g] == 0))
+        ax.annotate(f"{p.trial}" + (f" ({genes})" if genes else ""), (p.cost, p.fitness), textcoords="offset points",
                     xytext=(5, 4 if i % 2 == 0 else -12), fontsize=8)
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel("fitness (trial value)")

@@ -14,9 +14,10 @@ chosen trial's start the same way before its full-budget finetune.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
+
+from evolve.scale_gene import suggest_on_grid
 
 __all__ = ["GENE", "STEP", "check_prune_range", "pruned_start", "round_to_for", "suggest_share"]
 
@@ -45,9 +46,7 @@ def check_prune_range(value: Any, where: str, warm_start: bool, cost: str | None
 
 def suggest_share(trial: Any, prune_range: Sequence[float]) -> float:
     """The trial's share on the STEP grid inside the range (the range's ends snapped inward to the grid)."""
-    low = math.ceil(round(prune_range[0] / STEP, 6)) * STEP
-    high = math.floor(round(prune_range[1] / STEP, 6)) * STEP
-    return round(trial.suggest_float(GENE, round(low, 4), round(max(high, low), 4), step=STEP), 4)
+    return round(suggest_on_grid(trial, GENE, prune_range, STEP), 4)
 
 
 def round_to_for(prune_section: dict, device: str) -> int:

@@ -58,9 +58,10 @@ from evolve import budget
 from evolve.launcher import launch
 from evolve.noise import compare_to_base, summarize
 from evolve.objective import objective_value
-from evolve.objectives import cost_budget
+from evolve.objectives import SPEED_GENES, cost_budget
 from evolve.pareto import choose_within, table_points
 from evolve.prune_gene import GENE as PRUNE_GENE, pruned_start, round_to_for
+from evolve.scale_gene import GENES as SCALE_GENES, scaled_model
 from evolve.prune_hyp import prune_hyp
 from evolve.report import write_outputs
 from evolve.storage import describe, open_target
@@ -224,10 +225,9 @@ def retrain_plan(evolve_csv: Path, cfg: StudyConfig, ropts: RetrainOptions) -> l
         hyp = {k: float(rows.loc[number, k]) for k in HYP_KEYS}
         hyp["anchors"] = int(round(hyp["anchors"]))
         extra: dict[str, Any] = {}
-        if "imgsz" in rows and pd.notna(rows.loc[number, "imgsz"]):  # a searched image size: train at it
-            extra["imgsz"] = int(rows.loc[number, "imgsz"])
-        if PRUNE_GENE in rows and pd.notna(rows.loc[number, PRUNE_GENE]):  # a prune-aware study: its pruned start
-            extra[PRUNE_GENE] = float(rows.loc[number, PRUNE_GENE])
+        for gene in SPEED_GENES:  # the trial's image size, pruned start, width and depth: trained as it was
+            if gene in rows and pd.notna(rows.loc[number, gene]):
+                extra[gene] = int(rows.loc[number, gene]) if gene == "imgsz" else float(rows.loc[number, gene])
         if number in over:
             extra["over_budget"] = True
         if factor is not None:  # the mosaic the trials trained with: the gene x the study's AutoMosaic factor
@@ -275,7 +275,7 @@ def run_inputs(cfg: StudyConfig, run: dict, ropts: RetrainOptions, weights: str 
     """Everything that changes what one retrain run produces or its row holds (files by content; `keys`:
     study_keys). The objective is in: the row's `objective` column, which picks the pruned hyp, is computed with it."""
     return {"hyp": run["hyp"], "epochs": ropts.epochs, "seed": run["seed"], "imgsz": run.get("imgsz", cfg.imgsz),
-            **{k: run[k] for k in (PRUNE_GENE,) if k in run},  # a prune-aware study's pruned start
+            **{k: run[k] for k in (PRUNE_GENE, *SCALE_GENES) if k in run},  # the trial's start and architecture
             "batch": cfg.batch,
             "train": cfg.train, "data": cfg.data, "objective": cfg.objective,
             "model": cfg.model, "model_sha256": sha256_file(cfg.resolved("model")),
@@ -298,7 +298,8 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
     hyp = run["hyp"] if run.get("mosaic") is None else {**run["hyp"], "mosaic": run["mosaic"]}
     if run.get(PRUNE_GENE):  # the trial's pruned start, as its search trial finetuned it
         weights = pruned_start(weights, run[PRUNE_GENE], out / "pruned", round_to_for(cfg.prune, device))
-    result = fit(cfg.resolved("data"), weights or cfg.resolved("model"), hyp, opts)
+    model = scaled_model(cfg.resolved("model"), {k: run[k] for k in SCALE_GENES if k in run}, out / "models")
+    result = fit(cfg.resolved("data"), weights or model, hyp, opts)
     best = dict(result.best or {})
     row = {"trial": run["trial"], "role": run["role"], "seed": run["seed"], "epochs": len(result.history or []),
            "trial_fitness": run["trial_fitness"],
@@ -306,7 +307,7 @@ def _retrain_one(cfg: StudyConfig, run: dict, ropts: RetrainOptions, out: Path, 
            "objective": objective_value(list(result.history or []), cfg.objective),
            "best_epoch": int(best.get("epoch", -1)), "seconds": round(time.time() - t0, 1),
            "stop_reason": str(result.stop_reason), "run": run["name"],
-           **{k: run[k] for k in ("imgsz", PRUNE_GENE, "over_budget") if k in run}}
+           **{k: run[k] for k in (*SPEED_GENES, "over_budget") if k in run}}
     if result.best_path is None:
         raise RuntimeError(f"retrain {run['name']}: training saved no best.pt (stop reason: {result.stop_reason})")
     return row

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from evolve.budget import check_budget
 from evolve.objectives import check_objectives, cost_objective
 from evolve.prune_gene import check_prune_range
+from evolve.scale_gene import check_scale_ranges
 from evolve.samplers import SAMPLERS
 from evolve.yaml_mapping import read_mapping
 
@@ -60,6 +61,8 @@ class StudyConfig:
     imgsz_range: list = field(default_factory=list)  # [LOW, HIGH]: imgsz is a gene (steps of 32); [] = fixed imgsz
     prune_range: list = field(default_factory=list)  # [LOW, HIGH]: each trial prunes the warm start at a share of
                                                 # BN gammas, a gene (evolve/prune_gene.py); [] = no pruning in trials
+    width_range: list = field(default_factory=list)  # [LOW, HIGH]: the model's width_multiple is a gene, trials
+    depth_range: list = field(default_factory=list)  # from scratch (evolve/scale_gene.py); [] = the yaml's own
     ga: dict = field(default_factory=dict)      # GA options: parents, selection, mp, sigma, init, explore
     train: dict = field(default_factory=dict)   # extra core.train.TrainOptions fields (optimizer, cos_lr, ...)
     retrain: dict = field(default_factory=dict)  # evolve.study: retrain of the best hyps (epochs, top_k, seeds, base)
@@ -140,6 +143,9 @@ def _check(cfg: StudyConfig, where: str) -> None:
                                           cfg.imgsz, where)
         cfg.prune_range = check_prune_range(cfg.prune_range, where, bool(cfg.base or cfg.weights),
                                             cost_objective(cfg.objectives))
+        scale = check_scale_ranges({"width_range": cfg.width_range, "depth_range": cfg.depth_range}, where,
+                                   bool(cfg.base or cfg.weights), cfg.sampler)
+        cfg.width_range, cfg.depth_range = scale["width_range"], scale["depth_range"]
     except ValueError as e:
         raise StudyError(str(e)) from None
     if cfg.pruner_warmup is not None and not 0 <= int(cfg.pruner_warmup) < cfg.epochs:
