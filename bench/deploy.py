@@ -358,6 +358,52 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+SEED_FREE = ("seed", "project", "name", "progress", "record")  # options that may differ between the seeds of one table
+
+
+def seeded_table(reports: list[dict], where: list[str]) -> str:
+    """Several runs of one budget and checkpoint, one per seed (`--seeded DIR ...`): every model's mAP50-95 and
+    speedup as mean ± sd over the seeds, and ours (pruned to target) against each Torch-Pruning arm, paired by
+    seed: mean ± sd of the difference, t with n-1 df, two-sided p. Runs that differ in more than the seed are
+    refused, naming the option."""
+    from bench.seeded_peers import mean_sd, paired_t  # one paired t test for the benches
+
+    if len(reports) < 2:
+        raise DeployError(f"--seeded needs two or more run folders, got {len(reports)}")
+    first = reports[0]["meta"]["options"]
+    for rep, folder in zip(reports[1:], where[1:]):
+        o = rep["meta"]["options"]
+        for key in sorted(set(first) | set(o)):
+            if key not in SEED_FREE and first.get(key) != o.get(key):
+                raise DeployError(f"--seeded: {folder} differs from {where[0]} in {key} ({o.get(key)!r} vs "
+                                  f"{first.get(key)!r}): the seeds of one table share everything but the seed")
+    seeds = [rep["meta"]["options"]["seed"] for rep in reports]
+    if len(set(seeds)) < len(seeds):
+        raise DeployError(f"--seeded: seeds {seeds} repeat: each folder must be another seed")
+    by_model = [{r["model"]: r for r in rep["rows"]} for rep in reports]
+    models = [m for m in (r["model"] for r in reports[0]["rows"]) if all(m in b for b in by_model)]
+    body = []
+    for m in models:
+        maps, speeds = [b[m]["mAP50-95"] for b in by_model], [b[m]["speedup"] for b in by_model]
+        (mean, sd), (sp, sp_sd) = mean_sd(maps), mean_sd(speeds)
+        body.append([LABELS.get(m, m), f"{mean:.4f} ± {sd:.4f}", " / ".join(f"{v:.4f}" for v in maps),
+                     f"{sp:.2f}x ± {sp_sd:.2f}", " / ".join(f"{v:.2f}x" for v in speeds)])
+    lines = [f"Seeds {', '.join(map(str, seeds))}: {len(reports)} runs of `bench.deploy` with one budget and one "
+             f"checkpoint ({first.get('weights')}); mean ± sd over the seeds (sample sd).", "",
+             markdown_table(["model", "mAP50-95", "per seed", "speedup (ORT)", "per seed"], body)]
+    pairs = []
+    for tp in [m for m in models if m in TP_IMPORTANCE]:
+        t = paired_t([b["pruned"]["mAP50-95"] for b in by_model], [b[tp]["mAP50-95"] for b in by_model])
+        faster = sum(b["pruned"]["speedup"] >= b[tp]["speedup"] for b in by_model)
+        pairs.append([f"pruned to target - {LABELS[tp]}", t["n"], f"{t['mean']:+.4f} ± {t['sd']:.4f}",
+                      f"{t['t']:.2f}", f"{t['p']:.3f}", "yes" if t["p"] < 0.05 else "no",
+                      f"{faster}/{len(by_model)}"])
+    if pairs:
+        lines += ["", markdown_table(["paired difference (mAP50-95)", "n", "mean ± sd", "t (n-1 df)", "p (two-sided)",
+                                      "beyond the spread (p < 0.05)", "seeds where ours is at least as fast"], pairs)]
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Namespace:
     d = DeployOptions()
     p = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0],
@@ -394,14 +440,16 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
                    "counts, no training: the fastest our pruner can make this model (needs --weights)")
     p.add_argument("--report-only", metavar="RUN_DIR", help="render RUN_DIR/deploy.json's table again (and record it "
                    "unless --no-record); nothing is trained or timed")
+    p.add_argument("--seeded", nargs="+", metavar="RUN_DIR", help="one table over several runs of one budget, one "
+                   "seed each (their deploy.json): mean ± sd per model, ours vs Torch-Pruning paired by seed")
     args = vars(p.parse_args(argv))
-    report_only = args.pop("report_only")
-    if report_only:
-        return argparse.Namespace(report_only=report_only, record=args["record"])
+    report_only, seeded = args.pop("report_only"), args.pop("seeded")
+    if report_only or seeded:
+        return argparse.Namespace(report_only=report_only, seeded=seeded, record=args["record"])
     if args.pop("reach"):
         if not args["weights"]:
             raise DeployError("--reach needs --weights")
-        return argparse.Namespace(**args, report_only=None)
+        return argparse.Namespace(**args, report_only=None, seeded=None)
     opts = DeployOptions(**args)
     if opts.weights and not Path(opts.weights).is_file():
         raise DeployError(f"--weights {opts.weights}: file not found")
@@ -414,6 +462,16 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     t0 = time.perf_counter()
+    if isinstance(opts, argparse.Namespace) and opts.seeded:
+        missing = [d for d in opts.seeded if not (Path(d) / "deploy.json").is_file()]
+        if missing:
+            raise DeployError(f"--seeded: no deploy.json in {', '.join(missing)}")
+        reports = [json.loads((Path(d) / "deploy.json").read_text()) for d in opts.seeded]
+        text = seeded_table(reports, opts.seeded)
+        print(text)
+        if opts.record:
+            record("deploy", text, reports[0]["meta"], command_line("bench.deploy", argv))
+        return 0
     if isinstance(opts, argparse.Namespace) and opts.report_only:
         report = json.loads((Path(opts.report_only) / "deploy.json").read_text())
         text = table(report)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench import deploy
+from core.cli import EXIT_INPUT
 from core.checkpoint import model_from_checkpoint, save_checkpoint
 from core.model.yolo import Model
 from prune import pipeline
@@ -153,3 +154,35 @@ def test_report_only_renders_a_run_again(tmp_path, capsys):
     assert deploy.main(["--report-only", str(tmp_path), "--no-record"]) == 0
     out = capsys.readouterr().out
     assert "| pruned to target | 0.2100 |" in out and "ours NOT ahead by -0.0100 at 1.60x" in out
+
+
+def seeded_report(seed: int, pruned: float, tp: float, tp_speedup: float = 1.5) -> dict:
+    rep = report([row("baseline", 0.2, 1.0), row("pruned", pruned, 1.6), row("tp_l1", tp, tp_speedup)])
+    rep["meta"]["options"]["seed"] = seed
+    return rep
+
+
+def test_seeded_table_pairs_ours_with_torch_pruning_by_seed(tmp_path, capsys):
+    """Differences +0.01, +0.02, +0.03: mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt 3) = 3.464 with 2 df,
+    two-sided p = 0.0742 (t tables: t_0.975,2 = 4.303 > 3.464 > t_0.95,2 = 2.920, so 0.05 < p < 0.10)."""
+    folders = []
+    for seed, (ours, tp) in enumerate([(0.21, 0.20), (0.23, 0.21), (0.25, 0.22)]):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "deploy.json").write_text(json.dumps(seeded_report(seed, ours, tp, tp_speedup=1.7 if seed else 1.5)))
+        folders.append(str(folder))
+    assert deploy.main(["--seeded", *folders, "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert "| pruned to target | 0.2300 ± 0.0200 | 0.2100 / 0.2300 / 0.2500 | 1.60x ± 0.00 |" in out
+    assert "| pruned to target - Torch-Pruning L1 | 3 | +0.0200 ± 0.0100 | 3.46 | 0.074 | no | 1/3 |" in out
+
+
+def test_seeded_table_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    a, b = seeded_report(0, 0.2, 0.2), seeded_report(1, 0.2, 0.2)
+    b["meta"]["options"]["speedup"] = 2.0
+    with pytest.raises(deploy.DeployError, match=r"s1 differs from s0 in speedup \(2.0 vs 3.0\)"):
+        deploy.seeded_table([a, b], ["s0", "s1"])
+    with pytest.raises(deploy.DeployError, match=r"seeds \[0, 0\] repeat"):
+        deploy.seeded_table([a, seeded_report(0, 0.2, 0.2)], ["s0", "s0b"])
+    assert deploy.main(["--seeded", str(tmp_path), str(tmp_path / "x"), "--no-record"]) == EXIT_INPUT
+    assert f"bench.deploy: error: --seeded: no deploy.json in {tmp_path}, {tmp_path / 'x'}" in capsys.readouterr().err
