@@ -1,5 +1,5 @@
 """Channel masks from BN gammas: one global threshold on the channels' scores (|gamma|, or a layer-adaptive score:
-prune/allocation.py), a per-layer floor, coupled unions, rounding."""
+prune/allocation.py), a per-layer floor, coupled unions, rounding, and the refill's extra channels (prune/refill.py)."""
 from __future__ import annotations
 
 import math
@@ -24,6 +24,7 @@ class MaskOptions:
     round_to: int = 1  # kept channels of each group rounded up to a multiple of this
     allocation: str = "global"  # what the threshold ranks: global |gamma|, lamp, sensitivity (prune/allocation.py)
     sensitivity: dict[str, float] | None = None  # conv -> measured mAP drop (allocation 'sensitivity')
+    grow: dict[str, int] | None = None  # group (first conv) -> channels kept beyond the rounded count (prune/refill.py)
 
     def scores(self, graph: PruneGraph) -> dict[str, torch.Tensor]:
         return channel_scores(graph, self.allocation, self.sensitivity)
@@ -46,6 +47,8 @@ def check_options(opts: MaskOptions) -> None:
         raise PruneOptionError(f"--round-to {opts.round_to} must be >= 1")
     if opts.allocation not in ALLOCATIONS:
         raise PruneOptionError(f"--allocation {opts.allocation!r}: choose one of {', '.join(ALLOCATIONS)}")
+    if any(v < 0 for v in (opts.grow or {}).values()):
+        raise PruneOptionError(f"grow {opts.grow}: extra channels must be >= 0")
     if opts.allocation == "sensitivity" and not opts.sensitivity:
         raise PruneOptionError("--allocation sensitivity needs --sensitivity FILE (python -m prune.sensitivity)")
 
@@ -88,7 +91,7 @@ def compute_masks(graph: PruneGraph, opts: MaskOptions) -> tuple[dict[str, torch
             floor = max(1, math.ceil(g[name].numel() * opts.layer_keep))
             keep |= (g[name] >= thr.value) | _top(g[name], floor)
         k = int(keep.sum())
-        target = min(keep.numel(), math.ceil(k / opts.round_to) * opts.round_to)
+        target = min(keep.numel(), math.ceil(k / opts.round_to) * opts.round_to + (opts.grow or {}).get(grp[0], 0))
         if target > k:  # add the best pruned channels (group score = max |gamma| over members)
             score = torch.stack([g[n] for n in grp]).max(0).values
             score[keep] = float("inf")

@@ -65,6 +65,7 @@ class PruneOptions:
     target_params: float = 0.0  # > 0: prune to this many parameters
     target_latency_ms: float = 0.0  # > 0: prune to this batch-1 latency (--latency-backend, --latency-imgsz, --latency-threads)
     target_tolerance: float = 0.01  # a candidate meets a target when its cost <= target x (1 + this)
+    refill: bool = False  # after the target's share search, give channels back where they cost nothing (prune/refill.py)
     latency_backend: str = "auto"  # where a latency target is measured: onnxruntime, torch, auto (onnxruntime if installed)
     seed: int = 0
     project: str = "runs/prune"
@@ -122,6 +123,12 @@ def check_prune_options(opts: PruneOptions) -> None:
     for k in targets:
         if getattr(opts, k) < 0:
             raise PruneOptionError(f"{flags[k]} {getattr(opts, k)} must be > 0 (0 = no target)")
+    if opts.refill and not targets:
+        raise PruneOptionError("--refill needs a --target-gflops, --target-params or --target-latency-ms (it gives "
+                               "channels back while the target stays met)")
+    if opts.refill and opts.iterative > 1:
+        raise PruneOptionError(f"--refill with --iterative {opts.iterative}: the refill grows the one-shot masks; "
+                               "use --iterative 1")
     if opts.latency_backend not in LATENCY_BACKENDS:
         raise PruneOptionError(f"--latency-backend {opts.latency_backend!r}: choose one of {', '.join(LATENCY_BACKENDS)}")
     if opts.distill_weight < 0:
@@ -193,6 +200,9 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
                    help="prune to a batch-1 latency of at most T ms, timed on this CPU by --latency-backend")
     p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance,
                    help="a target counts as met up to target x (1 + this)")
+    p.add_argument("--refill", action="store_true",
+                   help="after the share search, grow the pruned groups one conv block at a time, cheapest first, while "
+                        "the target stays met (a latency target: at most 1%% slower than the searched model, paired)")
     p.add_argument("--latency-backend", default=d.latency_backend, choices=LATENCY_BACKENDS,
                    help="where --target-latency-ms is timed (auto: onnxruntime if installed, else torch)")
     p.add_argument("--seed", type=int, default=d.seed)

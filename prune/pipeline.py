@@ -49,12 +49,13 @@ from prune.masks import MaskOptions, PruneOptionError, compute_masks
 from prune.measure import cpu_latency, latency_backend, measure, model_latency, prunable_channels, zero_subnormals
 from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
 from prune.records import NO_RECORD, SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
+from prune.refill import DEFAULT_SLACK, cost_fits, latency_fits, refill
 from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
 from prune.sensitivity import load_sensitivity
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
-from prune.target import fewest_shortcuts, find_share, target_from
+from prune.target import fewest_shortcuts, find_share, pruned_at, target_from
 from prune.unstructured import prune_unstructured, sparsity
 
 __all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
@@ -116,6 +117,7 @@ class Pipeline:
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
         self.target = target_from(opts)  # --target-*: the global share is searched before the channel stage
+        self.grow: dict[str, int] = {}  # --refill: channels kept beyond the share's masks, per group
         self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
                           "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
                           "finetune": self.finetune}
@@ -141,7 +143,7 @@ class Pipeline:
     def mask_options(self, percent: float | None = None) -> MaskOptions:
         o = self.opts
         return MaskOptions(o.global_percent if percent is None else percent, o.layer_keep, self.round_to,
-                           o.allocation, load_sensitivity(o.sensitivity) if o.sensitivity else None)
+                           o.allocation, load_sensitivity(o.sensitivity) if o.sensitivity else None, self.grow or None)
 
     def enabled(self, stage: str) -> bool:
         return {"sparse": self.opts.sr, "unstructured": self.opts.unstructured > 0}.get(stage, True)
@@ -150,7 +152,7 @@ class Pipeline:
     def stage_options(self, stage: str) -> dict:
         o = self.opts
         masks = {"global_percent": o.global_percent, "layer_keep": o.layer_keep, "round_to": self.round_to,
-                 **self.allocation_key()}
+                 **self.allocation_key(), **({"grow": self.grow} if self.grow else {})}
         per_stage = {  # files by content (sha256), not path: a moved file is the same, an edited one is not
             "baseline": {"data": self.data_identity,  # images, labels, yaml, generator settings (core.data.identity)
                          "model": file_digest(o.model or DEFAULT_MODEL) if not o.weights else None,
@@ -345,6 +347,7 @@ class Pipeline:
             if o.shortcuts == "auto":
                 o.shortcuts = old["shortcuts_chosen"]
             LOGGER.info(f"target: reusing the share {o.global_percent:.4f} found before ({path})")
+            self.resolve_refill(model, key)
             return
         path.unlink(missing_ok=True)
         timer = None
@@ -366,6 +369,35 @@ class Pipeline:
                     f"({len(result.trials)} candidates)")
         atomic_write(path, json.dumps({"key": key, "backend": backend, "shortcuts_chosen": o.shortcuts,
                                        "shortcuts_tried": tried, **result.as_dict()}, indent=1))
+        self.resolve_refill(model, key)
+
+    def resolve_refill(self, model, search_key: dict) -> None:
+        """--refill: the channels given back on top of the searched share (prune/refill.py); refill.json records
+        them and is reused while the search and the share are unchanged."""
+        o, path = self.opts, self.run_dir / "refill.json"
+        if not o.refill:
+            path.unlink(missing_ok=True)
+            return
+        key = json.loads(json.dumps({"search": search_key, "share": o.global_percent, "shortcuts": o.shortcuts,
+                                     "slack": DEFAULT_SLACK}))
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        if old.get("key") == key and not o.force:
+            self.grow = old["grow"]
+            LOGGER.info(f"refill: reusing +{old['channels_added']} channels found before ({path})")
+            return
+        masks = self.mask_options()
+        if self.target.metric == "latency_ms":
+            start = pruned_at(model, o.global_percent, masks, o.shortcuts)
+            fits = latency_fits(start, o.latency_imgsz or o.imgsz, o.latency_threads, o.latency_runs,
+                                latency_backend(o.latency_backend), self.run_dir)
+        else:
+            fits = cost_fits(model, self.target, o.imgsz)
+        LOGGER.info("--- refill: growing the pruned groups, cheapest first, while the target stays met ---")
+        result = refill(model, masks, o.shortcuts, self.target, o.imgsz, fits)
+        self.grow = result.grow
+        LOGGER.info(f"refill: +{result.channels_added} channels in {sum(v > 0 for v in self.grow.values())} groups "
+                    f"({len(result.tried)} candidates)")
+        atomic_write(path, json.dumps({"key": key, **result.as_dict()}, indent=1))
 
     def export_stages(self, imgsz: int) -> dict[str, Path]:
         """Each stage's model as run_dir/onnx/<stage>.onnx (float32, batch 1, imgsz), checked by core.export

@@ -61,6 +61,12 @@ def target_summary(run_dir: Path, df: pd.DataFrame) -> str | None:
         spread = f" (p25-p75 {last[col[:-3] + '_p25_ms']:.2f}-{last[col[:-3] + '_p75_ms']:.2f})"
     where = f" in {t['backend']}" if t.get("backend") else ""
     verdict = "no figure" if math.isnan(got) else "met" if got <= value * (1 + tol) else "MISSED"
+    refill = Path(run_dir) / "refill.json"
+    if refill.is_file():
+        r = json.loads(refill.read_text())
+        grown = sum(v > 0 for v in r["grow"].values())
+        verdict += (f"; refill: +{r['channels_added']} channels in {grown} groups "
+                    f"({len(r['tried'])} candidates tried)")
     return (f"target {metric} <= {value:g}{where} (tolerance +{tol:.0%}): global share {t['share']:.4f} found in "
             f"{len(t['trials'])} candidates (search: {t['achieved']:.4g}); achieved by "
             f"{LABELS.get(last['stage'], last['stage'])}: {got:.4g}{spread}: {verdict}")

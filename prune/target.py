@@ -30,7 +30,7 @@ from prune.masks import MaskOptions, PruneOptionError, compute_masks, threshold
 from prune.surgery import prune_channels
 
 __all__ = ["METRICS", "TARGET_FIELDS", "SearchResult", "Target", "TargetUnreachable", "fewest_shortcuts", "find_share", "largest_share",
-           "prunable_count", "pruned_at", "search_share", "target_from"]
+           "prunable_count", "pruned_at", "search_share", "target_cost", "target_from"]
 
 LOGGER = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -151,7 +151,7 @@ def prunable_count(model: nn.Module) -> int:
     return sum(m.bn.weight.numel() for m in trace(model).convs.values())
 
 
-def _cost(model: nn.Module, target: Target, imgsz: int, timer: Callable[[nn.Module], float] | None):
+def target_cost(model: nn.Module, target: Target, imgsz: int, timer: Callable[[nn.Module], float] | None):
     if target.metric == "latency_ms" and timer is None:
         raise PruneOptionError("a latency target needs a timer")
     cost = {"GFLOPs": lambda m: model_gflops(m, imgsz), "params": lambda m: sum(p.numel() for p in m.parameters()),
@@ -167,7 +167,7 @@ def fewest_shortcuts(model: nn.Module, target: Target, masks: MaskOptions, avail
     share, lets the model meet `target`; and (blocks, cost) of each count tried. Depth is removed only as far as
     the budget needs it: at equal latency a deeper, narrower model kept more accuracy (bench/results/deploy.md).
     None meeting it raises TargetUnreachable with the closest figure (every block removed)."""
-    cost, top, tried = _cost(model, target, imgsz, timer), largest_share(model, masks.layer_keep), []
+    cost, top, tried = target_cost(model, target, imgsz, timer), largest_share(model, masks.layer_keep), []
     for k in range(available + 1):
         tried.append((k, cost(pruned_at(model, top, masks, k))))
         LOGGER.info(f"target: {k} shortcut block(s) removed, largest share -> {target.show(tried[-1][1])}")
@@ -184,6 +184,6 @@ def find_share(model: nn.Module, target: Target, masks: MaskOptions, shortcuts: 
                timer: Callable[[nn.Module], float] | None = None) -> SearchResult:
     """The smallest global share whose pruned model (pruned_at) meets `target`: GFLOPs at `imgsz`, parameters,
     or `timer(model)` ms (a latency target needs one: prune.measure.model_latency's median where it will run)."""
-    cost = _cost(model, target, imgsz, timer)
+    cost = target_cost(model, target, imgsz, timer)
     return search_share(lambda s: pruned_at(model, s, masks, shortcuts), cost, target,
                         largest_share(model, masks.layer_keep), resolution=1.0 / prunable_count(model))
