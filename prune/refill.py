@@ -17,8 +17,8 @@ in a row (the cheap groups come first, so the rest cost more). The result is the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from torch import nn

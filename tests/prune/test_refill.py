@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from core.model.info import model_gflops
-from prune import pipeline, refill as refill_mod
+from prune import pipeline
+from prune import refill as refill_mod
 from prune.graph import trace
 from prune.masks import MaskOptions, PruneOptionError, compute_masks
 from prune.measure import Latency
