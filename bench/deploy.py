@@ -9,6 +9,8 @@ runs/evolve/bench-base, as make bench-tp does) and a budget (`--speedup S`: the 
   the real pruned model to the latency target in onnxruntime (prune/target.py), with `--shortcuts` blocks removed
   (default auto: the fewest that let a share meet the target),
   then `--finetune-epochs` (run folder NAME/plain);
+- + refill (`--refill`): the plain arm's stages and share reused, channels given back where they cost no latency
+  (prune --refill: prune/refill.py), then the same finetune (NAME/refill);
 - + distillation: the same stages reused (their files copied), only the finetune redone with --distill
   (NAME/distill);
 - + INT8: the distilled model quantized by the pipeline (prune/int8.py: onnxruntime static QDQ);
@@ -100,6 +102,8 @@ class DeployOptions:
     shortcuts: int | str = "auto"  # the fewest shortcut blocks that let the share meet the budget
     round_to: str | int = "auto"  # kept channels rounded up to a multiple ('auto': the machine's conv block)
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
+    distill: bool = True  # the distillation and INT8 rows (--no-distill: not)
+    refill: bool = False  # a row pruned to the target with channels given back where they cost no latency
     tp: list[str] = field(default_factory=lambda: list(TP_IMPORTANCE))  # [] = no Torch-Pruning rows
     tp_steps: int = 5
     target_tolerance: float = 0.02  # a latency within target x (1 + this) meets it (timing noise)
@@ -211,21 +215,31 @@ def run(o: DeployOptions) -> dict:
           + (f" (baseline {base_ms:.3f} ms / {o.speedup:g})" if base_ms else "") + " ---", flush=True)
 
     plain, plain_note = clock("plain arm", lambda: run_arm(popts))
-    share_stages(run_dir / "plain", run_dir / "distill")
-    # the same stages and search: --shortcuts auto again (the plain run set its count), so the search is reused
-    dopts = replace(popts, name="distill", distill=True, shortcuts=o.shortcuts if popts.target_latency_ms else popts.shortcuts)
-    distill, _ = clock("distill arm", lambda: run_arm(dopts))
-    int8 = json.loads((run_dir / "distill" / INT8_JSON).read_text())
+    # the other arms take the same stages and search: --shortcuts auto again (the plain run set its count), so the
+    # search is reused
+    shortcuts = o.shortcuts if popts.target_latency_ms else popts.shortcuts
+    refilled = {}
+    if o.refill and popts.target_latency_ms:  # out of reach: the plain arm is at the largest share, nothing to refill
+        share_stages(run_dir / "plain", run_dir / "refill")
+        refilled, _ = clock("refill arm", lambda: run_arm(replace(popts, name="refill", refill=True, shortcuts=shortcuts)))
+    distill, int8 = {}, {}
+    if o.distill:
+        share_stages(run_dir / "plain", run_dir / "distill")
+        distill, _ = clock("distill arm", lambda: run_arm(replace(popts, name="distill", distill=True, shortcuts=shortcuts)))
+        int8 = json.loads((run_dir / "distill" / INT8_JSON).read_text())
     # Torch-Pruning at our latency (the target, or the fastest we reached when it was out of reach), timed the same way
     ours_ms = onnx_latency_ms(model_from_checkpoint(run_dir / "plain" / "finetune.pt"), o, run_dir / "ours_timing.onnx")
     tp = clock("Torch-Pruning", lambda: run_tp(o, popts, ours_ms, clock)) if o.tp else {}
 
     deployables = {"baseline": (model_from_checkpoint(run_dir / "plain" / "baseline.pt"), plain["baseline"]),
-                   "pruned": (model_from_checkpoint(run_dir / "plain" / "finetune.pt"), plain["finetune"]),
-                   "distilled": (model_from_checkpoint(run_dir / "distill" / "finetune.pt"), distill["finetune"])}
+                   "pruned": (model_from_checkpoint(run_dir / "plain" / "finetune.pt"), plain["finetune"])}
+    for key, folder, arm in (("refilled", "refill", refilled), ("distilled", "distill", distill)):
+        if arm:
+            deployables[key] = (model_from_checkpoint(run_dir / folder / "finetune.pt"), arm["finetune"])
     (run_dir / "onnx").mkdir(parents=True, exist_ok=True)
     files = {k: export_onnx(m, run_dir / "onnx" / f"{k}.onnx", imgsz=o.imgsz) for k, (m, _) in deployables.items()}
-    files["int8"] = run_dir / "distill" / "int8" / "finetune.int8.onnx"
+    if int8:
+        files["int8"] = run_dir / "distill" / "int8" / "finetune.int8.onnx"
     files.update({k: export_onnx(v["model"], run_dir / "onnx" / f"{k}.onnx", imgsz=o.imgsz)
                   for k, v in tp.items()})
     print(f"--- latency: {len(files)} onnx files interleaved, {o.final_runs} rounds, batch 1, {o.imgsz} px, "
@@ -235,8 +249,9 @@ def run(o: DeployOptions) -> dict:
     ours_epochs = o.sparse_epochs + o.finetune_epochs
     rows = [{"model": k, "mAP50-95": r["mAP50-95"], "mAP50": r["mAP50"], "params": r["params"],
              "epochs": 0 if k == "baseline" else ours_epochs} for k, (_, r) in deployables.items()]
-    rows.append({"model": "int8", "mAP50-95": int8["mAP50-95"], "mAP50": int8["mAP50"],
-                 "params": distill["finetune"]["params"], "epochs": ours_epochs})
+    if int8:
+        rows.append({"model": "int8", "mAP50-95": int8["mAP50-95"], "mAP50": int8["mAP50"],
+                     "params": distill["finetune"]["params"], "epochs": ours_epochs})
     rows += [{"model": k, "mAP50-95": v["mAP50-95"], "mAP50": v["mAP50"], "ratio": v["ratio"],
               "params": sum(p.numel() for p in v["model"].parameters()), "epochs": v["epochs"], "note": v["note"]}
              for k, v in tp.items()]
@@ -246,8 +261,11 @@ def run(o: DeployOptions) -> dict:
                    onnx_MB=files[row["model"]].stat().st_size / 1e6)
     clock.seconds["total"] = time.perf_counter() - t0
     search = json.loads((run_dir / "plain" / "target.json").read_text()) if (run_dir / "plain" / "target.json").is_file() else {}
+    filled = run_dir / "refill" / "refill.json"
+    refill_record = json.loads(filled.read_text()) if refilled and filled.is_file() else {}
     report = {"meta": meta, "rows": rows, "target_ms": target_ms, "baseline_search_ms": base_ms, "tp_target_ms": ours_ms,
               "share": popts.global_percent, "shortcuts": popts.shortcuts, "search": {k: search.get(k) for k in ("share", "achieved", "met")},
+              "refill": {k: refill_record.get(k) for k in ("grow", "channels_added")} if refill_record else None,
               "plain_note": plain_note, "tp_notes": {k: v["note"] for k, v in tp.items()}, "seconds": clock.seconds}
     write_json(report, run_dir / "deploy.json")
     return report
@@ -293,7 +311,9 @@ def reach_table(rows: list[dict], imgsz: int, weights: str, runs: int) -> str:
     return "\n".join([markdown_table(header, body), "", note])
 
 
-LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "distilled": "+ distillation",
+OURS = ("pruned", "refilled", "distilled", "int8")  # the rows of our pipeline (a run has those its options asked for)
+LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "refilled": "pruned + refill",
+          "distilled": "+ distillation",
           "int8": "+ INT8", "tp_bn": "Torch-Pruning BN-scale", "tp_l1": "Torch-Pruning L1"}
 
 
@@ -340,11 +360,15 @@ def table(report: dict) -> str:
              + (f"searched to the target ({s['achieved']:.3f} ms in the search)" if s.get("achieved") else
                 "(the largest: the target is out of reach)")
              + f", {report.get('shortcuts', o['shortcuts'])} shortcut blocks removed"
-             + (" (the fewest that meet the budget)" if o["shortcuts"] == "auto" else "") + f", finetune {o['finetune_epochs']} epochs; distillation weight "
-             f"{o['distill_weight']:g}; INT8 = the distilled model, onnxruntime static QDQ. Torch-Pruning: from the same "
+             + (" (the fewest that meet the budget)" if o["shortcuts"] == "auto" else "") + f", finetune {o['finetune_epochs']} epochs"
+             + (f"; refill: +{report['refill']['channels_added']} channels in "
+                f"{sum(v > 0 for v in report['refill']['grow'].values())} groups, each kept when the grown model timed "
+                f"at most 1% slower than the searched one" if report.get("refill") else "")
+             + (f"; distillation weight {o['distill_weight']:g}; INT8 = the distilled model, onnxruntime static QDQ"
+                if o.get("distill", True) else "") + ". Torch-Pruning: from the same "
              f"checkpoint, ratio bisected to our pruned model's latency ({report.get('tp_target_ms', 0):.3f} ms), {o['tp_steps']} steps, finetuned {o['sparse_epochs'] + o['finetune_epochs']} "
              f"epochs. One seed ({o['seed']}); speedups from one interleaved loop of {o['final_runs']} rounds."]
-    ours = [r for r in rows if r["model"] in ("pruned", "distilled", "int8")]
+    ours = [r for r in rows if r["model"] in OURS]
     met = [r for r in ours if meets(r, base, speedup, o["max_drop"])]
     best = max(met or ours, key=lambda r: (r["mAP50-95"], r["speedup"]) if met else r["speedup"])
     lines.append(f"Verdict: {'met' if met else 'NOT met'} — {LABELS[best['model']]}: {best['speedup']:.2f}x, "
@@ -370,9 +394,10 @@ def seeded_table(reports: list[dict], where: list[str]) -> str:
 
     if len(reports) < 2:
         raise DeployError(f"--seeded needs two or more run folders, got {len(reports)}")
-    first = reports[0]["meta"]["options"]
+    default = asdict(DeployOptions())  # an option a run predates is its default
+    first = {**default, **reports[0]["meta"]["options"]}
     for rep, folder in zip(reports[1:], where[1:]):
-        o = rep["meta"]["options"]
+        o = {**default, **rep["meta"]["options"]}
         for key in sorted(set(first) | set(o)):
             if key not in SEED_FREE and first.get(key) != o.get(key):
                 raise DeployError(f"--seeded: {folder} differs from {where[0]} in {key} ({o.get(key)!r} vs "
@@ -392,10 +417,13 @@ def seeded_table(reports: list[dict], where: list[str]) -> str:
              f"checkpoint ({first.get('weights')}); mean ± sd over the seeds (sample sd).", "",
              markdown_table(["model", "mAP50-95", "per seed", "speedup (ORT)", "per seed"], body)]
     pairs = []
-    for tp in [m for m in models if m in TP_IMPORTANCE]:
-        t = paired_t([b["pruned"]["mAP50-95"] for b in by_model], [b[tp]["mAP50-95"] for b in by_model])
-        faster = sum(b["pruned"]["speedup"] >= b[tp]["speedup"] for b in by_model)
-        pairs.append([f"pruned to target - {LABELS[tp]}", t["n"], f"{t['mean']:+.4f} ± {t['sd']:.4f}",
+    ours = [m for m in ("pruned", "refilled") if m in models]
+    versus = [(m, tp) for m in ours for tp in models if tp in TP_IMPORTANCE]
+    versus += [("refilled", "pruned")] if "refilled" in models else []
+    for mine, other in versus:
+        t = paired_t([b[mine]["mAP50-95"] for b in by_model], [b[other]["mAP50-95"] for b in by_model])
+        faster = sum(b[mine]["speedup"] >= b[other]["speedup"] for b in by_model)
+        pairs.append([f"{LABELS[mine]} - {LABELS[other]}", t["n"], f"{t['mean']:+.4f} ± {t['sd']:.4f}",
                       f"{t['t']:.2f}", f"{t['p']:.3f}", "yes" if t["p"] < 0.05 else "no",
                       f"{faster}/{len(by_model)}"])
     if pairs:
@@ -424,6 +452,9 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
     p.add_argument("--round-to", type=lambda v: v if v == "auto" else t.positive_int(v), default=d.round_to,
                    help="kept channels rounded up to a multiple of this (auto: the machine's conv block)")
     p.add_argument("--distill-weight", type=t.non_negative_float, default=d.distill_weight)
+    p.add_argument("--no-distill", dest="distill", action="store_false", help="no distillation and INT8 rows")
+    p.add_argument("--refill", action="store_true", help="a row pruned to the target with channels given back where "
+                   "they cost no latency (prune --refill), finetuned as the plain one")
     p.add_argument("--tp", nargs="*", choices=list(TP_IMPORTANCE), default=d.tp, help="Torch-Pruning importances")
     p.add_argument("--no-tp", dest="tp", action="store_const", const=[], help="no Torch-Pruning rows")
     p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance)
@@ -497,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.record:
         record("deploy", text, report["meta"], command_line("bench.deploy", argv))
     run_dir = Path(opts.project) / opts.name
-    print(f"\npipeline folders {run_dir / 'plain'}, {run_dir / 'distill'}" + (f", {run_dir / 'tp'}" if opts.tp else "")
+    arms = ["plain"] + ["refill"] * opts.refill + ["distill"] * opts.distill + ["tp"] * bool(opts.tp)
+    print(f"\npipeline folders {', '.join(str(run_dir / a) for a in arms)}"
           + f"; onnx files {run_dir / 'onnx'}; report {run_dir / 'deploy.json'}; "
           f"{datetime.timedelta(seconds=round(time.perf_counter() - t0))} in all")
     return 0

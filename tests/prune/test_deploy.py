@@ -84,6 +84,31 @@ def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, 
     assert "| + INT8 |" in text and "Verdict:" in text
 
 
+def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path, weights, faked, monkeypatch):
+    """--refill --no-distill: a second arm reuses the plain arm's stages and share, grows groups while the (faked)
+    latency stays within 5% of the searched model's, and finetunes; no distillation or INT8 rows."""
+    data, calls = faked
+    path, base_ms = weights
+    monkeypatch.setattr(pipeline, "latency_fits", lambda start, *a, **k: (
+        lambda m: (fake_ms(m) <= fake_ms(start) * 1.05, fake_ms(m))))
+    o = deploy_opts(tmp_path, str(path), data=data, speedup=2.0, sparse_epochs=0, shortcuts="auto", refill=True,
+                    distill=False)
+    report = deploy.run(o)
+    run = tmp_path / "d"
+    assert [name for name, _ in calls] == ["finetune", "finetune"]  # plain, refill
+    assert (run / "refill" / "target.json").read_text() == (run / "plain" / "target.json").read_text()
+    filled = json.loads((run / "refill" / "refill.json").read_text())
+    assert filled["channels_added"] > 0 and report["refill"]["grow"] == filled["grow"]
+    rows = {r["model"]: r for r in report["rows"]}
+    assert list(rows) == ["baseline", "pruned", "refilled"]
+    assert rows["pruned"]["params"] < rows["refilled"]["params"]
+    start = model_from_checkpoint(run / "plain" / "layer.pt")
+    assert fake_ms(model_from_checkpoint(run / "refill" / "layer.pt")) <= fake_ms(start) * 1.05
+    text = deploy.table(report)
+    assert f"refill: +{filled['channels_added']} channels" in text and "| pruned + refill |" in text
+    assert "INT8" not in text
+
+
 @pytest.mark.parametrize("layers", [{}, {"sparse_epochs": 0, "shortcuts": "auto"}], ids=["sparse+1", "defaults"])
 def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path, weights, faked, layers):
     """With a sparse stage and one block, or (the defaults) no sparse stage and `auto` blocks: all of them go."""
@@ -175,6 +200,22 @@ def test_seeded_table_pairs_ours_with_torch_pruning_by_seed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| pruned to target | 0.2300 ± 0.0200 | 0.2100 / 0.2300 / 0.2500 | 1.60x ± 0.00 |" in out
     assert "| pruned to target - Torch-Pruning L1 | 3 | +0.0200 ± 0.0100 | 3.46 | 0.074 | no | 1/3 |" in out
+
+
+def test_seeded_table_pairs_the_refill_with_torch_pruning_and_with_the_plain_arm():
+    reps = []
+    for seed, (pruned, refilled, tp) in enumerate([(0.20, 0.22, 0.21), (0.21, 0.24, 0.22), (0.22, 0.26, 0.23)]):
+        rep = report([row("baseline", 0.2, 1.0), row("pruned", pruned, 1.6), row("refilled", refilled, 1.55),
+                      row("tp_l1", tp, 1.5)])
+        rep["meta"]["options"].update(seed=seed, refill=True)
+        reps.append(rep)
+    text = deploy.seeded_table(reps, ["s0", "s1", "s2"])
+    assert "| pruned + refill - Torch-Pruning L1 | 3 | +0.0200 ± 0.0100 | 3.46 | 0.074 | no | 3/3 |" in text
+    assert "| pruned + refill - pruned to target | 3 | +0.0300 ± 0.0100 | 5.20 | 0.035 | yes | 0/3 |" in text
+    old = seeded_report(0, 0.2, 0.2)  # a run from before the refill and distill options: their defaults
+    new = seeded_report(1, 0.2, 0.2)
+    new["meta"]["options"].update(refill=False, distill=True)
+    assert "pruned to target - Torch-Pruning L1" in deploy.seeded_table([old, new], ["s0", "s1"])
 
 
 def test_seeded_table_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
