@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.record import markdown_table
 from bench.run_table import run_table_main
+from evolve.objectives import GENE_TAGS, SPEED_GENES
 from evolve.transfer import transfer_line
 
 HEADLINE = "Study noise floor: the base hyp over its noise seeds (fitness mean ± sd)"
@@ -23,10 +24,7 @@ TRANSFER_HEADLINE = "Study transfer: trial ranking vs the same hyps retrained (t
 
 def _speed_genes(point: dict) -> str:
     """' (192 px, pruned 0.35, width 0.125)': a front point's searched speed genes, where searched."""
-    genes = [f"{point['imgsz']} px"] if point.get("imgsz") else []
-    genes += [f"pruned {point['prune_share']:.2f}"] if point.get("prune_share") is not None else []
-    genes += [f"{name} {point[gene]:g}" for gene, name in (("width_multiple", "width"), ("depth_multiple", "depth"))
-              if point.get(gene) is not None]
+    genes = [GENE_TAGS[g].format(point[g]) for g in SPEED_GENES if point.get(g) is not None]
     return f" ({', '.join(genes)})" if genes else ""
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from core.atomic import atomic_write
 from core.hyp import HYP_KEYS
 from evolve.detections import DETECT_JSON
-from evolve.objectives import SPEED_GENES
+from evolve.objectives import GENE_FORMATS, GENE_HEADERS, SPEED_GENES
 from evolve.plots import MIN_TRIALS_FOR_IMPORTANCE
 from evolve.results import best_searched, complete_ranked, searched_ranked
 from evolve.transfer import TRANSFER_ROLE, transfer_line, transfer_summary
@@ -36,8 +36,6 @@ SECTIONS = {"summary": "Summary", "settings": "Settings and provenance", "fitnes
             "gamma": "Gamma histograms", "channels": "Channels kept per layer"}
 PARETO_TITLE = "Accuracy vs cost: the Pareto front"  # two-objective studies only
 METRICS = ("P", "R", "mAP50", "mAP50-95", "fitness")
-GENE_HEADERS = {"imgsz": "imgsz", "prune_share": "pruned share", "width_multiple": "width", "depth_multiple": "depth"}
-GENE_FORMATS = {"imgsz": "{:.0f}", "prune_share": "{:.2f}", "width_multiple": "{:.4g}", "depth_multiple": "{:.3g}"}
 STAGE_LABELS = {"baseline": "Before", "sparse": "After sparse", "keep_size": "Keep-size (gammas 0)",
                 "unstructured": "Unstructured L1", "channel": "After channels",
                 "layer": "After layers", "finetune": "After finetune"}

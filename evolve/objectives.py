@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 from optuna.trial import FrozenTrial
 
-__all__ = ["COST_ATTRS", "COSTS", "FITNESS", "MULTI_SAMPLERS", "SPEED_GENES", "check_objectives", "cost_budget",
+__all__ = ["COST_ATTRS", "COSTS", "FITNESS", "GENE_FORMATS", "GENE_HEADERS", "GENE_LABELS", "GENE_TAGS",
+           "MULTI_SAMPLERS", "SPEED_GENES", "check_objectives", "cost_budget",
            "cost_objective", "fitness_value", "has_fitness", "study_directions"]
 
 FITNESS = "fitness"
@@ -26,6 +27,13 @@ MULTI_SAMPLERS = ("nsga2", "tpe", "random")
 # the genes that change a trial's speed (imgsz; prune_share: evolve/prune_gene.py; the multiples:
 # evolve/scale_gene.py): trial user attrs and evolve.csv columns, carried to the retrain, the front and the report
 SPEED_GENES = ("imgsz", "prune_share", "width_multiple", "depth_multiple")
+# how each is shown: a table column's header, a plot axis's label, the value alone, the value named in a label
+GENE_HEADERS = {"imgsz": "imgsz", "prune_share": "pruned share", "width_multiple": "width", "depth_multiple": "depth"}
+GENE_LABELS = {"imgsz": "image size (px)", "prune_share": "pruned share of BN gammas",
+               "width_multiple": "width multiple", "depth_multiple": "depth multiple"}
+GENE_FORMATS = {"imgsz": "{:.0f}", "prune_share": "{:.2f}", "width_multiple": "{:.4g}", "depth_multiple": "{:.3g}"}
+GENE_TAGS = {"imgsz": "{:.0f} px", "prune_share": "pruned {:.2f}", "width_multiple": "width {:.4g}",
+             "depth_multiple": "depth {:.3g}"}
 COST_ATTRS = (*SPEED_GENES, "latency_ms", "latency_p25", "latency_p75", "gflops")  # evolve.csv columns
 STRIDE = 32  # the detector's largest stride: every image size is a multiple of it
 

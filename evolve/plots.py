@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from evolve.objectives import SPEED_GENES  # noqa: E402
+from evolve.objectives import GENE_LABELS, GENE_TAGS, SPEED_GENES  # noqa: E402
 from evolve.pareto import choose_within, pareto_front, table_points  # noqa: E402
 from evolve.results import best_searched, searched_ranked  # noqa: E402
 
@@ -160,10 +160,6 @@ def plot_importances(study: optuna.Study, names: list[str], path: Path | str) ->
 
 
 COST_LABELS = {"latency_ms": "latency (ms, batch 1, CPU, median)", "gflops": "GFLOPs at the trial's image size"}
-GENE_LABELS = {"imgsz": "image size (px)", "prune_share": "pruned share of BN gammas",
-               "width_multiple": "width multiple", "depth_multiple": "depth multiple"}
-GENE_TAGS = {"imgsz": "{:.0f} px", "prune_share": "pruned {:.2f}", "width_multiple": "w {:.4g}",
-             "depth_multiple": "d {:.3g}"}
 
 
 def plot_pareto(df: pd.DataFrame, cost: str, path: Path | str, budget: float | None = None,
