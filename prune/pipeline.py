@@ -49,7 +49,7 @@ from prune.masks import MaskOptions, PruneOptionError, compute_masks
 from prune.measure import cpu_latency, latency_backend, measure, model_latency, prunable_channels, zero_subnormals
 from prune.options import DEFAULT_MODEL, PruneOptions, check_prune_options, parse_args
 from prune.records import NO_RECORD, SIDE_STAGES, STAGES, StageRecord, file_digest, write_results
-from prune.refill import DEFAULT_SLACK, cost_fits, latency_fits, refill
+from prune.refill import DEFAULT_SLACK, VERIFY_FACTOR, cost_fits, latency_fits, refill
 from prune.report import write_prune_report
 from prune.rounding import resolve_round_to
 from prune.sensitivity import load_sensitivity
@@ -379,7 +379,7 @@ class Pipeline:
             path.unlink(missing_ok=True)
             return
         key = json.loads(json.dumps({"search": search_key, "share": o.global_percent, "shortcuts": o.shortcuts,
-                                     "slack": DEFAULT_SLACK}))
+                                     "slack": DEFAULT_SLACK, "verify": VERIFY_FACTOR}))
         old = json.loads(path.read_text()) if path.is_file() else {}
         if old.get("key") == key and not o.force:
             self.grow = old["grow"]
@@ -388,12 +388,14 @@ class Pipeline:
         masks = self.mask_options()
         if self.target.metric == "latency_ms":
             start = pruned_at(model, o.global_percent, masks, o.shortcuts)
-            fits = latency_fits(start, o.latency_imgsz or o.imgsz, o.latency_threads, o.latency_runs,
-                                latency_backend(o.latency_backend), self.run_dir)
+            timing = (start, o.latency_imgsz or o.imgsz, o.latency_threads)
+            where = (latency_backend(o.latency_backend), self.run_dir)
+            fits = latency_fits(*timing, o.latency_runs, *where)
+            verify = latency_fits(*timing, o.latency_runs * VERIFY_FACTOR, *where)
         else:
-            fits = cost_fits(model, self.target, o.imgsz)
+            fits, verify = cost_fits(model, self.target, o.imgsz), None
         LOGGER.info("--- refill: growing the pruned groups, cheapest first, while the target stays met ---")
-        result = refill(model, masks, o.shortcuts, self.target, o.imgsz, fits)
+        result = refill(model, masks, o.shortcuts, self.target, o.imgsz, fits, verify=verify)
         self.grow = result.grow
         LOGGER.info(f"refill: +{result.channels_added} channels in {sum(v > 0 for v in self.grow.values())} groups "
                     f"({len(result.tried)} candidates)")

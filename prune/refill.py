@@ -11,7 +11,11 @@ fits:
   loop, it is at most `slack` slower: a paired ratio, so the host's load moves both, and the slack bounds how far
   the accepted steps together can drift from the searched model's latency.
 Passes repeat while a pass grew something, up to `max_evals` candidates; a pass stops after `patience` misses
-in a row (the cheap groups come first, so the rest cost more). The result is the extra channels per group,
+in a row (the cheap groups come first, so the rest cost more). A latency refill ends with a check: each step was
+timed briefly, and short loops on a busy host let noise through, so the grown model is timed again beside the
+searched one in a loop `VERIFY_FACTOR` times longer; where it is over the slack, the steps are undone from the
+last, the longest prefix that passes the long check kept (bisection on the number of steps). The result is the
+extra channels per group,
 `MaskOptions.grow`, which compute_masks adds after its rounding: the stages after the search stay as they are.
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = ["RefillResult", "cost_fits", "latency_fits", "refill", "refill_order"
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_SLACK = 0.01  # a latency refill may make the model this much slower than the searched one (paired ratio)
+VERIFY_FACTOR = 10  # the final check's loop is this many times the steps' loop
 
 
 @dataclass
@@ -41,6 +46,7 @@ class RefillResult:
     grow: dict[str, int]  # group (its first conv) -> channels kept beyond the share's masks
     tried: list[dict] = field(default_factory=list)  # every candidate: group, channels, cost, accepted
     channels_added: int = 0
+    verified: list[dict] = field(default_factory=list)  # the final check: steps kept, cost, fits
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,10 +72,13 @@ def refill_order(model: nn.Module, masks: MaskOptions, shortcuts: int, imgsz: in
 
 
 def refill(model: nn.Module, masks: MaskOptions, shortcuts: int, target: Target, imgsz: int,
-           fits: Callable[[nn.Module], tuple[bool, float]], max_evals: int = 80, patience: int = 4) -> RefillResult:
+           fits: Callable[[nn.Module], tuple[bool, float]], max_evals: int = 80, patience: int = 4,
+           verify: Callable[[nn.Module], tuple[bool, float]] | None = None) -> RefillResult:
     """Grow the groups of `model` pruned at `masks` (its share) while `fits(grown model)` says the grown model still
-    fits: (fits, its cost). See the module docstring; returns the extra channels per group."""
-    grow: dict[str, int] = dict(masks.grow or {})
+    fits: (fits, its cost); then, with `verify` (a stricter fits), keep the longest prefix of the steps it passes.
+    See the module docstring; returns the extra channels per group."""
+    start: dict[str, int] = dict(masks.grow or {})
+    grow, steps = dict(start), []  # steps: (group, channels) in the order they were kept
     tried: list[dict] = []
     grew = True
     while grew and len(tried) < max_evals:
@@ -88,10 +97,41 @@ def refill(model: nn.Module, masks: MaskOptions, shortcuts: int, target: Target,
                         f"({'kept' if ok else 'undone'})")
             if ok:
                 grow, grew, misses = candidate, True, 0
+                steps.append((name, step))
                 sizes[name] = (sizes[name][0] + step, sizes[name][1])
             else:
                 misses += 1
-    return RefillResult(grow, tried, sum(grow.values()) - sum((masks.grow or {}).values()))
+    verified: list[dict] = []
+    if verify is not None and steps:
+        grow = _verified_prefix(model, masks, shortcuts, start, steps, verify, verified, target)
+    return RefillResult(grow, tried, sum(grow.values()) - sum(start.values()), verified)
+
+
+def _verified_prefix(model, masks, shortcuts, start, steps, verify, log, target) -> dict[str, int]:
+    """The grow of the longest prefix of `steps` that `verify` passes (the start itself, 0 steps, passed the
+    search); the cost of a prefix grows with its length, so bisection on the length."""
+    def grow_of(k: int) -> dict[str, int]:
+        out = dict(start)
+        for name, step in steps[:k]:
+            out[name] = out.get(name, 0) + step
+        return out
+
+    def check(k: int) -> bool:
+        ok, cost = verify(pruned_at(model, masks.global_percent, replace(masks, grow=grow_of(k)), shortcuts))
+        log.append({"steps": k, "cost": cost, "fits": ok})
+        LOGGER.info(f"refill check: {k}/{len(steps)} steps -> {target.show(cost)} ({'fits' if ok else 'over'})")
+        return ok
+
+    lo, hi = 0, len(steps)
+    if check(hi):
+        return grow_of(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if check(mid):
+            lo = mid
+        else:
+            hi = mid
+    return grow_of(lo)
 
 
 def cost_fits(model: nn.Module, target: Target, imgsz: int) -> Callable[[nn.Module], tuple[bool, float]]:

@@ -93,6 +93,22 @@ def test_refill_stops_a_pass_after_patience_misses(model):
     assert len(calls) == 3 and r.grow == {} and r.channels_added == 0 and not any(t["accepted"] for t in r.tried)
 
 
+def test_the_final_check_keeps_the_longest_prefix_of_steps_it_passes(model):
+    """Steps timed briefly all 'fit' (noise let them through); the long check passes only up to a budget: the
+    steps are undone from the last, and the longest passing prefix is kept."""
+    masks = floor_masks(model)
+    r_all = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, params(m)), max_evals=12)
+    accepted = [t for t in r_all.tried if t["accepted"]]
+    assert len(accepted) == 12 and r_all.verified == []
+    limit = (accepted[6]["cost"] + accepted[7]["cost"]) / 2  # 7 steps fit, the 8th does not
+    r = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, params(m)), max_evals=12,
+               verify=lambda m: (params(m) <= limit, params(m)))
+    got = params(pruned_at(model, masks.global_percent, MaskOptions(**{**vars(masks), "grow": r.grow}), 0))
+    assert got == accepted[6]["cost"]  # the prefix of 7 steps
+    assert [v["steps"] for v in r.verified][0] == 12 and not r.verified[0]["fits"]
+    assert {v["steps"]: v["fits"] for v in r.verified}.get(7) is True
+
+
 def test_latency_fits_compares_with_the_searched_model_in_one_loop(model, monkeypatch, tmp_path):
     """The rule on a faked clock: the grown model fits while its median is within the slack of the searched one
     timed beside it, whatever the host's load did to both."""
