@@ -31,6 +31,7 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -143,11 +144,12 @@ def share_stages(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str]:
-    """One pipeline run to the latency target; ({stage: row}, note). A target out of reach is not an error
-    here: the arm is pruned at the largest share instead and the note says by how much the target was missed."""
+def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str, float]:
+    """One pipeline run to the latency target; ({stage: row}, note, the closest latency the search measured when the
+    target was out of reach, else nan). A target out of reach is not an error here: the arm is pruned at the
+    largest share instead and the note says by how much the target was missed."""
     try:
-        return {r["stage"]: r for r in run_pipeline(popts)}, ""
+        return {r["stage"]: r for r in run_pipeline(popts)}, "", math.nan
     except TargetUnreachable as e:
         run_dir = Path(popts.project) / popts.name
         source = model_from_checkpoint(run_dir / ("sparse.pt" if popts.sr else "baseline.pt"))
@@ -155,7 +157,7 @@ def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str]:
             popts.shortcuts = len(rank_shortcuts(source))
         popts.target_latency_ms, popts.global_percent = 0.0, largest_share(source, popts.layer_keep)
         LOGGER.warning(f"{e}; pruning at the largest share {popts.global_percent:.4f} instead")
-        return {r["stage"]: r for r in run_pipeline(popts)}, f"target out of reach: {e}"
+        return {r["stage"]: r for r in run_pipeline(popts)}, f"target out of reach: {e}", e.closest
 
 
 def onnx_latency_ms(model: nn.Module, o: DeployOptions, path: Path) -> float:
@@ -214,18 +216,24 @@ def run(o: DeployOptions) -> dict:
     print(f"--- budget: onnxruntime latency <= {target_ms:.3f} ms at {o.imgsz} px"
           + (f" (baseline {base_ms:.3f} ms / {o.speedup:g})" if base_ms else "") + " ---", flush=True)
 
-    plain, plain_note = clock("plain arm", lambda: run_arm(popts))
+    plain, plain_note, closest_ms = clock("plain arm", lambda: run_arm(popts))
     # the other arms take the same stages and search: --shortcuts auto again (the plain run set its count), so the
     # search is reused
     shortcuts = o.shortcuts if popts.target_latency_ms else popts.shortcuts
-    refilled = {}
-    if o.refill and popts.target_latency_ms:  # out of reach: the plain arm is at the largest share, nothing to refill
+    refilled, refill_note = {}, ""
+    if o.refill:
         share_stages(run_dir / "plain", run_dir / "refill")
-        refilled, _ = clock("refill arm", lambda: run_arm(replace(popts, name="refill", refill=True, shortcuts=shortcuts)))
+        ropts = replace(popts, name="refill", refill=True, shortcuts=shortcuts)
+        if not popts.target_latency_ms:  # out of reach: the plain arm is at its floor; give back what costs nothing there
+            ropts.target_latency_ms = closest_ms
+            refill_note = (f"refill: the target out of reach, the refill arm aimed at the floor's own "
+                           f"{closest_ms:.3f} ms (the closest the search measured)")
+        refilled, note, _ = clock("refill arm", lambda: run_arm(ropts))
+        refill_note = "; ".join(x for x in (refill_note, note) if x)
     distill, int8 = {}, {}
     if o.distill:
         share_stages(run_dir / "plain", run_dir / "distill")
-        distill, _ = clock("distill arm", lambda: run_arm(replace(popts, name="distill", distill=True, shortcuts=shortcuts)))
+        distill, _, _ = clock("distill arm", lambda: run_arm(replace(popts, name="distill", distill=True, shortcuts=shortcuts)))
         int8 = json.loads((run_dir / "distill" / INT8_JSON).read_text())
     # Torch-Pruning at our latency (the target, or the fastest we reached when it was out of reach), timed the same way
     ours_ms = onnx_latency_ms(model_from_checkpoint(run_dir / "plain" / "finetune.pt"), o, run_dir / "ours_timing.onnx")
@@ -266,7 +274,7 @@ def run(o: DeployOptions) -> dict:
     report = {"meta": meta, "rows": rows, "target_ms": target_ms, "baseline_search_ms": base_ms, "tp_target_ms": ours_ms,
               "share": popts.global_percent, "shortcuts": popts.shortcuts, "search": {k: search.get(k) for k in ("share", "achieved", "met")},
               "refill": {k: refill_record.get(k) for k in ("grow", "channels_added")} if refill_record else None,
-              "plain_note": plain_note, "tp_notes": {k: v["note"] for k, v in tp.items()}, "seconds": clock.seconds}
+              "plain_note": plain_note, "refill_note": refill_note, "tp_notes": {k: v["note"] for k, v in tp.items()}, "seconds": clock.seconds}
     write_json(report, run_dir / "deploy.json")
     return report
 
@@ -375,7 +383,7 @@ def table(report: dict) -> str:
                  f"mAP50-95 {best['mAP50-95']:.4f} ({best['mAP50-95'] - base['mAP50-95']:+.4f})"
                  + ("" if met else " (the fastest of ours)"))
     lines += [versus_tp(ours, r) for r in rows if r["model"] in TP_IMPORTANCE]
-    for note in [report.get("plain_note"), *report.get("tp_notes", {}).values()]:
+    for note in [report.get("plain_note"), report.get("refill_note"), *report.get("tp_notes", {}).values()]:
         if note:
             lines.append(f"Note: {note}")
     lines.append("wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict:
                              latency_runs=args.latency_runs, latency_backend="onnxruntime", target_latency_ms=target,
                              target_tolerance=0.02, onnx_latency=False, project=str(out), name=allocation,
                              progress=args.progress)
-        rows, note = run_arm(popts)  # sets popts.global_percent to the share it pruned at
+        rows, note, _ = run_arm(popts)  # sets popts.global_percent to the share it pruned at
         arms[allocation] = {"rows": rows, "note": note, "share": popts.global_percent}
     models = {"baseline": base, **{a: model_from_checkpoint(out / a / "finetune.pt") for a in arms}}
     (out / "onnx").mkdir(exist_ok=True)

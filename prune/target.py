@@ -40,7 +40,11 @@ TARGET_FIELDS = {"target_gflops": "GFLOPs", "target_params": "params", "target_l
 
 
 class TargetUnreachable(PruneOptionError):
-    """Even the largest share leaves the model above its target."""
+    """Even the largest share leaves the model above its target; `closest` is the figure it leaves."""
+
+    def __init__(self, message: str, closest: float = math.nan):
+        super().__init__(message)
+        self.closest = closest
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,8 @@ def search_share(build: Callable[[float], M], cost: Callable[[M], float], target
         raise TargetUnreachable(
             f"--target-{target.flag} {target.value:g} cannot be met: the largest share {hi:.3f} prunes the model to "
             f"{target.show(at_hi)} ({at_hi / target.value - 1:+.1%} of the target); that is the closest achievable "
-            f"here; remove more shortcut blocks (--shortcuts), lower --layer-keep or --round-to, or raise the target")
+            f"here; remove more shortcut blocks (--shortcuts), lower --layer-keep or --round-to, or raise the target",
+            at_hi)
     at_lo = evaluate(0.0)
     if target.met(at_lo):
         return SearchResult(target, 0.0, at_lo, trials)
@@ -177,7 +182,7 @@ def fewest_shortcuts(model: nn.Module, target: Target, masks: MaskOptions, avail
     raise TargetUnreachable(f"--target-{target.flag} {target.value:g} cannot be met: with every shortcut block "
                             f"removed ({available}) the largest share leaves {target.show(last)} "
                             f"({last / target.value - 1:+.1%} of the target), the closest achievable here; lower "
-                            f"--layer-keep or --round-to, or raise the target")
+                            f"--layer-keep or --round-to, or raise the target", last)
 
 
 def find_share(model: nn.Module, target: Target, masks: MaskOptions, shortcuts: int, imgsz: int,

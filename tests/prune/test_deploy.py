@@ -84,19 +84,27 @@ def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, 
     assert "| + INT8 |" in text and "Verdict:" in text
 
 
-def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path, weights, faked, monkeypatch):
+@pytest.mark.parametrize("speedup", [2.0, 1000.0], ids=["in-reach", "out-of-reach"])
+def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path, weights, faked, monkeypatch, speedup):
     """--refill --no-distill: a second arm reuses the plain arm's stages and share, grows groups while the (faked)
-    latency stays within 5% of the searched model's, and finetunes; no distillation or INT8 rows."""
+    latency stays within 5% of the searched model's, and finetunes; no distillation or INT8 rows. A budget out of
+    reach: the plain arm sits at its floor and the refill arm aims at the floor's own latency."""
     data, calls = faked
     path, base_ms = weights
     monkeypatch.setattr(pipeline, "latency_fits", lambda start, *a, **k: (
         lambda m: (fake_ms(m) <= fake_ms(start) * 1.05, fake_ms(m))))
-    o = deploy_opts(tmp_path, str(path), data=data, speedup=2.0, sparse_epochs=0, shortcuts="auto", refill=True,
+    o = deploy_opts(tmp_path, str(path), data=data, speedup=speedup, sparse_epochs=0, shortcuts="auto", refill=True,
                     distill=False)
     report = deploy.run(o)
     run = tmp_path / "d"
     assert [name for name, _ in calls] == ["finetune", "finetune"]  # plain, refill
-    assert (run / "refill" / "target.json").read_text() == (run / "plain" / "target.json").read_text()
+    if speedup == 2.0:
+        assert (run / "refill" / "target.json").read_text() == (run / "plain" / "target.json").read_text()
+        assert not report["refill_note"]
+    else:
+        floor = fake_ms(model_from_checkpoint(run / "plain" / "layer.pt"))
+        aimed = json.loads((run / "refill" / "target.json").read_text())["target"]["value"]
+        assert aimed == pytest.approx(floor) and "aimed at the floor's own" in report["refill_note"]
     filled = json.loads((run / "refill" / "refill.json").read_text())
     assert filled["channels_added"] > 0 and report["refill"]["grow"] == filled["grow"]
     rows = {r["model"]: r for r in report["rows"]}
@@ -117,12 +125,13 @@ def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path,
     popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data, **layers), base_ms / 1000, tmp_path)
     popts.onnx_latency = False  # the stages' own latency table is not what this test is about
     assert popts.sr == (layers.get("sparse_epochs", 1) > 0)
-    rows, note = deploy.run_arm(popts)
+    rows, note, closest = deploy.run_arm(popts)
     assert note.startswith("target out of reach") and "the largest share" in note
     assert popts.global_percent > 0.9 and popts.target_latency_ms == 0
     assert rows["finetune"]["channels_kept"] < rows["baseline"]["channels_kept"] / 2
     removed = json.loads((tmp_path / "plain" / "layer.json").read_text())["extra"]["removed"]
     assert len(removed) == (1 if layers.get("shortcuts", 1) == 1 else len(rank_shortcuts(model_from_checkpoint(path))))
+    assert closest == pytest.approx(fake_ms(model_from_checkpoint(tmp_path / "plain" / "layer.pt")))  # what it measured
 
 
 def row(model: str, mAP: float, speedup: float) -> dict:
