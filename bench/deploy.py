@@ -65,6 +65,7 @@ from core.cli import main_guard
 from core.export import export_onnx
 from core.model.info import model_gflops
 from core.val import validate
+from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
 from prune.int8 import INT8_JSON
 from prune.layers import rank_shortcuts
@@ -102,6 +103,7 @@ class DeployOptions:
     finetune_epochs: int = 20
     shortcuts: int | str = "auto"  # the fewest shortcut blocks that let the share meet the budget
     round_to: str | int = "auto"  # kept channels rounded up to a multiple ('auto': the machine's conv block)
+    allocation: str = "global"  # what the share's threshold ranks (prune/allocation.py): |gamma|, lamp, l1
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
     distill: bool = True  # the distillation and INT8 rows (--no-distill: not)
     refill: bool = False  # a row pruned to the target with channels given back where they cost no latency
@@ -124,7 +126,7 @@ def prune_options(o: DeployOptions, target_ms: float, run_dir: Path) -> PruneOpt
     """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size."""
     return PruneOptions(weights=o.weights, data=o.data, sr=o.sparse_epochs > 0, s=o.s, s_schedule="step", penalty="polar",
                         sparse_epochs=o.sparse_epochs, finetune_epochs=o.finetune_epochs, shortcuts=o.shortcuts,
-                        round_to=o.round_to,
+                        round_to=o.round_to, allocation=o.allocation,
                         imgsz=o.imgsz, batch_size=o.batch_size, workers=o.workers, seed=o.seed,
                         latency_imgsz=o.imgsz, latency_threads=o.latency_threads, latency_runs=o.latency_runs,
                         latency_backend="onnxruntime", target_latency_ms=target_ms,
@@ -365,6 +367,7 @@ def table(report: dict) -> str:
              + f") with mAP50-95 >= {base['mAP50-95'] - o['max_drop']:.4f} (baseline - {o['max_drop']:g}). "
              + (f"Ours: sparse {o['sparse_epochs']} epochs (polar, s {o['s']:g}, step), " if o["sparse_epochs"] else
                 "Ours: no sparse stage, ") + f"global share {report['share']:.4f} "
+             + (f"(allocation {o['allocation']}) " if o.get("allocation", "global") != "global" else "")
              + (f"searched to the target ({s['achieved']:.3f} ms in the search)" if s.get("achieved") else
                 "(the largest: the target is out of reach)")
              + f", {report.get('shortcuts', o['shortcuts'])} shortcut blocks removed"
@@ -460,6 +463,8 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
     p.add_argument("--round-to", type=lambda v: v if v == "auto" else t.positive_int(v), default=d.round_to,
                    help="kept channels rounded up to a multiple of this (auto: the machine's conv block)")
     p.add_argument("--distill-weight", type=t.non_negative_float, default=d.distill_weight)
+    p.add_argument("--allocation", choices=[a for a in ALLOCATIONS if a != "sensitivity"], default=d.allocation,
+                   help="what the global threshold ranks: |gamma|, LAMP scores, or weight L1 (prune/allocation.py)")
     p.add_argument("--no-distill", dest="distill", action="store_false", help="no distillation and INT8 rows")
     p.add_argument("--refill", action="store_true", help="a row pruned to the target with channels given back where "
                    "they cost no latency (prune --refill), finetuned as the plain one")

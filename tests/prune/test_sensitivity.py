@@ -11,7 +11,7 @@ import torch
 
 from core.model.info import model_gflops
 from prune import pipeline
-from prune.allocation import channel_scores, lamp_scores, sensitivity_weights
+from prune.allocation import channel_scores, lamp_scores, sensitivity_weights, weight_l1_scores
 from prune.graph import trace
 from prune.masks import MaskOptions, compute_masks
 from prune.options import parse_args
@@ -68,7 +68,7 @@ def test_sensitivity_weights_follow_the_measured_drops():
     assert w["b"] == pytest.approx((0.02 + 1e-3) / (0.02 + 1e-3))  # the mean drop weighs 1
 
 
-@pytest.mark.parametrize("allocation", ["global", "lamp", "sensitivity"])
+@pytest.mark.parametrize("allocation", ["global", "lamp", "l1", "sensitivity"])
 def test_every_allocation_meets_the_same_gflops_target(model, allocation):
     names = list(trace(model).convs)
     drops = {n: 0.05 if i % 3 == 0 else 0.0 for i, n in enumerate(names)}  # every third conv 'sensitive'
@@ -78,15 +78,31 @@ def test_every_allocation_meets_the_same_gflops_target(model, allocation):
     assert r.met and model_gflops(pruned_at(model, r.share, masks, 0), IMGSZ) <= target.value * 1.02
 
 
+def test_l1_scores_by_hand(model):
+    """model.0's channels are read by model.1 alone: score = (L1 of model.0's output weights + L1 of model.1's
+    input weights at that channel) / the layer's mean; a shortcut's members each count the consumers' reads."""
+    graph = trace(model)
+    w0, w1 = graph.convs["model.0"].conv.weight.detach(), graph.convs["model.1"].conv.weight.detach()
+    raw = w0.abs().sum((1, 2, 3)) + w1.abs().sum((0, 2, 3))
+    assert readers(graph, "model.0") == ["model.1"]
+    assert weight_l1_scores(graph)["model.0"].tolist() == pytest.approx((raw / raw.mean()).tolist(), rel=1e-5)
+    scores = channel_scores(graph, "l1")
+    assert all(float(v.mean()) == pytest.approx(1.0, rel=1e-5) for v in scores.values())
+
+
+def readers(graph, name: str) -> list[str]:
+    return [c.name for c in graph.consumers if any(name in seg for seg in c.inputs)]
+
+
 def test_allocations_spread_the_pruning_differently(model):
     graph = trace(model)
     names = list(graph.convs)
     drops = {n: 0.05 if i % 3 == 0 else 0.0 for i, n in enumerate(names)}
     kept = {}
-    for allocation in ("global", "lamp", "sensitivity"):
+    for allocation in ("global", "lamp", "l1", "sensitivity"):
         masks, _ = compute_masks(graph, MaskOptions(0.5, 0.01, 1, allocation, drops))
         kept[allocation] = {n: int(m.sum()) for n, m in masks.items()}
-    assert kept["lamp"] != kept["global"] and kept["sensitivity"] != kept["global"]
+    assert kept["lamp"] != kept["global"] and kept["sensitivity"] != kept["global"] and kept["l1"] != kept["global"]
     sensitive = [n for n in names if drops[n] > 0]
     assert sum(kept["sensitivity"][n] for n in sensitive) > sum(kept["global"][n] for n in sensitive)
     scores = channel_scores(graph, "lamp")
