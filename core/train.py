@@ -221,6 +221,8 @@ def fit(data: str | Mapping | None, model: Any, hyp: str | Mapping | None = None
         finally:
             s.saver.finish(ended, interrupted=signals.received is not None and not ended)
             if s.cfg.ctx.distributed and torch.distributed.is_initialized():
+                if ended:  # every rank past its last collective before any tears down its gloo pairs: a rank
+                    torch.distributed.barrier()  # destroying early aborted its peer once (terminate, SIGABRT)
                 torch.distributed.destroy_process_group()
 
     with s.callbacks.phase("pictures"):
