@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
-from core.model.info import model_gflops
+from core.model.info import model_gflops, param_count
 from prune.graph import trace
 from prune.layers import remove_shortcuts
 from prune.masks import MaskOptions, PruneOptionError, compute_masks, threshold
@@ -159,7 +159,7 @@ def prunable_count(model: nn.Module) -> int:
 def target_cost(model: nn.Module, target: Target, imgsz: int, timer: Callable[[nn.Module], float] | None):
     if target.metric == "latency_ms" and timer is None:
         raise PruneOptionError("a latency target needs a timer")
-    cost = {"GFLOPs": lambda m: model_gflops(m, imgsz), "params": lambda m: sum(p.numel() for p in m.parameters()),
+    cost = {"GFLOPs": lambda m: model_gflops(m, imgsz), "params": param_count,
             "latency_ms": timer}[target.metric]
     if target.metric == "GFLOPs" and math.isnan(cost(model)):
         raise PruneOptionError("--target-gflops needs thop to count GFLOPs (pip install thop)")

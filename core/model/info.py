@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 
-__all__ = ["model_info", "model_gflops", "layer_table"]
+__all__ = ["model_info", "model_gflops", "param_count", "layer_table"]
+
+
+def param_count(model: nn.Module) -> int:
+    """Parameters (BN statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def model_gflops(model: nn.Module, imgsz: int = 640) -> float:
@@ -34,7 +39,7 @@ def model_info(model: nn.Module, imgsz: int = 640) -> dict:
     """``{'layers', 'params', 'gradients', 'gflops'}``; layers counts modules as YOLOv5 does."""
     return {
         'layers': len(list(model.modules())),
-        'params': sum(p.numel() for p in model.parameters()),
+        'params': param_count(model),
         'gradients': sum(p.numel() for p in model.parameters() if p.requires_grad),
         'gflops': model_gflops(model, imgsz),
     }
@@ -50,7 +55,7 @@ def layer_table(model: nn.Module) -> str:
             outs = _out_channels(m)
             args = f'{m.args}' + (f' -> {outs} ch' if outs else '')
         rows.append(f'{m.i:>3}{str(m.f):>18}{m.n:>3}{m.np:10,}  {m.type:<14}{args}')
-    params = sum(p.numel() for p in model.parameters())
+    params = param_count(model)
     rows.append(f'{len(model.model)} layers, {params:,} parameters')
     return '\n'.join(rows)
 

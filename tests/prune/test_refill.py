@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.model.info import model_gflops
+from core.model.info import model_gflops, param_count
 from prune import pipeline
 from prune import refill as refill_mod
 from prune.graph import trace
@@ -18,21 +18,9 @@ from prune.measure import Latency
 from prune.options import parse_args
 from prune.refill import cost_fits, latency_fits, refill, refill_order
 from prune.target import Target, largest_share, pruned_at
-from tests.helpers import MODELS, fake_prune_fit, random_model, synthetic_yaml
+from tests.helpers import MODELS, fake_prune_fit, synthetic_yaml
 
 IMGSZ = 64
-
-
-@pytest.fixture(scope="module")
-def model():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield random_model("yolov5-cpu.yaml")
-    torch.set_num_threads(before)
-
-
-def params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def floor_masks(model) -> MaskOptions:
@@ -97,13 +85,13 @@ def test_the_final_check_keeps_the_longest_prefix_of_steps_it_passes(model):
     """Steps timed briefly all 'fit' (noise let them through); the long check passes only up to a budget: the
     steps are undone from the last, and the longest passing prefix is kept."""
     masks = floor_masks(model)
-    r_all = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, params(m)), max_evals=12)
+    r_all = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, param_count(m)), max_evals=12)
     accepted = [t for t in r_all.tried if t["accepted"]]
     assert len(accepted) == 12 and r_all.verified == []
     limit = (accepted[6]["cost"] + accepted[7]["cost"]) / 2  # 7 steps fit, the 8th does not
-    r = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, params(m)), max_evals=12,
-               verify=lambda m: (params(m) <= limit, params(m)))
-    got = params(pruned_at(model, masks.global_percent, MaskOptions(**{**vars(masks), "grow": r.grow}), 0))
+    r = refill(model, masks, 0, Target("params", 1.0), IMGSZ, lambda m: (True, param_count(m)), max_evals=12,
+               verify=lambda m: (param_count(m) <= limit, param_count(m)))
+    got = param_count(pruned_at(model, masks.global_percent, MaskOptions(**{**vars(masks), "grow": r.grow}), 0))
     assert got == accepted[6]["cost"]  # the prefix of 7 steps
     assert [v["steps"] for v in r.verified][0] == 12 and not r.verified[0]["fits"]
     assert {v["steps"]: v["fits"] for v in r.verified}.get(7) is True
@@ -116,14 +104,14 @@ def test_latency_fits_compares_with_the_searched_model_in_one_loop(model, monkey
 
     def fake_latency(models, imgsz, threads, runs, onnx=None):
         seen.append(sorted(models))
-        grown = params(models["grown"])
+        grown = param_count(models["grown"])
         load = 3.0 if len(seen) % 2 else 1.0  # a busy host every other call: both slow down together
         return {"start": Latency(load * 1.0, load, load, runs), "grown": Latency(load * grown / base, load, load, runs)}
 
     monkeypatch.setattr(refill_mod, "cpu_latency", fake_latency)
     masks = floor_masks(model)
     start = pruned_at(model, masks.global_percent, masks, 0)
-    base = params(start)
+    base = param_count(start)
     fits = latency_fits(start, IMGSZ, 1, 5, "torch", tmp_path, slack=0.01)
     assert fits(start) == (True, 3.0)  # the first call is the busy one: 3x, and still fits
     assert fits(model)[0] is False  # the unpruned model is far slower than the searched one

@@ -17,17 +17,9 @@ from prune.masks import MaskOptions, compute_masks
 from prune.options import parse_args
 from prune.sensitivity import SensitivityError, group_keep, load_sensitivity, measure_sensitivity
 from prune.target import Target, find_share, pruned_at
-from tests.helpers import MODELS, fake_prune_fit, random_model, synthetic_yaml
+from tests.helpers import MODELS, fake_prune_fit, synthetic_yaml
 
 IMGSZ = 64
-
-
-@pytest.fixture(scope="module")
-def model():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield random_model("yolov5-cpu.yaml")
-    torch.set_num_threads(before)
 
 
 def output_score(model) -> float:

@@ -6,31 +6,18 @@ import logging
 
 import pandas as pd
 import pytest
-import torch
 
-from core.model.info import model_gflops
+from core.model.info import model_gflops, param_count
 from prune import pipeline
 from prune.masks import MaskOptions
 from prune.options import parse_args
 from prune.layers import rank_shortcuts
 from prune.target import (Target, TargetUnreachable, fewest_shortcuts, find_share, largest_share, prunable_count,
                           pruned_at, search_share)
-from tests.helpers import MODELS, fake_prune_fit, random_model, synthetic_yaml
+from tests.helpers import MODELS, fake_prune_fit, synthetic_yaml
 
 MASKS = MaskOptions(global_percent=0.0, layer_keep=0.01, round_to=1)
 IMGSZ = 64
-
-
-@pytest.fixture(scope="module")
-def model():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # each candidate builds a small model: a second thread only spins on a shared CPU
-    yield random_model("yolov5-cpu.yaml")
-    torch.set_num_threads(before)
-
-
-def params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def least_pruning(model, result, cost, shortcuts: int, n: int) -> bool:
@@ -63,10 +50,10 @@ def test_gflops_target_is_met_within_tolerance_on_a_tiny_model(model):
 
 
 def test_params_target_is_met_with_the_least_pruning(model):
-    target = Target("params", 0.5 * params(model), tolerance=0.0)  # no band: bisected to one channel's share
+    target = Target("params", 0.5 * param_count(model), tolerance=0.0)  # no band: bisected to one channel's share
     r = find_share(model, target, MASKS, shortcuts=0, imgsz=IMGSZ)
-    assert r.achieved == params(pruned_at(model, r.share, MASKS, 0)) <= target.value
-    assert least_pruning(model, r, params, 0, prunable_count(model))
+    assert r.achieved == param_count(pruned_at(model, r.share, MASKS, 0)) <= target.value
+    assert least_pruning(model, r, param_count, 0, prunable_count(model))
 
 
 def test_latency_target_is_searched_with_the_injected_timer(model):
@@ -74,9 +61,9 @@ def test_latency_target_is_searched_with_the_injected_timer(model):
 
     def fake_timer(m):  # 1 ms plus 1 ms per 100k parameters: no clock involved
         timed.append(m)
-        return 1.0 + params(m) / 1e5
+        return 1.0 + param_count(m) / 1e5
 
-    target = Target("latency_ms", 1.0 + 0.6 * params(model) / 1e5, tolerance=0.05)
+    target = Target("latency_ms", 1.0 + 0.6 * param_count(model) / 1e5, tolerance=0.05)
     r = find_share(model, target, MASKS, shortcuts=0, imgsz=IMGSZ, timer=fake_timer)
     assert len(timed) == len(r.trials) and target.value * 0.95 <= r.achieved <= target.value * 1.05
     assert r.achieved == fake_timer(pruned_at(model, r.share, MASKS, 0))
@@ -86,7 +73,7 @@ def test_latency_target_is_searched_with_the_injected_timer(model):
 
 def test_unreachable_target_names_the_closest_figure(model):
     hi = largest_share(model, MASKS.layer_keep)
-    closest = params(pruned_at(model, hi, MASKS, 0))
+    closest = param_count(pruned_at(model, hi, MASKS, 0))
     with pytest.raises(TargetUnreachable) as e:
         find_share(model, Target("params", closest // 2), MASKS, shortcuts=0, imgsz=IMGSZ)
     assert f"{closest:,} params" in str(e.value) and f"--target-params {closest // 2} cannot be met" in str(e.value)
@@ -96,7 +83,7 @@ def test_unreachable_target_names_the_closest_figure(model):
 def test_auto_shortcuts_removes_the_fewest_blocks_that_meet_the_target(model):
     """--shortcuts auto: a target between what 1 and 2 removed blocks leave at the largest share needs 2 of them."""
     hi, n = largest_share(model, MASKS.layer_keep), len(rank_shortcuts(model))
-    at = [params(pruned_at(model, hi, MASKS, k)) for k in range(n + 1)]
+    at = [param_count(pruned_at(model, hi, MASKS, k)) for k in range(n + 1)]
     assert n >= 3 and at[1] > at[2] > at[3]
     k, tried = fewest_shortcuts(model, Target("params", (at[1] + at[2]) / 2, tolerance=0.0), MASKS, n, IMGSZ)
     assert k == 2 and tried == [(0, at[0]), (1, at[1]), (2, at[2])]
@@ -144,7 +131,7 @@ def test_pipeline_with_auto_shortcuts_records_and_reuses_the_count(tmp_path, mon
     data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
     base = fake_prune_fit()({"nc": 2}, str(MODELS / "yolov5-cpu.yaml"), None, None).model  # the baseline it trains
     hi = largest_share(base, 0.01)
-    target = (params(pruned_at(base, hi, MASKS, 0)) + params(pruned_at(base, hi, MASKS, 1))) // 2
+    target = (param_count(pruned_at(base, hi, MASKS, 0)) + param_count(pruned_at(base, hi, MASKS, 1))) // 2
     argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
             "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
             "--latency-runs", "1", "--no-onnx-latency", "--project", str(tmp_path), "--name", "run", "--no-progress",
