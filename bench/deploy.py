@@ -15,8 +15,10 @@ runs/evolve/bench-base, as make bench-tp does) and a budget (`--speedup S`: the 
   (NAME/distill);
 - + INT8: the distilled model quantized by the pipeline (prune/int8.py: onnxruntime static QDQ);
 - Torch-Pruning (BN-scale and L1, bench/torch_pruning.py): from the same checkpoint, its ratio bisected until
-  its onnxruntime latency meets the same target, then finetuned as long as ours trained after the baseline
-  (sparse + finetune epochs), same hyp, optimizer and seed.
+  its onnxruntime latency meets our pruned model's, then finetuned as long as ours trained after the baseline
+  (sparse + finetune epochs), same hyp, optimizer and seed; with `--tp-bracket B` (default 0.06) a second row per
+  importance bisected to our latency x (1 + B), so that its accuracy at our exact latency in the final loop is
+  read between its two rows (tp_at_our_latency) rather than at whatever latency the bisection landed on.
 Every deployable is then exported to ONNX at `--imgsz` and timed in one interleaved loop (batch 1,
 `--latency-threads`, median and quartiles of `--final-runs` rounds), so the speedups are ratios measured side by
 side. A row meets the budget when its speedup over the baseline is >= S and its mAP50-95 >= baseline - `--max-drop`.
@@ -63,7 +65,7 @@ from core import argtypes as t
 from core.checkpoint import model_from_checkpoint
 from core.cli import main_guard
 from core.export import export_onnx
-from core.model.info import model_gflops
+from core.model.info import model_gflops, param_count
 from core.val import validate
 from prune.allocation import ALLOCATIONS
 from prune.distill import DEFAULT_DISTILL_WEIGHT
@@ -84,6 +86,13 @@ SHARED_FILES = [f"{s}.{ext}" for s in ("baseline", "sparse", "keep_size", "chann
 SHARED_FILES += ["target.json", "gamma.jsonl"]
 REACH_SHARES = (0.5, 0.7, 0.85, 0.95)  # --reach: the shares timed (and the largest)
 TP_MAX_RATIO = 0.95  # the largest Torch-Pruning ratio tried (bench.torch_pruning's bisection bound)
+OURS = ("pruned", "refilled", "distilled", "int8")  # the rows of our pipeline (a run has those its options asked for)
+SLOW = "_slow"  # a Torch-Pruning row bisected to our latency x (1 + tp_bracket): tp_bn_slow, tp_l1_slow
+LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "refilled": "pruned + refill",
+          "distilled": "+ distillation",
+          "int8": "+ INT8", "tp_bn": "Torch-Pruning BN-scale", "tp_l1": "Torch-Pruning L1"}
+LABELS.update({k + SLOW: f"{LABELS[k]}, slower" for k in TP_IMPORTANCE})
+TP_ROWS = (*TP_IMPORTANCE, *(k + SLOW for k in TP_IMPORTANCE))
 
 
 class DeployError(ValueError):
@@ -109,6 +118,8 @@ class DeployOptions:
     refill: bool = False  # a row pruned to the target with channels given back where they cost no latency
     tp: list[str] = field(default_factory=lambda: list(TP_IMPORTANCE))  # [] = no Torch-Pruning rows
     tp_steps: int = 5
+    tp_bracket: float = 0.06  # each Torch-Pruning importance also bisected to our latency x (1 + this): a slower
+    # row, so its accuracy at our exact latency is read between two rows (0: one row, aimed at our latency)
     target_tolerance: float = 0.02  # a latency within target x (1 + this) meets it (timing noise)
     batch_size: int = 16
     workers: int = 2
@@ -166,36 +177,46 @@ def onnx_latency_ms(model: nn.Module, o: DeployOptions, path: Path) -> float:
     return model_latency(model, o.imgsz, o.latency_threads, o.latency_runs, "onnxruntime", path).median
 
 
+def tp_targets(o: DeployOptions, target_ms: float) -> list[tuple[str, str, float]]:
+    """(row key, importance, latency aimed at) of each Torch-Pruning row: our latency, and with a bracket also a
+    little slower."""
+    out = [(key, key, target_ms) for key in o.tp]
+    if o.tp_bracket > 0:
+        out += [(key + SLOW, key, target_ms * (1 + o.tp_bracket)) for key in o.tp]
+    return out
+
+
 def run_tp(o: DeployOptions, popts: PruneOptions, target_ms: float, clock: Clock) -> dict[str, dict]:
-    """Torch-Pruning rows: each importance's ratio bisected to `target_ms` (our pruned model's latency), then
-    finetuned as long as our arm trained after the baseline. {key: {'model', 'ratio', 'latency_search_ms', 'note'}}."""
+    """Torch-Pruning rows: each importance's ratio bisected to `target_ms` (our pruned model's latency; with a
+    bracket, once more to a slower one), then finetuned as long as our arm trained after the baseline.
+    {row key: {'model', 'ratio', 'latency_search_ms', 'note', ...}}."""
     tp_opts = replace(popts, name="tp", target_latency_ms=0.0, sr=False)
     pipe = Pipeline(tp_opts)
     base = load_weights(tp_opts, pipe.data["nc"])
     epochs = o.sparse_epochs + o.finetune_epochs
     out = {}
-    for key in o.tp:
-        print(f"--- Torch-Pruning {TP_IMPORTANCE[key]}: bisecting the ratio to {target_ms:.3f} ms in onnxruntime "
+    for row, key, aim_ms in tp_targets(o, target_ms):
+        print(f"--- {LABELS[row]}: bisecting the ratio to {aim_ms:.3f} ms in onnxruntime "
               f"(+-{o.target_tolerance:.0%}) ---", flush=True)
         try:
-            model, match = clock(f"search {key}", lambda k=key: match_gflops(
+            model, match = clock(f"search {row}", lambda k=key, ms=aim_ms: match_gflops(
                 lambda r: tp_prune(base, k, r, o.tp_steps, pipe.round_to, o.imgsz),
-                lambda m: onnx_latency_ms(m, o, pipe.run_dir / "candidate.onnx"), target_ms, o.target_tolerance,
+                lambda m: onnx_latency_ms(m, o, pipe.run_dir / "candidate.onnx"), ms, o.target_tolerance,
                 hi=TP_MAX_RATIO, unit="ms"))
             ratio, ms = match.ratio, match.gflops
             note = "" if abs(match.error) <= o.target_tolerance else \
-                f"{key}: the closest ratio {ratio:.3f} is {match.error:+.1%} off our latency"
-        except TPBenchError as e:  # slower than ours even at its largest ratio: its fastest model is shown
+                f"{row}: the closest ratio {ratio:.3f} is {match.error:+.1%} off {aim_ms:.3f} ms"
+        except TPBenchError as e:  # slower than the aim even at its largest ratio: its fastest model is shown
             ratio = TP_MAX_RATIO
             model = tp_prune(base, key, ratio, o.tp_steps, pipe.round_to, o.imgsz)
             ms = onnx_latency_ms(model, o, pipe.run_dir / "candidate.onnx")
-            note = f"{key}: cannot reach our latency ({e}); shown at its largest ratio"
+            note = f"{row}: cannot reach {aim_ms:.3f} ms ({e}); shown at its largest ratio"
             LOGGER.warning(note)
-        print(f"--- finetune {key} ({epochs} epochs) ---", flush=True)
-        tuned = clock(f"finetune {key}", lambda k=key, m=model: pipe._fit(f"finetune_{k}", m, pipe.ft_hyp, epochs,
+        print(f"--- finetune {row} ({epochs} epochs) ---", flush=True)
+        tuned = clock(f"finetune {row}", lambda r=row, m=model: pipe._fit(f"finetune_{r}", m, pipe.ft_hyp, epochs,
                                                                          tp_opts.finetune_optimizer))
         metrics = validate(tuned, pipe.val_loader, names=pipe.data["names"], progress=False)
-        out[key] = {"model": tuned, "ratio": ratio, "latency_search_ms": ms, "mAP50-95": float(metrics["mAP50-95"]),
+        out[row] = {"model": tuned, "ratio": ratio, "latency_search_ms": ms, "mAP50-95": float(metrics["mAP50-95"]),
                     "mAP50": float(metrics["mAP50"]), "epochs": epochs, "note": note}
     return out
 
@@ -263,7 +284,7 @@ def run(o: DeployOptions) -> dict:
         rows.append({"model": "int8", "mAP50-95": int8["mAP50-95"], "mAP50": int8["mAP50"],
                      "params": distill["finetune"]["params"], "epochs": ours_epochs})
     rows += [{"model": k, "mAP50-95": v["mAP50-95"], "mAP50": v["mAP50"], "ratio": v["ratio"],
-              "params": sum(p.numel() for p in v["model"].parameters()), "epochs": v["epochs"], "note": v["note"]}
+              "params": param_count(v["model"]), "epochs": v["epochs"], "note": v["note"]}
              for k, v in tp.items()]
     for row in rows:
         ms = lat[row["model"]]
@@ -301,7 +322,7 @@ def reach(weights: str, imgsz: int, shares: Sequence[float], shortcuts: Sequence
     lat = cpu_latency({}, imgsz, threads, runs=runs, onnx=files)
     for row in rows:
         m, ms = models[row["model"]], lat[row["model"]]
-        row.update(GFLOPs=model_gflops(m, imgsz), params=sum(p.numel() for p in m.parameters()), ms=ms.median,
+        row.update(GFLOPs=model_gflops(m, imgsz), params=param_count(m), ms=ms.median,
                    p25_ms=ms.p25, p75_ms=ms.p75, speedup=lat["baseline"].median / ms.median)
     return rows
 
@@ -321,10 +342,6 @@ def reach_table(rows: list[dict], imgsz: int, weights: str, runs: int) -> str:
     return "\n".join([markdown_table(header, body), "", note])
 
 
-OURS = ("pruned", "refilled", "distilled", "int8")  # the rows of our pipeline (a run has those its options asked for)
-LABELS = {"baseline": "baseline fp32", "pruned": "pruned to target", "refilled": "pruned + refill",
-          "distilled": "+ distillation",
-          "int8": "+ INT8", "tp_bn": "Torch-Pruning BN-scale", "tp_l1": "Torch-Pruning L1"}
 
 
 def meets(row: dict, base: dict, speedup: float, max_drop: float) -> bool:
@@ -346,6 +363,53 @@ def versus_tp(ours: list[dict], tp: dict) -> str:
     gap = mine["mAP50-95"] - tp["mAP50-95"]
     return (f"vs {name}: ours {'ahead' if gap > 0 else 'NOT ahead'} by {gap:+.4f} at {mine['speedup']:.2f}x "
             f"({LABELS[mine['model']]}, at least as fast; one seed)")
+
+
+def tp_at_our_latency(rows: list[dict], mine: str) -> dict[str, dict]:
+    """Each Torch-Pruning importance's mAP50-95 at the final-loop latency of our row `mine`, read off its two rows
+    (aimed at our latency, and `tp_bracket` slower): linear in ms between them when their latencies bracket ours;
+    when both are slower than ours, the faster one's figure, an upper bound on the assumption that pruning less does
+    not cost accuracy; none when both are faster (then nothing bounds it from above). {importance: {'mAP50-95',
+    'how': 'interpolated' | 'upper bound', 'ms': (faster, slower)}}; importances without both rows are left out."""
+    by = {r["model"]: r for r in rows}
+    if mine not in by:
+        return {}
+    at = by[mine]["ms"]
+    out = {}
+    for key in TP_IMPORTANCE:
+        if key not in by or key + SLOW not in by:
+            continue
+        fast, slow = sorted((by[key], by[key + SLOW]), key=lambda r: r["ms"])
+        if fast["ms"] <= at <= slow["ms"]:
+            w = (at - fast["ms"]) / (slow["ms"] - fast["ms"]) if slow["ms"] > fast["ms"] else 0.0
+            value, how = fast["mAP50-95"] + w * (slow["mAP50-95"] - fast["mAP50-95"]), "interpolated"
+        elif at < fast["ms"]:
+            value, how = fast["mAP50-95"], "upper bound"
+        else:
+            continue
+        out[key] = {"mAP50-95": value, "how": how, "ms": (fast["ms"], slow["ms"])}
+    return out
+
+
+def at_our_latency_lines(rows: list[dict]) -> list[str]:
+    """The table's lines for tp_at_our_latency: ours against Torch-Pruning read at our own latency."""
+    by = {r["model"]: r for r in rows}
+    lines = []
+    for mine in (m for m in ("pruned", "refilled") if m in by):
+        read = tp_at_our_latency(rows, mine)
+        for key in TP_IMPORTANCE:
+            if key in by and key + SLOW in by and key not in read:
+                lines.append(f"{LABELS[key]} at the latency of {LABELS.get(mine, mine)}: not bracketed (both of its "
+                             f"rows are faster: {by[key]['speedup']:.2f}x, {by[key + SLOW]['speedup']:.2f}x "
+                             f"against {by[mine]['speedup']:.2f}x)")
+            elif key in read:
+                r = read[key]
+                gap = by[mine]["mAP50-95"] - r["mAP50-95"]
+                sign = "<= " if r["how"] == "upper bound" else ""
+                lines.append(f"{LABELS[key]} at the latency of {LABELS.get(mine, mine)} ({by[mine]['speedup']:.2f}x; "
+                             f"{r['how']} from its rows at {r['ms'][0]:.3f} and {r['ms'][1]:.3f} ms): {sign}"
+                             f"{r['mAP50-95']:.4f}; ours {'ahead' if gap > 0 else 'NOT ahead'} by {gap:+.4f} (one seed)")
+    return lines
 
 
 def table(report: dict) -> str:
@@ -377,7 +441,9 @@ def table(report: dict) -> str:
                 f"at most 1% slower than the searched one, checked again in a 10x longer loop" if report.get("refill") else "")
              + (f"; distillation weight {o['distill_weight']:g}; INT8 = the distilled model, onnxruntime static QDQ"
                 if o.get("distill", True) else "") + ". Torch-Pruning: from the same "
-             f"checkpoint, ratio bisected to our pruned model's latency ({report.get('tp_target_ms', 0):.3f} ms), {o['tp_steps']} steps, finetuned {o['sparse_epochs'] + o['finetune_epochs']} "
+             f"checkpoint, ratio bisected to our pruned model's latency ({report.get('tp_target_ms', 0):.3f} ms)"
+             + (f" and to {1 + o['tp_bracket']:.2f}x it (the rows 'slower')" if o.get("tp_bracket") else "")
+             + f", {o['tp_steps']} steps, finetuned {o['sparse_epochs'] + o['finetune_epochs']} "
              f"epochs. One seed ({o['seed']}); speedups from one interleaved loop of {o['final_runs']} rounds."]
     ours = [r for r in rows if r["model"] in OURS]
     met = [r for r in ours if meets(r, base, speedup, o["max_drop"])]
@@ -385,7 +451,8 @@ def table(report: dict) -> str:
     lines.append(f"Verdict: {'met' if met else 'NOT met'} — {LABELS[best['model']]}: {best['speedup']:.2f}x, "
                  f"mAP50-95 {best['mAP50-95']:.4f} ({best['mAP50-95'] - base['mAP50-95']:+.4f})"
                  + ("" if met else " (the fastest of ours)"))
-    lines += [versus_tp(ours, r) for r in rows if r["model"] in TP_IMPORTANCE]
+    lines += [versus_tp(ours, r) for r in rows if r["model"] in TP_ROWS]
+    lines += at_our_latency_lines(rows)
     for note in [report.get("plain_note"), report.get("refill_note"), *report.get("tp_notes", {}).values()]:
         if note:
             lines.append(f"Note: {note}")
@@ -394,6 +461,7 @@ def table(report: dict) -> str:
 
 
 SEED_FREE = ("seed", "project", "name", "progress", "record")  # options that may differ between the seeds of one table
+PREDATED = {"tp_bracket": 0.0}  # options whose default changed since runs recorded without them: how those ran
 
 
 def seeded_table(reports: list[dict], where: list[str]) -> str:
@@ -405,7 +473,7 @@ def seeded_table(reports: list[dict], where: list[str]) -> str:
 
     if len(reports) < 2:
         raise DeployError(f"--seeded needs two or more run folders, got {len(reports)}")
-    default = asdict(DeployOptions())  # an option a run predates is its default
+    default = {**asdict(DeployOptions()), **PREDATED}  # an option a run predates: how it ran without it
     first = {**default, **reports[0]["meta"]["options"]}
     for rep, folder in zip(reports[1:], where[1:]):
         o = {**default, **rep["meta"]["options"]}
@@ -437,6 +505,18 @@ def seeded_table(reports: list[dict], where: list[str]) -> str:
         pairs.append([f"{LABELS[mine]} - {LABELS[other]}", t["n"], f"{t['mean']:+.4f} ± {t['sd']:.4f}",
                       f"{t['t']:.2f}", f"{t['p']:.3f}", "yes" if t["p"] < 0.05 else "no",
                       f"{faster}/{len(by_model)}"])
+    for mine in ours:  # Torch-Pruning read at our own latency, seed by seed (its two rows; tp_at_our_latency)
+        reads = [tp_at_our_latency(rep["rows"], mine) for rep in reports]
+        for key in TP_IMPORTANCE:
+            have = [(b[mine]["mAP50-95"], r[key]) for b, r in zip(by_model, reads) if key in r]
+            if not any(key + SLOW in b for b in by_model):
+                continue
+            t = paired_t([a for a, _ in have], [r["mAP50-95"] for _, r in have])
+            bounds = sum(r["how"] == "upper bound" for _, r in have)
+            pairs.append([f"{LABELS[mine]} - {LABELS[key]} at our latency", t["n"], f"{t['mean']:+.4f} ± {t['sd']:.4f}",
+                          f"{t['t']:.2f}", f"{t['p']:.3f}", "yes" if t["p"] < 0.05 else "no",
+                          f"equal (read at ours; {len(have)}/{len(by_model)} seeds bracketed or bounded"
+                          + (f", {bounds} by the upper bound" if bounds else "") + ")"])
     if pairs:
         lines += ["", markdown_table(["paired difference (mAP50-95)", "n", "mean ± sd", "t (n-1 df)", "p (two-sided)",
                                       "beyond the spread (p < 0.05)", "seeds where ours is at least as fast"], pairs)]
@@ -469,6 +549,9 @@ def parse_args(argv: Sequence[str] | None = None) -> DeployOptions | argparse.Na
     p.add_argument("--refill", action="store_true", help="a row pruned to the target with channels given back where "
                    "they cost no latency (prune --refill), finetuned as the plain one")
     p.add_argument("--tp", nargs="*", choices=list(TP_IMPORTANCE), default=d.tp, help="Torch-Pruning importances")
+    p.add_argument("--tp-bracket", type=t.non_negative_float, default=d.tp_bracket, help="a second Torch-Pruning "
+                   "row per importance bisected to our latency x (1 + this), to read its accuracy at our exact "
+                   "latency between two rows (0: one row)")
     p.add_argument("--no-tp", dest="tp", action="store_const", const=[], help="no Torch-Pruning rows")
     p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance)
     p.add_argument("--latency-threads", type=t.positive_int, default=d.latency_threads)

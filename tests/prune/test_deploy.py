@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bench import deploy
-from core.cli import EXIT_INPUT
 from core.checkpoint import model_from_checkpoint, save_checkpoint
+from core.cli import EXIT_INPUT
+from core.model.info import param_count
 from core.model.yolo import Model
 from prune import pipeline
 from prune.layers import rank_shortcuts
@@ -19,12 +20,8 @@ from tests.helpers import MODELS, fake_prune_fit
 NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]  # tiny_data's classes
 
 
-def params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
 def fake_ms(m: torch.nn.Module) -> float:  # 1 ms per 100k parameters: a latency with no clock involved
-    return params(m) / 1e5
+    return param_count(m) / 1e5
 
 
 @pytest.fixture
@@ -236,3 +233,50 @@ def test_seeded_table_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, c
         deploy.seeded_table([a, seeded_report(0, 0.2, 0.2)], ["s0", "s0b"])
     assert deploy.main(["--seeded", str(tmp_path), str(tmp_path / "x"), "--no-record"]) == EXIT_INPUT
     assert f"bench.deploy: error: --seeded: no deploy.json in {tmp_path}, {tmp_path / 'x'}" in capsys.readouterr().err
+
+
+def test_torch_pruning_is_aimed_at_our_latency_and_with_a_bracket_also_a_little_slower():
+    o = deploy.DeployOptions(tp=["tp_bn", "tp_l1"], tp_bracket=0.05)
+    assert [(r, k, round(ms, 6)) for r, k, ms in deploy.tp_targets(o, 2.0)] == [
+        ("tp_bn", "tp_bn", 2.0), ("tp_l1", "tp_l1", 2.0), ("tp_bn_slow", "tp_bn", 2.1), ("tp_l1_slow", "tp_l1", 2.1)]
+    assert deploy.tp_targets(deploy.DeployOptions(tp=["tp_l1"], tp_bracket=0.0), 2.0) == [("tp_l1", "tp_l1", 2.0)]
+
+
+def test_torch_pruning_is_read_at_our_latency_between_its_two_rows():
+    """Ours at 3.0 / 1.25 = 2.4 ms. L1's rows at 3.0 / 1.5 = 2.0 ms (0.25) and 3.0 / 1.2 = 2.5 ms (0.30): ours sits
+    0.4 / 0.5 = 0.8 of the way, so L1 at our latency reads 0.25 + 0.8 x 0.05 = 0.29. BN-scale's rows are both
+    slower (2.5 and 3.0 ms): the faster one's 0.27 is an upper bound. Both faster: nothing."""
+    ours = row("pruned", 0.31, 1.25)
+    rows = [row("baseline", 0.2, 1.0), ours, row("tp_l1", 0.25, 1.5), row("tp_l1_slow", 0.30, 1.2),
+            row("tp_bn", 0.27, 1.2), row("tp_bn_slow", 0.28, 1.0)]
+    read = deploy.tp_at_our_latency(rows, "pruned")
+    assert read["tp_l1"]["how"] == "interpolated" and read["tp_l1"]["mAP50-95"] == pytest.approx(0.29, abs=1e-12)
+    assert read["tp_bn"] == {"mAP50-95": 0.27, "how": "upper bound", "ms": (2.5, 3.0)}
+    faster = [row("baseline", 0.2, 1.0), ours, row("tp_l1", 0.25, 1.5), row("tp_l1_slow", 0.30, 1.3)]
+    assert deploy.tp_at_our_latency(faster, "pruned") == {}
+    text = deploy.table(report(rows))
+    assert "Torch-Pruning L1 at the latency of pruned to target (1.25x; interpolated from its rows at 2.000 and " \
+           "2.500 ms): 0.2900; ours ahead by +0.0200" in text
+    assert "Torch-Pruning BN-scale at the latency of pruned to target (1.25x; upper bound" in text
+    assert "ours ahead by +0.0300 at 1.25x (pruned to target" in text  # the slower BN row (0.28 at 1.0x) against ours
+    assert "Torch-Pruning L1 at the latency of pruned to target: not bracketed" in deploy.table(report(faster))
+
+
+def test_seeded_table_pairs_ours_with_torch_pruning_read_at_our_latency():
+    """L1 read at ours: seed 0 interpolated 0.29 (as above), seeds 1-2 the upper bound (both rows slower) 0.28 and
+    0.27; ours 0.31, 0.31, 0.30: differences +0.02, +0.03, +0.03, mean 0.02667, sd 0.00577, t = 8.00 with 2 df,
+    two-sided p = 0.0153 (t_0.99,2 = 6.965 < 8.00 < t_0.995,2 = 9.925: 0.01 < p < 0.02)."""
+    reps = []
+    for seed, (mine, l1, l1_speed) in enumerate([(0.31, 0.25, 1.5), (0.31, 0.28, 1.2), (0.30, 0.27, 1.2)]):
+        rep = report([row("baseline", 0.2, 1.0), row("pruned", mine, 1.25), row("tp_l1", l1, l1_speed),
+                      row("tp_l1_slow", 0.30 if seed == 0 else l1 + 0.01, 1.2 if seed == 0 else 1.1)])
+        rep["meta"]["options"]["seed"] = seed
+        reps.append(rep)
+    text = deploy.seeded_table(reps, ["s0", "s1", "s2"])
+    assert ("| pruned to target - Torch-Pruning L1 at our latency | 3 | +0.0267 ± 0.0058 | 8.00 | 0.015 | yes | "
+            "equal (read at ours; 3/3 seeds bracketed or bounded, 2 by the upper bound) |") in text
+    old = seeded_report(0, 0.2, 0.2)  # a run from before the bracket ran without it: not refused beside one with 0
+    del old["meta"]["options"]["tp_bracket"]
+    new = seeded_report(1, 0.2, 0.2)
+    new["meta"]["options"]["tp_bracket"] = 0.0
+    assert "at our latency" not in deploy.seeded_table([old, new], ["s0", "s1"])
