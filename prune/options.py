@@ -64,6 +64,7 @@ class PruneOptions:
     target_gflops: float = 0.0  # > 0: prune to this GFLOPs (at --imgsz) instead of --global-percent (prune/target.py)
     target_params: float = 0.0  # > 0: prune to this many parameters
     target_latency_ms: float = 0.0  # > 0: prune to this batch-1 latency (--latency-backend, --latency-imgsz, --latency-threads)
+    target_speedup: float = 0.0  # > 1: prune to the start model's own latency / this, timed as --target-latency-ms is
     target_tolerance: float = 0.01  # a candidate meets a target when its cost <= target x (1 + this)
     refill: bool = False  # after the target's share search, give channels back where they cost nothing (prune/refill.py)
     latency_backend: str = "auto"  # where a latency target is measured: onnxruntime, torch, auto (onnxruntime if installed)
@@ -106,8 +107,8 @@ def check_prune_options(opts: PruneOptions) -> None:
     targets = [k for k in TARGET_FIELDS if getattr(opts, k)]  # --target-gflops, --target-params, --target-latency-ms
     if opts.shortcuts == "auto":
         if not targets:
-            raise PruneOptionError("--shortcuts auto needs a --target-gflops, --target-params or --target-latency-ms "
-                                   "(it removes the fewest blocks that let the target be met)")
+            raise PruneOptionError("--shortcuts auto needs a --target-gflops, --target-params, --target-latency-ms or "
+                                   "--target-speedup (it removes the fewest blocks that let the target be met)")
     elif not isinstance(opts.shortcuts, int) or opts.shortcuts < 0:
         raise PruneOptionError(f"--shortcuts {opts.shortcuts!r} must be an integer >= 0 or 'auto'")
     if opts.s_schedule not in SCHEDULES:
@@ -123,8 +124,10 @@ def check_prune_options(opts: PruneOptions) -> None:
     for k in targets:
         if getattr(opts, k) < 0:
             raise PruneOptionError(f"{flags[k]} {getattr(opts, k)} must be > 0 (0 = no target)")
+    if 0 < opts.target_speedup <= 1:
+        raise PruneOptionError(f"--target-speedup {opts.target_speedup} must be > 1 (faster than the start model)")
     if opts.refill and not targets:
-        raise PruneOptionError("--refill needs a --target-gflops, --target-params or --target-latency-ms (it gives "
+        raise PruneOptionError("--refill needs a --target-* (gflops, params, latency-ms or speedup; it gives "
                                "channels back while the target stays met)")
     if opts.refill and opts.iterative > 1:
         raise PruneOptionError(f"--refill with --iterative {opts.iterative}: the refill grows the one-shot masks; "
@@ -198,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> PruneOptions:
                    help="prune to at most P parameters (share searched as for --target-gflops)")
     p.add_argument("--target-latency-ms", type=t.non_negative_float, default=d.target_latency_ms, metavar="T",
                    help="prune to a batch-1 latency of at most T ms, timed on this CPU by --latency-backend")
+    p.add_argument("--target-speedup", type=t.non_negative_float, default=d.target_speedup, metavar="S",
+                   help="prune to the start model's own latency / S (timed first, as --target-latency-ms is): a "
+                        "budget that holds on any machine")
     p.add_argument("--target-tolerance", type=t.fraction, default=d.target_tolerance,
                    help="a target counts as met up to target x (1 + this)")
     p.add_argument("--refill", action="store_true",

@@ -5,7 +5,8 @@ apart from the surgery) and unstructured (YOLOv5-style per-conv L1 weight zeroin
 a plain core checkpoint (runs/prune/NAME/<stage>.pt, loadable by core.val with no pruning code) and a
 json of the options that produced it; re-running reuses stages whose options are unchanged (use
 --force to redo all). With --target-gflops/--target-params/--target-latency-ms the global share is searched on
-the real pruned model before the channel stage (prune/target.py) and the table ends with target vs achieved.
+the real pruned model before the channel stage (prune/target.py) and the table ends with target vs achieved
+(--target-speedup S: the start model's own latency / S, timed first).
 
 Optimizers: every stage defaults to the engine's recipe (`auto`: AdamW for runs this short). The sparse
 stage used SGD, the optimizer network slimming's L1 step assumes, but after a baseline trained with AdamW
@@ -55,7 +56,7 @@ from prune.rounding import resolve_round_to
 from prune.sensitivity import load_sensitivity
 from prune.sparsity import SparsityTrainer
 from prune.surgery import prune_channels, zero_pruned
-from prune.target import fewest_shortcuts, find_share, pruned_at, target_from
+from prune.target import TARGET_FIELDS, Target, fewest_shortcuts, find_share, pruned_at, target_from
 from prune.unstructured import prune_unstructured, sparsity
 
 __all__ = ["Pipeline", "PruneOptions", "load_weights", "run"]
@@ -116,7 +117,9 @@ class Pipeline:
         self.base_channels = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.extras: dict[str, dict] = {}
-        self.target = target_from(opts)  # --target-*: the global share is searched before the channel stage
+        # --target-*: the global share is searched before the channel stage; a speedup's latency once the start is timed
+        self.targeted = any(getattr(opts, k) for k in TARGET_FIELDS)
+        self.target = None if opts.target_speedup else target_from(opts)
         self.grow: dict[str, int] = {}  # --refill: channels kept beyond the share's masks, per group
         self.stage_fns = {"baseline": self.baseline, "sparse": self.sparse, "keep_size": self.keep_size,
                           "unstructured": self.unstructured, "channel": self.channel, "layer": self.layer,
@@ -332,18 +335,23 @@ class Pipeline:
     def resolve_target(self, model) -> None:
         """--target-*: set the global share to the smallest whose pruned model meets the target (prune/target.py),
         searched on `model` (the sparse or baseline stage's); target.json records the search and is reused while
-        everything it depends on is unchanged (a latency search would not repeat to the digit)."""
+        everything it depends on is unchanged (a latency search would not repeat to the digit). --target-speedup S:
+        `model` is timed first and the target is its latency / S (recorded, and reused with the search)."""
         o, path = self.opts, self.run_dir / "target.json"
         size = o.latency_imgsz or o.imgsz
-        backend = latency_backend(o.latency_backend) if self.target.metric == "latency_ms" else None
+        timed = o.target_speedup or self.target.metric == "latency_ms"
+        backend = latency_backend(o.latency_backend) if timed else None
         source = "sparse" if self.enabled("sparse") else "baseline"
-        key = {"target": vars(self.target), "from": file_digest(self.run_dir / f"{source}.pt"),
+        wanted = ({"speedup": o.target_speedup, "tolerance": o.target_tolerance} if o.target_speedup
+                  else vars(self.target))
+        key = {"target": wanted, "from": file_digest(self.run_dir / f"{source}.pt"),
                "masks": {"layer_keep": o.layer_keep, "round_to": self.round_to, **self.allocation_key()},
                "shortcuts": o.shortcuts,
                "imgsz": o.imgsz, "latency": [backend, size, o.latency_threads, o.latency_runs] if backend else None}
         old = json.loads(path.read_text()) if path.is_file() else {}
         if old.get("key") == json.loads(json.dumps(key)) and not o.force:
             o.global_percent = old["share"]
+            self.target = Target(**old["target"])
             if o.shortcuts == "auto":
                 o.shortcuts = old["shortcuts_chosen"]
             LOGGER.info(f"target: reusing the share {o.global_percent:.4f} found before ({path})")
@@ -355,6 +363,12 @@ class Pipeline:
             def timer(m):
                 return model_latency(m, size, o.latency_threads, o.latency_runs, backend,
                                      self.run_dir / "target_candidate.onnx").median
+        start_ms = None
+        if o.target_speedup:
+            start_ms = timer(model)
+            self.target = target_from(o, start_ms)
+            LOGGER.info(f"target: {o.target_speedup:g}x faster than the {source} model's {start_ms:.3f} ms in "
+                        f"{backend}: latency <= {self.target.value:.3f} ms")
         tried = []
         if o.shortcuts == "auto":  # the fewest blocks first, then the share with them
             LOGGER.info(f"--- target: the fewest shortcut blocks (of {self.available_shortcuts}) that let "
@@ -367,8 +381,9 @@ class Pipeline:
         o.global_percent = result.share
         LOGGER.info(f"target: global share {result.share:.4f} -> {self.target.show(result.achieved)} "
                     f"({len(result.trials)} candidates)")
+        speedup = {"speedup": o.target_speedup, "start_ms": start_ms} if o.target_speedup else {}
         atomic_write(path, json.dumps({"key": key, "backend": backend, "shortcuts_chosen": o.shortcuts,
-                                       "shortcuts_tried": tried, **result.as_dict()}, indent=1))
+                                       "shortcuts_tried": tried, **speedup, **result.as_dict()}, indent=1))
         self.resolve_refill(model, key)
 
     def resolve_refill(self, model, search_key: dict) -> None:
@@ -431,7 +446,7 @@ class Pipeline:
         self.check_prunable()
         rows, redone, chain = [], "--force" if self.opts.force else None, None
         for stage in STAGES:
-            if stage == "keep_size" and self.target is not None:  # the first stage that prunes by the share
+            if stage == "keep_size" and self.targeted:  # the first stage that prunes by the share
                 self.resolve_target(chain)
             rec = StageRecord(stage, self.run_dir)
             if not self.enabled(stage):

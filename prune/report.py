@@ -60,6 +60,8 @@ def target_summary(run_dir: Path, df: pd.DataFrame) -> str | None:
     if col.endswith("latency_ms") and col[:-3] + "_p25_ms" in df:
         spread = f" (p25-p75 {last[col[:-3] + '_p25_ms']:.2f}-{last[col[:-3] + '_p75_ms']:.2f})"
     where = f" in {t['backend']}" if t.get("backend") else ""
+    if t.get("speedup"):
+        where += f" ({t['speedup']:g}x faster than the start's {t['start_ms']:.3f} ms)"
     verdict = "no figure" if math.isnan(got) else "met" if got <= value * (1 + tol) else "MISSED"
     refill = Path(run_dir) / "refill.json"
     if refill.is_file():

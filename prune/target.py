@@ -36,7 +36,9 @@ LOGGER = logging.getLogger(__name__)
 M = TypeVar("M")
 
 METRICS = {"GFLOPs": "{:.4f} GFLOPs", "params": "{:,.0f} params", "latency_ms": "{:.2f} ms"}
-TARGET_FIELDS = {"target_gflops": "GFLOPs", "target_params": "params", "target_latency_ms": "latency_ms"}  # options
+# options -> the metric they target; a speedup S is a latency target: the start model's own latency / S
+TARGET_FIELDS = {"target_gflops": "GFLOPs", "target_params": "params", "target_latency_ms": "latency_ms",
+                 "target_speedup": "latency_ms"}
 
 
 class TargetUnreachable(PruneOptionError):
@@ -128,11 +130,18 @@ def search_share(build: Callable[[float], M], cost: Callable[[M], float], target
     return SearchResult(target, hi, at_hi, trials)
 
 
-def target_from(opts) -> Target | None:
-    """The target that options name (target_gflops, target_params or target_latency_ms > 0), else None."""
+def target_from(opts, start_ms: float | None = None) -> Target | None:
+    """The target that options name (target_gflops, target_params, target_latency_ms or target_speedup > 0), else
+    None. A speedup S is the latency `start_ms` / S: the start model timed where the candidates will be
+    (Pipeline.resolve_target), so it needs `start_ms`."""
     for key, metric in TARGET_FIELDS.items():
-        if getattr(opts, key, 0):
-            return Target(metric, float(getattr(opts, key)), opts.target_tolerance)
+        value = float(getattr(opts, key, 0) or 0)
+        if value:
+            if key == "target_speedup":
+                if start_ms is None:
+                    raise ValueError("target_from: --target-speedup needs the start model's latency (start_ms)")
+                value = start_ms / value
+            return Target(metric, value, opts.target_tolerance)
     return None
 
 

@@ -7,9 +7,11 @@ import logging
 import pandas as pd
 import pytest
 
+from core.checkpoint import model_from_checkpoint
 from core.model.info import model_gflops, param_count
 from prune import pipeline
 from prune.masks import MaskOptions
+from prune.measure import Latency
 from prune.options import parse_args
 from prune.layers import rank_shortcuts
 from prune.target import (Target, TargetUnreachable, fewest_shortcuts, find_share, largest_share, prunable_count,
@@ -121,6 +123,40 @@ def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_pa
     caplog.clear()
     pipeline.run(parse_args(argv))
     assert "searching" not in caplog.text and "target: reusing the share" in caplog.text
+
+
+def test_pipeline_prunes_to_a_speedup_over_the_start_models_own_latency(tmp_path, monkeypatch, capsys):
+    """--target-speedup 2: the start model is timed first (a faked timer: 1 ms per 100k parameters) and the target
+    is half its latency; target.json records the speedup and the start's figure, and a rerun reuses both without
+    timing anything."""
+    timed = []
+
+    def fake_latency(m, *a, **k):
+        timed.append(m)
+        ms = param_count(m) / 1e5
+        return Latency(ms, ms, ms, 1)
+
+    monkeypatch.setattr(pipeline, "fit", fake_prune_fit())
+    monkeypatch.setattr(pipeline, "model_latency", fake_latency)
+    data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
+    argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
+            "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
+            "--latency-runs", "1", "--no-onnx-latency", "--latency-backend", "torch", "--project", str(tmp_path),
+            "--name", "run", "--no-progress", "--target-speedup", "2", "--target-tolerance", "0.05"]
+    pipeline.run(parse_args(argv))
+    found = json.loads((tmp_path / "run" / "target.json").read_text())
+    start = param_count(model_from_checkpoint(tmp_path / "run" / "baseline.pt")) / 1e5
+    assert found["speedup"] == 2 and found["start_ms"] == pytest.approx(start, rel=1e-12)
+    assert found["target"]["value"] == pytest.approx(start / 2, rel=1e-12) and found["met"]
+    assert start / 2 * 0.95 <= found["achieved"] <= start / 2 * 1.05
+    assert "(2x faster than the start's" in capsys.readouterr().out
+    timed.clear()
+    pipeline.run(parse_args(argv))
+    assert timed == []  # the start's latency and the share both reused
+    with pytest.raises(pipeline.PruneOptionError, match=r"--target-speedup 0.8 must be > 1"):
+        pipeline.check_prune_options(parse_args(["--target-speedup", "0.8"]))
+    with pytest.raises(pipeline.PruneOptionError, match="one target at a time"):
+        pipeline.check_prune_options(parse_args(["--target-speedup", "2", "--target-gflops", "0.1"]))
 
 
 def test_pipeline_with_auto_shortcuts_records_and_reuses_the_count(tmp_path, monkeypatch, caplog):
