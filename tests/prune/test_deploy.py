@@ -237,9 +237,26 @@ def test_seeded_table_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, c
 
 def test_torch_pruning_is_aimed_at_our_latency_and_with_a_bracket_also_a_little_slower():
     o = deploy.DeployOptions(tp=["tp_bn", "tp_l1"], tp_bracket=0.05)
-    assert [(r, k, round(ms, 6)) for r, k, ms in deploy.tp_targets(o, 2.0)] == [
-        ("tp_bn", "tp_bn", 2.0), ("tp_l1", "tp_l1", 2.0), ("tp_bn_slow", "tp_bn", 2.1), ("tp_l1_slow", "tp_l1", 2.1)]
-    assert deploy.tp_targets(deploy.DeployOptions(tp=["tp_l1"], tp_bracket=0.0), 2.0) == [("tp_l1", "tp_l1", 2.0)]
+    assert deploy.tp_targets(o) == [("tp_bn", "tp_bn", 1.0), ("tp_l1", "tp_l1", 1.0), ("tp_bn_slow", "tp_bn", 1.05),
+                                    ("tp_l1_slow", "tp_l1", 1.05)]
+    assert deploy.tp_targets(deploy.DeployOptions(tp=["tp_l1"], tp_bracket=0.0)) == [("tp_l1", "tp_l1", 1.0)]
+
+
+def test_a_candidate_is_timed_beside_ours_and_costed_as_a_multiple_of_ours(tmp_path, monkeypatch):
+    """The paired cost: one interleaved loop of the reference files and the candidate; candidate / ours."""
+    loops = []
+
+    def fake_loop(models, imgsz, threads, runs, onnx):
+        loops.append(sorted(onnx))
+        ms = {"ours": 2.0, "baseline": 3.0, "candidate": 2.2}
+        return {k: Latency(ms[k], ms[k], ms[k], runs) for k in onnx}
+
+    monkeypatch.setattr(deploy, "cpu_latency", fake_loop)
+    monkeypatch.setattr(deploy, "export_onnx", lambda m, path, imgsz: path)
+    cost = deploy.paired_latency(deploy.DeployOptions(), {"ours": tmp_path / "o.onnx", "baseline": tmp_path / "b.onnx"},
+                                 tmp_path / "c.onnx")
+    assert cost(torch.nn.Identity()) == pytest.approx(1.1, rel=1e-12)
+    assert loops == [["baseline", "candidate", "ours"]]
 
 
 def test_torch_pruning_is_read_at_our_latency_between_its_two_rows():
