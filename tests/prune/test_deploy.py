@@ -81,16 +81,19 @@ def test_deploy_prunes_to_the_budget_and_distils_from_the_same_stages(tmp_path, 
     assert "| + INT8 |" in text and "Verdict:" in text
 
 
-@pytest.mark.parametrize("speedup", [2.0, 1000.0], ids=["in-reach", "out-of-reach"])
-def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path, weights, faked, monkeypatch, speedup):
+@pytest.mark.parametrize("speedup, shortcuts", [(2.0, "auto"), (1000.0, 0)], ids=["in-reach", "out-of-reach"])
+def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path, weights, faked, monkeypatch, speedup,
+                                                                      shortcuts):
     """--refill --no-distill: a second arm reuses the plain arm's stages and share, grows groups while the (faked)
     latency stays within 5% of the searched model's, and finetunes; no distillation or INT8 rows. A budget out of
-    reach: the plain arm sits at its floor and the refill arm aims at the floor's own latency."""
+    reach: the plain arm sits at its floor and the refill arm aims at the floor's own latency (no shortcut blocks
+    removed there: with all of them gone each refill candidate rebuilds the model twice, and 'auto' is covered in
+    reach)."""
     data, calls = faked
     path, base_ms = weights
     monkeypatch.setattr(pipeline, "latency_fits", lambda start, *a, **k: (
         lambda m: (fake_ms(m) <= fake_ms(start) * 1.05, fake_ms(m))))
-    o = deploy_opts(tmp_path, str(path), data=data, speedup=speedup, sparse_epochs=0, shortcuts="auto", refill=True,
+    o = deploy_opts(tmp_path, str(path), data=data, speedup=speedup, sparse_epochs=0, shortcuts=shortcuts, refill=True,
                     distill=False)
     report = deploy.run(o)
     run = tmp_path / "d"
