@@ -186,7 +186,7 @@ def tp_targets(o: DeployOptions) -> list[tuple[str, str, float]]:
     return out
 
 
-def paired_latency(o: DeployOptions, reference: dict[str, Path], path: Path) -> Callable[[nn.Module], float]:
+def latency_vs_ours(o: DeployOptions, reference: dict[str, Path], path: Path) -> Callable[[nn.Module], float]:
     """A candidate's onnxruntime latency as a multiple of ours ('ours' in `reference`), each candidate timed in one
     interleaved loop with the reference files (ours and the baseline): the regime of the final loop. Timed alone,
     a model reads faster than in that loop, and not by the same factor for every model (seed 0 at 1.3x: ours 0.80 ms
@@ -200,13 +200,13 @@ def paired_latency(o: DeployOptions, reference: dict[str, Path], path: Path) -> 
 
 def run_tp(o: DeployOptions, popts: PruneOptions, reference: dict[str, Path], clock: Clock) -> dict[str, dict]:
     """Torch-Pruning rows: each importance's ratio bisected until its latency, paired with our pruned model's
-    (paired_latency), matches ours (with a bracket, once more to a little slower), then finetuned as long as our
+    (latency_vs_ours), matches ours (with a bracket, once more to a little slower), then finetuned as long as our
     arm trained after the baseline. {row key: {'model', 'ratio', 'search_vs_ours', 'note', ...}}."""
     tp_opts = replace(popts, name="tp", target_latency_ms=0.0, sr=False)
     pipe = Pipeline(tp_opts)
     base = load_weights(tp_opts, pipe.data["nc"])
     epochs = o.sparse_epochs + o.finetune_epochs
-    cost = paired_latency(o, reference, pipe.run_dir / "candidate.onnx")
+    cost = latency_vs_ours(o, reference, pipe.run_dir / "candidate.onnx")
     out = {}
     for row, key, aim in tp_targets(o):
         print(f"--- {LABELS[row]}: bisecting the ratio to {aim:.2f}x our latency, timed beside ours in onnxruntime "

@@ -165,6 +165,22 @@ def model_latency(model: nn.Module, imgsz: int, threads: int = 1, runs: int = 30
     return cpu_latency({}, imgsz, threads, runs=runs, onnx={"m": path})["m"]
 
 
+def paired_latency(model: nn.Module, reference: nn.Module, imgsz: int, threads: int = 1, runs: int = 30,
+                   backend: str = "torch", onnx_dir: str | Path | None = None) -> tuple[Latency, Latency]:
+    """`model`'s and `reference`'s batch-1 latency spreads from one interleaved loop (PyTorch fused, or onnxruntime
+    on both exported into `onnx_dir`): their ratio holds while the machine's load drifts, which one model timed
+    alone, then another, does not."""
+    if backend == "torch":
+        lat = cpu_latency({"model": model, "reference": reference}, imgsz, threads, runs=runs)
+    elif backend == "onnxruntime" and onnx_dir is not None:
+        files = {k: export_onnx(m, Path(onnx_dir) / f"paired_{k}.onnx", imgsz=imgsz)
+                 for k, m in (("model", model), ("reference", reference))}
+        lat = cpu_latency({}, imgsz, threads, runs=runs, onnx=files)
+    else:
+        raise ValueError(f"latency backend {backend!r}: 'torch', or 'onnxruntime' with a folder to export to")
+    return lat["model"], lat["reference"]
+
+
 def measure(model: nn.Module, imgsz: int, ckpt: str | Path | None = None) -> dict:
     """`{'params', 'GFLOPs', 'ckpt_MB', 'channels'}` of one model (latency: see cpu_latency_ms)."""
     info = model_info(model, imgsz)

@@ -256,7 +256,7 @@ def test_a_candidate_is_timed_beside_ours_and_costed_as_a_multiple_of_ours(tmp_p
 
     monkeypatch.setattr(deploy, "cpu_latency", fake_loop)
     monkeypatch.setattr(deploy, "export_onnx", lambda m, path, imgsz: path)
-    cost = deploy.paired_latency(deploy.DeployOptions(), {"ours": tmp_path / "o.onnx", "baseline": tmp_path / "b.onnx"},
+    cost = deploy.latency_vs_ours(deploy.DeployOptions(), {"ours": tmp_path / "o.onnx", "baseline": tmp_path / "b.onnx"},
                                  tmp_path / "c.onnx")
     assert cost(torch.nn.Identity()) == pytest.approx(1.1, rel=1e-12)
     assert loops == [["baseline", "candidate", "ours"]]

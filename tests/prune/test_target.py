@@ -127,8 +127,9 @@ def test_pipeline_prunes_to_a_params_target_and_prints_target_vs_achieved(tmp_pa
 
 def test_pipeline_prunes_to_a_speedup_over_the_start_models_own_latency(tmp_path, monkeypatch, capsys):
     """--target-speedup 2: the start model is timed first (a faked timer: 1 ms per 100k parameters) and the target
-    is half its latency; target.json records the speedup and the start's figure, and a rerun reuses both without
-    timing anything."""
+    is half its latency; each candidate is then timed beside the start (paired) and costed as the start's figure x
+    their ratio; target.json records the speedup and the start's figure, and a rerun reuses both without timing
+    anything."""
     timed = []
 
     def fake_latency(m, *a, **k):
@@ -136,8 +137,12 @@ def test_pipeline_prunes_to_a_speedup_over_the_start_models_own_latency(tmp_path
         ms = param_count(m) / 1e5
         return Latency(ms, ms, ms, 1)
 
+    def fake_paired(m, start, *a, **k):  # the start reads 10% slower in the candidates' loops: load drifted
+        return fake_latency(m), Latency(*[param_count(start) / 1e5 * 1.1] * 3, 1)
+
     monkeypatch.setattr(pipeline, "fit", fake_prune_fit())
     monkeypatch.setattr(pipeline, "model_latency", fake_latency)
+    monkeypatch.setattr(pipeline, "paired_latency", fake_paired)
     data = synthetic_yaml(tmp_path, "d", "[circle, square]", "seed: 0, n_train: 4, n_val: 2, imgsz: 64")
     argv = ["--data", data, "--model", str(MODELS / "yolov5-cpu.yaml"), "--epochs", "1", "--finetune-epochs", "1",
             "--round-to", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
@@ -148,7 +153,11 @@ def test_pipeline_prunes_to_a_speedup_over_the_start_models_own_latency(tmp_path
     start = param_count(model_from_checkpoint(tmp_path / "run" / "baseline.pt")) / 1e5
     assert found["speedup"] == 2 and found["start_ms"] == pytest.approx(start, rel=1e-12)
     assert found["target"]["value"] == pytest.approx(start / 2, rel=1e-12) and found["met"]
+    # each candidate costed in the start's milliseconds from its paired loop: its own figure / 1.1, so the share
+    # found prunes to about 1.1 x half the start (a drifting load cancels instead of moving the target)
     assert start / 2 * 0.95 <= found["achieved"] <= start / 2 * 1.05
+    pruned = model_from_checkpoint(tmp_path / "run" / "channel.pt")
+    assert param_count(pruned) / 1e5 == pytest.approx(found["achieved"] * 1.1, rel=1e-9)
     assert "(2x faster than the start's" in capsys.readouterr().out
     timed.clear()
     pipeline.run(parse_args(argv))
