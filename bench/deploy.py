@@ -133,14 +133,17 @@ class DeployOptions:
     record: bool = True
 
 
-def prune_options(o: DeployOptions, target_ms: float, run_dir: Path) -> PruneOptions:
-    """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size."""
+def prune_options(o: DeployOptions, run_dir: Path) -> PruneOptions:
+    """The pipeline's options for the plain arm: sparse stage, latency target in onnxruntime at the deploy size
+    (`--speedup`: the pipeline's --target-speedup, every candidate timed beside the start; a baseline timed once
+    before the run and its target kept, a load spike then moved the target by 30% and left a seed unpruned)."""
     return PruneOptions(weights=o.weights, data=o.data, sr=o.sparse_epochs > 0, s=o.s, s_schedule="step", penalty="polar",
                         sparse_epochs=o.sparse_epochs, finetune_epochs=o.finetune_epochs, shortcuts=o.shortcuts,
                         round_to=o.round_to, allocation=o.allocation,
                         imgsz=o.imgsz, batch_size=o.batch_size, workers=o.workers, seed=o.seed,
                         latency_imgsz=o.imgsz, latency_threads=o.latency_threads, latency_runs=o.latency_runs,
-                        latency_backend="onnxruntime", target_latency_ms=target_ms,
+                        latency_backend="onnxruntime", target_latency_ms=o.target_latency_ms,
+                        target_speedup=0.0 if o.target_latency_ms else o.speedup,
                         target_tolerance=o.target_tolerance, distill_weight=o.distill_weight,
                         project=str(run_dir), name="plain", progress=o.progress)
 
@@ -168,7 +171,8 @@ def run_arm(popts: PruneOptions) -> tuple[dict[str, dict], str, float]:
         source = model_from_checkpoint(run_dir / ("sparse.pt" if popts.sr else "baseline.pt"))
         if popts.shortcuts == "auto":  # out of reach even with every block removed: remove them all
             popts.shortcuts = len(rank_shortcuts(source))
-        popts.target_latency_ms, popts.global_percent = 0.0, largest_share(source, popts.layer_keep)
+        popts.target_latency_ms, popts.target_speedup = 0.0, 0.0
+        popts.global_percent = largest_share(source, popts.layer_keep)
         LOGGER.warning(f"{e}; pruning at the largest share {popts.global_percent:.4f} instead")
         return {r["stage"]: r for r in run_pipeline(popts)}, f"target out of reach: {e}", e.closest
 
@@ -202,7 +206,7 @@ def run_tp(o: DeployOptions, popts: PruneOptions, reference: dict[str, Path], cl
     """Torch-Pruning rows: each importance's ratio bisected until its latency, paired with our pruned model's
     (latency_vs_ours), matches ours (with a bracket, once more to a little slower), then finetuned as long as our
     arm trained after the baseline. {row key: {'model', 'ratio', 'search_vs_ours', 'note', ...}}."""
-    tp_opts = replace(popts, name="tp", target_latency_ms=0.0, sr=False)
+    tp_opts = replace(popts, name="tp", target_latency_ms=0.0, target_speedup=0.0, sr=False)
     pipe = Pipeline(tp_opts)
     base = load_weights(tp_opts, pipe.data["nc"])
     epochs = o.sparse_epochs + o.finetune_epochs
@@ -243,23 +247,24 @@ def run(o: DeployOptions) -> dict:
     meta = {**machine(), "options": asdict(o), "torch_pruning": _tp_version() if o.tp else ""}
     print(f"deploy bench {meta['date']} on {machine_line(meta)}; weights {o.weights}; {o.imgsz} px", flush=True)
 
-    check_prune_options(prune_options(o, o.target_latency_ms or 1.0, run_dir))  # fail before the baseline is timed
+    check_prune_options(prune_options(o, run_dir))  # fail before the baseline is timed
     base = model_from_checkpoint(o.weights)
     base_ms = onnx_latency_ms(base, o, run_dir / "baseline_timing.onnx") if not o.target_latency_ms else None
     target_ms = o.target_latency_ms or base_ms / o.speedup
-    popts = prune_options(o, target_ms, run_dir)
+    popts = prune_options(o, run_dir)
     print(f"--- budget: onnxruntime latency <= {target_ms:.3f} ms at {o.imgsz} px"
           + (f" (baseline {base_ms:.3f} ms / {o.speedup:g})" if base_ms else "") + " ---", flush=True)
 
     plain, plain_note, closest_ms = clock("plain arm", lambda: run_arm(popts))
     # the other arms take the same stages and search: --shortcuts auto again (the plain run set its count), so the
     # search is reused
-    shortcuts = o.shortcuts if popts.target_latency_ms else popts.shortcuts
+    in_reach = bool(popts.target_latency_ms or popts.target_speedup)
+    shortcuts = o.shortcuts if in_reach else popts.shortcuts
     refilled, refill_note = {}, ""
     if o.refill:
         share_stages(run_dir / "plain", run_dir / "refill")
         ropts = replace(popts, name="refill", refill=True, shortcuts=shortcuts)
-        if not popts.target_latency_ms:  # out of reach: the plain arm is at its floor; give back what costs nothing there
+        if not in_reach:  # out of reach: the plain arm is at its floor; give back what costs nothing there
             ropts.target_latency_ms = closest_ms
             refill_note = (f"refill: the target out of reach, the refill arm aimed at the floor's own "
                            f"{closest_ms:.3f} ms (the closest the search measured)")
@@ -308,6 +313,8 @@ def run(o: DeployOptions) -> dict:
                    onnx_MB=files[row["model"]].stat().st_size / 1e6)
     clock.seconds["total"] = time.perf_counter() - t0
     search = json.loads((run_dir / "plain" / "target.json").read_text()) if (run_dir / "plain" / "target.json").is_file() else {}
+    if search.get("start_ms"):  # --speedup: the target the pipeline set from its own timing of the start
+        base_ms, target_ms = search["start_ms"], search["target"]["value"]
     filled = run_dir / "refill" / "refill.json"
     refill_record = json.loads(filled.read_text()) if refilled and filled.is_file() else {}
     report = {"meta": meta, "rows": rows, "target_ms": target_ms, "baseline_search_ms": base_ms, "tp_target_ms": ours_ms,

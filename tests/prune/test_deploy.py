@@ -54,6 +54,8 @@ def faked(monkeypatch, tiny_data):
 
     monkeypatch.setattr(pipeline, "fit", fit)
     monkeypatch.setattr(pipeline, "model_latency", lambda m, *a, **k: Latency(fake_ms(m), fake_ms(m), fake_ms(m), 1))
+    monkeypatch.setattr(pipeline, "paired_latency", lambda m, start, *a, **k: (
+        Latency(fake_ms(m), fake_ms(m), fake_ms(m), 1), Latency(fake_ms(start), fake_ms(start), fake_ms(start), 1)))
     monkeypatch.setattr(deploy, "onnx_latency_ms", lambda m, o, path: fake_ms(m))
     monkeypatch.setattr(pipeline, "write_prune_report", lambda run_dir: None)  # plots: not under test
     torch.set_num_threads(1)
@@ -100,6 +102,8 @@ def test_deploy_refill_arm_gives_channels_back_at_the_searched_latency(tmp_path,
     assert [name for name, _ in calls] == ["finetune", "finetune"]  # plain, refill
     if speedup == 2.0:
         assert (run / "refill" / "target.json").read_text() == (run / "plain" / "target.json").read_text()
+        searched = json.loads((run / "plain" / "target.json").read_text())  # --speedup: the pipeline's paired target
+        assert searched["speedup"] == 2.0 and report["target_ms"] == pytest.approx(searched["start_ms"] / 2)
         assert not report["refill_note"]
     else:
         floor = fake_ms(model_from_checkpoint(run / "plain" / "layer.pt"))
@@ -122,7 +126,8 @@ def test_an_unreachable_budget_prunes_at_the_largest_share_and_says_so(tmp_path,
     """With a sparse stage and one block, or (the defaults) no sparse stage and `auto` blocks: all of them go."""
     data, _ = faked
     path, base_ms = weights
-    popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data, **layers), base_ms / 1000, tmp_path)
+    popts = deploy.prune_options(deploy_opts(tmp_path, str(path), data=data, target_latency_ms=base_ms / 1000, **layers),
+                                 tmp_path)
     popts.onnx_latency = False  # the stages' own latency table is not what this test is about
     assert popts.sr == (layers.get("sparse_epochs", 1) > 0)
     rows, note, closest = deploy.run_arm(popts)
