@@ -89,3 +89,13 @@ def test_table_cells_show_the_spread_and_the_target_line(tmp_path):
     record.update(target={"metric": "params", "value": 500, "tolerance": 0.0}, backend=None)
     (tmp_path / "target.json").write_text(json.dumps(record))
     assert target_summary(tmp_path, df).endswith("After finetune: 480: met")
+    # --target-speedup 2: the target 10 ms came from the start timed at 20 ms in the search's loop; the table's
+    # own loop reads the start 20 ms and the last stage 11 ms: 1.82x, missed (1.82 x 1.05 < 2); at 1.9 it is met
+    record.update(target={"metric": "latency_ms", "value": 10.0, "tolerance": 0.05}, backend="torch", speedup=2.0,
+                  start_ms=20.0)
+    (tmp_path / "target.json").write_text(json.dumps(record))
+    line = target_summary(tmp_path, df)
+    assert "in torch (2x faster than the start's 20.000 ms)" in line and line.endswith("1.82x in the table's loop: MISSED")
+    record["speedup"] = 1.9
+    (tmp_path / "target.json").write_text(json.dumps(record))
+    assert target_summary(tmp_path, df).endswith("1.82x in the table's loop: met")
